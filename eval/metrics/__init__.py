@@ -1,0 +1,1 @@
+"""Metrics (captioning, retrieval, VisDial, VQA), each checked against its reference protocol."""

@@ -1,0 +1,96 @@
+"""The pipeline's data contracts, defined once as pyarrow schemas (tests check every writer against them).
+
+Stable ids (see ARCHITECTURE.md):
+- CC3M: item/image id ``cc3m/<split>/<row>`` (row = 0-based line number in the TSV); its caption
+  segment id is ``cc3m/<split>/<row>``, field ``caption``.
+- COCO: image id ``coco/<cocoid>``; caption segment id ``coco/<cocoid>/<n>`` (n = position in the
+  image's sentence list), field ``caption``.
+- VisDial: image id ``visdial/<image_id>``; caption segment ``visdial/<split>/caption/<image_id>``,
+  field ``caption``; the global lists are segments ``visdial/<split>/question/<i>`` and
+  ``visdial/<split>/answer/<i>`` (i = index in ``data.questions`` / ``data.answers``), item id
+  ``visdial/<split>/questions`` or ``visdial/<split>/answers``, field ``question`` / ``answer``.
+  Dialogs are rebuilt from those indices.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One row per translatable string.  segments/<dataset>/<split>.parquet
+SEGMENTS = pa.schema(
+    [
+        ("segment_id", pa.string()),
+        ("dataset", pa.string()),  # cc3m | coco | visdial
+        ("split", pa.string()),
+        ("item_id", pa.string()),  # the image (or global list) the string belongs to
+        ("field", pa.string()),  # caption | question | answer
+        ("text_en", pa.string()),
+        ("text_hash", pa.string()),  # translation.textkey.text_hash(text_en)
+    ]
+)
+
+# One row per image to fetch.  sources/<dataset>/<split>/items.parquet
+ITEMS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("url", pa.string()),  # http(s):// or file:// ; img2dataset input
+        ("source_path", pa.string()),  # path inside an official image zip/folder when known, else null
+    ]
+)
+
+# A row a reader could not use, with why.  sources/<dataset>/<split>/quarantine.parquet
+QUARANTINE = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("source_file", pa.string()),
+        ("line", pa.int64()),  # 1-based line (TSV) or record index (JSON); -1 when not applicable
+        ("reason", pa.string()),  # short class: missing_field, empty_caption, bad_utf8, bad_url, ...
+        ("detail", pa.string()),
+        ("raw", pa.string()),  # the offending text, decoded with errors="replace", capped at 2 KiB
+    ]
+)
+
+# One row per URL after download.  images/<dataset>/<split>/availability.parquet
+AVAILABILITY = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),  # success | failed
+        ("reason", pa.string()),  # ok | http_404 | http_5xx ... | timeout | dns | connection_refused | not_an_image | decode_error | too_small | other
+        ("error_message", pa.string()),  # img2dataset's raw message, null on success
+        ("key", pa.string()),  # img2dataset key (locates the image in the output shards), null if failed
+    ]
+)
+
+# VisDial dialogs rebuilt from indices.  sources/visdial/<split>/dialogs.parquet
+DIALOG_ROUND = pa.struct(
+    [
+        ("question", pa.int32()),  # index into data.questions
+        ("answer", pa.int32()),  # index into data.answers (null in test split)
+        ("answer_options", pa.list_(pa.int32())),  # 100 indices into data.answers
+        ("gt_index", pa.int32()),  # position of the answer in answer_options (null in test split)
+    ]
+)
+DIALOGS = pa.schema(
+    [
+        ("image_id", pa.string()),  # visdial/<image_id>
+        ("visdial_image_id", pa.int64()),
+        ("caption_segment_id", pa.string()),
+        ("rounds", pa.list_(DIALOG_ROUND)),
+        ("dense_round", pa.int32()),  # 1-based round_id with dense annotations, null if none
+        ("dense_relevance", pa.list_(pa.float32())),  # 100 relevance scores, null if none
+    ]
+)
+
+# Segments joined with their translation.  translated/<engine>/<dataset>/<split>.parquet
+TRANSLATED = pa.schema(
+    list(SEGMENTS)
+    + [
+        ("engine", pa.string()),  # short engine name from the config (reference, deepl, madlad, ...)
+        ("engine_id", pa.string()),  # the full stable id that keys the memory
+        ("text_pt", pa.string()),
+        ("score", pa.float32()),
+    ]
+)

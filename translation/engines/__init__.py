@@ -1,0 +1,1 @@
+"""Translation engines, one module each, all implementing `translation.engines.base.Engine`."""
