@@ -1,0 +1,45 @@
+# ptvl: the two commands of the README do all the set-up on a fresh clone.
+#   make run   -> .venv + the whole DAG on the embedded synthetic sample (offline)
+#   make test  -> .venv + lint + the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ptvl-installed
+CONFIG ?= configs/sample.toml
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup java run test lint bench clean
+
+setup: $(STAMP) java
+
+# torch first, pinned exactly (pyproject keeps ranges for users with other CUDA builds); then the
+# project with every other dependency pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Java runs the METEOR and PTB tokenizer jars of pycocoevalcap.
+java:
+	@command -v java >/dev/null 2>&1 || { echo "java not found: installing default-jre-headless"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; }
+
+run: setup
+	$(VENV)/bin/ptvl run --config $(CONFIG)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf runs/sample

@@ -1,0 +1,141 @@
+"""The TOML settings model: one validated object per run profile (configs/*.toml).
+
+Every section forbids unknown keys, so a typo is an error at start-up, never a silently ignored
+setting hours into a run.  Library packages own the models for their parts (download, engines,
+quality, model, training); this module composes them.
+"""
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.fetch import FetchSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSection(Strict):
+    """Where a run writes: every stage writes under `root` (relative paths resolve against the config's
+    repository root, so `make run` from a fresh clone writes to ./runs/sample)."""
+
+    name: str = "sample"
+    root: Path = Path("runs/sample")
+
+
+class SampleSection(Strict):
+    """The embedded bilingual synthetic sample (offline default).  Sizes keep `make run` to minutes."""
+
+    enabled: bool = False
+    seed: int = 0
+    n_train: int = 600
+    n_val: int = 100
+    n_coco: int = 100
+    n_dialogs: int = 50
+    image_size: int = 64
+
+
+class CC3MSection(Strict):
+    enabled: bool = True
+    splits: list[Literal["train", "validation"]] = ["train", "validation"]
+
+
+class COCOSection(Strict):
+    enabled: bool = True
+    # Karpathy splits to ingest: the benchmark uses val/test (5k each); train/restval for training.
+    splits: list[Literal["train", "restval", "val", "test"]] = ["val", "test"]
+    # Where images live: "{url_base}/{filepath}/{filename}" (official COCO host or a local mirror).
+    url_base: str = "http://images.cocodataset.org"
+
+
+class VisDialSection(Strict):
+    enabled: bool = True
+    splits: list[Literal["train", "val"]] = ["val"]
+    # Image URL per split; {image_id} is VisDial's integer image id.  Val images come from the
+    # VisualDialog_val2018.zip (extract and point a file:// template at them); train uses COCO 2014.
+    image_url_template: dict[str, str] = {
+        "val": "file://{sources}/visdial/VisualDialog_val2018/VisualDialog_val2018_{image_id:012d}.jpg",
+        "train": "http://images.cocodataset.org/train2014/COCO_train2014_{image_id:012d}.jpg",
+    }
+
+
+class DatasetsSection(Strict):
+    cc3m: CC3MSection = CC3MSection()
+    coco: COCOSection = COCOSection()
+    visdial: VisDialSection = VisDialSection()
+
+    def enabled(self) -> dict[str, list[str]]:
+        """dataset -> splits, for the datasets switched on."""
+        out: dict[str, list[str]] = {}
+        for name in ("cc3m", "coco", "visdial"):
+            sec = getattr(self, name)
+            if sec.enabled:
+                out[name] = list(sec.splits)
+        return out
+
+
+class ConfigError(Exception):
+    """A settings file that cannot be used, with a message that says which key and why."""
+
+
+class Settings(Strict):
+    run: RunSection = RunSection()
+    sample: SampleSection = SampleSection()
+    datasets: DatasetsSection = DatasetsSection()
+    fetch: FetchSettings = FetchSettings()
+
+    # Filled in by later stages (see their sections below); kept as the place every stage reads.
+    config_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        return self
+
+    @property
+    def root(self) -> Path:
+        """The run root as an absolute path."""
+        root = self.run.root
+        return root if root.is_absolute() else (REPO_ROOT / root).resolve()
+
+
+def _format_errors(err: ValidationError, path: Path) -> str:
+    lines = [f"invalid settings in {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo? see configs/sample.toml for the known keys)"
+        lines.append(f"  [{loc}] {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML profile; raise ConfigError with every problem listed."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"settings file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    try:
+        return Settings.model_validate({**data, "config_path": path.resolve()})
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, path)) from None
+
+
+@lru_cache(maxsize=8)
+def cached_settings(path: str) -> Settings:
+    """Settings by path, parsed once per process (Luigi tasks pass only the path as a parameter, so
+    no secret or large object ever becomes a Luigi parameter)."""
+    return load_settings(path)
+
+
+DatasetName = Annotated[str, Literal["cc3m", "coco", "visdial"]]

@@ -1,0 +1,243 @@
+"""BuildShards: join translations, quality flags and downloaded images into the trainer's Parquet shards.
+
+Contracts are training/shards.py (CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD).  Rows leave the
+training set for a recorded reason only (datatrove style: `total`, `kept`, `dropped_<reason>`), and
+those counts go into the dataset card beside the shards.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.image_store import iter_image_batches
+from pipeline.io import atomic_path
+from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD
+
+
+class FilterPolicy(BaseModel):
+    """Which quality flags keep a caption out of the shards.  The default drops empty and untranslated
+    rows: this reproduces the thesis' Narrativa sample drop (SPEC Table 5.2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drop: list[str] = ["empty", "untranslated"]
+
+
+class ShardSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # ~40k rows of 256-px JPEGs is about 1 GB: large enough for fast sequential reads, small enough to
+    # shuffle at shard granularity and to resume a failed copy.
+    rows_per_shard: int = 40_000
+    default_policy: FilterPolicy = FilterPolicy()
+    # engine name -> policy overriding the default (e.g. madlad = {drop = ["empty", "untranslated", "brazilian"]})
+    policy: dict[str, FilterPolicy] = {}
+
+    def policy_for(self, engine: str) -> FilterPolicy:
+        return self.policy.get(engine, self.default_policy)
+
+
+@dataclass
+class ShardStats:
+    total: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    files: list[str] = field(default_factory=list)
+    images: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "total": self.total,
+            "kept": self.kept,
+            **{f"dropped_{k}": v for k, v in sorted(self.dropped.items())},
+            "images": self.images,
+            "files": self.files,
+        }
+
+
+class _RollingWriter:
+    """Parquet part files of at most `rows_per_shard` rows, each renamed into place when complete."""
+
+    def __init__(self, out_dir: Path, schema: pa.Schema, rows_per_shard: int):
+        self.out_dir, self.schema, self.rows_per_shard = out_dir, schema, rows_per_shard
+        self.buffer: list[dict] = []
+        self.files: list[str] = []
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        dest = self.out_dir / f"part-{len(self.files):05d}.parquet"
+        table = pa.Table.from_pylist(self.buffer, schema=self.schema)
+        with atomic_path(dest) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        self.files.append(dest.name)
+        self.buffer = []
+
+
+def _policy_reason(flags: list[str] | None, policy: FilterPolicy) -> str | None:
+    for flag in policy.drop:
+        if flags and flag in flags:
+            return f"flag_{flag}"
+    return None
+
+
+def _available(availability: pl.DataFrame) -> dict[str, str]:
+    ok = availability.filter(pl.col("status") == "success")
+    return dict(zip(ok["image_id"].to_list(), ok["key"].to_list()))
+
+
+def build_caption_shards(
+    translated: pl.DataFrame,
+    availability: pl.DataFrame,
+    images_dir: Path,
+    out_dir: Path,
+    *,
+    engine: str,
+    policy: FilterPolicy,
+    rows_per_shard: int,
+    group_by_image: bool,
+) -> ShardStats:
+    """Write caption shards for one (engine, dataset, split).
+
+    group_by_image=False: training layout, one row per (image, caption) (CAPTION_SHARD).
+    group_by_image=True: evaluation layout, one row per image with all its kept references
+    (EVAL_CAPTION_SHARD; COCO keeps 5).
+    """
+    stats = ShardStats()
+    captions = translated.filter(pl.col("field") == "caption")
+    stats.total = captions.height
+    key_of = _available(availability)
+    by_key: dict[str, list[dict]] = {}
+    for row in captions.iter_rows(named=True):
+        reason = None
+        if not (row["text_pt"] or "").strip():
+            reason = "flag_empty" if "empty" in policy.drop else None
+        reason = reason or _policy_reason(row.get("flags"), policy)
+        if reason is None and row["item_id"] not in key_of:
+            reason = "image_unavailable"
+        if reason:
+            stats.dropped[reason] += 1
+            continue
+        by_key.setdefault(key_of[row["item_id"]], []).append(row)
+
+    schema = EVAL_CAPTION_SHARD if group_by_image else CAPTION_SHARD
+    writer = _RollingWriter(out_dir, schema, rows_per_shard)
+    seen: set[str] = set()
+    for batch in iter_image_batches(images_dir):
+        for key, jpg in batch.items():
+            rows = by_key.get(key)
+            if not rows or key in seen:
+                continue
+            seen.add(key)
+            stats.images += 1
+            if group_by_image:
+                stats.kept += len(rows)
+                writer.add(
+                    {
+                        "image_id": rows[0]["item_id"],
+                        "image": jpg,
+                        "captions": [r["text_pt"] for r in rows],
+                        "captions_en": [r["text_en"] for r in rows],
+                        "dataset": rows[0]["dataset"],
+                        "split": rows[0]["split"],
+                        "engine": engine,
+                    }
+                )
+                continue
+            for r in rows:
+                stats.kept += 1
+                writer.add(
+                    {
+                        "sample_id": r["segment_id"],
+                        "image_id": r["item_id"],
+                        "image": jpg,
+                        "caption": r["text_pt"],
+                        "caption_en": r["text_en"],
+                        "dataset": r["dataset"],
+                        "split": r["split"],
+                        "engine": engine,
+                        "flags": list(r.get("flags") or []),
+                    }
+                )
+    missing = sum(len(rows) for key, rows in by_key.items() if key not in seen)
+    if missing:  # listed as downloaded but the bytes are not in the output (a deleted shard, say)
+        stats.dropped["image_bytes_missing"] += missing
+    writer.flush()
+    stats.files = writer.files
+    return stats
+
+
+def build_visdial_shards(
+    translated: pl.DataFrame,
+    dialogs: pl.DataFrame,
+    availability: pl.DataFrame,
+    images_dir: Path,
+    out_dir: Path,
+    *,
+    engine: str,
+    rows_per_shard: int,
+) -> ShardStats:
+    """Rebuild VisDial dialogs in PT from the translated global question/answer lists.
+
+    No quality filter here: every round needs its 100 options for the benchmark; flags are counted
+    in the comparison report instead.
+    """
+    stats = ShardStats(total=dialogs.height)
+    pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list()))
+    en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list()))
+    key_of = _available(availability)
+    by_key: dict[str, dict] = {}
+    for d in dialogs.iter_rows(named=True):
+        if d["image_id"] not in key_of:
+            stats.dropped["image_unavailable"] += 1
+            continue
+        split = d["caption_segment_id"].split("/")[1]
+
+        def q(i: int) -> str:
+            return pt[f"visdial/{split}/question/{i}"]
+
+        def a(i: int | None) -> str | None:
+            return None if i is None else pt[f"visdial/{split}/answer/{i}"]
+
+        rounds = [
+            {
+                "question": q(r["question"]),
+                "answer": a(r["answer"]),
+                "answer_options": [a(o) for o in r["answer_options"]],
+                "gt_index": r["gt_index"],
+            }
+            for r in d["rounds"]
+        ]
+        by_key[key_of[d["image_id"]]] = {
+            "image_id": d["image_id"],
+            "caption": pt[d["caption_segment_id"]],
+            "caption_en": en[d["caption_segment_id"]],
+            "rounds": rounds,
+            "dense_round": d["dense_round"],
+            "dense_relevance": d["dense_relevance"],
+            "engine": engine,
+        }
+    writer = _RollingWriter(out_dir, VISDIAL_SHARD, rows_per_shard)
+    for batch in iter_image_batches(images_dir):
+        for key, jpg in batch.items():
+            row = by_key.pop(key, None)
+            if row is not None:
+                stats.kept += 1
+                stats.images += 1
+                writer.add({**row, "image": jpg})
+    if by_key:
+        stats.dropped["image_bytes_missing"] += len(by_key)
+    writer.flush()
+    stats.files = writer.files
+    return stats

@@ -1,0 +1,47 @@
+"""Where each dataset's source files live under the run root, and which reader reads them.
+
+The sample writer and the real fetch (data_manifests/) lay files out under the same names, so the
+rest of the pipeline does not care which one produced them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.readers.common import ReadResult
+from pipeline.settings import Settings
+
+CC3M_FILES = {"train": "Train_GCC-training.tsv", "validation": "Validation_GCC-1.1.0-Validation.tsv"}
+
+
+def _expand(template: str, sources: Path) -> str:
+    """Fill the {sources} placeholder (the run's sources folder) and leave {image_id} for the reader."""
+    return template.replace("{sources}", str(sources))
+
+
+def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
+    """Run the right reader for one split of `dataset`."""
+    sources = settings.root / "sources"
+    if dataset == "cc3m":
+        from pipeline.readers.cc3m import read_cc3m_tsv
+
+        return read_cc3m_tsv(sources / "cc3m" / CC3M_FILES[split], split)
+    if dataset == "coco":
+        from pipeline.readers.coco import read_karpathy
+
+        return read_karpathy(
+            sources / "coco" / "dataset_coco.json",
+            splits=(split,),
+            url_base=_expand(settings.datasets.coco.url_base, sources),
+        )
+    if dataset == "visdial":
+        from pipeline.readers.visdial import read_visdial
+
+        dense = sources / "visdial" / f"visdial_1.0_{split}_dense_annotations.json"
+        template = settings.datasets.visdial.image_url_template[split]
+        return read_visdial(
+            sources / "visdial" / f"visdial_1.0_{split}.json",
+            split,
+            dense_path=dense if dense.exists() else None,
+            image_url_template=_expand(template, sources),
+        )
+    raise ValueError(f"unknown dataset {dataset!r}: expected cc3m, coco or visdial")

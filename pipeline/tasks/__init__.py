@@ -1,0 +1,33 @@
+"""The Luigi DAG.  `STAGES` names the points `ptvl run --until STAGE` can stop at, in order."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import luigi
+
+from pipeline.settings import Settings
+from pipeline.tasks.acquire import AvailabilityReport, FetchSource, IngestSegments
+
+
+def _sources(config: str, s: Settings) -> list[luigi.Task]:
+    return [FetchSource(config=config, dataset=d) for d in s.datasets.enabled()]
+
+
+def _segments(config: str, s: Settings) -> list[luigi.Task]:
+    return [
+        IngestSegments(config=config, dataset=d, split=sp)
+        for d, splits in s.datasets.enabled().items()
+        for sp in splits
+    ]
+
+
+def _images(config: str, s: Settings) -> list[luigi.Task]:
+    return [AvailabilityReport(config=config)]
+
+
+# name -> (what it produces, the tasks that complete it)
+STAGES: dict[str, tuple[str, Callable[[str, Settings], list[luigi.Task]]]] = {
+    "sources": ("official files fetched and verified (or the sample generated)", _sources),
+    "segments": ("every translatable string as segments/<dataset>/<split>.parquet", _segments),
+    "images": ("images downloaded + availability table (reports/availability.md)", _images),
+}

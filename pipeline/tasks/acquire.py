@@ -1,0 +1,124 @@
+"""Acquisition stages: sources (fetch or generate), segments (readers) and images (img2dataset)."""
+from __future__ import annotations
+
+import luigi
+
+from pipeline.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+from pipeline.tasks.base import PtvlTask, log
+
+
+class GenerateSample(PtvlTask):
+    """Write the embedded bilingual synthetic sample in the real source formats (offline default)."""
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("sources", "_SAMPLE.json")
+
+    def run(self) -> None:
+        from pipeline.sample.write import write_sample
+
+        s = self.settings.sample
+        layout = write_sample(
+            self.root / "sources",
+            seed=s.seed,
+            n_train=s.n_train,
+            n_val=s.n_val,
+            n_coco=s.n_coco,
+            n_dialogs=s.n_dialogs,
+            image_size=s.image_size,
+        )
+        write_json_atomic(self.output().path, {k: str(v) for k, v in vars(layout).items()})
+
+
+class FetchSource(PtvlTask):
+    """Download and verify a dataset's official files (data_manifests/<dataset>.toml); on the sample
+    profile the generated files stand in for them."""
+
+    dataset = luigi.Parameter()
+
+    def requires(self):
+        return GenerateSample(config=self.config) if self.settings.sample.enabled else []
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("sources", str(self.dataset), "_FETCHED.json")
+
+    def run(self) -> None:
+        dest = self.root / "sources" / str(self.dataset)
+        if self.settings.sample.enabled:
+            write_json_atomic(self.output().path, {"dataset": self.dataset, "source": "embedded sample"})
+            return
+        from pipeline.fetch import fetch_source
+        from pipeline.manifests import load_source
+
+        fetch_source(load_source(str(self.dataset)), dest, settings=self.settings.fetch)
+
+
+class IngestSegments(PtvlTask):
+    """Read one split of a source into the segments contract (+ items, quarantine, dialogs)."""
+
+    dataset = luigi.Parameter()
+    split = luigi.Parameter()
+
+    def requires(self):
+        return FetchSource(config=self.config, dataset=self.dataset)
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("segments", str(self.dataset), f"{self.split}.parquet")
+
+    def run(self) -> None:
+        from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS
+        from pipeline.sources import read_split
+
+        result = read_split(self.settings, str(self.dataset), str(self.split))
+        side = self.root / "sources" / str(self.dataset) / str(self.split)
+        write_parquet_atomic(side / "items.parquet", result.items, ITEMS)
+        write_parquet_atomic(side / "quarantine.parquet", result.quarantine, QUARANTINE)
+        if result.dialogs is not None:
+            write_parquet_atomic(side / "dialogs.parquet", result.dialogs, DIALOGS)
+        if result.quarantine.num_rows:
+            log.warning(
+                "%s/%s: %d rows quarantined (see %s)",
+                self.dataset, self.split, result.quarantine.num_rows, side / "quarantine.parquet",
+            )
+        # The segments file is the target, so it is written last.
+        write_parquet_atomic(self.output().path, result.segments, SEGMENTS)
+
+
+class DownloadImages(PtvlTask):
+    """Fetch a split's images with img2dataset and record why every unavailable URL failed."""
+
+    dataset = luigi.Parameter()
+    split = luigi.Parameter()
+
+    def requires(self):
+        return IngestSegments(config=self.config, dataset=self.dataset, split=self.split)
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("images", str(self.dataset), str(self.split), "_MANIFEST.json")
+
+    def run(self) -> None:
+        from pipeline.images import download_images
+
+        items = self.root / "sources" / str(self.dataset) / str(self.split) / "items.parquet"
+        download_images(items, self.root / "images" / str(self.dataset) / str(self.split), self.settings.download)
+
+
+class AvailabilityReport(PtvlTask):
+    """Thesis Table 4.1 (original / available / loss per split) and the breakdown by reason."""
+
+    def requires(self):
+        return {
+            f"{d}/{s}": DownloadImages(config=self.config, dataset=d, split=s)
+            for d, splits in self.settings.datasets.enabled().items()
+            for s in splits
+        }
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("reports", "availability.md")
+
+    def run(self) -> None:
+        from pipeline.availability import availability_report_markdown
+
+        per_split = {
+            key: self.root / "images" / key / "availability.parquet" for key in self.requires()
+        }
+        write_text_atomic(self.output().path, availability_report_markdown(per_split))
