@@ -87,6 +87,8 @@ def run(
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
     tasks = STAGES[stage][1](str(config.resolve()), settings)
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
+    # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
     kwargs = {"workers": workers, "detailed_summary": True}
     if scheduler_host:
         kwargs.update(scheduler_host=scheduler_host, scheduler_port=scheduler_port)

@@ -40,6 +40,7 @@ class SampleSection(Strict):
     n_coco: int = 100
     n_dialogs: int = 50
     image_size: int = 64
+    broken_fraction: float = Field(0.1, ge=0, le=0.5, description="share of CC3M rows broken on purpose")
 
 
 class CC3MSection(Strict):
@@ -58,11 +59,13 @@ class COCOSection(Strict):
 class VisDialSection(Strict):
     enabled: bool = True
     splits: list[Literal["train", "val"]] = ["val"]
-    # Image URL per split; {image_id} is VisDial's integer image id.  Val images come from the
-    # VisualDialog_val2018.zip (extract and point a file:// template at them); train uses COCO 2014.
+    # Image URL per split; {image_id} is VisDial's integer image id and {sources} the run's sources
+    # folder.  Val images come from VisualDialog_val2018.zip (fetched and extracted by the sources
+    # stage).  Train images are COCO 2014 images from both train2014 and val2014, so "coco_url" looks
+    # each id up in the COCO captions JSONs instead of guessing a file name.
     image_url_template: dict[str, str] = {
         "val": "file://{sources}/visdial/VisualDialog_val2018/VisualDialog_val2018_{image_id:012d}.jpg",
-        "train": "http://images.cocodataset.org/train2014/COCO_train2014_{image_id:012d}.jpg",
+        "train": "coco_url",
     }
 
 

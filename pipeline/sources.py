@@ -38,10 +38,17 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
 
         dense = sources / "visdial" / f"visdial_1.0_{split}_dense_annotations.json"
         template = settings.datasets.visdial.image_url_template[split]
+        if template == "coco_url":
+            from pipeline.readers.coco import coco_urls_by_id
+
+            annotations = [sources / "coco" / "annotations" / f"captions_{s}2014.json" for s in ("train", "val")]
+            url_of = coco_urls_by_id(annotations).__getitem__
+        else:
+            url_of = _expand(template, sources)
         return read_visdial(
             sources / "visdial" / f"visdial_1.0_{split}.json",
             split,
             dense_path=dense if dense.exists() else None,
-            image_url_template=_expand(template, sources),
+            image_url_template=url_of,
         )
     raise ValueError(f"unknown dataset {dataset!r}: expected cc3m, coco or visdial")

@@ -124,7 +124,7 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     kind = SHAPES[scene.shape][0]
     # Several shapes must not overlap, so large ones shrink a little when count > 1.
     r = size * (0.11 if scene.size == 0 else (0.2 if scene.count == 1 else 0.16))
-    for slot, (jx, jy) in zip(scene.slots, scene.jitter):
+    for slot, (jx, jy) in zip(scene.slots, scene.jitter, strict=True):
         fx, fy = POSITIONS[slot][2]
         cx, cy = (fx + jx) * size, (fy + jy) * size
         if kind == "circle":

@@ -25,8 +25,9 @@ class GenerateSample(PtvlTask):
             n_coco=s.n_coco,
             n_dialogs=s.n_dialogs,
             image_size=s.image_size,
+            broken_fraction=s.broken_fraction,
         )
-        write_json_atomic(self.output().path, {k: str(v) for k, v in vars(layout).items()})
+        write_json_atomic(self.output().path, {k: str(v) for k, v in vars(layout).items() if k != "truth"})
 
 
 class FetchSource(PtvlTask):

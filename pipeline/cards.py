@@ -1,0 +1,66 @@
+"""Dataset cards: the README.md written beside every shard folder, so a shard copied elsewhere still
+says where it came from, how it was translated and filtered, and what its licence terms are."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.io import write_text_atomic
+
+LICENCE_NOTES = {
+    "cc3m": (
+        "Conceptual Captions (Sharma et al., 2018). The captions and URLs are provided by Google LLC "
+        "'as is' for any purpose; the images belong to their owners and are not licensed by the dataset. "
+        "Translations by the engine named above."
+    ),
+    "coco": (
+        "MS-COCO captions (Lin et al., 2014; Karpathy split) under CC BY 4.0; images under the Flickr terms "
+        "of use of their owners."
+    ),
+    "visdial": "VisDial v1.0 (Das et al., 2017) annotations under CC BY 4.0; images from COCO / Flickr.",
+}
+
+
+def write_dataset_card(
+    out_dir: Path,
+    *,
+    dataset: str,
+    split: str,
+    engine: str,
+    engine_id: str,
+    layout: str,
+    policy: list[str] | None,
+    stats: dict,
+    availability_md: str | None,
+) -> Path:
+    """Write out_dir/README.md describing one shard folder."""
+    dropped = {k: v for k, v in stats.items() if k.startswith("dropped_")}
+    lines = [
+        f"# {dataset}/{split} in European Portuguese ({engine})",
+        "",
+        "Written by ptvl's BuildShards stage. Load with "
+        "`datasets.load_dataset(\"parquet\", data_files=\"part-*.parquet\")` or `polars.scan_parquet`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source dataset | {dataset} (split `{split}`) |",
+        f"| translation engine | `{engine}` (`{engine_id}`) |",
+        f"| layout | {layout} |",
+        f"| filter policy | {'drop rows flagged ' + ', '.join(f'`{p}`' for p in policy) if policy else 'none (all rows kept)'} |",
+        f"| rows considered | {stats.get('total', 0)} |",
+        f"| rows kept | {stats.get('kept', 0)} |",
+        f"| images | {stats.get('images', 0)} |",
+        f"| files | {', '.join(stats.get('files', []))} |",
+        "",
+        "## Dropped, by reason",
+        "",
+    ]
+    if dropped:
+        lines += ["| reason | rows |", "|---|---|"] + [f"| {k[8:]} | {v} |" for k, v in sorted(dropped.items())]
+    else:
+        lines.append("Nothing was dropped.")
+    if availability_md:
+        lines += ["", "## Image availability", "", availability_md.strip()]
+    lines += ["", "## Licence", "", LICENCE_NOTES.get(dataset, "See the source dataset's terms."), ""]
+    dest = out_dir / "README.md"
+    write_text_atomic(dest, "\n".join(lines))
+    return dest

@@ -1,0 +1,189 @@
+"""What every reader shares: the file-level error, the result bundle, quarantine rows and table builders."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS
+from translation.textkey import text_hash
+
+RAW_CAP_BYTES = 2048  # QUARANTINE.raw is capped so one giant bad record cannot bloat the table
+URL_SCHEMES = ("http://", "https://", "file://")
+
+
+class SourceFormatError(Exception):
+    """A source file that cannot be read at all (not a bad row: those go to quarantine).
+
+    The message names the file and says what is wrong: the parse position of a truncated or corrupt
+    JSON file, or the key missing from the expected top-level layout.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class ReadResult:
+    """One reader run: the contracts' tables plus counts (`stats`) for the ingest report."""
+
+    segments: pa.Table
+    items: pa.Table
+    quarantine: pa.Table
+    dialogs: pa.Table | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def cap_raw(raw: bytes | str | Any) -> str:
+    """The offending input as text for QUARANTINE.raw: bytes decoded with replacement, records as JSON,
+    at most RAW_CAP_BYTES of UTF-8."""
+    if isinstance(raw, bytes):
+        text = raw[: RAW_CAP_BYTES * 2].decode("utf-8", errors="replace")
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = json.dumps(raw, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            text = repr(raw)
+    encoded = text.encode("utf-8")
+    if len(encoded) > RAW_CAP_BYTES:
+        text = encoded[:RAW_CAP_BYTES].decode("utf-8", errors="ignore")
+    return text
+
+
+class Quarantine:
+    """Collects rows a reader could not use, each with a short reason class and a readable detail."""
+
+    def __init__(self, dataset: str, split: str, source_file: str | Path) -> None:
+        self.dataset, self.split, self.source_file = dataset, split, str(source_file)
+        self.rows: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        line: int,
+        reason: str,
+        detail: str,
+        raw: bytes | str | Any,
+        split: str | None = None,
+        source_file: str | Path | None = None,
+    ) -> None:
+        """One rejected row; `split` / `source_file` override the collector's (a record's own split,
+        a second file such as dense annotations)."""
+        self.rows.append(
+            {
+                "dataset": self.dataset,
+                "split": split if split is not None else self.split,
+                "source_file": str(source_file) if source_file is not None else self.source_file,
+                "line": int(line),
+                "reason": reason,
+                "detail": detail,
+                "raw": cap_raw(raw),
+            }
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {f"quarantined_{k}": v for k, v in sorted(Counter(r["reason"] for r in self.rows).items())}
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=QUARANTINE)
+
+
+Strings = Sequence[str] | pa.Array
+
+
+def _column(values: str | Strings | None, n: int) -> pa.Array:
+    """A string column: a scalar repeats (without building an n-long Python list), None is all null."""
+    if values is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(values, str):
+        return pa.repeat(pa.scalar(values, pa.string()), n)
+    # Type inference and a cast, not pa.array(values, pa.string()): in pyarrow 26 the typed
+    # conversion of a str list is several times slower than the inferred one.
+    arr = values if isinstance(values, pa.Array) else pa.array(values)
+    return arr if arr.type == pa.string() else arr.cast(pa.string())
+
+
+def segments_table(
+    segment_ids: Strings,
+    dataset: str,
+    splits: str | Strings,
+    item_ids: Strings,
+    fields: str | Strings,
+    texts: Strings,
+    hashes: Strings | None = None,
+) -> pa.Table:
+    """A SEGMENTS table; a scalar `splits` / `fields` fills the whole column; `hashes` default to
+    text_hash of each text."""
+    n = len(segment_ids)
+    if hashes is None:
+        hashes = [text_hash(t) for t in (texts.to_pylist() if isinstance(texts, pa.Array) else texts)]
+    cols = [segment_ids, dataset, splits, item_ids, fields, texts, hashes]
+    return pa.Table.from_arrays([_column(c, n) for c in cols], schema=SEGMENTS)
+
+
+def items_table(
+    image_ids: Strings,
+    dataset: str,
+    splits: str | Strings,
+    urls: Strings,
+    source_paths: Sequence[str | None] | pa.Array | None = None,
+) -> pa.Table:
+    """An ITEMS table; `source_paths` None means unknown for every row."""
+    n = len(image_ids)
+    cols = [image_ids, dataset, splits, urls, source_paths]
+    return pa.Table.from_arrays([_column(c, n) for c in cols], schema=ITEMS)
+
+
+def empty_dialogs() -> pa.Table:
+    return DIALOGS.empty_table()
+
+
+def load_json(path: str | Path) -> Any:
+    """Parse a whole JSON file, turning every way it can fail into a SourceFormatError that names the
+    file and the position (a truncated download fails at its last byte)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceFormatError(path, "file not found") from None
+    except OSError as e:
+        raise SourceFormatError(path, f"cannot read file: {e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceFormatError(path, f"not UTF-8 text: invalid byte at offset {e.start}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " (file truncated?)" if e.pos >= len(text.rstrip()) else ""
+        raise SourceFormatError(
+            path,
+            f"invalid JSON at line {e.lineno} column {e.colno} (char {e.pos} of {len(text)}){hint}: {e.msg}",
+        ) from None
+
+
+def require(obj: Any, key: str, kind: type | tuple[type, ...], path: str | Path, where: str) -> Any:
+    """obj[key] checked for presence and type, else a SourceFormatError saying which key is wrong."""
+    if not isinstance(obj, dict):
+        raise SourceFormatError(path, f"{where} should be a JSON object, found {type(obj).__name__}")
+    if key not in obj:
+        raise SourceFormatError(path, f"missing key {key!r} in {where} (found keys: {sorted(obj)[:10]})")
+    value = obj[key]
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SourceFormatError(path, f"{where}[{key!r}] should be {want}, found {type(value).__name__}")
+    return value
+
+
+def is_fetchable_url(url: str) -> bool:
+    """http(s) or file URL with something after the scheme (schemes are case-insensitive)."""
+    low = url[:8].lower()
+    return any(low.startswith(s) and len(url) > len(s) for s in URL_SCHEMES)
