@@ -1,0 +1,1 @@
+"""Reports rendered from pipeline outputs (translator comparison, ...): pure functions, no luigi."""

@@ -1,0 +1,289 @@
+"""The translator comparison report: one self-contained HTML file plus Markdown tables (thesis Tables 5.1, 5.2).
+
+Pure functions: the data comes in as DataFrames and dicts, two files go out (written atomically).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on pipeline workers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from translation.quality import FLAG_NAMES, QualityThresholds, flag_rates, flag_table  # noqa: E402
+from translation.tokstats import render_table_5_2  # noqa: E402
+
+HTML_NAME = "comparison.html"
+MARKDOWN_NAME = "comparison.md"
+
+
+@dataclass(frozen=True)
+class ComparisonPaths:
+    """The two files a comparison writes."""
+
+    html: Path
+    markdown: Path
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table rendered both ways: `cells` hold plain text; `flags` (same shape, optional) hold
+    (flag, reason) pairs to highlight in that cell."""
+
+    title: str
+    header: list[str]
+    cells: list[list[str]]
+    flags: list[list[list[tuple[str, str]]]] | None = None
+
+
+# --- data preparation --------------------------------------------------------------------------------
+
+def _with_flags(engine: str, df: pl.DataFrame, thresholds: QualityThresholds | None) -> pl.DataFrame:
+    if "engine" not in df.columns:
+        df = df.with_columns(pl.lit(engine).alias("engine"))
+    if "flags" not in df.columns or "flag_reasons" not in df.columns:
+        df = flag_table(df, thresholds)
+    return df.select("segment_id", "text_en", "engine", "text_pt", "flags", "flag_reasons").with_columns(
+        pl.lit(engine).alias("engine")
+    )
+
+
+def _side_by_side(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """One row per segment: text_en, then <engine>, <engine>__flags, <engine>__reasons per engine."""
+    base = pl.concat([f.select("segment_id", "text_en") for f in frames.values()]).unique("segment_id")
+    for name, f in frames.items():
+        base = base.join(
+            f.select("segment_id", pl.col("text_pt").alias(name), pl.col("flags").alias(f"{name}__flags"),
+                     pl.col("flag_reasons").alias(f"{name}__reasons")),
+            on="segment_id", how="left",
+        )
+    n_flags = pl.sum_horizontal([pl.col(f"{n}__flags").list.len().fill_null(0) for n in frames])
+    return base.with_columns(n_flags.alias("n_flags")).sort("segment_id")
+
+
+def _examples(wide: pl.DataFrame, engines: list[str], ids: list[str], title: str) -> _Table:
+    rows = wide.filter(pl.col("segment_id").is_in(ids))
+    order = {s: i for i, s in enumerate(ids)}
+    rows = rows.with_columns(pl.col("segment_id").replace_strict(order, return_dtype=pl.Int64).alias("_o")).sort("_o")
+    cells, flags = [], []
+    for r in rows.iter_rows(named=True):
+        cells.append([r["segment_id"], r["text_en"]] + [r[e] if r[e] is not None else "" for e in engines])
+        flags.append([[], []] + [list(zip(r[f"{e}__flags"] or [], r[f"{e}__reasons"] or [], strict=True))
+                                 for e in engines])
+    return _Table(title, ["segment", "source (EN)"] + engines, cells, flags)
+
+
+def _worst_ids(wide: pl.DataFrame, engines: list[str], n: int) -> list[str]:
+    """Segments with the most flags; first the worst example of each flag kind, so every failure mode
+    present is illustrated, then the rest by flag count (ties by segment id)."""
+    worst = wide.filter(pl.col("n_flags") > 0).sort(["n_flags", "segment_id"], descending=[True, False])
+    rows = worst.select("segment_id", *[f"{e}__flags" for e in engines]).rows()
+    chosen: list[str] = []
+    for flag in FLAG_NAMES:
+        for seg, *flag_lists in rows:
+            if seg not in chosen and any(flag in (fl or []) for fl in flag_lists):
+                chosen.append(seg)
+                break
+    chosen = chosen[:n]
+    chosen += [seg for seg, *_ in rows if seg not in chosen][: n - len(chosen)]
+    order = {seg: i for i, (seg, *_) in enumerate(rows)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+# --- plots -------------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(all_rows: pl.DataFrame, engines: list[str], rates: pl.DataFrame) -> dict[str, str]:
+    words = lambda c: pl.col(c).fill_null("").str.count_matches(r"\S+")  # noqa: E731
+    en = all_rows.unique("segment_id").select(words("text_en")).to_series().to_numpy()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    top = int(max([en.max(initial=1)] + [all_rows.filter(pl.col("engine") == e).select(words("text_pt"))
+                                          .to_series().max() or 1 for e in engines]))
+    bins = np.arange(0, top + 2) - 0.5
+    ax.hist(en, bins=bins, histtype="step", linewidth=2, label="English")
+    for e in engines:
+        ax.hist(all_rows.filter(pl.col("engine") == e).select(words("text_pt")).to_series().to_numpy(),
+                bins=bins, histtype="step", label=e)
+    ax.set(xlabel="words per segment", ylabel="segments", title="Length distribution")
+    ax.legend()
+    out = {"Length distribution per engine": _png(fig)}
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for e in engines:
+        ratio = (all_rows.filter(pl.col("engine") == e)
+                 .select(pl.col("text_pt").fill_null("").str.len_chars() / pl.col("text_en").str.len_chars().clip(1))
+                 .to_series().to_numpy())
+        ax.hist(ratio, bins=np.linspace(0, 3, 31), histtype="step", label=e)
+    ax.axvline(1.0, color="grey", linestyle=":")
+    ax.set(xlabel="chars(output) / chars(source)", ylabel="segments", title="Length ratio against the source")
+    ax.legend()
+    out["Length ratio against the source"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / max(1, len(engines))
+    x = np.arange(len(FLAG_NAMES))
+    for i, row in enumerate(rates.iter_rows(named=True)):
+        ax.bar(x + i * width, [100 * row[f] for f in FLAG_NAMES], width, label=row["engine"])
+    ax.set_xticks(x + width * (len(engines) - 1) / 2, FLAG_NAMES)
+    ax.set(ylabel="% of rows", title="Flag rates")
+    ax.legend()
+    out["Flag rates per engine"] = _png(fig)
+    return out
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(t: _Table) -> str:
+    lines = [f"## {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+    for i, row in enumerate(t.cells):
+        cells = []
+        for j, text in enumerate(row):
+            cell = _md_cell(text)
+            found = t.flags[i][j] if t.flags else []
+            if found:
+                cell += " **⚑ " + ", ".join(f for f, _ in found) + "**"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(t: _Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
+    body = []
+    for i, row in enumerate(t.cells):
+        tds = []
+        for j, text in enumerate(row):
+            found = t.flags[i][j] if t.flags else []
+            badges = "".join(
+                f'<span class="flag flag-{html.escape(f)}" title="{html.escape(reason)}">{html.escape(f)}</span>'
+                for f, reason in found
+            )
+            cls = ' class="flagged"' if found else ""
+            tds.append(f"<td{cls}>{html.escape(text)}{'<br>' + badges if badges else ''}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f"<h2>{html.escape(t.title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _from_markdown(title: str, md: str) -> _Table:
+    """A _Table from a pipe table without escaped pipes (render_table_5_2's output)."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    if len(rows) < 2:
+        return _Table(title, ["(empty)"], [])
+    return _Table(title, rows[0], rows[2:])
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
+th{background:#f0f0f0}td.flagged{background:#fff1f0}
+.flag{display:inline-block;margin:2px 4px 0 0;padding:0 6px;border-radius:8px;font-size:.8em;color:#fff;background:#c0392b}
+.flag-brazilian{background:#1e8449}.flag-untranslated{background:#7d3c98}.flag-truncated{background:#b9770e}
+.flag-repetitive{background:#2e4053}.flag-low_score{background:#566573}.flag-empty{background:#000}
+"""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_comparison(
+    out_dir: Path,
+    *,
+    translated: dict[str, pl.DataFrame],
+    token_stats: pl.DataFrame,
+    gold_scores: dict[str, dict],
+    billing: dict[str, dict],
+    throughput: dict[str, float],
+    seed: int = 0,
+    n_random: int = 5,
+    n_worst: int = 5,
+    thresholds: QualityThresholds | None = None,
+) -> ComparisonPaths:
+    """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
+
+    translated: engine -> rows with the TRANSLATED columns (flags/flag_reasons are computed when absent).
+    token_stats: translation.tokstats.token_stats output.  gold_scores: engine -> score_against_gold dict.
+    billing: engine -> {"chars": int, "eur": float}.  throughput: engine -> sentences per second.
+    The random examples are drawn with `seed`; the worst cases are the segments with the most flags
+    summed over engines (ties by segment id).
+    """
+    if not translated:
+        raise ValueError("render_comparison: no engines given")
+    engines = sorted(translated)
+    frames = {e: _with_flags(e, translated[e], thresholds) for e in engines}
+    all_rows = pl.concat(list(frames.values()), how="vertical_relaxed")
+    wide = _side_by_side(frames)
+    ids = wide["segment_id"].to_list()
+    rng = np.random.default_rng(seed)
+    random_ids = [ids[i] for i in sorted(rng.choice(len(ids), size=min(n_random, len(ids)), replace=False))]
+    worst_ids = _worst_ids(wide, engines, n_worst)
+
+    rates = flag_rates(all_rows)
+    tables = [
+        _examples(wide, engines, random_ids, f"Random examples (Table 5.1 style, seed {seed})"),
+        _examples(wide, engines, worst_ids, "Worst cases (most flags across engines)"),
+        _Table("Flag rates per engine", ["engine", "rows"] + list(FLAG_NAMES) + ["any flag"],
+               [[r["engine"], f"{r['rows']:,}"] + [f"{100 * r[f]:.1f}%" for f in (*FLAG_NAMES, "any_flag")]
+                for r in rates.iter_rows(named=True)]),
+        _Table("chrF and BLEU against the gold PT-PT set", ["engine", "chrF", "BLEU", "sentences"],
+               [[e, f"{s['chrf']:.2f}", f"{s['bleu']:.2f}", str(s.get("n", ""))]
+                for e, s in sorted(gold_scores.items())]),
+        _Table("Characters billed and estimated cost", ["engine", "billed chars", "estimated cost (EUR)"],
+               [[e, f"{int(b.get('chars', 0)):,}", f"{float(b.get('eur', 0.0)):.2f}"]
+                for e, b in sorted(billing.items())]),
+        _Table("Throughput", ["engine", "sentences/s"], [[e, f"{v:.1f}"] for e, v in sorted(throughput.items())]),
+    ]
+    table_5_2 = render_table_5_2(token_stats)
+    signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}
+                        | {s["bleu_signature"] for s in gold_scores.values() if "bleu_signature" in s})
+
+    md = ["# Translator comparison", "", f"Engines: {', '.join(engines)}", ""]
+    md += [_markdown(tables[0]), _markdown(tables[1]), "## Token statistics (Table 5.2 style)", "", table_5_2]
+    md += [_markdown(t) for t in tables[2:]]
+    if signatures:
+        md += ["sacrebleu signatures: " + "; ".join(f"`{s}`" for s in signatures), ""]
+
+    plots = _plots(all_rows, engines, rates)
+    parts = [f"<h1>Translator comparison</h1><p>Engines: {html.escape(', '.join(engines))}</p>"]
+    parts += [_html_table(tables[0]), _html_table(tables[1])]
+    parts.append(_html_table(_from_markdown("Token statistics (Table 5.2 style)", table_5_2)))
+    parts += [_html_table(t) for t in tables[2:]]
+    if signatures:
+        parts.append("<p>sacrebleu signatures: " + "; ".join(f"<code>{html.escape(s)}</code>" for s in signatures) + "</p>")
+    for title, b64 in plots.items():
+        parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Translator comparison</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+    out_dir = Path(out_dir)
+    paths = ComparisonPaths(html=out_dir / HTML_NAME, markdown=out_dir / MARKDOWN_NAME)
+    _atomic_write(paths.markdown, "\n".join(md))
+    _atomic_write(paths.html, page)
+    return paths

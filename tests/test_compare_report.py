@@ -1,0 +1,135 @@
+"""The comparison report: a good and a bad fake engine; the bad one's failures are flagged and highlighted."""
+from __future__ import annotations
+
+import re
+
+import polars as pl
+import pytest
+
+from pipeline.reports.compare import render_comparison
+from translation.gold import load_gold
+from translation.scoring import score_against_gold
+from translation.tokstats import token_stats
+
+N_EACH = 4  # rows of each failure kind in the bad engine
+
+
+def _translated(engine: str, en: list[str], pt: list[str]) -> pl.DataFrame:
+    n = len(en)
+    return pl.DataFrame({
+        "segment_id": [f"cc3m/validation/{i:03d}" for i in range(n)], "dataset": "cc3m", "split": "validation",
+        "item_id": [f"cc3m/validation/{i:03d}" for i in range(n)], "field": "caption", "text_en": en,
+        "text_hash": "h", "engine": engine, "engine_id": engine + ":test", "text_pt": pt,
+        "score": pl.Series([None] * n, dtype=pl.Float32),
+    })
+
+
+@pytest.fixture(scope="module")
+def engines():
+    gold = load_gold().filter(pl.col("style") == "cc3m", pl.col("pt_pt") != pl.col("pt_br"))
+    gold = gold.filter(pl.col("en").str.len_chars() >= 40).head(4 * N_EACH + 4)
+    en, pp, pb = gold["en"].to_list(), gold["pt_pt"].to_list(), gold["pt_br"].to_list()
+    bad = []
+    for i, (e, p, b) in enumerate(zip(en, pp, pb, strict=True)):
+        kind = i // N_EACH
+        if kind == 0:
+            bad.append(b)  # Brazilian
+        elif kind == 1:
+            bad.append(e)  # untranslated
+        elif kind == 2:
+            bad.append(" ".join(p.split()[:2]))  # truncated
+        elif kind == 3:
+            bad.append(p + " " + " ".join(p.split()[-2:] * 4))  # repetitive
+        else:
+            bad.append(p)  # fine
+    return {"good": _translated("good", en, pp), "bad": _translated("bad", en, bad)}, gold
+
+
+@pytest.fixture(scope="module")
+def report(engines, tmp_path_factory):
+    translated, gold = engines
+    out = tmp_path_factory.mktemp("report")
+    stats = token_stats([translated["good"].lazy(), translated["bad"].lazy()])
+    scores = {e: score_against_gold(translated[e]["text_pt"].to_list(), gold["pt_pt"].to_list()) for e in translated}
+    paths = render_comparison(
+        out, translated=translated, token_stats=stats, gold_scores=scores,
+        billing={"good": {"chars": 1_234_567, "eur": 24.69}, "bad": {"chars": 0, "eur": 0.0}},
+        throughput={"good": 12.5, "bad": 310.25}, seed=3, n_random=4, n_worst=6,
+    )
+    return paths, stats, scores, out
+
+
+def _md_row(md: str, first_cell: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r}")
+
+
+def test_files_written_atomically(report):
+    paths, _, _, out = report
+    assert paths.html == out / "comparison.html" and paths.markdown == out / "comparison.md"
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.html", "comparison.md"]  # no temp files left
+
+
+def test_flag_rates_table(report):
+    md = report[0].markdown.read_text(encoding="utf-8")
+    section = md.split("## Flag rates per engine")[1].split("##")[0]
+    bad, good = _md_row(section, "bad"), _md_row(section, "good")
+    # columns: engine, rows, empty, untranslated, brazilian, truncated, repetitive, low_score, any flag
+    share = f"{100 * N_EACH / (4 * N_EACH + 4):.1f}%"
+    assert bad[1] == str(4 * N_EACH + 4)
+    assert bad[2:] == ["0.0%", share, share, share, share, "0.0%", f"{100 * 4 * N_EACH / (4 * N_EACH + 4):.1f}%"]
+    assert good[2:] == ["0.0%"] * 7
+
+
+def test_examples_side_by_side_with_flags(report, engines):
+    translated, _ = engines
+    md = report[0].markdown.read_text(encoding="utf-8")
+    worst = md.split("## Worst cases")[1].split("##")[0]
+    header_line = next(line for line in worst.splitlines() if line.startswith("| segment"))
+    header = [c.strip() for c in header_line.strip("|").split("|")]
+    assert header == ["segment", "source (EN)", "bad", "good"]
+    rows = [line for line in worst.splitlines() if line.startswith("| cc3m/")]
+    assert len(rows) == 6
+    assert all("**⚑ " in r.split("|")[3] for r in rows) and not any("⚑" in r.split("|")[4] for r in rows)
+    random = md.split("## Random examples (Table 5.1 style, seed 3)")[1].split("##")[0]
+    assert len([line for line in random.splitlines() if line.startswith("| cc3m/")]) == 4
+
+
+def test_html_highlights_and_is_self_contained(report):
+    page = report[0].html.read_text(encoding="utf-8")
+    for flag in ("brazilian", "untranslated", "truncated", "repetitive"):
+        assert re.search(rf'<td class="flagged">[^<]*<br><span class="flag flag-{flag}" title="{flag}: ', page), flag
+    assert page.count('src="data:image/png;base64,') == 3
+    assert not re.search(r"(src|href)=\"(?!data:)", page)  # nothing fetched from elsewhere
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
+    assert "ônibus" in page or "celular" in page  # the Brazilian output is shown as text
+    assert "<th>bad</th><th>good</th>" in page
+
+
+def test_numbers_in_tables(report):
+    _, stats, scores, _ = report
+    md = report[0].markdown.read_text(encoding="utf-8")
+    ts = md.split("## Token statistics (Table 5.2 style)")[1].split("##")[0]
+    english = stats.filter(pl.col("column") == "English").row(0, named=True)
+    good = stats.filter(pl.col("column") == "good").row(0, named=True)
+    assert _md_row(ts, "cc3m / validation")[1:] == ["samples", str(english["samples"]), str(english["samples"]),
+                                                     str(good["samples"])]
+    gold_section = md.split("## chrF and BLEU")[1].split("##")[0]
+    assert _md_row(gold_section, "good")[1:3] == ["100.00", "100.00"]
+    assert float(_md_row(gold_section, "bad")[1]) == pytest.approx(scores["bad"]["chrf"], abs=0.01)
+    assert float(_md_row(gold_section, "bad")[1]) < 90
+    assert _md_row(md, "good")[1:] == ["1,234,567", "24.69"] or "| good | 1,234,567 | 24.69 |" in md
+    assert "| bad | 310.2 |" in md or "| bad | 310.3 |" in md
+    assert "sacrebleu signatures: `nrefs:1|" in md
+
+
+def test_same_seed_same_report(engines, report, tmp_path):
+    translated, _ = engines
+    paths, stats, scores, _ = report
+    again = render_comparison(tmp_path, translated=translated, token_stats=stats, gold_scores=scores,
+                              billing={}, throughput={}, seed=3, n_random=4, n_worst=6)
+    first = paths.markdown.read_text(encoding="utf-8").split("## Flag rates")[0]
+    assert again.markdown.read_text(encoding="utf-8").split("## Flag rates")[0] == first

@@ -1,0 +1,114 @@
+"""The gold PT-PT set: loads and validates; scores with sacrebleu; precision/recall of two flags on it."""
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from translation.gold import GoldFormatError, load_gold
+from translation.quality import QualityThresholds, flag_row, normalise
+from translation.scoring import flag_precision_recall, score_against_gold
+
+
+@pytest.fixture(scope="module")
+def gold() -> pl.DataFrame:
+    return load_gold()
+
+
+def test_gold_shape_and_content(gold):
+    assert gold.columns == ["id", "style", "en", "pt_pt", "pt_br"]
+    assert gold.height >= 220
+    counts = dict(gold.group_by("style").len().iter_rows())
+    assert counts["cc3m"] >= 100 and counts["coco"] >= 50 and counts["visdial_q"] >= 30 and counts["visdial_a"] >= 30
+    differ = (gold["pt_pt"] != gold["pt_br"]).sum()
+    assert 150 <= differ < gold.height  # most rows differ between variants, some naturally do not
+    assert gold["id"].n_unique() == gold.height
+    # PT-PT side uses the PT-PT lexicon the card promises
+    ptpt = " ".join(gold["pt_pt"].to_list())
+    for word in ("autocarro", "comboio", "telemóvel", "equipa", "pequeno-almoço", "casa de banho", "rapariga",
+                 "frigorífico", "ecrã", "fato", "facto", "ficheiro", "vê-se", "está a"):
+        assert word in ptpt, word
+
+
+def test_gold_ratio_calibration(gold):
+    # the documented truncation threshold sits at the minimum PT-PT/EN length ratio of the gold set
+    th = QualityThresholds()
+    ratios = [len(p) / len(e) for e, p in gold.select("en", "pt_pt").iter_rows() if len(e) >= th.min_source_chars]
+    assert min(ratios) >= th.min_length_ratio
+    assert min(ratios) < th.min_length_ratio + 0.05  # and is not looser than it needs to be
+    assert max(ratios) < th.max_length_ratio
+
+
+def test_no_gold_ptpt_row_is_flagged(gold):
+    flagged = {pp: flag_row(en, pp) for en, pp in gold.select("en", "pt_pt").iter_rows() if flag_row(en, pp)}
+    assert flagged == {}
+
+
+def test_flag_precision_recall(gold):
+    pr = flag_precision_recall(gold)
+    br, un = pr["brazilian"], pr["untranslated"]
+    print(f"\nbrazilian: precision {br['precision']:.3f} recall {br['recall']:.3f} "
+          f"(tp {br['tp']} fp {br['fp']} fn {br['fn']}; {br['positives']} pos, {br['negatives']} neg)")
+    print(f"untranslated: precision {un['precision']:.3f} recall {un['recall']:.3f} "
+          f"(tp {un['tp']} fp {un['fp']} fn {un['fn']}; {un['positives']} pos, {un['negatives']} neg)")
+    assert br["positives"] == int((gold["pt_pt"] != gold["pt_br"]).sum())
+    assert br["precision"] >= 0.9
+    # the misses are PT-BR choices that are also valid PT-PT words ('foto', 'tela', 'tem' for 'há',
+    # 'em pé', 'arquivo'): not detectable without false positives
+    assert br["recall"] >= 0.78
+    assert un["precision"] >= 0.9 and un["recall"] >= 0.9
+    # rows whose EN and PT-PT coincide ('2', 'about 10' -> no) are excluded from both sets
+    same = sum(normalise(e) == normalise(p) for e, p in gold.select("en", "pt_pt").iter_rows())
+    assert un["positives"] == gold.height - same
+
+
+def test_untranslated_recall_on_mixed_outputs(gold):
+    # an engine that translates only the first word and copies the rest: 'mostly English'
+    long_rows = [(e, p) for e, p in gold.select("en", "pt_pt").iter_rows() if len(e.split()) >= 6]
+    caught = sum("untranslated" in flag_row(e, p.split()[0] + " " + " ".join(e.split()[1:])) for e, p in long_rows)
+    print(f"\nmixed outputs caught: {caught}/{len(long_rows)}")
+    assert caught / len(long_rows) >= 0.9
+
+
+def test_chrf_bleu(gold):
+    en, pp, pb = gold["en"].to_list(), gold["pt_pt"].to_list(), gold["pt_br"].to_list()
+    same, br, eng = score_against_gold(pp, pp), score_against_gold(pb, pp), score_against_gold(en, pp)
+    print(f"\nchrF/BLEU vs pt_pt: pt_pt {same['chrf']}/{same['bleu']}, pt_br {br['chrf']}/{br['bleu']}, "
+          f"en {eng['chrf']}/{eng['bleu']}")
+    assert same["chrf"] == 100.0 and same["bleu"] == 100.0
+    assert 40 < br["chrf"] < 80  # clearly below 100, far above English
+    assert eng["chrf"] < 25 and eng["bleu"] < 5
+    assert same["chrf_signature"].startswith("nrefs:1|") and same["n"] == gold.height
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        score_against_gold(["a", "b"], ["a"])
+
+
+def test_truncation_recall_on_cut_outputs(gold):
+    # cut the PT-PT reference to its first 40% of words: what a truncating engine produces
+    rows = [(e, p) for e, p in gold.select("en", "pt_pt").iter_rows() if len(e) >= 40]
+    cut = [(e, " ".join(p.split()[: max(1, int(len(p.split()) * 0.4))])) for e, p in rows]
+    caught = sum("truncated" in flag_row(e, c) for e, c in cut)
+    print(f"\ntruncated: {caught}/{len(cut)} cut outputs caught")
+    assert caught / len(cut) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("id\tstyle\ten\tpt\n", r":1: header must be"),
+        ("id\tstyle\ten\tpt_pt\tpt_br\nx\tcc3m\ta\tb\n", r":2: expected 5 fields, got 4"),
+        ("id\tstyle\ten\tpt_pt\tpt_br\nx\tcc3m\ta\t \tc\n", r":2: empty field\(s\) pt_pt"),
+        ("id\tstyle\ten\tpt_pt\tpt_br\nx\tflickr\ta\tb\tc\n", r":2: unknown style 'flickr'"),
+        ("id\tstyle\ten\tpt_pt\tpt_br\nx\tcoco\ta\tb\tc\nx\tcoco\ta\tb\tc\n", r":3: duplicate id 'x'"),
+    ],
+)
+def test_load_gold_errors(tmp_path, content, message):
+    path = tmp_path / "gold.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(GoldFormatError, match=message):
+        load_gold(path)
+
+
+def test_load_gold_keeps_quotes(tmp_path):
+    path = tmp_path / "gold.tsv"
+    path.write_text('id\tstyle\ten\tpt_pt\tpt_br\nq\tcc3m\tthe "big" apple\to "grande"\to "grande"\n', encoding="utf-8")
+    assert load_gold(path)["en"].to_list() == ['the "big" apple']

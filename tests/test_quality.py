@@ -1,0 +1,173 @@
+"""Each quality detector on real-looking examples (thesis Table 5.1 failure modes), the table helpers,
+and that the language-ID model loads with the network blocked."""
+from __future__ import annotations
+
+import socket
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from translation import quality as q
+from translation.quality import QualityThresholds, flag_details, flag_rates, flag_row, flag_table
+
+TH = QualityThresholds()
+
+
+def test_thresholds_reject_unknown_keys():
+    with pytest.raises(ValidationError):
+        QualityThresholds(min_ratio=0.5)
+    assert QualityThresholds(min_score=None).min_score is None
+
+
+@pytest.mark.parametrize("out", ["", "   ", "\n\t", None])
+def test_empty(out):
+    assert flag_row("a dog", out) == ["empty"]
+
+
+def test_untranslated_identity_and_exceptions():
+    src = "plenty of space : at square feet the property would have ample room for actor and her daughter"
+    assert flag_details(src, src)["untranslated"] == "untranslated: identical to the source"
+    assert "untranslated" in flag_row("is it sunny?", "Is it sunny")  # case and punctuation normalised
+    assert "untranslated" in flag_row("yes", "yes")
+    # digits and shared loanwords are correctly left as they are
+    assert flag_row("2", "2") == []
+    assert flag_row("ok", "OK") == []
+
+
+def test_untranslated_mostly_english_by_language_id():
+    d = flag_details("a man rides a bike down the street", "A man is riding his bike on the street.")
+    assert d["untranslated"].startswith("untranslated: language ID says English (p=")
+    assert "untranslated" not in flag_row("a man rides a bike down the street", "um homem anda de bicicleta na rua")
+    # English residue in an otherwise Portuguese sentence is not 'mostly English'
+    assert "untranslated" not in flag_row("actor at the premiere", "o ator na estreia do filme The Batman")
+    assert q.english_probability("the dog is sleeping on the couch") > 0.9
+    assert q.english_probability("o cão está a dormir no sofá") < 0.1
+
+
+def test_langid_model_loads_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    q._identifier.cache_clear()  # force a fresh model load under the block
+    assert q.english_probability("the cat is on the table", ("en", "pt")) > 0.9
+    q._identifier.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("text", "evidence"),
+    [
+        ("pessoas à espera do ônibus na tempestade de neve", "ônibus (PT-PT autocarro)"),
+        ("o trem chega à estação", "trem (PT-PT comboio)"),
+        ("mulher falando no celular", "celular (PT-PT telemóvel)"),
+        ("uma geladeira antiga", "geladeira (PT-PT frigorífico)"),
+        ("crianças com sorvete", "sorvete (PT-PT gelado)"),
+        ("um copo de suco de laranja", "suco (PT-PT sumo)"),
+        ("um café da manhã saudável", "café da manhã (PT-PT pequeno-almoço)"),
+        ("banheiro moderno", "banheiro (PT-PT casa de banho)"),
+        ("um caminhão na estrada", "caminhão (PT-PT camião"),
+        ("o jogador celebra com o seu time", "time (PT-PT equipa)"),
+        ("um homem está cozinhando", "está cozinhando (PT-PT estar a + infinitive)"),
+        ("um homem andando de bicicleta", "homem andando (PT-PT a + infinitive)"),
+        ("o fato de que o prédio está vazio", "o fato de que (PT-PT facto)"),
+        ("irmãs gêmeas", "gêmeas (PT-PT acute accent"),
+        ("um gato cinza na grama", "grama (PT-PT relva)"),
+        ("uma mulher serve o almoço em sua fazenda", "em sua (PT-PT article before possessive"),
+        ("Se vê uma praia", "Se vê (PT-PT enclisis"),
+        ("o sol se põe atrás das montanhas", "o sol se põe (PT-PT enclisis"),
+    ],
+)
+def test_brazilian_markers_with_evidence(text, evidence):
+    reason = q.detect_brazilian(text)
+    assert reason is not None and reason.startswith("brazilian: ")
+    assert evidence in reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pessoas à espera do autocarro numa tempestade de neve",
+        "a ação decorre num comboio",  # 'ação' is spelled the same in both variants
+        "um homem de fato e gravata",  # PT-PT 'fato' = suit
+        "uma mulher de fato de banho na praia",
+        "o facto de o edifício estar vazio",
+        "the time",  # 'time' without a Portuguese team context
+        "não há tempo: o tempo acabou",
+        "uma pintura a óleo sobre tela",  # 'tela' = canvas in PT-PT
+        "quando o comando chegou, o bando fugiu",  # words ending like gerunds
+        "o homem caminha pela rua, olhando para o telemóvel",  # adverbial gerund after a comma
+        "o sol vai nascendo",  # ir + gerund is PT-PT too
+        "um saco de 100 gramas",
+        "a cinza do vulcão",
+        "se calhar vai chover",
+        "os filhos têm ténis novos",  # 'têm' has a circumflex in both variants
+        "bem-vindo a Lisboa",
+    ],
+)
+def test_brazilian_no_false_positives_on_ptpt(text):
+    assert q.detect_brazilian(text) is None
+
+
+def test_truncated():
+    # the thesis' MADLAD example keeps 73% of the length: within PT-PT's natural range, so the ratio alone
+    # does not catch it; a stronger cut does.
+    src = "plenty of space : at square feet the property would have ample room for actor and her daughter"
+    assert q.detect_truncated(src, "muito espaço: em metros quadrados a propriedade") is not None
+    assert "length ratio 0.5" in q.detect_truncated(src, "muito espaço: em metros quadrados a propriedade")
+    assert "source numbers missing: 1755" in q.detect_truncated(
+        "the cathedral was built in 1755 after the earthquake", "a catedral foi construída em")
+    assert "ends on 'de'" in q.detect_truncated("a glass of fresh orange juice", "um copo de sumo de")
+    assert q.detect_truncated(src, "muito espaço: em metros quadrados, a propriedade teria muito espaço "
+                                   "para o ator e a sua filha") is None
+    assert q.detect_truncated("yes", "sim") is None  # short strings: no ratio check
+    assert q.detect_truncated("about 10", "cerca de 10") is None
+
+
+def test_repetitive():
+    assert "'cão' x3+ in a row" in q.detect_repetitive("a dog", "um cão cão cão cão")
+    assert "'a andar de' x3" in q.detect_repetitive(
+        "a man riding a bike", "um homem a andar de bicicleta a andar de mota a andar de carro")
+    long = "um homem numa rua " + "com muitas pessoas e carros e luzes e lojas " * 4
+    reason = q.detect_repetitive("a man in a busy street", long)
+    assert reason is not None
+    assert q.detect_repetitive("a dog on the beach near the sea", "um cão na praia perto do mar") is None
+    assert "length ratio" in q.detect_repetitive(
+        "the man walks slowly along the street at night", "o homem caminha devagar pela rua à noite enquanto " * 3)
+
+
+def test_low_score():
+    assert q.detect_low_score(-2.3) == "low_score: score -2.30 < -1.5"
+    assert q.detect_low_score(-0.4) is None
+    assert q.detect_low_score(None) is None
+    assert q.detect_low_score(float("nan")) is None
+    assert q.detect_low_score(-9.0, QualityThresholds(min_score=None)) is None
+
+
+def test_untranslated_hides_ptpt_heuristics_on_english():
+    # English copy of a sentence ending in 'a' or containing 'time' is reported once, as untranslated
+    assert flag_row("what time is it in the team", "what time is it in the team") == ["untranslated"]
+
+
+def test_flag_table_and_rates():
+    df = pl.DataFrame({
+        "segment_id": ["s1", "s2", "s3", "s4", "s5"],
+        "engine": ["a", "a", "b", "b", "b"],
+        "text_en": ["a dog", "people waiting for the bus", "a dog", "people waiting for the bus", "yes"],
+        "text_pt": ["um cão", "pessoas à espera do autocarro", "", "pessoas esperando o ônibus", "yes"],
+        "score": pl.Series([None, -0.2, None, -3.0, None], dtype=pl.Float32),
+    })
+    out = flag_table(df)
+    assert out["segment_id"].to_list() == ["s1", "s2", "s3", "s4", "s5"]  # order kept
+    assert out["flags"].to_list() == [[], [], ["empty"], ["brazilian", "low_score"], ["untranslated"]]
+    assert out["flag_reasons"][3].to_list()[0].startswith("brazilian: ")
+    rates = flag_rates(out).to_dicts()
+    assert rates[0]["engine"] == "a" and rates[0]["any_flag"] == 0.0 and rates[0]["rows"] == 2
+    b = rates[1]
+    assert (b["rows"], b["empty"], b["brazilian"], b["untranslated"], b["low_score"], b["truncated"]) == (
+        3, pytest.approx(1 / 3), pytest.approx(1 / 3), pytest.approx(1 / 3), pytest.approx(1 / 3), 0.0)
+    assert b["any_flag"] == 1.0
+    with pytest.raises(ValueError, match="flags"):
+        flag_rates(df)

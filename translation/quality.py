@@ -1,0 +1,490 @@
+"""Quality flags for EN -> PT-PT translations: one small detector per failure mode, each returning a reason.
+
+Detectors (thesis §5.2 failure modes, SPEC §2):
+- ``empty``: the output is empty or whitespace only.
+- ``untranslated``: the output equals the source after normalisation, or is mostly English (py3langid,
+  whose model ships inside the wheel: nothing is downloaded at run time).
+- ``brazilian``: PT-BR lexicon, spellings and grammar (progressive gerund, article-less possessives,
+  sentence-initial clitics).  Only markers that are NOT also PT-PT are listed; the reason names each match
+  with its PT-PT counterpart so a reader sees why.
+- ``truncated``: output much shorter than the source (ratio calibrated on the gold set), numbers of the
+  source missing from the output, or the output ending on a dangling article/preposition.
+- ``repetitive``: an n-gram repeated back to back or many times, or an output far longer than the source.
+- ``low_score``: the engine's mean token log-probability below a threshold (only when a score is given).
+
+Each detector returns ``None`` (clean) or a reason string that starts with the flag name and carries the
+evidence, e.g. ``"brazilian: ônibus (PT-PT autocarro); está fazendo (PT-PT está a fazer)"``.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+EMPTY = "empty"
+UNTRANSLATED = "untranslated"
+BRAZILIAN = "brazilian"
+TRUNCATED = "truncated"
+REPETITIVE = "repetitive"
+LOW_SCORE = "low_score"
+FLAG_NAMES: tuple[str, ...] = (EMPTY, UNTRANSLATED, BRAZILIAN, TRUNCATED, REPETITIVE, LOW_SCORE)
+
+
+class QualityThresholds(BaseModel):
+    """Thresholds of the quality detectors (the `[quality]` table of a run profile)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    english_prob: float = Field(
+        0.9, ge=0.5, le=1.0,
+        description="untranslated: py3langid probability of 'en' (among `langid_languages`) at or above "
+        "which an output is 'mostly English'.",
+    )
+    langid_min_words: int = Field(
+        3, ge=1, description="untranslated: language ID runs only on outputs with at least this many words "
+        "(it is unreliable on one or two words; identity with the source still catches those).",
+    )
+    langid_languages: tuple[str, ...] = Field(
+        ("en", "pt", "es", "gl", "fr", "it"),
+        description="untranslated: languages py3langid chooses among (restricting the set sharpens it).",
+    )
+    min_length_ratio: float = Field(
+        0.55, gt=0.0,
+        description="truncated: chars(output)/chars(source) below this flags. Calibrated on the gold set: "
+        "for sources >= 40 chars the PT-PT ratio has min 0.595, 1st percentile 0.70, median 1.08, so no gold "
+        "row trips it. Concise PT-PT reaches 0.6, so a cut that keeps more than 55% of the length is left "
+        "to the number and dangling-word checks.",
+    )
+    min_source_chars: int = Field(
+        40, ge=1, description="truncated/repetitive: length-ratio checks apply only to sources at least "
+        "this long (short strings such as 'is there any juice?' -> 'há sumo?' have erratic ratios).",
+    )
+    max_length_ratio: float = Field(
+        2.5, gt=1.0, description="repetitive: chars(output)/chars(source) above this flags (gold max 1.46).",
+    )
+    ngram_max_repeats: int = Field(
+        3, ge=2, description="repetitive: a word 2- or 3-gram occurring this many times anywhere flags.",
+    )
+    tandem_copies: int = Field(
+        3, ge=2, description="repetitive: an n-gram (n <= 4) repeated this many times back to back flags "
+        "('muito muito muito').",
+    )
+    min_score: float | None = Field(
+        -1.5, description="low_score: mean token log-probability (nats) below this flags; None disables.",
+    )
+
+
+DEFAULT_THRESHOLDS = QualityThresholds()
+_WORD = re.compile(r"\w+(?:[-']\w+)*")
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def normalise(text: str) -> str:
+    """Casefolded, NFKC, punctuation removed, whitespace collapsed: the form compared for identity."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (accents kept; hyphenated clitics such as 'vê-se' stay one token)."""
+    return [w.casefold() for w in _WORD.findall(_nfc(text))]
+
+
+# --- empty -------------------------------------------------------------------------------------------
+
+def detect_empty(text_pt: str | None) -> str | None:
+    """Empty or whitespace-only output."""
+    if text_pt is None or not text_pt.strip():
+        return f"{EMPTY}: output is {'null' if text_pt is None else 'blank'}"
+    return None
+
+
+# --- untranslated ------------------------------------------------------------------------------------
+
+# Strings legitimately identical in EN and PT-PT; identity with the source is not evidence for these.
+IDENTICAL_OK = frozenset({"ok", "okay", "tv", "pc", "dvd", "cd", "pizza", "selfie", "wifi", "wi fi", "hamburger",
+                          "jazz", "rock", "golf", "surf", "ski", "snowboard", "skate", "hotel", "taxi", "bar"})
+# English function words that are not Portuguese words: language ID only runs when one is present.
+_EN_HINTS = frozenset({"the", "and", "of", "with", "is", "are", "on", "at", "for", "his", "her", "their", "this",
+                       "that", "it", "to", "from", "by", "an", "in", "was", "be", "its", "they", "there", "what",
+                       "how", "yes", "can", "you", "he", "she", "we", "has", "have", "does", "not", "some"})
+
+
+@lru_cache(maxsize=4)
+def _identifier(languages: tuple[str, ...]):
+    # The model file (py3langid/data/model.npz.xz) is inside the wheel; loading it reads that file only.
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ident.set_languages(list(languages))
+    return ident
+
+
+def english_probability(text: str, languages: tuple[str, ...] = DEFAULT_THRESHOLDS.langid_languages) -> float:
+    """P(en | text) by py3langid restricted to `languages` (normalised probabilities)."""
+    for lang, prob in _identifier(tuple(languages)).rank(text):
+        if lang == "en":
+            return float(prob)
+    return 0.0
+
+
+def detect_untranslated(text_en: str, text_pt: str, th: QualityThresholds = DEFAULT_THRESHOLDS) -> str | None:
+    """Output identical to the source (after normalisation), or mostly English by language ID."""
+    norm_pt = normalise(text_pt)
+    if norm_pt and norm_pt == normalise(text_en):
+        # Numbers, codes and shared loanwords ('2', 'ok', 'tv') are correctly left as they are.
+        if any(c.isalpha() for c in norm_pt) and norm_pt not in IDENTICAL_OK:
+            return f"{UNTRANSLATED}: identical to the source"
+        return None
+    toks = words(text_pt)
+    if len(toks) < th.langid_min_words:
+        return None
+    # Language ID is the costly step: run it only when the output has an English function word or copies
+    # at least a third of its words from the source (a Portuguese output has neither).
+    source_words = set(words(text_en))
+    copied = sum(t in source_words for t in toks)
+    if not _EN_HINTS.intersection(toks) and copied * 3 < len(toks):
+        return None
+    p_en = english_probability(text_pt, th.langid_languages)
+    if p_en >= th.english_prob:
+        return f"{UNTRANSLATED}: language ID says English (p={p_en:.2f})"
+    return None
+
+
+# --- brazilian ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Marker:
+    """A PT-BR marker: a regex (case-insensitive, Unicode word boundaries), the PT-PT form, an optional guard.
+
+    guard(text, match) -> bool: extra context check, e.g. 'time' only in a team sense.
+    """
+
+    pattern: str
+    ptpt: str
+    guard: Callable[[str, re.Match[str]], bool] | None = None
+
+
+def _w(*alternatives: str) -> str:
+    return r"\b(?:" + "|".join(alternatives) + r")\b"
+
+
+_TEAM_CONTEXT = re.compile(
+    r"\b(?:o|um|do|no|ao|pelo|seu|meu|nosso|teu|esse|este|dum|num|os|dos|nos|aos|pelos|seus|meus|dois|três|que|qual)"
+    r"\s+times?\b"
+    r"|\btimes?\s+(?:de|do|da|dos)\s+(?:futebol|basquete|basquetebol|vôlei|voleibol|beisebol|basebol|hóquei|"
+    r"rugby|râguebi|handebol|andebol|críquete|casa|visitante|futsal|polo)\b"
+    r"|\btimes?\s+(?:adversário|rival|vencedor|campeão|visitante|local|feminino|masculino)s?\b",
+    re.IGNORECASE,
+)
+_PREV_WORD = re.compile(r"(\w+)\W*$")
+
+
+def _team_sense(text: str, m: re.Match[str]) -> bool:
+    # 'time' is also English; only a Portuguese article/possessive or a sport next to it makes it 'team'.
+    return any(t.start() <= m.start() < t.end() for t in _TEAM_CONTEXT.finditer(text))
+
+
+def _prev_word(text: str, m: re.Match[str]) -> str:
+    pm = _PREV_WORD.search(text[: m.start()])
+    return pm.group(1).casefold() if pm else ""
+
+
+def _grass_sense(text: str, m: re.Match[str]) -> bool:
+    # 'grama' is also the unit gram ('100 gramas', 'um grama'); the lawn sense follows a preposition.
+    return _prev_word(text, m) in {"na", "a", "da", "pela", "sobre", "nas", "as", "das", "pelas", "em", "de"} and \
+        not re.match(r"\d", text[m.end():].strip()[:1] or "x")
+
+
+def _colour_sense(text: str, m: re.Match[str]) -> bool:
+    # 'cinza' is PT-PT 'ash' ('a cinza', 'cor de cinza'); as a colour adjective after a noun it is PT-BR
+    # (PT-PT 'cinzento').
+    return _prev_word(text, m) not in {"", "a", "as", "da", "das", "de", "na", "nas", "em", "e", "cinza", "pó"}
+
+
+BRAZILIAN_LEXICON: tuple[Marker, ...] = (
+    Marker(_w("ônibus", "onibus"), "autocarro"),
+    Marker(_w("trem", "trens"), "comboio"),
+    Marker(_w("celular", "celulares"), "telemóvel"),
+    Marker(_w("geladeiras?"), "frigorífico"),
+    Marker(_w("sorvetes?", "sorveteria"), "gelado"),
+    Marker(_w("sucos?"), "sumo"),
+    Marker(r"\bcafé da manhã\b", "pequeno-almoço"),
+    Marker(_w("banheiros?"), "casa de banho"),
+    Marker(_w("caminhão", "caminhões", "caminhonetes?", "caminhoneir[oa]s?"), "camião / carrinha / camionista"),
+    Marker(_w("times?"), "equipa", _team_sense),
+    Marker(_w("equipes?"), "equipa"),
+    Marker(_w("esportes?", "esportiv[oa]s?"), "desporto / desportivo"),
+    Marker(_w("basquete"), "basquetebol"),
+    Marker(_w("vôlei"), "voleibol"),
+    Marker(_w("goleir[oa]s?"), "guarda-redes"),
+    Marker(_w("gramad[oa]s?"), "relvado / relvada"),
+    Marker(_w("arquibancadas?"), "bancada"),
+    Marker(_w("torcedor", "torcedores", "torcida"), "adepto / claque"),
+    Marker(_w("gramas?"), "relva", _grass_sense),
+    Marker(_w("garotas?", "garotinh[oa]s?"), "rapariga / miúdo"),
+    Marker(_w("xícaras?"), "chávena"),
+    Marker(_w("abacaxis?"), "ananás"),
+    Marker(_w("mamão", "mamões"), "papaia"),
+    Marker(_w("metrô"), "metro"),
+    Marker(_w("bondes?"), "elétrico"),
+    Marker(_w("pedestres?"), "peão / passadeira"),
+    Marker(_w("calçadão"), "passeio marítimo"),
+    Marker(_w("aeromoças?"), "hospedeira"),
+    Marker(_w("garçom", "garçons", "garçonete"), "empregado de mesa"),
+    Marker(_w("açougues?"), "talho"),
+    Marker(_w("cardápios?"), "ementa"),
+    Marker(_w("vaso sanitário", "privada"), "sanita"),
+    Marker(_w("fazendas?"), "quinta"),
+    Marker(_w("terremotos?"), "terramoto"),
+    # PT-PT contracts em + um(a) to num(a) in all but emphatic uses ('em um só dia', excluded by the guard).
+    Marker(r"\bem uma?s?\b", "num / numa", lambda text, m: not text[m.end():].lstrip().startswith(("só", "dos", "das"))),
+    Marker(_w("marrons?", "marrom"), "castanho"),
+    Marker(_w("cinza", "cinzas"), "cinzento", _colour_sense),
+    Marker(_w("moletons?", "moletom"), "sweatshirt"),
+    Marker(_w("maiôs?"), "fato de banho"),
+    Marker(_w("brócolis"), "brócolos"),
+    Marker(_w("beisebol"), "basebol"),
+    Marker(_w("surfe"), "surf"),
+    Marker(_w("mouses?"), "rato"),
+    Marker(r"\b(?:de terno|ternos? e gravata)\b", "de fato"),
+    Marker(r"\btelas? d[eoa]s? (?:computador|televisão|tv|telefone|celular|telemóvel|monitor|portátil|tablet)\b",
+           "ecrã"),
+    Marker(_w("carona"), "boleia"),
+    Marker(_w("tchau"), "adeus"),
+    Marker(_w("usuári[oa]s?"), "utilizador"),
+    Marker(_w("contatos?"), "contacto"),
+    Marker(_w("registros?"), "registo"),
+    Marker(_w("seção", "seções"), "secção"),
+    Marker(_w("planej\\w*"), "planear"),
+    Marker(r"\b(?:o fato de que|é fato que|de fato,)", "facto"),
+    # Spellings: PT-BR circumflex where PT-PT writes an acute (open vowel before m/n).
+    Marker(_w("tênis", "bebês?", "prêmios?", "gêmeos?", "gêmeas?", "gênero", "gêneros", "fenômenos?",
+              "quilômetros?", "câmeras?", "judô", "bidê", "antônio", "econômic\\w*", "acadêmic\\w*",
+              "polêmic\\w*", "anônim\\w*", "cômic\\w*", "atômic\\w*", "tônic\\w*", "gastronômic\\w*",
+              "astronômic\\w*", "eletrônic\\w*", "telefônic\\w*", "cerimôni\\w*", "colôni\\w*", "insôni\\w*",
+              "patrimôni\\w*", "demôni\\w*", "matrimôni\\w*", "pênaltis?"),
+           "acute accent (ténis, bebé, prémio, gémeos, ...)"),
+)
+
+_ESTAR = ("estou|estás|está|estamos|estão|estava|estavas|estávamos|estavam|estive|esteve|estiveram|estar|"
+          "estará|estarão|estaria|estariam|esteja|estejam|estivesse|estivessem|estando|estiver|estiverem")
+# Words ending like a gerund that are not one (or gerunds PT-PT uses too, e.g. 'tendo', 'sendo').
+GERUND_STOP = frozenset({
+    "quando", "comando", "comandos", "bando", "brando", "nefando", "contrabando", "fernando", "orlando", "armando",
+    "rolando", "doutorando", "mestrando", "formando", "educando", "graduando", "venerando", "tremendo",
+    "estupendo", "horrendo", "remendo", "dividendo", "reverendo", "adendo", "crescendo", "lindo", "vindo",
+    "bem-vindo", "benvindo", "infindo", "arlindo", "tendo", "sendo", "havendo", "estando", "mando",
+})
+_PROGRESSIVE = re.compile(
+    rf"\b(?:{_ESTAR})\s+(?:(?:se|me|te|lhe|nos|sempre|ainda|já|só|também|não)\s+)?(\w+(?:ando|endo|indo))\b",
+    re.IGNORECASE,
+)
+_GERUND = re.compile(r"\b(\w+(?:ando|endo|indo))\b", re.IGNORECASE)
+# Before a bare gerund these are fine in PT-PT ('vai andando', 'tendo sido') or mark a clause (',').
+_GERUND_OK_BEFORE = frozenset({"vai", "vão", "ia", "iam", "ir", "vou", "vamos", "foi", "foram", "tendo", "sendo",
+                               "estando", "havendo", "como", "em", "que"})
+_INITIAL_CLITIC = re.compile(
+    r"^\W*(?:(?:me|te|lhe|lhes)\s+\w+|se\s+(?:vê|veem|vêem|pode|podem|encontra|encontram|trata|nota|observa|"
+    r"vêm|mostra))\b",
+    re.IGNORECASE,
+)
+# A subject noun phrase then a proclitic 'se' ('o sol se põe'): PT-PT puts it after the verb ('põe-se').
+# 'se calhar' (PT-PT 'perhaps') is the exception.
+_SUBJECT_PROCLISIS = re.compile(r"^\W*(?:o|a|os|as|um|uma)\s+\w+\s+(?:se|me|lhe)\s+(?!calhar\b)\w+", re.IGNORECASE)
+_BARE_POSSESSIVE = re.compile(r"\b(?:em|de|com|para)\s+(?:seu|sua|seus|suas)\b", re.IGNORECASE)
+
+
+def _grammar_markers(text: str) -> list[str]:
+    found: list[str] = []
+    for m in _PROGRESSIVE.finditer(text):
+        if m.group(1).casefold() not in GERUND_STOP or m.group(1).casefold() in {"sendo", "tendo"}:
+            found.append(f"{m.group(0)} (PT-PT estar a + infinitive)")
+    if not found:
+        # A gerund right after a noun phrase ('homem andando de bicicleta') is PT-BR; PT-PT writes
+        # 'a andar'.  After a comma (adverbial gerund) or at the start it is acceptable PT-PT: skipped.
+        for m in _GERUND.finditer(text):
+            g = m.group(1).casefold()
+            before = text[: m.start()].rstrip()
+            if len(g) < 5 or g in GERUND_STOP or not before or before[-1] in ",;:(—–-":
+                continue
+            if _prev_word(text, m) in _GERUND_OK_BEFORE:
+                continue
+            found.append(f"{_prev_word(text, m)} {m.group(1)} (PT-PT a + infinitive)")
+    m = _INITIAL_CLITIC.search(text) or _SUBJECT_PROCLISIS.search(text)
+    if m:
+        found.append(f"{m.group(0).strip()} (PT-PT enclisis, e.g. vê-se)")
+    for m in _BARE_POSSESSIVE.finditer(text):
+        found.append(f"{m.group(0)} (PT-PT article before possessive, e.g. na sua)")
+    return found
+
+
+def brazilian_markers(text_pt: str) -> list[str]:
+    """Every PT-BR marker found in `text_pt`, each as 'match (PT-PT form)'."""
+    text = _nfc(text_pt)
+    found = []
+    # One combined scan first: most rows match no marker, and one pass beats ~70 separate searches.
+    for marker in _COMPILED_LEXICON if _ANY_LEXICON.search(text) else ():
+        for m in marker[0].finditer(text):
+            if marker[2] is None or marker[2](text, m):
+                found.append(f"{m.group(0)} (PT-PT {marker[1]})")
+    return found + _grammar_markers(text)
+
+
+_COMPILED_LEXICON = [(re.compile(mk.pattern, re.IGNORECASE), mk.ptpt, mk.guard) for mk in BRAZILIAN_LEXICON]
+_ANY_LEXICON = re.compile("|".join(f"(?:{mk.pattern})" for mk in BRAZILIAN_LEXICON), re.IGNORECASE)
+
+
+def detect_brazilian(text_pt: str) -> str | None:
+    """PT-BR lexicon, spelling or grammar; the reason lists every marker with its PT-PT form."""
+    found = brazilian_markers(text_pt)
+    return f"{BRAZILIAN}: " + "; ".join(dict.fromkeys(found)) if found else None
+
+
+# --- truncated ---------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+# A PT sentence never ends on an article or preposition: the engine stopped mid-phrase.
+_DANGLING = frozenset({"de", "do", "da", "dos", "das", "em", "no", "na", "nos", "nas", "o", "a", "os", "as", "um",
+                       "uma", "uns", "umas", "e", "para", "com", "por", "pelo", "pela", "pelos", "pelas", "ao",
+                       "à", "aos", "às", "num", "numa", "dum", "duma", "sobre", "entre", "sem"})
+
+
+def detect_truncated(text_en: str, text_pt: str, th: QualityThresholds = DEFAULT_THRESHOLDS) -> str | None:
+    """Output far shorter than the source, numbers of the source missing, or a dangling last word.
+
+    Translation changes the words, so 'the source's last content words are missing' is checked through
+    what survives translation unchanged: digits.  Proper nouns are mostly hypernymised away in CC3M
+    ('actor', 'person') and are not a reliable signal.
+    """
+    reasons = []
+    src, out = text_en.strip(), text_pt.strip()
+    if len(src) >= th.min_source_chars:
+        ratio = len(out) / len(src)
+        if ratio < th.min_length_ratio:
+            reasons.append(f"length ratio {ratio:.2f} < {th.min_length_ratio:g}")
+    out_numbers = {n.replace(",", ".") for n in _NUMBER.findall(out)}
+    missing = [n for n in _NUMBER.findall(src) if n.replace(",", ".") not in out_numbers]
+    if missing:
+        reasons.append("source numbers missing: " + ", ".join(dict.fromkeys(missing)))
+    toks = words(out)
+    if len(toks) >= 3 and toks[-1] in _DANGLING and not re.search(r"[.!?]\s*$", out):
+        reasons.append(f"ends on '{toks[-1]}'")
+    return f"{TRUNCATED}: " + "; ".join(reasons) if reasons else None
+
+
+# --- repetitive --------------------------------------------------------------------------------------
+
+def detect_repetitive(text_en: str, text_pt: str, th: QualityThresholds = DEFAULT_THRESHOLDS) -> str | None:
+    """Back-to-back repeated n-grams, an n-gram repeated many times, or an output far longer than the source."""
+    toks = words(text_pt)
+    reasons = []
+    k = th.tandem_copies
+    found_tandem = False
+    for n in range(1, 5):
+        for i in range(0, len(toks) - n * k + 1):
+            block = toks[i:i + n]
+            if all(toks[i + j * n:i + (j + 1) * n] == block for j in range(1, k)):
+                reasons.append(f"'{' '.join(block)}' x{k}+ in a row")
+                found_tandem = True
+                break
+        if found_tandem:
+            break
+    if not found_tandem:
+        for n in (3, 2):
+            counts = Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+            if counts:
+                gram, c = counts.most_common(1)[0]
+                if c >= th.ngram_max_repeats:
+                    reasons.append(f"'{' '.join(gram)}' x{c}")
+                    break
+    src = text_en.strip()
+    if len(src) >= th.min_source_chars and len(text_pt.strip()) / len(src) > th.max_length_ratio:
+        reasons.append(f"length ratio {len(text_pt.strip()) / len(src):.2f} > {th.max_length_ratio:g}")
+    return f"{REPETITIVE}: " + "; ".join(reasons) if reasons else None
+
+
+# --- low score ---------------------------------------------------------------------------------------
+
+def detect_low_score(score: float | None, th: QualityThresholds = DEFAULT_THRESHOLDS) -> str | None:
+    """Engine mean log-probability below `min_score` (engines without scores are never flagged)."""
+    if score is None or th.min_score is None or score != score:  # NaN counts as no score
+        return None
+    if score < th.min_score:
+        return f"{LOW_SCORE}: score {score:.2f} < {th.min_score:g}"
+    return None
+
+
+# --- per row and per table ---------------------------------------------------------------------------
+
+def flag_details(text_en: str, text_pt: str | None, score: float | None = None,
+                 thresholds: QualityThresholds | None = None) -> dict[str, str]:
+    """Every flag raised for one row, mapped to its reason (insertion order = FLAG_NAMES order)."""
+    th = thresholds or DEFAULT_THRESHOLDS
+    empty = detect_empty(text_pt)
+    if empty:  # nothing else is meaningful on an empty output
+        return {EMPTY: empty}
+    assert text_pt is not None
+    candidates = {
+        UNTRANSLATED: detect_untranslated(text_en, text_pt, th),
+        BRAZILIAN: detect_brazilian(text_pt),
+        TRUNCATED: detect_truncated(text_en, text_pt, th),
+        REPETITIVE: detect_repetitive(text_en, text_pt, th),
+        LOW_SCORE: detect_low_score(score, th),
+    }
+    if candidates[UNTRANSLATED]:
+        # English text trips the PT heuristics (dangling 'a', 'time'); only the root cause is reported.
+        candidates[BRAZILIAN] = candidates[TRUNCATED] = None
+    return {k: v for k, v in candidates.items() if v}
+
+
+def flag_row(text_en: str, text_pt: str | None, score: float | None = None,
+             thresholds: QualityThresholds | None = None) -> list[str]:
+    """The names of the flags raised for one row."""
+    return list(flag_details(text_en, text_pt, score, thresholds))
+
+
+def flag_table(df: pl.DataFrame, thresholds: QualityThresholds | None = None, *,
+               text_en: str = "text_en", text_pt: str = "text_pt", score: str = "score") -> pl.DataFrame:
+    """`df` plus `flags: list[str]` and `flag_reasons: list[str]` columns.
+
+    The detectors run once per distinct (source, output, score) triple (VisDial answers and CC3M
+    captions repeat a lot), then the results are joined back, so row order is preserved.
+    """
+    th = thresholds or DEFAULT_THRESHOLDS
+    if score not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.Float32).alias(score))
+    keys = [text_en, text_pt, score]
+    uniq = df.select(keys).unique()
+    details = [flag_details(e or "", p, s, th) for e, p, s in uniq.iter_rows()]
+    uniq = uniq.with_columns(
+        pl.Series("flags", [list(d) for d in details], dtype=pl.List(pl.String)),
+        pl.Series("flag_reasons", [list(d.values()) for d in details], dtype=pl.List(pl.String)),
+    )
+    out = df.drop([c for c in ("flags", "flag_reasons") if c in df.columns])
+    return out.join(uniq, on=keys, how="left", nulls_equal=True, maintain_order="left")
+
+
+def flag_rates(df: pl.DataFrame, *, engine: str = "engine") -> pl.DataFrame:
+    """Per engine: `rows`, one rate column per flag (fraction of rows) and `any_flag`; needs a `flags` column."""
+    if "flags" not in df.columns:
+        raise ValueError("flag_rates needs a 'flags' column: run flag_table first")
+    return (
+        df.group_by(engine)
+        .agg(
+            pl.len().alias("rows"),
+            *[pl.col("flags").list.contains(f).mean().alias(f) for f in FLAG_NAMES],
+            (pl.col("flags").list.len() > 0).mean().alias("any_flag"),
+        )
+        .sort(engine)
+    )

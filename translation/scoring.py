@@ -1,0 +1,66 @@
+"""Scoring engines against the gold PT-PT set: corpus chrF/BLEU (sacrebleu) and flag precision/recall."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import polars as pl
+from sacrebleu.metrics import BLEU, CHRF
+
+from translation.quality import BRAZILIAN, UNTRANSLATED, QualityThresholds, flag_row, normalise
+
+
+def score_against_gold(hyps: Sequence[str], refs: Sequence[str]) -> dict:
+    """Corpus-level chrF and BLEU of `hyps` against one reference each (sacrebleu defaults).
+
+    Returns {"chrf", "bleu", "n", "chrf_signature", "bleu_signature"}; the signatures (e.g.
+    "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0") make a score reproducible.
+    """
+    if len(hyps) != len(refs):
+        raise ValueError(f"score_against_gold: {len(hyps)} hypotheses but {len(refs)} references")
+    if not hyps:
+        raise ValueError("score_against_gold: nothing to score")
+    hyps = [h if h is not None else "" for h in hyps]  # a missing output scores as empty, not as an error
+    chrf, bleu = CHRF(), BLEU()
+    c, b = chrf.corpus_score(hyps, [list(refs)]), bleu.corpus_score(hyps, [list(refs)])
+    return {
+        "chrf": round(c.score, 2),
+        "bleu": round(b.score, 2),
+        "n": len(hyps),
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_signature": str(bleu.get_signature()),
+    }
+
+
+def precision_recall(predict: Callable[[str], bool], positives: Sequence[str], negatives: Sequence[str]) -> dict:
+    """Precision, recall and the confusion counts of a binary detector on labelled examples."""
+    tp = sum(bool(predict(x)) for x in positives)
+    fp = sum(bool(predict(x)) for x in negatives)
+    fn = len(positives) - tp
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / len(positives) if positives else 0.0,
+        "tp": tp, "fp": fp, "fn": fn, "tn": len(negatives) - fp,
+        "positives": len(positives), "negatives": len(negatives),
+    }
+
+
+def flag_precision_recall(gold: pl.DataFrame, thresholds: QualityThresholds | None = None) -> dict[str, dict]:
+    """Precision/recall of the `brazilian` and `untranslated` flags on the gold set.
+
+    brazilian: positives = pt_br rows that differ from pt_pt, negatives = every pt_pt row.
+    untranslated: positives = the English copied as the output, negatives = every pt_pt row; rows whose
+    English and PT-PT are the same after normalisation ('2', 'ok') are left out of both sets.
+    """
+    rows = gold.select("en", "pt_pt", "pt_br").rows()
+    th = thresholds or QualityThresholds()
+    br_pos = [pb for _, pp, pb in rows if pb != pp]
+    br_neg = [pp for _, pp, _ in rows]
+    by_output = {pp: en for en, pp, _ in rows} | {pb: en for en, _, pb in rows}
+    distinct = [(en, pp) for en, pp, _ in rows if normalise(en) != normalise(pp)]
+    return {
+        BRAZILIAN: precision_recall(lambda t: BRAZILIAN in flag_row(by_output[t], t, None, th), br_pos, br_neg),
+        UNTRANSLATED: precision_recall(
+            lambda pair: UNTRANSLATED in flag_row(pair[0], pair[1], None, th),
+            [(en, en) for en, _ in distinct], [(en, pp) for en, pp in distinct],
+        ),
+    }
