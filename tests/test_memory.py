@@ -1,0 +1,142 @@
+"""The translation memory: keys, first-write-wins, atomic batches, SQLite durability settings, Parquet exchange."""
+from __future__ import annotations
+
+import sqlite3
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from translation.cost import estimate
+from translation.errors import MemoryIntegrityError
+from translation.memory import PARQUET_SCHEMA, MemoryRow, TranslationMemory, memory_key
+from translation.textkey import text_hash
+
+E = "deepl:en>pt-pt:split=off:formality=default:glossary=none:context=off"
+
+
+def row(en: str, pt: str | None = None, billed: int | None = None, ctx: str | None = None) -> MemoryRow:
+    return MemoryRow(memory_key(en, ctx), en, pt if pt is not None else f"pt:{en}", None,
+                     len(en) if billed is None else billed, ctx)
+
+
+@pytest.fixture()
+def mem(tmp_path):
+    with TranslationMemory(tmp_path / "memory.sqlite") as m:
+        yield m
+
+
+def test_put_lookup_missing_and_stats(mem):
+    assert mem.put_batch(E, [row("a dog"), row("yes"), row("no")]) == 3
+    hashes = [text_hash(t) for t in ["yes", "a cat", "a dog", "a cat", "maybe"]]
+    assert mem.missing(E, hashes) == [text_hash("a cat"), text_hash("maybe")]  # unique, first-seen order
+    found = mem.lookup(E, hashes)
+    assert set(found) == {text_hash("yes"), text_hash("a dog")}
+    assert found[text_hash("yes")].text_pt == "pt:yes" and found[text_hash("yes")].billed_chars == 3
+    assert found[text_hash("yes")].created_at is not None
+    assert mem.missing("another-engine", hashes) == list(dict.fromkeys(hashes))  # engines never mix
+    st = mem.stats(E)
+    assert (st.rows, st.chars_en, st.billed_chars) == (3, 5 + 3 + 2, 10)
+
+
+def test_lookup_many_hashes_spans_sql_chunks(mem):
+    texts = [f"caption {i}" for i in range(2500)]
+    mem.put_batch(E, [row(t) for t in texts[::2]])
+    hashes = [text_hash(t) for t in texts]
+    assert len(mem.lookup(E, hashes)) == 1250
+    assert mem.missing(E, hashes) == hashes[1::2]
+
+
+def test_first_paid_translation_wins(mem):
+    mem.put_batch(E, [row("a dog", "um cão")])
+    assert mem.put_batch(E, [row("a dog", "uma cadela"), row("a cat", "um gato")]) == 1
+    assert mem.lookup(E, [text_hash("a dog")])[text_hash("a dog")].text_pt == "um cão"
+
+
+def test_batch_is_atomic_on_a_bad_row(mem):
+    bad = MemoryRow(text_hash("something else"), "a dog", "um cão")
+    with pytest.raises(MemoryIntegrityError, match="put_batch row 1"):
+        mem.put_batch(E, [row("a cat"), bad])
+    assert mem.stats(E).rows == 0
+
+
+def test_sqlite_is_in_wal_with_full_sync(mem):
+    db = sqlite3.connect(mem.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous is per connection: check ours (2 = FULL: every COMMIT fsyncs the WAL).
+    assert mem._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert mem._db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+
+
+def test_context_changes_the_key_and_is_checked(mem):
+    assert memory_key("yes") == text_hash("yes")
+    k1, k2 = memory_key("yes", "a man with a dog"), memory_key("yes", "a red car")
+    assert len({k1, k2, text_hash("yes")}) == 3
+    mem.put_batch(E, [row("yes", ctx="a man with a dog")])
+    assert mem.missing(E, [k1, k2, text_hash("yes")]) == [k2, text_hash("yes")]
+    with pytest.raises(MemoryIntegrityError, match="with context"):
+        mem.put_batch(E, [MemoryRow(text_hash("yes"), "yes", "sim", context="a red car")])
+
+
+def test_export_import_roundtrip(tmp_path, mem):
+    mem.put_batch(E, [row("a dog"), row("yes", ctx="a man"), MemoryRow(text_hash("ã"), "ã", "ã", -0.5, 1)])
+    mem.put_batch("other", [row("a dog")])
+    out = tmp_path / "export" / "deepl.parquet"
+    assert mem.export_parquet(out, engine_id=E) == 3
+    table = pq.read_table(out)
+    assert table.schema.equals(PARQUET_SCHEMA)
+    assert set(table.column("engine_id").to_pylist()) == {E}
+    assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temp file
+    with TranslationMemory(tmp_path / "copy.sqlite") as other:
+        st = other.import_parquet(out, E)
+        assert (st.rows, st.inserted, st.already_present) == (3, 3, 0)
+        assert other.import_parquet(out, E).already_present == 3  # importing twice is harmless
+        keys = [memory_key("a dog"), memory_key("yes", "a man"), text_hash("ã")]
+        a, b = mem.lookup(E, keys), other.lookup(E, keys)
+        assert a == b  # every field, created_at included, survives the trip
+        assert b[text_hash("ã")].score == -0.5
+    assert mem.export_parquet(tmp_path / "all.parquet") == 4
+
+
+def test_import_minimal_reference_memory(tmp_path, mem):
+    # The sample's `reference` memory: only text_hash, text_en, text_pt.
+    ref = pa.table({"text_hash": [text_hash("a red circle"), text_hash("yes")],
+                    "text_en": ["a red circle", "yes"], "text_pt": ["um círculo vermelho", "sim"]})
+    pq.write_table(ref, tmp_path / "reference.parquet")
+    st = mem.import_parquet(tmp_path / "reference.parquet", "reference")
+    assert st.inserted == 2
+    r = mem.lookup("reference", [text_hash("yes")])[text_hash("yes")]
+    assert (r.text_pt, r.score, r.billed_chars, r.context) == ("sim", None, 0, None)
+    assert estimate(["yes", "yes", "no"], mem, "reference", 20.0).chars == 2
+
+
+def test_import_rejects_wrong_hash_and_stores_nothing(tmp_path, mem):
+    bad = pa.table({"text_hash": [text_hash("a"), "0" * 32, text_hash("c")],
+                    "text_en": ["a", "b", "c"], "text_pt": ["A", "B", "C"]})
+    path = tmp_path / "bad.parquet"
+    pq.write_table(bad, path)
+    with pytest.raises(MemoryIntegrityError, match=r"bad\.parquet row 1: text_hash '0{32}' does not match"):
+        mem.import_parquet(path, "reference")
+    assert mem.stats("reference").rows == 0
+
+
+def test_import_rejects_other_engine_rows_and_missing_columns(tmp_path, mem):
+    mem.put_batch(E, [row("a dog")])
+    mem.export_parquet(tmp_path / "m.parquet", E)
+    with pytest.raises(MemoryIntegrityError, match="belong to engine id"):
+        mem.import_parquet(tmp_path / "m.parquet", "madlad")
+    pq.write_table(pa.table({"text_en": ["a"], "text_pt": ["b"]}), tmp_path / "x.parquet")
+    with pytest.raises(MemoryIntegrityError, match=r"missing column\(s\) \['text_hash'\]"):
+        mem.import_parquet(tmp_path / "x.parquet", "reference")
+
+
+def test_cost_estimate_counts_only_missing_unique(mem):
+    texts = ["yes", "no", "yes", "a man riding a horse", "yes", "no"]
+    full = estimate(texts, mem, E, 20.0)
+    assert (full.rows, full.unique, full.unique_missing, full.chars) == (6, 3, 3, 3 + 2 + 20)
+    assert full.eur == pytest.approx(25 * 20.0 / 1e6)
+    mem.put_batch(E, [row("yes")])
+    part = estimate(texts, mem, E, 20.0)
+    assert (part.unique_missing, part.chars) == (2, 22)
+    ctx = estimate(["yes", "yes"], mem, E, 20.0, contexts=["c1", "c2"])
+    assert (ctx.unique_missing, ctx.chars) == (2, 6)  # context is free but keys the memory

@@ -1,0 +1,351 @@
+"""The translation memory: every (engine, string) pair translated and paid for at most once, durably.
+
+Store: one embedded SQLite file, not Parquet segments plus a journal.
+
+- Durability per batch is what SQLite transactions give: with ``journal_mode=WAL`` and
+  ``synchronous=FULL`` each COMMIT is fsync'd to the WAL before it returns, so a batch that
+  `put_batch` returned for survives ``kill -9`` and power loss, and a batch in flight is either fully
+  there or absent. Parquet segments would need our own journal, fsync of file and directory, and
+  recovery code to reach the same guarantee, and one tiny file per 50-text DeepL request.
+- Several worker processes on one machine may write the same file: WAL lets readers run beside one
+  writer, ``BEGIN IMMEDIATE`` plus ``busy_timeout`` makes writers queue instead of failing. (WAL needs
+  shared memory, so the file must be on a local disk, not NFS; workers on several machines each keep
+  their own memory and merge with `export_parquet` / `import_parquet`.)
+- Point look-ups of 10^5-10^6 hashes hit the primary-key index; no full scan per shard.
+- Parquet is the exchange format (`PARQUET_SCHEMA`): export to share a memory between machines or
+  with collaborators, import the sample's ``reference`` memory or a colleague's DeepL run.
+
+Rows are keyed by ``(engine_id, text_hash)``; the first stored translation wins and is never
+overwritten (``ON CONFLICT DO NOTHING``), so what was paid for stays what is used.
+
+Context key policy (DeepL ``context``, e.g. the VisDial image caption for a short answer):
+a translation made with context is a different translation, so it must not be found by a
+context-free look-up. The policy is explicit in two places:
+
+- the engine id carries it (``...:context=none`` or ``...:context=caption``), so memories of the two
+  policies never mix;
+- with context, the key is `memory_key(text, context)`, a hash over text AND context, and the
+  ``context`` column stores the context so imports can re-check the key. Without context
+  (the default) the key is plain `translation.textkey.text_hash(text)`, shared with segments.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from translation.errors import MemoryIntegrityError
+from translation.textkey import text_hash
+
+# The Parquet exchange format of a memory (export writes it; import needs only the first three
+# columns of `REQUIRED_IMPORT_COLUMNS` and fills the rest).
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("engine_id", pa.string()),  # full stable engine id (see translation.engines.base.Engine)
+        ("text_hash", pa.string()),  # memory_key(text_en, context)
+        ("text_en", pa.string()),
+        ("context", pa.string()),  # null unless the engine's context policy uses context
+        ("text_pt", pa.string()),
+        ("score", pa.float32()),  # engine log-probability where it gives one, else null
+        ("billed_chars", pa.int64()),  # characters the provider charged for this text (0 for local engines)
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+REQUIRED_IMPORT_COLUMNS = ("text_hash", "text_en", "text_pt")
+
+_SQL_CHUNK = 900  # host parameters per IN (...) query, well under SQLite's limit on every build
+_DEFAULT_BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS memory (
+    engine_id    TEXT    NOT NULL,
+    text_hash    TEXT    NOT NULL,
+    text_en      TEXT    NOT NULL,
+    context      TEXT,
+    text_pt      TEXT    NOT NULL,
+    score        REAL,
+    billed_chars INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,  -- microseconds since the Unix epoch, UTC
+    PRIMARY KEY (engine_id, text_hash)
+) WITHOUT ROWID
+"""
+_COLUMNS = ("engine_id", "text_hash", "text_en", "context", "text_pt", "score", "billed_chars", "created_at")
+
+
+def memory_key(text: str, context: str | None = None) -> str:
+    """The memory key of `text` translated with `context` (None: context-free, the default).
+
+    Context-free keys equal `text_hash(text)` so they join segments directly. With context the hash
+    covers a JSON pair, which cannot collide with any plain string's hash input ambiguity-wise.
+    """
+    if context is None:
+        return text_hash(text)
+    return text_hash(json.dumps([text, context], ensure_ascii=False))
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One stored translation."""
+
+    text_hash: str
+    text_en: str
+    text_pt: str
+    score: float | None = None
+    billed_chars: int = 0
+    context: str | None = None
+    created_at: datetime | None = None  # set by the memory when stored
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """Size of one engine's memory."""
+
+    rows: int
+    chars_en: int
+    billed_chars: int
+
+
+@dataclass(frozen=True)
+class ImportStats:
+    """What `import_parquet` did."""
+
+    rows: int  # rows in the file
+    inserted: int  # new rows stored
+    already_present: int  # rows whose key was stored before (kept unchanged)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)  # exact, unlike a float timestamp
+
+
+class TranslationMemory:
+    """An SQLite translation memory file; see the module docstring for the guarantees.
+
+    Open one instance per process (do not share across fork). Thread-safe within a process.
+    Use as a context manager or call `close()`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
+        self._db = sqlite3.connect(
+            str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise MemoryIntegrityError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every COMMIT: durable when put returns
+        with self._write():
+            self._db.execute(_SCHEMA_SQL)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, mem: TranslationMemory) -> None:
+            self.mem = mem
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.mem._lock.acquire()
+            try:
+                # IMMEDIATE takes the write lock now (waiting up to busy_timeout), so two workers never
+                # deadlock upgrading read locks.
+                self.mem._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.mem._lock.release()
+                raise
+            return self.mem._db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            try:
+                self.mem._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self.mem._lock.release()
+
+    def _write(self) -> TranslationMemory._Tx:
+        return TranslationMemory._Tx(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> TranslationMemory:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TranslationMemory({str(self.path)!r})"
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def _select(self, engine_id: str, hashes: Sequence[str], columns: str) -> Iterable[tuple]:
+        unique = list(dict.fromkeys(hashes))
+        with self._lock:
+            for i in range(0, len(unique), _SQL_CHUNK):
+                chunk = unique[i : i + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                yield from self._db.execute(
+                    f"SELECT {columns} FROM memory WHERE engine_id = ? AND text_hash IN ({marks})",
+                    [engine_id, *chunk],
+                ).fetchall()
+
+    def lookup(self, engine_id: str, hashes: Sequence[str]) -> dict[str, MemoryRow]:
+        """The stored rows among `hashes` for `engine_id`, by hash (absent hashes are not in the dict)."""
+        out: dict[str, MemoryRow] = {}
+        cols = "text_hash, text_en, text_pt, score, billed_chars, context, created_at"
+        for h, en, pt, score, billed, ctx, created in self._select(engine_id, hashes, cols):
+            out[h] = MemoryRow(h, en, pt, score, billed, ctx, _to_datetime(created))
+        return out
+
+    def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
+        """The hashes (unique, in first-seen order) with no stored translation for `engine_id`."""
+        present = {row[0] for row in self._select(engine_id, hashes, "text_hash")}
+        return [h for h in dict.fromkeys(hashes) if h not in present]
+
+    def stats(self, engine_id: str) -> MemoryStats:
+        with self._lock:
+            rows, chars, billed = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(text_en)), 0), COALESCE(SUM(billed_chars), 0) "
+                "FROM memory WHERE engine_id = ?",
+                [engine_id],
+            ).fetchone()
+        return MemoryStats(rows=rows, chars_en=chars, billed_chars=billed)
+
+    def engine_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT engine_id FROM memory ORDER BY 1")]
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def put_batch(self, engine_id: str, rows: Sequence[MemoryRow]) -> int:
+        """Store `rows` in ONE transaction; when this returns they are on disk (fsync'd).
+
+        Rows whose key is already stored are skipped (the first paid translation wins). Returns the
+        number of new rows. A row whose `text_hash` is not `memory_key(text_en, context)` raises
+        MemoryIntegrityError and nothing of the batch is stored.
+        """
+        if not engine_id:
+            raise ValueError("engine_id must not be empty")
+        for i, r in enumerate(rows):
+            _check_key(r.text_hash, r.text_en, r.context, where=f"put_batch row {i}")
+            if r.text_pt is None:
+                raise MemoryIntegrityError(f"put_batch row {i} (text_hash {r.text_hash}): text_pt is null")
+        now = _now_us()
+        values = [
+            (engine_id, r.text_hash, r.text_en, r.context, r.text_pt, r.score, int(r.billed_chars), now)
+            for r in rows
+        ]
+        return self._insert(values)
+
+    def _insert(self, values: list[tuple]) -> int:
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                f"INSERT INTO memory ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))}) "
+                "ON CONFLICT (engine_id, text_hash) DO NOTHING",
+                values,
+            )
+            return db.total_changes - before
+
+    # -- Parquet exchange -------------------------------------------------------------------------
+
+    def export_parquet(self, path: str | os.PathLike[str], engine_id: str | None = None,
+                       *, rows_per_group: int = 100_000) -> int:
+        """Write the memory (one engine, or all) as `PARQUET_SCHEMA` Parquet, atomically. Returns rows."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        where, params = ("WHERE engine_id = ?", [engine_id]) if engine_id is not None else ("", [])
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        total = 0
+        try:
+            with self._lock, pq.ParquetWriter(tmp, PARQUET_SCHEMA, compression="zstd") as writer:
+                cur = self._db.execute(
+                    f"SELECT {', '.join(_COLUMNS)} FROM memory {where} ORDER BY engine_id, text_hash", params
+                )
+                while batch := cur.fetchmany(rows_per_group):
+                    cols = list(zip(*batch, strict=True))
+                    arrays = [pa.array(c, type=f.type) for c, f in zip(cols[:-1], PARQUET_SCHEMA, strict=False)]
+                    arrays.append(pa.array(cols[-1], type=pa.int64()).cast(PARQUET_SCHEMA.field("created_at").type))
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=PARQUET_SCHEMA))
+                    total += len(batch)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return total
+
+    def import_parquet(self, path: str | os.PathLike[str], engine_id: str) -> ImportStats:
+        """Import a Parquet memory into `engine_id`, in one transaction (all rows or none).
+
+        The file needs ``text_hash, text_en, text_pt``; ``context, score, billed_chars, created_at`` are
+        used when present (else null, null, 0, now). An ``engine_id`` column, if present, must equal
+        `engine_id` on every row. Every key is re-checked against its text: a mismatch raises
+        MemoryIntegrityError naming the file, row and hash.
+        """
+        path = Path(path)
+        table = pq.read_table(path)
+        names = set(table.column_names)
+        absent = [c for c in REQUIRED_IMPORT_COLUMNS if c not in names]
+        if absent:
+            raise MemoryIntegrityError(f"{path}: not a translation memory, missing column(s) {absent}")
+        n = table.num_rows
+        col = {c: table.column(c).to_pylist() for c in names & set(PARQUET_SCHEMA.names) - {"created_at"}}
+        created = None
+        if "created_at" in names:  # exact microseconds, whatever the file's timestamp unit
+            ts_type = PARQUET_SCHEMA.field("created_at").type
+            created = table.column("created_at").cast(ts_type).cast(pa.int64()).to_pylist()
+        if "engine_id" in col:
+            others = sorted({e for e in col["engine_id"] if e != engine_id}, key=str)
+            if others:
+                raise MemoryIntegrityError(
+                    f"{path}: rows belong to engine id(s) {others[:3]}, not {engine_id!r}; "
+                    "import each engine's rows under its own id"
+                )
+        contexts = col.get("context", [None] * n)
+        scores = col.get("score", [None] * n)
+        billed = col.get("billed_chars", [0] * n)
+        now = _now_us()
+        values = []
+        for i in range(n):
+            h, en, pt = col["text_hash"][i], col["text_en"][i], col["text_pt"][i]
+            where = f"{path} row {i}"
+            if en is None or pt is None or h is None:
+                raise MemoryIntegrityError(f"{where}: null text_hash, text_en or text_pt")
+            _check_key(h, en, contexts[i], where=where)
+            ts = now if created is None or created[i] is None else created[i]
+            values.append((engine_id, h, en, contexts[i], pt, scores[i], int(billed[i] or 0), ts))
+        inserted = self._insert(values)
+        return ImportStats(rows=n, inserted=inserted, already_present=n - inserted)
+
+
+def _check_key(h: str, text_en: str, context: str | None, *, where: str) -> None:
+    expected = memory_key(text_en, context)
+    if h != expected:
+        raise MemoryIntegrityError(
+            f"{where}: text_hash {h!r} does not match its text_en {text_en[:60]!r}"
+            f"{' with context' if context is not None else ''} (expected {expected!r}); "
+            "the file was made with another key function or is corrupt"
+        )
