@@ -1,0 +1,399 @@
+"""Benchmark runners: drive a model (the `EvalModel` protocol, e.g. training.model.VGloria) over a benchmark.
+
+Each runner takes the model, a `features_for(image_ids) -> feats` callable (cached CLIP features, or images
+the model encodes itself) and the benchmark rows, and returns metrics plus what the qualitative pages show.
+Retrieval embedding indexes are cached per benchmark in a folder (npy + ids JSON), so re-running an
+evaluation, or VisDial T2I after COCO, does not re-embed. The cache folder must belong to ONE model
+checkpoint; `model_key` (e.g. the checkpoint's hash) is stored beside the index and a mismatch rebuilds it.
+
+Prompt formats (documented constants, see `visdial_prefix`):
+- VisDial IT2T: "[image] <caption> Q: <q1> A: <a1> ... Q: <q_r> A:" and each option scored as " <option>"
+  (leading space: in running text the answer follows "A: ", and BPE tokenizers fold that space into the
+  answer's first token). An option's score is the summed token loss: lower is better.
+- VisDial T2I: "<caption> Q: <q1> A: <a1> ... Q: <q10> A: <a10>" (+[RET], which text_embeddings appends),
+  ranked against ALL the benchmark's images (text-to-image, as the task's name says; FROMAGe's script
+  ranks dialogs per image instead).
+- VQA: `EvalSettings.vqa_prompt` ("Q: {question} A:") after the image; greedy answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eval.metrics.caption import caption_scores
+from eval.metrics.retrieval import retrieval_metrics_from_embeddings
+from eval.metrics.visdial import visdial_metrics
+from eval.metrics.vqa import VQAScored, vqa_metrics
+from eval.settings import EvalSettings
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+FeaturesFor = Callable[[list[str]], Any]
+RET_TEXT = "[RET]"
+
+
+@runtime_checkable
+class EvalModel(Protocol):
+    """What a runner needs from a model (training.model.VGloria implements it)."""
+
+    def image_embeddings(self, feats: Any) -> Tensor:
+        """(N, q) L2-normalised retrieval embeddings of N images."""
+        ...
+
+    def text_embeddings(self, texts: list[str]) -> Tensor:
+        """(N, q) L2-normalised retrieval embeddings of N texts ([RET] appended by the model)."""
+        ...
+
+    def caption(self, feats: Any, max_new_tokens: int, num_beams: int = 1) -> list[str]:
+        """One generated caption per image."""
+        ...
+
+    def option_losses(self, feats: Any, prefix_texts: list[str], options: list[list[str]]) -> Tensor:
+        """(N, n_options) summed answer-token loss of each option after [image] prefix_text (lower = better)."""
+        ...
+
+    def answer(self, feats: Any, prompt: str) -> str:
+        """Free-form continuation of [image] prompt (first image of feats)."""
+        ...
+
+
+class BenchmarkInputError(ValueError):
+    """Benchmark rows are malformed (duplicate ids, missing captions, a bad gt index, ...)."""
+
+
+# ---------------------------------------------------------------------- benchmark rows
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    """One retrieval / captioning image with its reference captions (COCO: 5, CC3M: 1)."""
+
+    image_id: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DialogRound:
+    question: str
+    answer: str
+    options: tuple[str, ...]  # 100 answer options in VisDial v1.0
+    gt_index: int  # position of `answer` in `options`
+
+
+@dataclass(frozen=True)
+class Dialog:
+    image_id: str
+    caption: str
+    rounds: tuple[DialogRound, ...]
+    dense_round: int | None = None  # 1-based round with dense relevance annotations
+    dense_relevance: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class VQAQuestion:
+    question_id: str
+    image_id: str
+    question: str
+    answers: tuple[str, ...]  # the 10 human answers
+    answer_type: str  # yes/no | number | other
+
+
+# ---------------------------------------------------------------------- embedding index cache
+
+
+def _digest(items: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for s in items:
+        h.update(s.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_embeddings(cache_dir: Path | None, name: str, keys: Sequence[str],
+                      embed: Callable[[list[int]], Tensor], batch_size: int, *, model_key: str | None = None,
+                      progress: Progress | None = None) -> np.ndarray:
+    """(len(keys), q) float32 embeddings, from `<cache_dir>/<name>.npy` when its ids JSON matches `keys`
+    and `model_key`, else computed `batch_size` positions at a time with embed(positions) and cached.
+    The JSON is written after the array, so it marks a complete index."""
+    meta = {"name": name, "n": len(keys), "digest": _digest(keys), "model_key": model_key}
+    if cache_dir is not None:
+        arr_path, meta_path = Path(cache_dir) / f"{name}.npy", Path(cache_dir) / f"{name}.ids.json"
+        if arr_path.exists() and meta_path.exists():
+            try:
+                old = json.loads(meta_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = None
+            if old is not None and {k: old.get(k) for k in meta} == meta:
+                arr = np.load(arr_path)
+                if arr.shape[0] == len(keys):
+                    return arr
+    parts = []
+    total = -(-len(keys) // batch_size)
+    for b, s in enumerate(range(0, len(keys), batch_size)):
+        with torch.no_grad():
+            parts.append(embed(list(range(s, min(s + batch_size, len(keys))))).detach().float().cpu().numpy())
+        if progress:
+            progress(name, b + 1, total)
+    arr = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+    if cache_dir is not None:
+        _atomic_write(arr_path, lambda f: np.save(f, arr), "wb")
+        _atomic_write(meta_path, lambda f: f.write(json.dumps({**meta, "ids": list(keys)})), "w")
+    return arr
+
+
+# ---------------------------------------------------------------------- retrieval
+
+
+@dataclass
+class RetrievalResult:
+    metrics: dict[str, float]
+    image_ids: list[str]
+    texts: list[str]
+    text_to_image: np.ndarray
+    image_emb: np.ndarray = field(repr=False)
+    text_emb: np.ndarray = field(repr=False)
+
+    def top_texts(self, image: int, k: int = 5) -> list[tuple[str, float, bool]]:
+        """The k best texts for image #image: (text, similarity, is one of its captions)."""
+        sim = self.text_emb @ self.image_emb[image]
+        order = np.argsort(-sim, kind="stable")[:k]
+        return [(self.texts[t], float(sim[t]), bool(self.text_to_image[t] == image)) for t in order]
+
+    def top_images(self, text: int, k: int = 5) -> list[tuple[str, float, bool]]:
+        """The k best images for text #text: (image id, similarity, is its image)."""
+        sim = self.image_emb @ self.text_emb[text]
+        order = np.argsort(-sim, kind="stable")[:k]
+        return [(self.image_ids[i], float(sim[i]), bool(i == self.text_to_image[text])) for i in order]
+
+
+def _unique_ids(ids: Sequence[str], what: str) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise BenchmarkInputError(f"duplicate {what} id {i!r}")
+        seen.add(i)
+
+
+def _image_index(model: EvalModel, features_for: FeaturesFor, image_ids: list[str], cache_dir: Path | None,
+                 settings: EvalSettings, model_key: str | None, progress: Progress | None) -> np.ndarray:
+    return cached_embeddings(
+        cache_dir, "images", image_ids,
+        lambda pos: model.image_embeddings(features_for([image_ids[p] for p in pos])),
+        settings.image_batch_size, model_key=model_key, progress=progress)
+
+
+def _text_index(model: EvalModel, texts: list[str], keys: list[str], name: str, cache_dir: Path | None,
+                settings: EvalSettings, model_key: str | None, progress: Progress | None) -> np.ndarray:
+    # The key of a text includes its content: another translation engine gives another index.
+    keyed = [f"{k}\t{t}" for k, t in zip(keys, texts, strict=True)]
+    return cached_embeddings(cache_dir, name, keyed, lambda pos: model.text_embeddings([texts[p] for p in pos]),
+                             settings.text_batch_size, model_key=model_key, progress=progress)
+
+
+def run_retrieval(model: EvalModel, features_for: FeaturesFor, rows: Sequence[CaptionedImage], *,
+                  settings: EvalSettings | None = None, cache_dir: Path | None = None,
+                  model_key: str | None = None, progress: Progress | None = None) -> RetrievalResult:
+    """Image->text and text->image R@1/5/10 (fractions) over `rows` (every caption is a text query)."""
+    settings = settings or EvalSettings()
+    if not rows:
+        raise BenchmarkInputError("no images to evaluate")
+    image_ids = [r.image_id for r in rows]
+    _unique_ids(image_ids, "image")
+    texts, t2i, keys = [], [], []
+    for i, r in enumerate(rows):
+        if not r.captions:
+            raise BenchmarkInputError(f"image {r.image_id!r} has no caption")
+        for n, c in enumerate(r.captions):
+            texts.append(c)
+            t2i.append(i)
+            keys.append(f"{r.image_id}#{n}")
+    img = _image_index(model, features_for, image_ids, cache_dir, settings, model_key, progress)
+    txt = _text_index(model, texts, keys, "texts", cache_dir, settings, model_key, progress)
+    t2i_arr = np.asarray(t2i, dtype=np.int64)
+    metrics = retrieval_metrics_from_embeddings(img, txt, t2i_arr, chunk=settings.retrieval_chunk)
+    return RetrievalResult(metrics, image_ids, texts, t2i_arr, img, txt)
+
+
+# ---------------------------------------------------------------------- captioning
+
+
+@dataclass
+class CaptioningResult:
+    metrics: dict[str, float]
+    captions: dict[str, str]  # image id -> generated caption
+    references: dict[str, list[str]]
+
+
+def run_captioning(model: EvalModel, features_for: FeaturesFor, rows: Sequence[CaptionedImage], *,
+                   settings: EvalSettings | None = None, progress: Progress | None = None) -> CaptioningResult:
+    """Generate one caption per image and score it against the image's references (caption_scores)."""
+    settings = settings or EvalSettings()
+    if not rows:
+        raise BenchmarkInputError("no images to caption")
+    _unique_ids([r.image_id for r in rows], "image")
+    generated: dict[str, str] = {}
+    bs = settings.image_batch_size
+    total = -(-len(rows) // bs)
+    for b, s in enumerate(range(0, len(rows), bs)):
+        ids = [r.image_id for r in rows[s : s + bs]]
+        with torch.no_grad():
+            caps = model.caption(features_for(ids), settings.caption_max_new_tokens, settings.caption_num_beams)
+        if len(caps) != len(ids):
+            raise RuntimeError(f"model.caption returned {len(caps)} captions for {len(ids)} images")
+        generated.update(zip(ids, (c.replace(RET_TEXT, "").strip() for c in caps), strict=True))
+        if progress:
+            progress("captions", b + 1, total)
+    refs = {r.image_id: list(r.captions) for r in rows}
+    metrics = caption_scores(refs, generated, settings.meteor_mode, meteor_timeout_s=settings.meteor_timeout_s,
+                             java=settings.java)
+    return CaptioningResult(metrics, generated, refs)
+
+
+# ---------------------------------------------------------------------- VisDial
+
+
+def visdial_prefix(caption: str, history: Sequence[DialogRound], question: str, *, q_tag: str = "Q:",
+                   a_tag: str = "A:") -> str:
+    """IT2T context: '<caption> Q: <q1> A: <a1> ... Q: <question> A:' (the image precedes it)."""
+    turns = [f"{q_tag} {r.question.strip()} {a_tag} {r.answer.strip()}" for r in history]
+    return " ".join([caption.strip(), *turns, f"{q_tag} {question.strip()} {a_tag}"])
+
+
+def dialog_text(d: Dialog, *, q_tag: str = "Q:", a_tag: str = "A:") -> str:
+    """T2I query: the caption and every round of the dialogue."""
+    turns = [f"{q_tag} {r.question.strip()} {a_tag} {r.answer.strip()}" for r in d.rounds]
+    return " ".join([d.caption.strip(), *turns])
+
+
+def _check_dialog(d: Dialog) -> None:
+    if not d.rounds:
+        raise BenchmarkInputError(f"dialog of {d.image_id!r} has no rounds")
+    for k, r in enumerate(d.rounds, 1):
+        if not r.options or not 0 <= r.gt_index < len(r.options):
+            raise BenchmarkInputError(f"dialog of {d.image_id!r}, round {k}: gt_index {r.gt_index} outside "
+                                      f"its {len(r.options)} options")
+    n_opts = {len(r.options) for r in d.rounds}
+    if len(n_opts) != 1:
+        raise BenchmarkInputError(f"dialog of {d.image_id!r}: rounds have different option counts {n_opts}")
+    if d.dense_round is not None:
+        if not 1 <= d.dense_round <= len(d.rounds):
+            raise BenchmarkInputError(f"dialog of {d.image_id!r}: dense_round {d.dense_round} outside "
+                                      f"1..{len(d.rounds)}")
+        if d.dense_relevance is None or len(d.dense_relevance) != len(d.rounds[d.dense_round - 1].options):
+            raise BenchmarkInputError(f"dialog of {d.image_id!r}: dense_relevance must have one value per option")
+
+
+@dataclass
+class VisDialResult:
+    metrics: dict[str, float]  # it2t_* (r1, r5, r10, mean_rank, mrr, ndcg) and t2i_r1/r5/r10
+    losses: dict[str, np.ndarray]  # image id -> (n_rounds, n_options) summed answer-token losses
+    chosen: dict[str, list[str]]  # image id -> the lowest-loss option of every round
+    t2i_top: dict[str, list[str]]  # image id -> its dialog's 5 best images
+
+
+def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[Dialog], *,
+                image_ids: Sequence[str] | None = None, settings: EvalSettings | None = None,
+                cache_dir: Path | None = None, model_key: str | None = None,
+                progress: Progress | None = None) -> VisDialResult:
+    """Zero-shot VisDial: IT2T ranks each round's options by summed answer-token loss (all rounds scored
+    in one option_losses call per dialog: 10 prefixes x 100 options); T2I retrieves each dialog's image
+    among `image_ids` (default: every dialog's image, i.e. all validation images)."""
+    settings = settings or EvalSettings()
+    if not dialogs:
+        raise BenchmarkInputError("no dialogs to evaluate")
+    _unique_ids([d.image_id for d in dialogs], "dialog image")
+    for d in dialogs:
+        _check_dialog(d)
+    tags = {"q_tag": settings.visdial_question_tag, "a_tag": settings.visdial_answer_tag}
+
+    losses: dict[str, np.ndarray] = {}
+    chosen: dict[str, list[str]] = {}
+    all_scores, all_gt, dense_scores, dense_rel = [], [], [], []
+    for n, d in enumerate(dialogs):
+        prefixes = [visdial_prefix(d.caption, d.rounds[:k], r.question, **tags) for k, r in enumerate(d.rounds)]
+        options = [[" " + o.strip() for o in r.options] for r in d.rounds]
+        with torch.no_grad():
+            out = model.option_losses(features_for([d.image_id] * len(d.rounds)), prefixes, options)
+        arr = out.detach().float().cpu().numpy()
+        if arr.shape != (len(d.rounds), len(d.rounds[0].options)):
+            raise RuntimeError(f"option_losses returned shape {arr.shape} for {len(d.rounds)} rounds x "
+                               f"{len(d.rounds[0].options)} options")
+        losses[d.image_id] = arr
+        chosen[d.image_id] = [r.options[int(np.argmin(a))] for r, a in zip(d.rounds, arr, strict=True)]
+        all_scores.append(arr)
+        all_gt += [r.gt_index for r in d.rounds]
+        if d.dense_round is not None and d.dense_relevance is not None:
+            dense_scores.append(arr[d.dense_round - 1])
+            dense_rel.append(list(d.dense_relevance))
+        if progress:
+            progress("visdial it2t", n + 1, len(dialogs))
+    it2t = visdial_metrics(np.concatenate(all_scores), all_gt, higher_is_better=False,
+                           dense_scores=np.stack(dense_scores) if dense_scores else None,
+                           dense_relevance=np.asarray(dense_rel) if dense_rel else None)
+    metrics = {f"it2t_{k}": v for k, v in it2t.items()}
+
+    candidates = list(image_ids) if image_ids is not None else [d.image_id for d in dialogs]
+    _unique_ids(candidates, "candidate image")
+    where = {i: n for n, i in enumerate(candidates)}
+    missing = [d.image_id for d in dialogs if d.image_id not in where]
+    if missing:
+        raise BenchmarkInputError(f"{len(missing)} dialog images are not among the candidates (e.g. {missing[:3]})")
+    img = _image_index(model, features_for, candidates, cache_dir, settings, model_key, progress)
+    queries = [dialog_text(d, **tags) for d in dialogs]
+    txt = _text_index(model, queries, [d.image_id for d in dialogs], "dialogs", cache_dir, settings, model_key,
+                      progress)
+    t2i_idx = np.asarray([where[d.image_id] for d in dialogs], dtype=np.int64)
+    ret = retrieval_metrics_from_embeddings(img, txt, t2i_idx, chunk=settings.retrieval_chunk)
+    metrics.update({k: v for k, v in ret.items() if k.startswith("t2i_")})
+    top = np.argsort(-(txt @ img.T), axis=1, kind="stable")[:, :5]
+    t2i_top = {d.image_id: [candidates[j] for j in row] for d, row in zip(dialogs, top, strict=True)}
+    return VisDialResult(metrics, losses, chosen, t2i_top)
+
+
+# ---------------------------------------------------------------------- VQA
+
+
+@dataclass
+class VQAResult:
+    metrics: dict[str, float]  # overall, yes/no, number, other (fractions), n
+    scored: list[VQAScored]
+
+
+def run_vqa(model: EvalModel, features_for: FeaturesFor, questions: Sequence[VQAQuestion], *,
+            settings: EvalSettings | None = None, progress: Progress | None = None) -> VQAResult:
+    """Answer each question greedily after [image] + prompt; official VQAv2 accuracy per answer type."""
+    settings = settings or EvalSettings()
+    if not questions:
+        raise BenchmarkInputError("no questions to evaluate")
+    _unique_ids([q.question_id for q in questions], "question")
+    predictions: dict[str, str] = {}
+    for n, q in enumerate(questions):
+        with torch.no_grad():
+            text = model.answer(features_for([q.image_id]), settings.vqa_prompt.format(question=q.question.strip()))
+        predictions[q.question_id] = text.replace(RET_TEXT, " ").strip()
+        if progress:
+            progress("vqa", n + 1, len(questions))
+    metrics, scored = vqa_metrics(predictions, {q.question_id: list(q.answers) for q in questions},
+                                  {q.question_id: q.answer_type for q in questions})
+    return VQAResult(metrics, scored)
