@@ -59,7 +59,7 @@ def write_dataset_card(
     else:
         lines.append("Nothing was dropped.")
     if availability_md:
-        lines += ["", "## Image availability", "", availability_md.strip()]
+        lines += ["", availability_md.strip()]
     lines += ["", "## Licence", "", LICENCE_NOTES.get(dataset, "See the source dataset's terms."), ""]
     dest = out_dir / "README.md"
     write_text_atomic(dest, "\n".join(lines))

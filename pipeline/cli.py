@@ -15,7 +15,8 @@ from pipeline.settings import ConfigError, load_settings
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 DEFAULT_CONFIG = Path("configs/sample.toml")
-console = Console(stderr=True)
+# Wide when not a terminal (CI logs, files), so tracebacks and paths are not wrapped mid-word.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 app = typer.Typer(
     help=(
         "ptvl: European-Portuguese (PT-PT) vision-and-language datasets, translator comparison and "
@@ -54,6 +55,19 @@ def _load(config: Path):
         _fail(str(e))
 
 
+def _check_engines(settings) -> None:
+    """Every configured engine must be able to start (key present, model folder converted) before any
+    task runs: failing here costs nothing, failing hours into a run costs a lot."""
+    from pipeline.engines import check_engine
+    from translation.errors import ConfigurationError
+
+    for name in settings.translate.engines:
+        try:
+            check_engine(name, settings.engines[name], settings.root / "sources", sample=settings.sample.enabled)
+        except ConfigurationError as e:
+            _fail(str(e))
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     _setup_logging(verbose)
@@ -85,6 +99,7 @@ def run(
     stage = until or names[-1]
     if stage not in STAGES:
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
+    _check_engines(settings)
     tasks = STAGES[stage][1](str(config.resolve()), settings)
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
     # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.
@@ -123,6 +138,94 @@ def sample(
 
     layout = write_sample(out, seed=seed)
     console.print(f"sample written to {out}: {layout}")
+
+
+def _build(tasks: list, workers: int = 1) -> None:
+    import luigi
+
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    result = luigi.build(tasks, workers=workers, local_scheduler=True, detailed_summary=True)
+    console.print(result.summary_text)
+    if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
+        _fail(f"did not finish ({result.status.name}); rerun to resume: finished work is kept")
+
+
+@app.command()
+def translate(
+    engine: str = typer.Option(..., "--engine", "-e", help="Name of an [engines.<name>] table in the config."),
+    config: Path = ConfigOpt,
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets (repeatable)."),
+    split: list[str] = typer.Option(None, "--split", "-s", help="Only these splits (repeatable)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print what would be billed (only texts missing from the memory) and stop."
+    ),
+    workers: int = typer.Option(1, "--workers", "-w", min=1),
+) -> None:
+    """Translate the segments of the configured datasets with one engine (memory first, engine for misses).
+
+    Safe to interrupt: every stored batch is durable, and a rerun pays only for what is still missing."""
+    from pipeline.engines import check_engine, price_per_million
+    from pipeline.tasks.acquire import IngestSegments
+    from pipeline.tasks.translate import Translate
+    from translation.errors import ConfigurationError
+
+    settings = _load(config)
+    if engine not in settings.engines:
+        _fail(f"no [engines.{engine}] table in {config}; configured: {', '.join(settings.engines)}")
+    targets = [
+        (d, sp) for d, splits in settings.datasets.enabled().items() for sp in splits
+        if (not dataset or d in dataset) and (not split or sp in split)
+    ]
+    if not targets:
+        _fail("no dataset/split matches the filters")
+    cfg = str(config.resolve())
+    if dry_run:
+        import polars as pl
+        from rich.table import Table
+
+        from pipeline.tasks.translate import memory_path
+        from translation.cost import estimate
+        from translation.memory import TranslationMemory
+
+        _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in targets])
+        entry = settings.engines[engine]
+        engine_id = _engine_id_without_key(engine, entry)
+        table = Table(title=f"dry run: {engine} ({engine_id})")
+        for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
+            table.add_column(col, justify="right")
+        total_chars, total_eur, seen = 0, 0.0, []
+        with TranslationMemory(memory_path(settings.root)) as mem:
+            for d, sp in targets:
+                texts = pl.read_parquet(settings.root / "segments" / d / f"{sp}.parquet")["text_en"].to_list()
+                est = estimate(texts, mem, engine_id, price_per_million(entry))
+                seen += texts
+                table.add_row(f"{d}/{sp}", f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}",
+                              f"{est.chars:,}", f"{est.eur:.2f}")
+            total = estimate(seen, mem, engine_id, price_per_million(entry))
+        table.add_row("all (shared strings once)", f"{total.rows:,}", f"{total.unique:,}",
+                      f"{total.unique_missing:,}", f"{total.chars:,}", f"{total.eur:.2f}")
+        console.print(table)
+        return
+    try:
+        check_engine(engine, settings.engines[engine], settings.root / "sources", sample=settings.sample.enabled)
+    except ConfigurationError as e:
+        _fail(str(e))
+    _build([Translate(config=cfg, dataset=d, split=sp, engine=engine) for d, sp in targets], workers)
+
+
+def _engine_id_without_key(name: str, entry) -> str:
+    """The engine id a dry run prices against, computed without opening the engine (no key needed)."""
+    from pipeline.engines import DeepLEntry, ReferenceEntry
+
+    if isinstance(entry, ReferenceEntry):
+        return name
+    if isinstance(entry, DeepLEntry):
+        from translation.engines.deepl_api import DeepLSettings, engine_id_for
+
+        return engine_id_for(DeepLSettings(**entry.model_dump(exclude={"engine"})))
+    from pipeline.engines import build_engine
+
+    return build_engine(name, entry).engine_id
 
 
 def main() -> None:

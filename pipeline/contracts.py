@@ -61,6 +61,9 @@ AVAILABILITY = pa.schema(
         ("reason", pa.string()),  # ok | http_404 | http_5xx ... | timeout | dns | connection_refused | not_an_image | decode_error | too_small | other
         ("error_message", pa.string()),  # img2dataset's raw message, null on success
         ("key", pa.string()),  # img2dataset key (locates the image in the output shards), null if failed
+        # img2dataset output folder of the successful attempt, relative to the split's images folder
+        # (retry rounds number their keys from 0 again, so (shards_dir, key) is the image's address).
+        ("shards_dir", pa.string()),
     ]
 )
 
@@ -84,13 +87,15 @@ DIALOGS = pa.schema(
     ]
 )
 
-# Segments joined with their translation.  translated/<engine>/<dataset>/<split>.parquet
+# Segments joined with their translation and quality flags.  translated/<engine>/<dataset>/<split>.parquet
 TRANSLATED = pa.schema(
     list(SEGMENTS)
     + [
         ("engine", pa.string()),  # short engine name from the config (reference, deepl, madlad, ...)
         ("engine_id", pa.string()),  # the full stable id that keys the memory
         ("text_pt", pa.string()),
-        ("score", pa.float32()),
+        ("score", pa.float32()),  # mean token log-prob where the engine gives one
+        ("flags", pa.list_(pa.string())),  # translation.quality flag names raised on this row
+        ("flag_reasons", pa.list_(pa.string())),  # the evidence for each flag, same order
     ]
 )

@@ -14,9 +14,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
+def image_address(shards_dir: str, key: str) -> str:
+    """Where an image lives: keys restart at 0 in every retry round, so the folder is part of the address."""
+    return f"{shards_dir}/{key}"
+
+
 def iter_image_batches(images_dir: str | Path) -> Iterator[dict[str, bytes]]:
-    """Yield {key: JPEG bytes} per img2dataset output shard under `images_dir` (retry rounds included)."""
+    """Yield {image_address: JPEG bytes} per img2dataset output shard under `images_dir` (retry rounds
+    included); addresses match AVAILABILITY's (shards_dir, key)."""
     images_dir = Path(images_dir)
+
+    def rel(folder: Path) -> str:
+        return str(folder.relative_to(images_dir))
+
     for tar in sorted(images_dir.rglob("*.tar")):
         batch: dict[str, bytes] = {}
         with tarfile.open(tar) as tf:
@@ -25,7 +35,7 @@ def iter_image_batches(images_dir: str | Path) -> Iterator[dict[str, bytes]]:
                 if ext == "jpg":
                     f = tf.extractfile(member)
                     if f is not None:
-                        batch[stem] = f.read()
+                        batch[image_address(rel(tar.parent), stem)] = f.read()
         yield batch
     for pf in sorted(images_dir.rglob("*.parquet")):
         if pf.name == "availability.parquet" or pf.name.startswith(("_", ".")):
@@ -34,10 +44,14 @@ def iter_image_batches(images_dir: str | Path) -> Iterator[dict[str, bytes]]:
         if "jpg" not in names or "key" not in names:
             continue  # webdataset metadata, url lists, ...
         table = pq.read_table(pf, columns=["key", "jpg"])
+        where = rel(pf.parent)
         yield {
-            k: v for k, v in zip(table.column("key").to_pylist(), table.column("jpg").to_pylist()) if v is not None
+            image_address(where, k): v
+            for k, v in zip(table.column("key").to_pylist(), table.column("jpg").to_pylist())
+            if v is not None
         }
     for folder in sorted(p for p in images_dir.rglob("*") if p.is_dir()):
-        batch = {jpg.stem: jpg.read_bytes() for jpg in sorted(folder.glob("*.jpg"))}
+        # output_format="files" writes <shards_dir>/<shard>/<key>.jpg
+        batch = {image_address(rel(folder.parent), jpg.stem): jpg.read_bytes() for jpg in sorted(folder.glob("*.jpg"))}
         if batch:
             yield batch

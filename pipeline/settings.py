@@ -13,7 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.engines import EngineEntry, ReferenceEntry
 from pipeline.fetch import FetchSettings
+from pipeline.images import DownloadSettings
+from pipeline.shards import ShardSettings
+from translation.quality import QualityThresholds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +88,33 @@ class DatasetsSection(Strict):
         return out
 
 
+class TranslateSection(Strict):
+    """Which configured engines run, and how the work is cut."""
+
+    # Names of [engines.<name>] tables to run; the sample runs only the imported reference.
+    engines: list[str] = ["reference"]
+    # Texts per engine call (DeepL further splits to <= 50 texts / 128 KiB per request). Each stored
+    # batch is durable before the next is sent, so this is also the most a kill -9 can lose.
+    batch_size: int = Field(64, ge=1)
+    # Shard groups per split: several workers (or machines under luigid) translate disjoint parts of
+    # a split into the shared memory; one task per group keeps the Luigi graph small.
+    parts: int = Field(1, ge=1, le=256)
+    # Pass the VisDial image caption as DeepL context (keyed by context in the memory).  Off: each
+    # global question/answer string is translated once, whatever dialog it appears in.
+    visdial_context: bool = False
+
+
+class CurateSection(Strict):
+    """Token statistics and the translator comparison."""
+
+    # None: word-level tokens (the thesis' unit).  A Hugging Face tokenizer id or folder (e.g. Glória's)
+    # shows the sequence lengths the trainer will pay for.
+    tokenizer: str | None = None
+    # Run the hand-written gold PT-PT set (data_manifests/gold/) through every engine that translates.
+    gold: bool = True
+    seed: int = 0  # which random examples the report shows
+
+
 class ConfigError(Exception):
     """A settings file that cannot be used, with a message that says which key and why."""
 
@@ -93,12 +124,29 @@ class Settings(Strict):
     sample: SampleSection = SampleSection()
     datasets: DatasetsSection = DatasetsSection()
     fetch: FetchSettings = FetchSettings()
+    download: DownloadSettings = DownloadSettings()
+    translate: TranslateSection = TranslateSection()
+    engines: dict[str, EngineEntry] = {"reference": ReferenceEntry()}
+    quality: QualityThresholds = QualityThresholds()
+    curate: CurateSection = CurateSection()
+    shards: ShardSettings = ShardSettings()
 
     # Filled in by later stages (see their sections below); kept as the place every stage reads.
     config_path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        unknown = [e for e in self.translate.engines if e not in self.engines]
+        if unknown:
+            raise ValueError(
+                f"translate.engines names {unknown}, but only {sorted(self.engines)} are configured "
+                "as [engines.<name>] tables"
+            )
+        if self.translate.visdial_context:
+            raise ValueError(
+                "translate.visdial_context = true is not supported by the pipeline yet: dialogs would need "
+                "per-dialog translations of the shared answer strings"
+            )
         return self
 
     @property

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.image_store import iter_image_batches
+from pipeline.image_store import image_address, iter_image_batches
 from pipeline.io import atomic_path
 from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD
 
@@ -93,8 +93,12 @@ def _policy_reason(flags: list[str] | None, policy: FilterPolicy) -> str | None:
 
 
 def _available(availability: pl.DataFrame) -> dict[str, str]:
+    """image_id -> image address (shards_dir/key) of every downloaded image."""
     ok = availability.filter(pl.col("status") == "success")
-    return dict(zip(ok["image_id"].to_list(), ok["key"].to_list()))
+    return {
+        i: image_address(d, k)
+        for i, d, k in zip(ok["image_id"].to_list(), ok["shards_dir"].to_list(), ok["key"].to_list())
+    }
 
 
 def build_caption_shards(

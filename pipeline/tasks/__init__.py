@@ -7,6 +7,9 @@ import luigi
 
 from pipeline.settings import Settings
 from pipeline.tasks.acquire import AvailabilityReport, FetchSource, IngestSegments
+from pipeline.tasks.curate import CompareTranslators
+from pipeline.tasks.shards import BuildShards
+from pipeline.tasks.translate import Translate
 
 
 def _sources(config: str, s: Settings) -> list[luigi.Task]:
@@ -25,9 +28,34 @@ def _images(config: str, s: Settings) -> list[luigi.Task]:
     return [AvailabilityReport(config=config)]
 
 
+def _translate(config: str, s: Settings) -> list[luigi.Task]:
+    return [
+        Translate(config=config, dataset=d, split=sp, engine=e)
+        for e in s.translate.engines
+        for d, splits in s.datasets.enabled().items()
+        for sp in splits
+    ]
+
+
+def _curate(config: str, s: Settings) -> list[luigi.Task]:
+    return [CompareTranslators(config=config)]
+
+
+def _shards(config: str, s: Settings) -> list[luigi.Task]:
+    return [
+        BuildShards(config=config, engine=e, dataset=d, split=sp)
+        for e in s.translate.engines
+        for d, splits in s.datasets.enabled().items()
+        for sp in splits
+    ]
+
+
 # name -> (what it produces, the tasks that complete it)
 STAGES: dict[str, tuple[str, Callable[[str, Settings], list[luigi.Task]]]] = {
     "sources": ("official files fetched and verified (or the sample generated)", _sources),
     "segments": ("every translatable string as segments/<dataset>/<split>.parquet", _segments),
     "images": ("images downloaded + availability table (reports/availability.md)", _images),
+    "translate": ("memory filled for every engine; translated/<engine>/<dataset>/<split>.parquet", _translate),
+    "curate": ("quality flags, token statistics and reports/compare/comparison.html", _curate),
+    "shards": ("Parquet shards + dataset cards under shards/<engine>/<dataset>/<split>/", _shards),
 }

@@ -117,9 +117,7 @@ class AvailabilityReport(PtvlTask):
         return self.target("reports", "availability.md")
 
     def run(self) -> None:
-        from pipeline.availability import availability_report_markdown
+        from pipeline.availability import render_report
 
-        per_split = {
-            key: self.root / "images" / key / "availability.parquet" for key in self.requires()
-        }
-        write_text_atomic(self.output().path, availability_report_markdown(per_split))
+        per_split = {key: self.root / "images" / key / "availability.parquet" for key in self.requires()}
+        write_text_atomic(self.output().path, render_report(per_split))

@@ -1,0 +1,492 @@
+"""Image download with img2dataset, the per-URL availability table and the retry of transient failures.
+
+Layout under `out_dir` (one dataset split):
+
+    urls.parquet            url + image_id, the img2dataset input (derived from the ITEMS file)
+    _input.json             fingerprint of urls.parquet; guards a resume against changed input
+    shards/                 img2dataset output of the first pass (<shard>.parquet|.tar, <shard>_stats.json)
+    retry-<n>/urls.parquet  the transient failures sent again in retry round n
+    retry-<n>/shards/       img2dataset output of that round
+    <attempt>/sniff.parquet reasons refined for undecodable bodies (see `sniff_reason`)
+    attempts.parquet        history: one row per URL per attempt (attempt 0 = first pass)
+    availability.parquet    contract AVAILABILITY: one row per URL, the latest attempt wins
+    _MANIFEST.json          summary; written last, so it is the stage's completion marker
+
+Everything after img2dataset is rebuilt from img2dataset's own files (a shard counts once its
+`_stats.json` exists, which img2dataset writes after closing the shard), so its incremental resume
+keeps working: rerun after a crash and complete shards are skipped, the rest downloaded again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import urllib.request
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.availability import OK, TRANSIENT_REASONS, classify, is_transient
+from pipeline.contracts import AVAILABILITY
+from pipeline.io import write_json_atomic, write_parquet_atomic
+
+MANIFEST_NAME = "_MANIFEST.json"
+SHARDS = "shards"
+_RETRY_DIR = re.compile(r"retry-(\d+)$")
+_UA = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
+
+ATTEMPTS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("url", pa.string()),
+        ("attempt", pa.int32()),  # 0 = first pass, n = retry round n
+        ("shards_dir", pa.string()),  # img2dataset output folder of that attempt, relative to out_dir
+        ("status", pa.string()),  # success | failed
+        ("reason", pa.string()),
+        ("error_message", pa.string()),
+        ("key", pa.string()),  # img2dataset key inside shards_dir (keys repeat across attempts)
+    ]
+)
+
+
+class DownloadError(Exception):
+    """The download stage cannot proceed; the message says what to fix.  Work on disk is kept."""
+
+
+class DownloadSettings(BaseModel):
+    """img2dataset settings for one split.  Defaults suit real CC3M on one 16-core machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processes_count: int = Field(16, ge=1, description="worker processes (or Spark cores in local mode)")
+    thread_count: int = Field(64, ge=1, description="download threads per process")
+    image_size: int = Field(256, ge=8, description="target size in pixels (see resize_mode)")
+    # keep_ratio: smaller side -> image_size, nothing cropped; CLIP's own preprocessing crops later.
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
+    resize_only_if_bigger: bool = True  # never upscale small images (wasted bytes)
+    output_format: Literal["parquet", "webdataset", "files"] = "parquet"
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    retries: int = Field(0, ge=0, description="img2dataset's immediate per-URL retries; see retry_failed")
+    timeout: int = Field(10, ge=1, description="seconds per request")
+    number_sample_per_shard: int = Field(10_000, ge=1)
+    distributor: Literal["multiprocessing", "pyspark"] = "multiprocessing"
+    subjob_size: int = Field(1000, ge=1, description="shards per Spark job (pyspark only)")
+    min_image_size: int = Field(0, ge=0, description="smaller side below this -> too_small (0: keep all)")
+    max_aspect_ratio: float | None = Field(None, gt=0, description="None: no limit")
+    # "extend" is not offered: it renumbers shards and would break the URL -> shard mapping.
+    incremental_mode: Literal["incremental", "overwrite"] = "incremental"
+    max_shard_retry: int = Field(1, ge=0, description="img2dataset reruns of shards that raised")
+    # img2dataset's default: respect X-Robots-Tag opt-outs.  [] disables the check.
+    disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
+    user_agent_token: str | None = None
+    compute_hash: Literal["md5", "sha256", "sha512"] | None = "sha256"
+    extract_exif: bool = False  # costs CPU per image and nothing downstream reads it
+    oom_shard_count: int = Field(5, ge=1, description="digits of the shard number in file names")
+    # img2dataset reports HTML pages and corrupt JPEGs alike as "Image decoding error"; when True the
+    # first bytes of those URLs are fetched again to tell not_an_image from decode_error.
+    sniff_undecodable: bool = True
+
+
+class ShardSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shard: str
+    count: int
+    successes: int
+    failed_to_download: int
+    failed_to_resize: int
+    duration_s: float
+
+
+class AttemptSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int
+    shards_dir: str
+    urls: int
+    successes: int
+    shards: list[ShardSummary]
+
+
+class DownloadManifest(BaseModel):
+    """The content of `_MANIFEST.json`: what was asked, what came back, with which settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: str
+    input_sha256: str
+    urls: int
+    available: int
+    failed: int
+    by_status: dict[str, int]
+    by_reason: dict[str, int]
+    attempts: list[AttemptSummary]
+    settings: DownloadSettings
+    created_at: str
+
+
+# ---------------------------------------------------------------- public API
+
+
+def manifest_path(out_dir: str | Path) -> Path:
+    """Where `download_images` writes its completion marker (the Luigi target)."""
+    return Path(out_dir) / MANIFEST_NAME
+
+
+def download_images(
+    items: str | Path,
+    out_dir: str | Path,
+    settings: DownloadSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DownloadManifest:
+    """Download every URL of an ITEMS parquet file into `out_dir` and write the availability table.
+
+    Safe to rerun: complete img2dataset shards are skipped (incremental mode) and the table and
+    manifest are rebuilt from all shards, retry rounds included.  Must run in the main thread of a
+    process whose entry point is import-safe (`if __name__ == "__main__"`): img2dataset installs a
+    SIGINT handler and starts its workers with the "spawn" method.
+    """
+    settings = settings or DownloadSettings()
+    out_dir = Path(out_dir)
+    say = progress or (lambda _m: None)
+    urls = _read_items(Path(items))
+    digest = _fingerprint(urls, settings.number_sample_per_shard)
+
+    if settings.incremental_mode == "overwrite" and out_dir.exists():
+        _clear(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = _read_json(out_dir / "_input.json")
+    if previous is not None and previous.get("sha256") != digest:
+        raise DownloadError(
+            f"{out_dir}: the URL list differs from the one this folder was downloaded from "
+            f"({previous.get('items')}); its shards would map to the wrong URLs. Use a new out_dir, "
+            "or incremental_mode='overwrite' to start again."
+        )
+    if previous is None:
+        write_parquet_atomic(out_dir / "urls.parquet", urls)
+        write_json_atomic(out_dir / "_input.json", {"sha256": digest, "items": str(items), "urls": urls.num_rows})
+
+    if _stats_total(out_dir / SHARDS) == urls.num_rows:  # every shard done: skip spawning workers
+        say(f"all {urls.num_rows} URLs already in complete shards")
+    else:
+        say(f"downloading {urls.num_rows} URLs into {out_dir / SHARDS}")
+        _run_img2dataset(out_dir / "urls.parquet", out_dir / SHARDS, settings)
+    _finish_attempt(out_dir, 0, urls, settings)
+    return _rebuild(out_dir, str(items), digest, settings)
+
+
+def retry_failed(
+    out_dir: str | Path,
+    settings: DownloadSettings | None = None,
+    reasons: Iterable[str] = TRANSIENT_REASONS,
+    progress: Callable[[str], None] | None = None,
+) -> DownloadManifest:
+    """Download again only the URLs whose current reason is in `reasons` (default: transient ones).
+
+    `settings` default to those of the last run (from the manifest); pass longer timeouts if wanted.
+    Runs in `out_dir/retry-<n>/`; a success there replaces the earlier failure in availability.parquet
+    and attempts.parquet keeps the history.  A round killed midway is resumed by the next call.
+    """
+    out_dir = Path(out_dir)
+    say = progress or (lambda _m: None)
+    old = _read_json(manifest_path(out_dir))
+    if old is None:
+        raise DownloadError(f"{out_dir}: no {MANIFEST_NAME}; run download_images first")
+    settings = settings or DownloadSettings(**old["settings"])
+    reasons = set(reasons)
+    rounds = _retry_rounds(out_dir)
+    history = _collect_attempts(out_dir)
+    done_rounds = set(history["attempt"].unique().to_list())
+    pending = [n for n in rounds if n not in done_rounds]
+    if pending:  # a round that crashed before it was merged: resume it with its own URL list
+        n = pending[0]
+        todo = pq.read_table(out_dir / f"retry-{n}" / "urls.parquet")
+    else:
+        latest = _latest(history)
+        retry_these = [r for r in latest["reason"].unique().to_list() if is_transient(r, reasons)]
+        todo_df = latest.filter(pl.col("reason").is_in(retry_these)).select("url", "image_id")
+        if todo_df.height == 0:
+            say("no URL failed with a reason to retry")
+            return _rebuild(out_dir, old["items"], old["input_sha256"], settings)
+        n = max(rounds, default=0) + 1
+        todo = todo_df.to_arrow()
+        write_parquet_atomic(out_dir / f"retry-{n}" / "urls.parquet", todo)
+    say(f"retry round {n}: {todo.num_rows} URLs")
+    _run_img2dataset(out_dir / f"retry-{n}" / "urls.parquet", out_dir / f"retry-{n}" / SHARDS, settings)
+    _finish_attempt(out_dir, n, todo, settings)
+    return _rebuild(out_dir, old["items"], old["input_sha256"], settings)
+
+
+def sniff_reason(url: str, timeout: float = 10, user_agent: str = _UA) -> str:
+    """Fetch the first bytes of an undecodable URL: `decode_error` if they start like an image
+    (so the file is corrupt or truncated), `not_an_image` otherwise.  A failed fetch keeps
+    `decode_error`, the reason img2dataset's message supports."""
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": user_agent, "Range": "bytes=0-63"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            head = r.read(64)
+    except Exception:  # noqa: BLE001 - any failure leaves the original reason
+        return "decode_error"
+    return "decode_error" if _looks_like_image(head) else "not_an_image"
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _read_items(path: Path) -> pa.Table:
+    """ITEMS -> (url, image_id), checked: the columns exist, ids are unique, every URL is set."""
+    if not path.exists():
+        raise DownloadError(f"{path}: items file not found")
+    try:
+        table = pq.read_table(path, columns=["image_id", "url"])
+    except (pa.ArrowInvalid, KeyError) as err:
+        raise DownloadError(f"{path}: not an ITEMS parquet file with image_id and url ({err})") from err
+    df = pl.from_arrow(table)
+    bad = df.with_row_index("row").filter(pl.col("url").is_null() | (pl.col("url").str.strip_chars() == ""))
+    if bad.height:
+        raise DownloadError(f"{path}: {bad.height} rows without a URL, first at row {bad['row'][0]}")
+    dup = df.filter(pl.col("image_id").is_duplicated())
+    if dup.height:
+        raise DownloadError(f"{path}: duplicate image_id {dup['image_id'][0]!r} ({dup.height} rows)")
+    if df["image_id"].null_count():
+        raise DownloadError(f"{path}: null image_id")
+    return df.select("url", "image_id").to_arrow()
+
+
+def _fingerprint(urls: pa.Table, per_shard: int) -> str:
+    h = hashlib.sha256(f"{per_shard}\n".encode())
+    for url, image_id in zip(urls.column("url").to_pylist(), urls.column("image_id").to_pylist(), strict=True):
+        h.update(f"{image_id}\t{url}\n".encode())
+    return h.hexdigest()
+
+
+def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import img2dataset  # slow import (cv2, albumentations): only when a download really runs
+
+    n = pq.read_metadata(url_list).num_rows
+    if n == 0:
+        output_folder.mkdir(parents=True, exist_ok=True)
+        return
+    img2dataset.download(
+        url_list=str(url_list),
+        input_format="parquet",
+        url_col="url",
+        save_additional_columns=["image_id"],
+        output_folder=str(output_folder),
+        output_format=s.output_format,
+        processes_count=s.processes_count,
+        thread_count=s.thread_count,
+        image_size=s.image_size,
+        resize_mode=s.resize_mode,
+        resize_only_if_bigger=s.resize_only_if_bigger,
+        encode_format=s.encode_format,
+        encode_quality=s.encode_quality,
+        retries=s.retries,
+        timeout=s.timeout,
+        number_sample_per_shard=s.number_sample_per_shard,
+        distributor=s.distributor,
+        subjob_size=s.subjob_size,
+        min_image_size=s.min_image_size,
+        max_aspect_ratio=s.max_aspect_ratio if s.max_aspect_ratio is not None else float("inf"),
+        incremental_mode="incremental",  # "overwrite" is handled by _clear, before the first pass
+        max_shard_retry=s.max_shard_retry,
+        disallowed_header_directives=list(s.disallowed_header_directives),
+        user_agent_token=s.user_agent_token,
+        compute_hash=s.compute_hash,
+        extract_exif=s.extract_exif,
+        oom_shard_count=s.oom_shard_count,
+        enable_wandb=False,
+    )
+
+
+def _read_shards(shards_dir: Path) -> tuple[pl.DataFrame, list[ShardSummary]]:
+    """Rows of every complete shard (one whose *_stats.json exists) and the per-shard stats."""
+    frames, summaries = [], []
+    for stats_file in sorted(shards_dir.glob("*_stats.json")):
+        name = stats_file.name[: -len("_stats.json")]
+        stats = json.loads(stats_file.read_text())
+        meta = shards_dir / f"{name}.parquet"
+        try:
+            t = pq.read_table(meta, columns=["image_id", "url", "key", "status", "error_message"])
+        except (OSError, pa.ArrowInvalid) as err:
+            raise DownloadError(f"{meta}: shard marked complete but unreadable ({err}); delete "
+                                f"{stats_file.name} and rerun to download that shard again") from err
+        if t.num_rows != stats["count"]:
+            raise DownloadError(f"{meta}: {t.num_rows} rows but its stats say {stats['count']}")
+        frames.append(pl.from_arrow(t))
+        summaries.append(
+            ShardSummary(
+                shard=name,
+                count=stats["count"],
+                successes=stats["successes"],
+                failed_to_download=stats["failed_to_download"],
+                failed_to_resize=stats["failed_to_resize"],
+                duration_s=round(float(stats.get("duration", 0.0)), 3),
+            )
+        )
+    schema = {c: pl.Utf8 for c in ("image_id", "url", "key", "status", "error_message")}
+    rows = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    return rows, summaries
+
+
+def _stats_total(shards_dir: Path) -> int:
+    """URLs covered by complete shards, from the stats files alone (cheap)."""
+    return sum(json.loads(p.read_text())["count"] for p in shards_dir.glob("*_stats.json"))
+
+
+def _finish_attempt(out_dir: Path, attempt: int, urls: pa.Table, s: DownloadSettings) -> None:
+    """Check that img2dataset covered every URL of the attempt, then refine undecodable reasons."""
+    adir = _attempt_dir(out_dir, attempt)
+    rows, _ = _read_shards(adir / SHARDS)
+    missing = set(urls.column("image_id").to_pylist()) - set(rows["image_id"].to_list())
+    if missing:
+        raise DownloadError(
+            f"{adir / SHARDS}: {len(missing)} URLs are in no complete shard (a shard failed more than "
+            f"max_shard_retry={s.max_shard_retry} times); rerun to resume, complete shards are kept"
+        )
+    sniff_file = adir / "sniff.parquet"
+    if not s.sniff_undecodable or sniff_file.exists():
+        return
+    undecodable = rows.filter(pl.col("error_message") == "Image decoding error")
+    pairs = list(zip(undecodable["image_id"].to_list(), undecodable["url"].to_list(), strict=True))
+    with ThreadPool(max(1, min(s.thread_count, len(pairs)))) as pool:
+        refined = pool.map(lambda p: sniff_reason(p[1], s.timeout), pairs)
+    table = pa.table(
+        {"image_id": [p[0] for p in pairs], "reason": refined}, schema=pa.schema([("image_id", pa.string()),
+                                                                                  ("reason", pa.string())])
+    )
+    write_parquet_atomic(sniff_file, table)
+
+
+def _attempt_dir(out_dir: Path, attempt: int) -> Path:
+    return out_dir if attempt == 0 else out_dir / f"retry-{attempt}"
+
+
+def _retry_rounds(out_dir: Path) -> list[int]:
+    return sorted(
+        int(m.group(1))
+        for p in out_dir.iterdir()
+        if (m := _RETRY_DIR.match(p.name)) and (p / "urls.parquet").exists()
+    )
+
+
+def _collect_attempts(out_dir: Path) -> pl.DataFrame:
+    """attempts.parquet rows from every attempt folder whose img2dataset run covered all its URLs."""
+    frames = []
+    for attempt in [0, *_retry_rounds(out_dir)]:
+        adir = _attempt_dir(out_dir, attempt)
+        rows, _ = _read_shards(adir / SHARDS)
+        expected = pq.read_table(adir / "urls.parquet", columns=["image_id"]).num_rows
+        if rows.height != expected:
+            continue  # interrupted: not merged until it is resumed and finished
+        # classify each distinct message once: CC3M has millions of rows but few distinct messages
+        messages = {m: classify(m) for m in rows["error_message"].unique().to_list() if m is not None}
+        rows = rows.with_columns(
+            pl.col("error_message").replace_strict(messages, default=OK, return_dtype=pl.Utf8).alias("reason")
+        )
+        if (adir / "sniff.parquet").exists():
+            sniff = pl.read_parquet(adir / "sniff.parquet").rename({"reason": "sniffed"})
+            rows = rows.join(sniff, on="image_id", how="left").with_columns(
+                pl.coalesce("sniffed", "reason").alias("reason")
+            )
+        rel = str((adir / SHARDS).relative_to(out_dir))
+        frames.append(
+            rows.select(
+                "image_id",
+                "url",
+                pl.lit(attempt, dtype=pl.Int32).alias("attempt"),
+                pl.lit(rel).alias("shards_dir"),
+                pl.when(pl.col("status") == "success").then(pl.lit("success")).otherwise(pl.lit("failed"))
+                .alias("status"),
+                pl.when(pl.col("status") == "success").then(pl.lit(OK)).otherwise(pl.col("reason")).alias("reason"),
+                "error_message",
+                pl.when(pl.col("status") == "success").then(pl.col("key")).otherwise(None).alias("key"),
+            )
+        )
+    if not frames:
+        return pl.from_arrow(ATTEMPTS.empty_table())
+    return pl.concat(frames).sort("image_id", "attempt")
+
+
+def _latest(history: pl.DataFrame) -> pl.DataFrame:
+    """The availability view: per URL the row of its latest attempt."""
+    return history.sort("image_id", "attempt").group_by("image_id", maintain_order=True).last()
+
+
+def _rebuild(out_dir: Path, items: str, digest: str, s: DownloadSettings) -> DownloadManifest:
+    """attempts.parquet, availability.parquet, then _MANIFEST.json, each written atomically."""
+    history = _collect_attempts(out_dir)
+    latest = _latest(history)
+    expected = pq.read_metadata(out_dir / "urls.parquet").num_rows
+    if latest.height != expected:
+        raise DownloadError(f"{out_dir}: {latest.height} of {expected} URLs have a status; rerun to resume")
+    write_parquet_atomic(out_dir / "attempts.parquet", history.to_arrow(), ATTEMPTS)
+    write_parquet_atomic(out_dir / "availability.parquet", latest.to_arrow(), AVAILABILITY)
+    attempts = []
+    for attempt in [0, *_retry_rounds(out_dir)]:
+        part = history.filter(pl.col("attempt") == attempt)
+        if part.height == 0 and attempt:
+            continue
+        _, shards = _read_shards(_attempt_dir(out_dir, attempt) / SHARDS)
+        attempts.append(
+            AttemptSummary(
+                attempt=attempt,
+                shards_dir=str((_attempt_dir(out_dir, attempt) / SHARDS).relative_to(out_dir)),
+                urls=part.height,
+                successes=part.filter(pl.col("status") == "success").height,
+                shards=shards,
+            )
+        )
+    available = latest.filter(pl.col("status") == "success").height
+    manifest = DownloadManifest(
+        items=items,
+        input_sha256=digest,
+        urls=latest.height,
+        available=available,
+        failed=latest.height - available,
+        by_status=_counts(latest, "status"),
+        by_reason=_counts(latest, "reason"),
+        attempts=attempts,
+        settings=s,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    write_json_atomic(manifest_path(out_dir), manifest.model_dump(mode="json"))
+    return manifest
+
+
+def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
+    c = df.group_by(col).len().sort("len", col, descending=[True, False])
+    return {k: int(v) for k, v in c.iter_rows()}
+
+
+def _looks_like_image(head: bytes) -> bool:
+    return (
+        head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*"))
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or head[4:8] == b"ftyp"  # AVIF / HEIC
+        or head.startswith(b"\x00\x00\x01\x00")  # ICO
+    )
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _clear(out_dir: Path) -> None:
+    """incremental_mode='overwrite': remove this stage's own outputs (never anything else)."""
+    for name in ("urls.parquet", "_input.json", "attempts.parquet", "availability.parquet", MANIFEST_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    (out_dir / "sniff.parquet").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / SHARDS, ignore_errors=True)
+    for p in out_dir.iterdir():
+        if p.is_dir() and _RETRY_DIR.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+

@@ -1,0 +1,102 @@
+"""Curation stages: token statistics (thesis Table 5.2) and the translator comparison report."""
+from __future__ import annotations
+
+import json
+
+import luigi
+import polars as pl
+
+from pipeline.io import write_parquet_atomic, write_text_atomic
+from pipeline.tasks.base import PtvlTask
+from pipeline.tasks.translate import Translate, fill_memory, memory_path
+
+
+def _translate_tasks(task: PtvlTask) -> dict[tuple[str, str, str], Translate]:
+    s = task.settings
+    return {
+        (e, d, sp): Translate(config=task.config, dataset=d, split=sp, engine=e)
+        for e in s.translate.engines
+        for d, splits in s.datasets.enabled().items()
+        for sp in splits
+    }
+
+
+class TokenStats(PtvlTask):
+    """Samples, tokens and tokens per sample per dataset, split and engine, English alongside."""
+
+    def requires(self):
+        return _translate_tasks(self)
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("reports", "token_stats.md")
+
+    def run(self) -> None:
+        from translation.tokstats import render_table_5_2, token_stats
+
+        c = self.settings.curate
+        paths = [t.output().path for t in self.requires().values()]
+        stats = token_stats(paths, tokenizer=c.tokenizer, drop_flags=tuple(self.settings.shards.default_policy.drop))
+        write_parquet_atomic(self.root / "reports" / "token_stats.parquet", stats.to_arrow())
+        unit = f"tokens of `{c.tokenizer}`" if c.tokenizer else "word-level tokens (whitespace words, as the thesis counts)"
+        write_text_atomic(
+            self.output().path,
+            f"# Token statistics (thesis Table 5.2)\n\nUnit: {unit}. Engine columns leave out rows the default "
+            f"filter policy drops ({', '.join(self.settings.shards.default_policy.drop)}).\n\n"
+            + render_table_5_2(stats)
+            + "\n",
+        )
+
+
+class CompareTranslators(PtvlTask):
+    """One self-contained HTML report (plus Markdown) comparing every configured engine."""
+
+    def requires(self):
+        return {"translated": _translate_tasks(self), "tokens": TokenStats(config=self.config)}
+
+    def output(self) -> luigi.LocalTarget:
+        return self.target("reports", "compare", "comparison.html")
+
+    def run(self) -> None:
+        from pipeline.engines import ReferenceEntry, price_per_million
+        from pipeline.reports.compare import render_comparison
+        from translation.gold import load_gold
+        from translation.memory import TranslationMemory
+        from translation.runner import translations_for
+        from translation.scoring import score_against_gold
+
+        s = self.settings
+        translated: dict[str, list[pl.DataFrame]] = {}
+        run_stats: dict[str, list[dict]] = {}
+        for (engine, dataset, split), task in self.requires()["translated"].items():
+            translated.setdefault(engine, []).append(pl.read_parquet(task.output().path))
+            side = self.root / "translated" / engine / dataset / f"_{split}.stats.json"
+            run_stats.setdefault(engine, []).append(json.loads(side.read_text()))
+
+        gold = load_gold() if s.curate.gold else None
+        gold_scores, billing, throughput = {}, {}, {}
+        with TranslationMemory(memory_path(self.root)) as mem:
+            for engine, stats in run_stats.items():
+                entry = s.engines[engine]
+                engine_id = stats[0]["engine_id"]
+                # The gold set runs through every engine that can translate (a reference memory has no
+                # gold translations, so it has no gold score).
+                if gold is not None and not isinstance(entry, ReferenceEntry):
+                    fill_memory(self, engine, gold["en"].to_list(), "gold set")
+                    hyps = [r.text_pt for r in translations_for(gold["en"].to_list(), engine_id, mem)]
+                    gold_scores[engine] = score_against_gold(hyps, gold["pt_pt"].to_list())
+                chars = mem.stats(engine_id).billed_chars
+                billing[engine] = {"chars": chars, "eur": chars / 1e6 * price_per_million(entry)}
+                sent = sum(x["sent"] for x in stats)
+                seconds = sum(x["seconds"] for x in stats)
+                if sent:
+                    throughput[engine] = sent / seconds
+        render_comparison(
+            self.root / "reports" / "compare",
+            translated={e: pl.concat(f, how="vertical_relaxed") for e, f in translated.items()},
+            token_stats=pl.read_parquet(self.root / "reports" / "token_stats.parquet"),
+            gold_scores=gold_scores,
+            billing=billing,
+            throughput=throughput,
+            seed=s.curate.seed,
+            thresholds=s.quality,
+        )

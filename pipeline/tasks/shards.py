@@ -1,0 +1,72 @@
+"""BuildShards: the trainer's and evaluators' Parquet shards, one task per (engine, dataset, split)."""
+from __future__ import annotations
+
+import luigi
+import polars as pl
+
+from pipeline.io import write_json_atomic
+from pipeline.tasks.acquire import AvailabilityReport, DownloadImages, IngestSegments
+from pipeline.tasks.base import PtvlTask, log
+from pipeline.tasks.translate import Translate
+
+# Which layout each dataset/split gets: training rows, or evaluation rows with every reference.
+EVAL_SPLITS = {("coco", "val"), ("coco", "test"), ("cc3m", "validation")}
+
+
+def shard_dir(root, engine: str, dataset: str, split: str):
+    return root / "shards" / engine / dataset / split
+
+
+class BuildShards(PtvlTask):
+    engine = luigi.Parameter()
+    dataset = luigi.Parameter()
+    split = luigi.Parameter()
+
+    def requires(self):
+        args = dict(config=self.config, dataset=self.dataset, split=self.split)
+        return {
+            "translated": Translate(engine=self.engine, **args),
+            "images": DownloadImages(**args),
+            "segments": IngestSegments(**args),
+            "availability": AvailabilityReport(config=self.config),
+        }
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(shard_dir(self.root, str(self.engine), str(self.dataset), str(self.split)) / "_SHARDS.json"))
+
+    def run(self) -> None:
+        from pipeline.cards import write_dataset_card
+        from pipeline.shards import build_caption_shards, build_visdial_shards
+
+        engine, dataset, split = str(self.engine), str(self.dataset), str(self.split)
+        out = shard_dir(self.root, engine, dataset, split)
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("part-*.parquet"):  # a rebuild replaces every part, never mixes runs
+            old.unlink()
+        translated = pl.read_parquet(self.requires()["translated"].output().path)
+        images_dir = self.root / "images" / dataset / split
+        availability = pl.read_parquet(images_dir / "availability.parquet")
+        rows = self.settings.shards.rows_per_shard
+        if dataset == "visdial":
+            dialogs = pl.read_parquet(self.root / "sources" / dataset / split / "dialogs.parquet")
+            stats = build_visdial_shards(translated, dialogs, availability, images_dir, out, engine=engine,
+                                         rows_per_shard=rows)
+            layout, policy = "one row per dialog (VISDIAL_SHARD): caption, 10 rounds, 100 options, dense relevance", None
+        else:
+            group = (dataset, split) in EVAL_SPLITS
+            policy = self.settings.shards.policy_for(engine)
+            stats = build_caption_shards(translated, availability, images_dir, out, engine=engine, policy=policy,
+                                         rows_per_shard=rows, group_by_image=group)
+            layout = (
+                "one row per image with all its references (EVAL_CAPTION_SHARD)" if group
+                else "one row per (image, caption) (CAPTION_SHARD)"
+            )
+            policy = list(policy.drop)
+        summary = stats.as_dict()
+        log.info("shards %s/%s/%s: kept %d of %d (%s)", engine, dataset, split, stats.kept, stats.total,
+                 ", ".join(f"{k} {v}" for k, v in summary.items() if k.startswith("dropped_")) or "none dropped")
+        availability_md = (self.root / "reports" / "availability.md").read_text()
+        write_dataset_card(out, dataset=dataset, split=split, engine=engine,
+                           engine_id=translated["engine_id"][0] if translated.height else engine, layout=layout,
+                           policy=policy, stats=summary, availability_md=availability_md)
+        write_json_atomic(self.output().path, summary)

@@ -1,0 +1,338 @@
+"""Real img2dataset downloads against a local faulty HTTP server: reasons per URL, kill -9 resume,
+retry of transient failures, parquet / webdataset output and (when installed) the pyspark distributor."""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.availability import availability_counts, availability_table
+from pipeline.contracts import AVAILABILITY, ITEMS
+from pipeline.images import DownloadError, DownloadSettings, download_images, manifest_path, retry_failed
+
+REPO = Path(__file__).resolve().parent.parent
+SLOW_S = 2.5  # the slow route stalls longer than the 1 s download timeout
+
+
+def _jpeg(size: tuple[int, int], colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+GOOD = _jpeg((48, 40))
+SMALL = _jpeg((8, 8))
+
+
+class FaultServer(ThreadingHTTPServer):
+    """Loopback server with one route per failure mode; counts requests per path."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        self.flaky_failures = 1  # /flaky/* answers 503 this many times, then the image
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FaultServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self.path.split("?")[0]
+        with self.server.lock:
+            self.server.counts[path] += 1
+            seen = self.server.counts[path]
+        if path.startswith("/img/"):
+            return self._send(200, GOOD, "image/jpeg")
+        if path == "/small.jpg":
+            return self._send(200, SMALL, "image/jpeg")
+        if path.startswith("/status/"):
+            return self._send(int(path.split("/")[2]), b"error page", "text/html")
+        if path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if path.startswith("/slow/"):  # headers at once, then the body stalls past the timeout
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(GOOD)))
+            self.end_headers()
+            self.wfile.write(GOOD[:16])
+            self.wfile.flush()
+            time.sleep(SLOW_S)
+            return
+        if path == "/html":
+            return self._send(200, b"<html><body>moved</body></html>", "text/html")
+        if path == "/corrupt.jpg":  # a JPEG header followed by garbage
+            return self._send(200, GOOD[:20] + bytes(300), "image/jpeg")
+        if path == "/truncated.jpg":
+            return self._send(200, GOOD[: len(GOOD) // 2], "image/jpeg")
+        if path == "/empty.jpg":
+            return self._send(200, b"", "image/jpeg")
+        if path.startswith("/flaky/"):
+            if seen <= self.server.flaky_failures:
+                return self._send(503, b"busy", "text/plain")
+            return self._send(200, GOOD, "image/jpeg")
+        return self._send(404, b"no route", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server() -> FaultServer:
+    srv = FaultServer()
+    yield srv
+    srv.shutdown()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _items(path: Path, urls: list[str], split: str = "train") -> Path:
+    ids = [f"cc3m/{split}/{i}" for i in range(len(urls))]
+    table = pa.table(
+        {
+            "image_id": ids,
+            "dataset": ["cc3m"] * len(urls),
+            "split": [split] * len(urls),
+            "url": urls,
+            "source_path": [None] * len(urls),
+        },
+        schema=ITEMS,
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def _settings(**kw: object) -> DownloadSettings:
+    base = dict(
+        processes_count=1, thread_count=4, image_size=32, timeout=1, min_image_size=16,
+        number_sample_per_shard=5, extract_exif=False,
+    )
+    base.update(kw)
+    return DownloadSettings(**base)
+
+
+def _matrix(server: FaultServer, tmp: Path) -> list[tuple[str, str]]:
+    """(url, expected reason) covering every fault; 5 shards of 5 (last 4), each with a slow URL so a
+    shard takes at least one timeout (the kill test needs time to kill between shards)."""
+    good_file = tmp / "good.jpg"
+    good_file.write_bytes(GOOD)
+    b = server.base
+    faults = [
+        (f"{b}/img/0.jpg", "ok"), (f"{b}/status/404", "http_404"), (f"{b}/small.jpg", "too_small"),
+        (f"{b}/img/1.jpg", "ok"), (f"{b}/status/500", "http_500"), (f"{b}/html", "not_an_image"),
+        (f"{b}/img/2.jpg", "ok"), (f"{b}/loop", "too_many_redirects"), (f"{b}/corrupt.jpg", "decode_error"),
+        (good_file.as_uri(), "ok"), ((tmp / "missing.jpg").as_uri(), "file_not_found"),
+        (f"{b}/truncated.jpg", "decode_error"), (f"{b}/img/3.jpg", "ok"), (f"{b}/status/403", "http_403"),
+        (f"{b}/empty.jpg", "not_an_image"), (f"http://127.0.0.1:{_closed_port()}/x.jpg", "connection_refused"),
+        ("http://no-such-host.invalid/x.jpg", "dns"), (f"{b}/img/4.jpg", "ok"), ("not a url", "bad_url"),
+    ]
+    rows = []
+    for shard in range(5):
+        rows.append((f"{b}/slow/{shard}", "timeout"))
+        rows.extend(faults[shard * 4 : shard * 4 + 4])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def matrix_run(server: FaultServer, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("matrix")
+    rows = _matrix(server, tmp)
+    items = _items(tmp / "items.parquet", [u for u, _ in rows])
+    out = tmp / "out"
+    manifest = download_images(items, out, _settings())
+    return tmp, rows, items, out, manifest
+
+
+def _availability(out: Path) -> pl.DataFrame:
+    table = pq.read_table(out / "availability.parquet")
+    assert table.schema.equals(AVAILABILITY), table.schema
+    return pl.from_arrow(table).sort("image_id")
+
+
+def test_every_fault_gets_its_reason(matrix_run) -> None:
+    _, rows, _, out, manifest = matrix_run
+    av = _availability(out)
+    expected = {f"cc3m/train/{i}": reason for i, (_, reason) in enumerate(rows)}
+    got = dict(zip(av["image_id"].to_list(), av["reason"].to_list(), strict=True))
+    assert got == expected
+    ok = av.filter(pl.col("reason") == "ok")
+    assert (ok["status"] == "success").all() and ok["key"].null_count() == 0 and ok["error_message"].null_count() == 6
+    failed = av.filter(pl.col("reason") != "ok")
+    assert (failed["status"] == "failed").all() and failed["key"].null_count() == failed.height
+    assert failed["error_message"].null_count() == 0
+    # the manifest agrees with the table and lists the 5 shards of the first pass
+    assert (manifest.urls, manifest.available, manifest.failed) == (24, 6, 18)
+    assert manifest.by_reason["timeout"] == 5 and manifest.by_reason["ok"] == 6
+    assert len(manifest.attempts) == 1 and len(manifest.attempts[0].shards) == 5
+    on_disk = json.loads(manifest_path(out).read_text())
+    assert on_disk["available"] == 6 and on_disk["settings"]["thread_count"] == 4
+
+
+def test_table_41_numbers_from_a_real_download(matrix_run) -> None:
+    _, _, _, out, _ = matrix_run
+    counts = availability_counts({"train": out})
+    assert counts.row(0, named=True) == {
+        "split": "train", "original": 24, "available": 6, "lost": 18, "loss_pct": 75.0
+    }
+    assert availability_table({"train": out})["train"].to_list() == ["24", "6", "75.0%"]
+
+
+def test_changed_input_is_refused_before_downloading(matrix_run, server: FaultServer) -> None:
+    tmp, rows, _, out, _ = matrix_run
+    other = _items(tmp / "other.parquet", [u for u, _ in rows][:-1])
+    before = (out / "availability.parquet").stat().st_mtime_ns
+    with pytest.raises(DownloadError, match="differs"):
+        download_images(other, out, _settings())
+    assert (out / "availability.parquet").stat().st_mtime_ns == before
+
+
+def test_rerun_of_a_complete_download_fetches_nothing(matrix_run, server: FaultServer) -> None:
+    _, _, items, out, manifest = matrix_run
+    before = _availability(out)
+    requests = sum(server.counts.values())
+    again = download_images(items, out, _settings())
+    assert sum(server.counts.values()) == requests
+    assert _availability(out).equals(before)
+    assert again.model_dump(exclude={"created_at"}) == manifest.model_dump(exclude={"created_at"})
+
+
+def test_bad_items_are_clear_errors(tmp_path: Path) -> None:
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.table({"image_id": ["a", "a"], "url": ["file:///x", "file:///y"]}), dup)
+    with pytest.raises(DownloadError, match="duplicate image_id 'a'"):
+        download_images(dup, tmp_path / "o1", _settings())
+    nourl = tmp_path / "nourl.parquet"
+    pq.write_table(pa.table({"image_id": ["a", "b"], "url": ["file:///x", None]}), nourl)
+    with pytest.raises(DownloadError, match="without a URL, first at row 1"):
+        download_images(nourl, tmp_path / "o2", _settings())
+    with pytest.raises(DownloadError, match="not found"):
+        download_images(tmp_path / "absent.parquet", tmp_path / "o3", _settings())
+
+
+def test_kill_9_midway_then_rerun_matches_uninterrupted(matrix_run, tmp_path: Path) -> None:
+    _, _, items, ref_out, _ = matrix_run
+    out = tmp_path / "out"
+    code = (
+        "import sys, json; from pipeline.images import DownloadSettings, download_images; "
+        "download_images(sys.argv[1], sys.argv[2], DownloadSettings(**json.loads(sys.argv[3])))"
+    )
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(items), str(out), _settings().model_dump_json()],
+        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300  # spawn + import of img2dataset is slow on a loaded machine
+    while not list((out / "shards").glob("*_stats.json")):
+        assert proc.poll() is None, "download ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: driver, img2dataset workers and logger
+    proc.wait()
+    done = len(list((out / "shards").glob("*_stats.json")))
+    assert 1 <= done < 5
+    assert not (out / "availability.parquet").exists() and not manifest_path(out).exists()
+
+    manifest = download_images(items, out, _settings())
+    assert sum(len(a.shards) for a in manifest.attempts) == 5
+    assert _availability(out).equals(_availability(ref_out))
+
+
+def test_retry_failed_fetches_only_transient_failures_webdataset(server: FaultServer, tmp_path: Path) -> None:
+    """Also the webdataset output format: tars hold exactly the successful keys of each attempt."""
+    b = server.base
+    good_file = tmp_path / "g.jpg"
+    good_file.write_bytes(GOOD)
+    rows = [
+        (f"{b}/flaky/a.jpg", "http_503"), (f"{b}/status/404/r", "http_404"), (f"{b}/img/r.jpg", "ok"),
+        (f"{b}/flaky/b.jpg", "http_503"), (f"{b}/html?r", "not_an_image"), (f"{b}/corrupt.jpg?r", "decode_error"),
+        (good_file.as_uri(), "ok"),
+    ]
+    items = _items(tmp_path / "items.parquet", [u for u, _ in rows])
+    out = tmp_path / "out"
+    settings = _settings(output_format="webdataset", number_sample_per_shard=10)
+    first = download_images(items, out, settings)
+    assert _availability(out)["reason"].to_list() == [r for _, r in rows]
+    assert first.by_reason == {"http_503": 2, "ok": 2, "decode_error": 1, "http_404": 1, "not_an_image": 1}
+    assert availability_table({"validation": out})["validation"].to_list() == ["7", "2", "71.4%"]
+    with tarfile.open(out / "shards" / "00000.tar") as tf:
+        first_keys = {m.name.rsplit(".", 1)[0] for m in tf if m.name.endswith(".jpg")}
+    assert first_keys == set(_availability(out).filter(pl.col("status") == "success")["key"].to_list())
+
+    manifest = retry_failed(out, settings)
+    assert server.counts["/flaky/a.jpg"] == 2 and server.counts["/flaky/b.jpg"] == 2
+    assert server.counts["/status/404/r"] == 1  # a permanent failure is not asked again
+    assert server.counts["/img/r.jpg"] == 1
+    assert manifest.by_reason == {"ok": 4, "decode_error": 1, "http_404": 1, "not_an_image": 1}
+    assert [a.attempt for a in manifest.attempts] == [0, 1] and manifest.attempts[1].urls == 2
+    av = _availability(out)
+    assert av["status"].to_list() == ["success", "failed", "success", "success", "failed", "failed", "success"]
+    history = pl.read_parquet(out / "attempts.parquet").filter(pl.col("image_id") == "cc3m/train/0")
+    assert history["attempt"].to_list() == [0, 1] and history["reason"].to_list() == ["http_503", "ok"]
+    assert history["shards_dir"].to_list() == ["shards", "retry-1/shards"]
+    with tarfile.open(out / "retry-1" / "shards" / "00000.tar") as tf:
+        retry_keys = {m.name.rsplit(".", 1)[0] for m in tf if m.name.endswith(".jpg")}
+    assert retry_keys == set(av.filter(pl.col("image_id").is_in(["cc3m/train/0", "cc3m/train/3"]))["key"])
+
+    again = retry_failed(out, settings)  # nothing transient left: no new round, no request
+    assert server.counts["/status/404/r"] == 1 and len(again.attempts) == 2
+    assert not (out / "retry-2").exists()
+
+
+@pytest.mark.slow
+def test_pyspark_distributor_local_mode(server: FaultServer, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("pyspark", reason="pyspark not installed (pip install 'ptvl[spark]')")
+    # Spark's Python workers run PYSPARK_PYTHON (default "python3"); they must import img2dataset.
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    b = server.base
+    rows = [(f"{b}/img/s.jpg", "ok"), (f"{b}/status/404", "http_404"), (f"{b}/status/500", "http_500")]
+    items = _items(tmp_path / "items.parquet", [u for u, _ in rows])
+    spark = (
+        SparkSession.builder.master("local[1]").appName("ptvl-test")
+        .config("spark.driver.memory", "1g").config("spark.ui.enabled", "false").getOrCreate()
+    )
+    try:
+        manifest = download_images(items, tmp_path / "out", _settings(distributor="pyspark"))
+    finally:
+        spark.stop()
+    assert manifest.by_reason == {"ok": 1, "http_404": 1, "http_500": 1}
+    assert _availability(tmp_path / "out")["reason"].to_list() == [r for _, r in rows]
