@@ -44,7 +44,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
 
 
@@ -193,7 +195,7 @@ def translate(
         table = Table(title=f"dry run: {engine} ({engine_id})")
         for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
             table.add_column(col, justify="right")
-        total_chars, total_eur, seen = 0, 0.0, []
+        seen: list[str] = []
         with TranslationMemory(memory_path(settings.root)) as mem:
             for d, sp in targets:
                 texts = pl.read_parquet(settings.root / "segments" / d / f"{sp}.parquet")["text_en"].to_list()
@@ -228,13 +230,134 @@ def _engine_id_without_key(name: str, entry) -> str:
     return build_engine(name, entry).engine_id
 
 
+@app.command()
+def download(
+    config: Path = ConfigOpt,
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed",
+        help="Download again only the URLs that failed for a transient reason (timeouts, 5xx, 429, "
+        "connection resets, resolver overload), then rebuild the availability table.",
+    ),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets (repeatable)."),
+    timeout: int = typer.Option(None, "--timeout", help="With --retry-failed: a longer per-image timeout (s)."),
+) -> None:
+    """Download the images of the configured datasets (img2dataset) and write the availability table.
+
+    Without --retry-failed this is `ptvl run --until images`."""
+    from pipeline.tasks.acquire import AvailabilityReport
+
+    settings = _load(config)
+    cfg = str(config.resolve())
+    if not retry_failed:
+        _build([AvailabilityReport(config=cfg)])
+        return
+    from pipeline.availability import render_report
+    from pipeline.images import manifest_path
+    from pipeline.images import retry_failed as retry
+    from pipeline.io import write_text_atomic
+
+    splits = [
+        (d, sp) for d, sps in settings.datasets.enabled().items() for sp in sps if not dataset or d in dataset
+    ]
+    done = {}
+    for d, sp in splits:
+        out = settings.root / "images" / d / sp
+        if not manifest_path(out).exists():
+            _fail(f"{d}/{sp} has not been downloaded yet; run `ptvl download` first")
+        s = settings.download.model_copy(update={"timeout": timeout}) if timeout else None
+        m = retry(out, s, progress=lambda msg, label=f"{d}/{sp}": console.print(f"{label}: {msg}"))
+        console.print(f"{d}/{sp}: {m.available:,} of {m.urls:,} available after {len(m.attempts)} attempt(s)")
+        done[f"{d}/{sp}"] = out / "availability.parquet"
+    all_splits = {
+        f"{d}/{sp}": settings.root / "images" / d / sp / "availability.parquet"
+        for d, sps in settings.datasets.enabled().items() for sp in sps
+    }
+    report = render_report({k: v for k, v in all_splits.items() if v.exists()})
+    write_text_atomic(settings.root / "reports" / "availability.md", report)
+    console.print(report)
+
+
+@app.command("convert-model")
+def convert_model_cmd(
+    kind: str = typer.Argument(..., help="madlad (google/madlad400-3b-mt) or narrativa (mBART-50 EN->PT)."),
+    source: str = typer.Option(..., "--from", help="Hugging Face id or local folder of the checkpoint."),
+    dest: Path = typer.Option(..., "--to", help="Folder to write the CTranslate2 model (+ tokenizer) into."),
+    quantization: str = typer.Option(
+        None, "--quantization", "-q",
+        help="int8 (CPU), int8_bfloat16 or bfloat16 (GPU); never float16 for MADLAD (T5 overflows). "
+        "Default: keep the checkpoint's weights.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
+) -> None:
+    """Convert a MADLAD-400 or Narrativa checkpoint to CTranslate2, with the config fixes each needs."""
+    from translation.convert import ConversionError, convert_model
+
+    if kind not in ("madlad", "narrativa"):
+        _fail(f"kind must be madlad or narrativa, not {kind!r}")
+    try:
+        out = convert_model(kind, source, dest, quantization=quantization, force=force)
+    except ConversionError as e:
+        _fail(str(e))
+    console.print(f"converted {source} -> {out}; point [engines.{kind}] model_dir at it")
+
+
+memory_app = typer.Typer(help="Share translation memories: export and import Parquet files.", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+
+
+@memory_app.command("export")
+def memory_export(
+    out: Path = typer.Argument(..., help="Parquet file to write."),
+    config: Path = ConfigOpt,
+    engine_id: str = typer.Option(None, "--engine-id", help="Only this engine id (default: all)."),
+) -> None:
+    """Export the run's translation memory (or one engine's part of it) as Parquet."""
+    from pipeline.tasks.translate import memory_path
+    from translation.memory import TranslationMemory
+
+    settings = _load(config)
+    with TranslationMemory(memory_path(settings.root)) as mem:
+        n = mem.export_parquet(out, engine_id=engine_id)
+    console.print(f"exported {n:,} translations to {out}")
+
+
+@memory_app.command("import")
+def memory_import(
+    path: Path = typer.Argument(..., help="Parquet export (or a text_hash, text_en, text_pt file)."),
+    engine_id: str = typer.Option(..., "--engine-id", help="Engine id the translations belong to."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Import translations into the run's memory; texts already stored are kept as they are."""
+    from pipeline.tasks.translate import memory_path
+    from translation.memory import TranslationMemory
+
+    settings = _load(config)
+    with TranslationMemory(memory_path(settings.root)) as mem:
+        stats = mem.import_parquet(path, engine_id=engine_id)
+    console.print(f"{stats.rows:,} rows: {stats.inserted:,} new, {stats.already_present:,} already present")
+
+
+@app.command()
+def compare(config: Path = ConfigOpt, workers: int = typer.Option(1, "--workers", "-w", min=1)) -> None:
+    """Translator comparison: examples side by side, Table 5.2 token statistics, flag rates, gold-set
+    chrF/BLEU, cost and speed -> reports/compare/comparison.html (+ .md)."""
+    from pipeline.tasks.curate import CompareTranslators
+
+    settings = _load(config)
+    _check_engines(settings)
+    _build([CompareTranslators(config=str(config.resolve()))], workers)
+    console.print(f"report: {settings.root / 'reports' / 'compare' / 'comparison.html'}")
+
+
 def main() -> None:
     """Console-script entry point (`ptvl`).  img2dataset starts workers with spawn, which re-imports the
     main module: this function is only called under the console script's own __main__ guard."""
     try:
         app()
     except ConfigError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(2)
 
 

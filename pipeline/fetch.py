@@ -25,7 +25,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import unquote, urlparse
@@ -526,7 +526,7 @@ def fetch_source(
     _write_json_atomic(dest_dir / FETCHED_MARKER, {
         "source": manifest.name,
         "manifest_sha256": hashlib.sha256(manifest.model_dump_json().encode()).hexdigest(),
-        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": [r.model_dump() for r in reports],
         "sha256_to_record": pending,
     })

@@ -47,7 +47,7 @@ def iter_image_batches(images_dir: str | Path) -> Iterator[dict[str, bytes]]:
         where = rel(pf.parent)
         yield {
             image_address(where, k): v
-            for k, v in zip(table.column("key").to_pylist(), table.column("jpg").to_pylist())
+            for k, v in zip(table.column("key").to_pylist(), table.column("jpg").to_pylist(), strict=False)
             if v is not None
         }
     for folder in sorted(p for p in images_dir.rglob("*") if p.is_dir()):

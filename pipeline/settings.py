@@ -134,6 +134,14 @@ class Settings(Strict):
     # Filled in by later stages (see their sections below); kept as the place every stage reads.
     config_path: Path | None = Field(default=None, exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_always(cls, data: dict) -> dict:
+        # The imported `reference` memory is always an engine, also when a profile adds others.
+        if isinstance(data, dict) and isinstance(data.get("engines"), dict):
+            data = {**data, "engines": {"reference": {"engine": "reference"}, **data["engines"]}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         unknown = [e for e in self.translate.engines if e not in self.engines]

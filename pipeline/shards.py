@@ -97,7 +97,7 @@ def _available(availability: pl.DataFrame) -> dict[str, str]:
     ok = availability.filter(pl.col("status") == "success")
     return {
         i: image_address(d, k)
-        for i, d, k in zip(ok["image_id"].to_list(), ok["shards_dir"].to_list(), ok["key"].to_list())
+        for i, d, k in zip(ok["image_id"].to_list(), ok["shards_dir"].to_list(), ok["key"].to_list(), strict=False)
     }
 
 
@@ -198,27 +198,20 @@ def build_visdial_shards(
     in the comparison report instead.
     """
     stats = ShardStats(total=dialogs.height)
-    pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list()))
-    en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list()))
+    pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list(), strict=False))
+    en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list(), strict=False))
     key_of = _available(availability)
     by_key: dict[str, dict] = {}
     for d in dialogs.iter_rows(named=True):
         if d["image_id"] not in key_of:
             stats.dropped["image_unavailable"] += 1
             continue
-        split = d["caption_segment_id"].split("/")[1]
-
-        def q(i: int) -> str:
-            return pt[f"visdial/{split}/question/{i}"]
-
-        def a(i: int | None) -> str | None:
-            return None if i is None else pt[f"visdial/{split}/answer/{i}"]
-
+        base = "visdial/" + d["caption_segment_id"].split("/")[1]
         rounds = [
             {
-                "question": q(r["question"]),
-                "answer": a(r["answer"]),
-                "answer_options": [a(o) for o in r["answer_options"]],
+                "question": pt[f"{base}/question/{r['question']}"],
+                "answer": None if r["answer"] is None else pt[f"{base}/answer/{r['answer']}"],
+                "answer_options": [pt[f"{base}/answer/{o}"] for o in r["answer_options"]],
                 "gt_index": r["gt_index"],
             }
             for r in d["rounds"]
