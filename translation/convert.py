@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from translation.errors import ConfigurationError
+
 ModelKind = Literal["madlad", "narrativa"]
 
 # Every quantization CTranslate2's converter accepts (None keeps the checkpoint's dtype).
@@ -36,7 +38,7 @@ FLOAT16_UNSAFE: dict[str, set[str]] = {"madlad": {"float16", "int8_float16"}, "n
 MANIFEST = "ptvl_conversion.json"
 
 
-class ConversionError(ValueError):
+class ConversionError(ConfigurationError, ValueError):
     """A conversion request that cannot produce a working model (bad kind, quantization or folder)."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from translation.engines.base import Result
+from translation.errors import ConfigurationError
 
 ModelKind = Literal["madlad", "narrativa"]
 
@@ -25,7 +26,7 @@ NARRATIVA_TGT_LANG = "pt_XX"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-class EngineConfigError(ValueError):
+class EngineConfigError(ConfigurationError, ValueError):
     """An engine cannot start with these settings or model files (raised at start-up, never mid-run)."""
 
 
