@@ -17,6 +17,7 @@ LICENCE_NOTES = {
         "of use of their owners."
     ),
     "visdial": "VisDial v1.0 (Das et al., 2017) annotations under CC BY 4.0; images from COCO / Flickr.",
+    "vqav2": "VQAv2 (Goyal et al., 2017) annotations under CC BY 4.0; images from COCO val2014 (Flickr terms).",
 }
 
 

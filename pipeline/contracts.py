@@ -99,3 +99,20 @@ TRANSLATED = pa.schema(
         ("flag_reasons", pa.list_(pa.string())),  # the evidence for each flag, same order
     ]
 )
+
+# VQAv2 questions with their 10 human answers (EN; the answers' PT side is found through the answer
+# segments' text_hash).  sources/vqav2/<split>/questions.parquet
+# Ids: image ``vqav2/<image_id>``; question segment ``vqav2/<split>/question/<question_id>``, field
+# ``question``, item id the image; every DISTINCT answer string is one segment
+# ``vqav2/<split>/answer/<text_hash>``, field ``answer``, item id ``vqav2/<split>/answers`` (so "yes"
+# and "no" are translated once, not 80,000 times each).
+VQA_QUESTIONS = pa.schema(
+    [
+        ("question_id", pa.int64()),
+        ("image_id", pa.string()),  # vqav2/<image_id>
+        ("question_segment_id", pa.string()),
+        ("answer_type", pa.string()),  # yes/no | number | other
+        ("answers", pa.list_(pa.string())),  # the 10 raw human answers, in file order
+        ("multiple_choice_answer", pa.string()),  # the most frequent answer, as the file gives it
+    ]
+)

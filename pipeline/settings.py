@@ -13,10 +13,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from eval.settings import EvalSettings
 from pipeline.engines import EngineEntry, ReferenceEntry
 from pipeline.fetch import FetchSettings
 from pipeline.images import DownloadSettings
 from pipeline.shards import ShardSettings
+from training.config import ModelConfig, TrainConfig
+from training.features.settings import FeatureSettings
 from translation.quality import QualityThresholds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,7 @@ class SampleSection(Strict):
     n_dialogs: int = 50
     image_size: int = 64
     broken_fraction: float = Field(0.1, ge=0, le=0.5, description="share of CC3M rows broken on purpose")
+    n_vqa: int = 50  # VQAv2-style images (3 questions x 10 answers each)
 
 
 class CC3MSection(Strict):
@@ -73,15 +77,24 @@ class VisDialSection(Strict):
     }
 
 
+class VQAv2Section(Strict):
+    """VQAv2 validation (zero-shot VQA benchmark): questions and answers are translated like captions."""
+
+    enabled: bool = True
+    splits: list[Literal["val"]] = ["val"]
+    image_url_template: str = "http://images.cocodataset.org/val2014/COCO_val2014_{image_id:012d}.jpg"
+
+
 class DatasetsSection(Strict):
     cc3m: CC3MSection = CC3MSection()
     coco: COCOSection = COCOSection()
     visdial: VisDialSection = VisDialSection()
+    vqav2: VQAv2Section = VQAv2Section()
 
     def enabled(self) -> dict[str, list[str]]:
         """dataset -> splits, for the datasets switched on."""
         out: dict[str, list[str]] = {}
-        for name in ("cc3m", "coco", "visdial"):
+        for name in ("cc3m", "coco", "visdial", "vqav2"):
             sec = getattr(self, name)
             if sec.enabled:
                 out[name] = list(sec.splits)
@@ -115,6 +128,36 @@ class CurateSection(Strict):
     seed: int = 0  # which random examples the report shows
 
 
+class SampleModelsSection(Strict):
+    """The sample's tiny frozen models (built by the pipeline, then loaded like ViT-L/14 and Glória)."""
+
+    clip_width: int = 64
+    clip_layers: int = 4
+    clip_patch: int = 8
+    lm_hidden: int = 128
+    lm_layers: int = 2
+    lm_heads: int = 4
+    lm_vocab: int = 400
+    lm_seq_len: int = 96
+    lm_steps: int = 300
+    lm_lr: float = 3e-3
+    doc_captions: int = 6  # captions packed into one pretraining document
+
+
+class TrainingSection(Strict):
+    """What the Train stage trains on and where it writes (the model and optimiser are [model], [train])."""
+
+    engine: str = "reference"  # whose translations (shards/<engine>/...)
+    data: list[str] = ["cc3m/train"]  # dataset/split shard folders
+    run_name: str = "vgloria"
+    device: str = "cpu"  # "cuda" on a GPU machine; multi-GPU: `torchrun ... ptvl train`
+
+
+class EvalSection(Strict):
+    benchmarks: list[Literal["cc3m-val", "coco", "visdial", "vqav2"]] = ["cc3m-val", "coco", "visdial", "vqav2"]
+    settings: EvalSettings = EvalSettings()
+
+
 class ConfigError(Exception):
     """A settings file that cannot be used, with a message that says which key and why."""
 
@@ -130,6 +173,12 @@ class Settings(Strict):
     quality: QualityThresholds = QualityThresholds()
     curate: CurateSection = CurateSection()
     shards: ShardSettings = ShardSettings()
+    features: FeatureSettings = FeatureSettings()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    training: TrainingSection = TrainingSection()
+    sample_models: SampleModelsSection = SampleModelsSection()
+    eval: EvalSection = EvalSection()
 
     # Filled in by later stages (see their sections below); kept as the place every stage reads.
     config_path: Path | None = Field(default=None, exclude=True)
@@ -150,6 +199,16 @@ class Settings(Strict):
                 f"translate.engines names {unknown}, but only {sorted(self.engines)} are configured "
                 "as [engines.<name>] tables"
             )
+        if self.training.engine not in self.translate.engines:
+            raise ValueError(f"training.engine {self.training.engine!r} is not in translate.engines")
+        for item in self.training.data:
+            d, _, sp = item.partition("/")
+            if sp not in self.datasets.enabled().get(d, []):
+                raise ValueError(f"training.data names {item!r}, which is not an enabled dataset/split")
+        clash = {"clip", "pretrained"} & self.features.model_fields_set
+        if clash:
+            raise ValueError(f"features.{'/'.join(sorted(clash))}: the CLIP is set once, in [model] (clip, "
+                             "clip_pretrained); remove it from [features]")
         if self.translate.visdial_context:
             raise ValueError(
                 "translate.visdial_context = true is not supported by the pipeline yet: dialogs would need "

@@ -1,8 +1,8 @@
 """BuildShards: join translations, quality flags and downloaded images into the trainer's Parquet shards.
 
-Contracts are training/shards.py (CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD).  Rows leave the
-training set for a recorded reason only (datatrove style: `total`, `kept`, `dropped_<reason>`), and
-those counts go into the dataset card beside the shards.
+Contracts are training/shards.py (CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD, VQA_SHARD).
+Rows leave the training set for a recorded reason only (datatrove style: `total`, `kept`,
+`dropped_<reason>`), and those counts go into the dataset card beside the shards.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.image_store import image_address, iter_image_batches
 from pipeline.io import atomic_path
-from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD
+from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD, VQA_SHARD
+from translation.textkey import text_hash
 
 
 class FilterPolicy(BaseModel):
@@ -235,6 +236,68 @@ def build_visdial_shards(
                 writer.add({**row, "image": jpg})
     if by_key:
         stats.dropped["image_bytes_missing"] += len(by_key)
+    writer.flush()
+    stats.files = writer.files
+    return stats
+
+
+def build_vqa_shards(
+    translated: pl.DataFrame,
+    questions: pl.DataFrame,
+    availability: pl.DataFrame,
+    images_dir: Path,
+    out_dir: Path,
+    *,
+    engine: str,
+    rows_per_shard: int,
+) -> ShardStats:
+    """VQAv2 questions in PT, one row per question (VQA_SHARD), from the VQA_QUESTIONS table.
+
+    The question's PT text comes from its segment; each of the 10 answers' PT text from the answer
+    segment with the English answer's text_hash (distinct answers are translated once).  An empty
+    answer stays empty.  No quality filter, as for VisDial: a benchmark keeps every question it can;
+    a question whose question or answer has no translation is dropped as `missing_translation`.
+    """
+    stats = ShardStats(total=questions.height)
+    seg_pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list(), strict=False))
+    seg_en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list(), strict=False))
+    answers = translated.filter(pl.col("field") == "answer")
+    answer_pt = dict(zip(answers["text_hash"].to_list(), answers["text_pt"].to_list(), strict=False))
+    answer_pt[text_hash("")] = ""
+    key_of = _available(availability)
+    by_key: dict[str, list[dict]] = {}
+    for q in questions.iter_rows(named=True):
+        if q["image_id"] not in key_of:
+            stats.dropped["image_unavailable"] += 1
+            continue
+        pt_answers = [answer_pt.get(text_hash(a)) for a in q["answers"]]
+        if seg_pt.get(q["question_segment_id"]) is None or any(a is None for a in pt_answers):
+            stats.dropped["missing_translation"] += 1
+            continue
+        by_key.setdefault(key_of[q["image_id"]], []).append(
+            {
+                "question_id": q["question_id"],
+                "image_id": q["image_id"],
+                "question": seg_pt[q["question_segment_id"]],
+                "question_en": seg_en[q["question_segment_id"]],
+                "answers": pt_answers,
+                "answers_en": list(q["answers"]),
+                "answer_type": q["answer_type"],
+                "engine": engine,
+            }
+        )
+    writer = _RollingWriter(out_dir, VQA_SHARD, rows_per_shard)
+    for batch in iter_image_batches(images_dir):
+        for key, jpg in batch.items():
+            rows = by_key.pop(key, None)
+            if rows is None:
+                continue
+            stats.images += 1
+            for row in rows:
+                stats.kept += 1
+                writer.add({**row, "image": jpg})
+    if by_key:  # listed as downloaded but the bytes are not in the output (a deleted shard, say)
+        stats.dropped["image_bytes_missing"] += sum(len(rows) for rows in by_key.values())
     writer.flush()
     stats.files = writer.files
     return stats

@@ -51,4 +51,13 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
             dense_path=dense if dense.exists() else None,
             image_url_template=url_of,
         )
-    raise ValueError(f"unknown dataset {dataset!r}: expected cc3m, coco or visdial")
+    if dataset == "vqav2":
+        from pipeline.readers.vqa import read_vqav2
+
+        return read_vqav2(
+            sources / "vqav2" / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
+            sources / "vqav2" / f"v2_mscoco_{split}2014_annotations.json",
+            split,
+            image_url_template=_expand(settings.datasets.vqav2.image_url_template, sources),
+        )
+    raise ValueError(f"unknown dataset {dataset!r}: expected cc3m, coco, visdial or vqav2")

@@ -18,7 +18,7 @@ import pytest
 from pipeline.contracts import AVAILABILITY, SEGMENTS, TRANSLATED
 from pipeline.settings import ConfigError, load_settings
 from tests.fake_deepl import FakeDeepL
-from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD
+from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD, VQA_SHARD
 
 PTVL = [sys.executable, "-m", "pipeline.cli"]
 
@@ -33,6 +33,7 @@ n_train = 60
 n_val = 20
 n_coco = 10
 n_dialogs = 6
+n_vqa = 6
 image_size = 32
 
 [download]
@@ -50,6 +51,9 @@ url_base = "file://{sources}/coco"
 
 [datasets.visdial]
 splits = ["val"]
+
+[datasets.vqav2]
+image_url_template = "file://{sources}/vqav2/val2014/COCO_val2014_{image_id:012d}.jpg"
 """
 
 
@@ -95,7 +99,7 @@ def small_run(tmp_path_factory) -> Path:
 
 def test_dag_until_shards_writes_every_contract(small_run: Path) -> None:
     root = small_run / "run"
-    for d, s in [("cc3m", "train"), ("cc3m", "validation"), ("coco", "val"), ("visdial", "val")]:
+    for d, s in [("cc3m", "train"), ("cc3m", "validation"), ("coco", "val"), ("visdial", "val"), ("vqav2", "val")]:
         assert pq.read_schema(root / "segments" / d / f"{s}.parquet").equals(SEGMENTS, check_metadata=False)
         assert pq.read_schema(root / "translated" / "reference" / d / f"{s}.parquet").equals(
             TRANSLATED, check_metadata=False
@@ -132,6 +136,12 @@ def test_dag_until_shards_writes_every_contract(small_run: Path) -> None:
     dialogs = pl.read_parquet(vd)
     assert dialogs.height == 6
     assert all(len(r["answer_options"]) == 100 for d in dialogs["rounds"].to_list() for r in d)
+
+    vqa = root / "shards" / "reference" / "vqav2" / "val" / "part-00000.parquet"
+    assert pq.read_schema(vqa).equals(VQA_SHARD, check_metadata=False)
+    questions = pl.read_parquet(vqa)
+    assert questions.height == 18 and set(questions["answers"].list.len()) == {10}
+    assert {"sim", "não"} & set(questions["answers"].explode().to_list())
 
     # Reports of the curate stage ran too (shards require them only through translate; run them here).
     res = ptvl("compare", "--config", str(small_run / "small.toml"))
@@ -170,7 +180,7 @@ def test_deepl_through_the_pipeline_pays_once(small_run: Path, tmp_path: Path) -
             tmp_path,
             f'\n[translate]\nengines = ["deepl"]\n\n[engines.deepl]\nengine = "deepl"\nserver_url = "{server.url}"\n',
             datasets='\n[datasets.cc3m]\nsplits = ["validation"]\n[datasets.coco]\nenabled = false\n'
-            "[datasets.visdial]\nenabled = false\n",
+            "[datasets.visdial]\nenabled = false\n[datasets.vqav2]\nenabled = false\n",
         )
         env = {"DEEPL_AUTH_KEY": key}
         dry = ptvl("translate", "--engine", "deepl", "--config", str(cfg), "--dry-run", env=env)

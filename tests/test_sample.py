@@ -16,8 +16,10 @@ from PIL import Image
 from pipeline.readers.cc3m import read_cc3m_tsv
 from pipeline.readers.coco import read_karpathy
 from pipeline.readers.visdial import read_visdial
+from pipeline.readers.vqa import read_vqav2
 from pipeline.sample.dialogs import all_pairs, answer_universe, question_groups, relevance
 from pipeline.sample.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene
+from pipeline.sample.vqa import vqa_pairs
 from pipeline.sample.write import REFERENCE_MEMORY, _Memory
 from tests.sample_helpers import small_sample
 from translation.textkey import text_hash
@@ -62,14 +64,19 @@ def test_sources_draw_from_independent_streams(tmp_path):
     b = _digests(small_sample(tmp_path / "a", n_coco=12).root)
     changed = {k for k in a if a[k] != b.get(k)}
     assert "coco/dataset_coco.json" in changed
-    assert not {k for k in changed if k.startswith(("cc3m/", "visdial/", "images/"))}
+    assert not {k for k in changed if k.startswith(("cc3m/", "visdial/", "images/", "vqav2/"))}
+    c = _digests(small_sample(tmp_path / "a", n_vqa=7).root)
+    changed = {k for k in a if a[k] != c.get(k)}
+    assert {"vqav2/v2_OpenEnded_mscoco_val2014_questions.json", "vqav2/v2_mscoco_val2014_annotations.json"} <= changed
+    assert not {k for k in changed if not k.startswith("vqav2/") and k != "reference_memory.parquet"}
 
 
 def test_every_english_string_has_one_pt_string_over_all_scenes():
     mapping: dict[str, set[str]] = {}
     slot_sets = [c for k in (1, 2, 3) for c in itertools.combinations(range(len(POSITIONS)), k)]
     for shape, colour, size, slots in itertools.product(range(len(SHAPES)), range(len(COLOURS)), range(len(SIZES)), slot_sets):
-        for en, pt in all_pairs(_scene(shape, colour, size, slots)):
+        scene = _scene(shape, colour, size, slots)
+        for en, pt in all_pairs(scene) + vqa_pairs(scene):
             mapping.setdefault(en, set()).add(pt)
     for en, pt in answer_universe():
         mapping.setdefault(en, set()).add(pt)
@@ -148,6 +155,7 @@ def test_reference_memory_covers_every_segment(sample):
         read_cc3m_tsv(sample.cc3m_validation_tsv, "validation"),
         read_karpathy(sample.coco_karpathy_json, url_base=sample.coco_url_base),
         read_visdial(sample.visdial_val_json, "val", sample.visdial_val_dense_json),
+        read_vqav2(sample.vqav2_questions_json, sample.vqav2_annotations_json, "val", sample.vqav2_image_url_template),
     ]
     hashes = {h for r in results for h in r.segments["text_hash"].to_pylist()}
     assert len(hashes) > 100 and hashes <= memory

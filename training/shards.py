@@ -58,3 +58,18 @@ VISDIAL_SHARD = pa.schema(
         ("engine", pa.string()),
     ]
 )
+
+# VQAv2 evaluation shards: one row per question, answers in PT (translated once per distinct string).
+VQA_SHARD = pa.schema(
+    [
+        ("question_id", pa.int64()),
+        ("image_id", pa.string()),
+        ("image", pa.binary()),
+        ("question", pa.string()),  # PT-PT
+        ("question_en", pa.string()),
+        ("answers", pa.list_(pa.string())),  # the 10 human answers in PT-PT, same order as answers_en
+        ("answers_en", pa.list_(pa.string())),
+        ("answer_type", pa.string()),  # yes/no | number | other
+        ("engine", pa.string()),
+    ]
+)

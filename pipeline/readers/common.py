@@ -32,13 +32,18 @@ class SourceFormatError(Exception):
 
 @dataclass
 class ReadResult:
-    """One reader run: the contracts' tables plus counts (`stats`) for the ingest report."""
+    """One reader run: the contracts' tables plus counts (`stats`) for the ingest report.
+
+    `dialogs` is VisDial's DIALOGS table; `extra` is another source-specific side table (VQAv2: its
+    VQA_QUESTIONS table, written beside items.parquet as questions.parquet); None when the source has none.
+    """
 
     segments: pa.Table
     items: pa.Table
     quarantine: pa.Table
     dialogs: pa.Table | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    extra: pa.Table | None = None
 
 
 def cap_raw(raw: bytes | str | Any) -> str:

@@ -7,6 +7,8 @@ Layout under `out_dir` (the run's sources/ folder), named as the official downlo
     coco/dataset_coco.json, coco/val2014/COCO_val2014_<cocoid>.jpg           Karpathy split, 5 captions
     visdial/visdial_1.0_val.json, visdial/visdial_1.0_val_dense_annotations.json
     visdial/VisualDialog_val2018/VisualDialog_val2018_<image_id>.jpg
+    vqav2/v2_OpenEnded_mscoco_val2014_questions.json, vqav2/v2_mscoco_val2014_annotations.json
+    vqav2/val2014/COCO_val2014_<image_id>.jpg                                3 questions x 10 answers each
     reference_memory.parquet        every English string with its PT-PT text (the `reference` engine)
     sample_truth.json               which CC3M rows are broken on purpose, and how
 
@@ -30,6 +32,7 @@ import pyarrow as pa
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.sample.dialogs import Pair, answer_universe, relevance, sample_dialog
 from pipeline.sample.scenes import Scene, captions, render, sample_scene
+from pipeline.sample.vqa import sample_answers, sample_questions
 from translation.textkey import text_hash
 
 CC3M_FILES = {"train": "Train_GCC-training.tsv", "validation": "Validation_GCC-1.1.0-Validation.tsv"}
@@ -54,6 +57,10 @@ class SampleLayout:
     visdial_image_url_template: str  # read_visdial(image_url_template=...)
     reference_memory: Path
     truth: Path
+    # VQAv2-style pair: read_vqav2(questions, annotations, "val", image_url_template=...).
+    vqav2_questions_json: Path | None = None
+    vqav2_annotations_json: Path | None = None
+    vqav2_image_url_template: str | None = None
 
 
 class _Memory:
@@ -259,6 +266,47 @@ def _visdial(root: Path, n: int, seed: int, image_size: int, memory: _Memory) ->
     return path, dense_path
 
 
+VQA_FILES = {"questions": "v2_OpenEnded_mscoco_val2014_questions.json", "annotations": "v2_mscoco_val2014_annotations.json"}
+VQA_LICENSE = {"name": "Creative Commons Attribution 4.0 International License",
+               "url": "http://creativecommons.org/licenses/by/4.0/"}
+
+
+def _vqav2(root: Path, n: int, seed: int, image_size: int, memory: _Memory) -> tuple[Path, Path]:
+    """VQAv2 val-style questions and annotations JSON: 3 questions per image (yes/no, number, other),
+    10 answers each; question ids are image_id * 1000 + k as in the real files."""
+    rng = _rng(seed, "vqav2")
+    info = {"description": "ptvl synthetic sample in the VQA v2.0 layout", "version": "2.0", "year": 2017}
+    questions, annotations = [], []
+    for image_id in rng.sample(range(1, 581_930), n):
+        scene = sample_scene(rng)
+        _write_image(root / "vqav2" / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", _jpeg(scene, image_size))
+        for k, vq in enumerate(sample_questions(scene, rng)):
+            question_id = image_id * 1000 + k
+            questions.append({"image_id": image_id, "question": memory.add(vq.question), "question_id": question_id})
+            answers = sample_answers(vq, rng)
+            annotations.append(
+                {
+                    "question_type": vq.question_type,
+                    "multiple_choice_answer": memory.add(vq.answer),  # >= 8 of 10 annotators agree on it
+                    "answers": [
+                        {"answer": memory.add(pair), "answer_confidence": "yes" if right else "maybe", "answer_id": i + 1}
+                        for i, (pair, right) in enumerate(answers)
+                    ],
+                    "image_id": image_id,
+                    "answer_type": vq.answer_type,
+                    "question_id": question_id,
+                }
+            )
+    q_doc = {"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": VQA_LICENSE,
+             "data_subtype": "val2014", "questions": questions}
+    a_doc = {"info": info, "license": VQA_LICENSE, "data_subtype": "val2014", "annotations": annotations,
+             "data_type": "mscoco"}
+    q_path, a_path = root / "vqav2" / VQA_FILES["questions"], root / "vqav2" / VQA_FILES["annotations"]
+    write_bytes_atomic(q_path, json.dumps(q_doc).encode())
+    write_bytes_atomic(a_path, json.dumps(a_doc).encode())
+    return q_path, a_path
+
+
 def write_sample(
     out_dir: Path,
     seed: int = 0,
@@ -268,6 +316,7 @@ def write_sample(
     n_dialogs: int = 50,
     image_size: int = 64,
     broken_fraction: float = 0.1,
+    n_vqa: int = 50,
 ) -> SampleLayout:
     """Write the sample under `out_dir`; the same arguments (and out_dir) give byte-identical files.
 
@@ -276,8 +325,8 @@ def write_sample(
     """
     if not 0 <= broken_fraction < 1:
         raise ValueError(f"broken_fraction must be in [0, 1), got {broken_fraction}")
-    if min(n_train, n_val) < 1 or n_coco < 2 or n_dialogs < 1:
-        raise ValueError("the sample needs n_train, n_val, n_dialogs >= 1 and n_coco >= 2 (val and test)")
+    if min(n_train, n_val) < 1 or n_coco < 2 or n_dialogs < 1 or n_vqa < 1:
+        raise ValueError("the sample needs n_train, n_val, n_dialogs, n_vqa >= 1 and n_coco >= 2 (val and test)")
     root = Path(out_dir).resolve()
     memory = _Memory()
     truth = {
@@ -289,6 +338,7 @@ def write_sample(
     }
     coco_json = _coco(root, n_coco, seed, image_size, memory)
     visdial_json, dense_json = _visdial(root, n_dialogs, seed, image_size, memory)
+    vqa_questions, vqa_annotations = _vqav2(root, n_vqa, seed, image_size, memory)
     write_parquet_atomic(root / "reference_memory.parquet", memory.table(), REFERENCE_MEMORY)
     write_json_atomic(root / "sample_truth.json", truth)
     return SampleLayout(
@@ -303,4 +353,7 @@ def write_sample(
         + "/VisualDialog_val2018_{image_id:012d}.jpg",
         reference_memory=root / "reference_memory.parquet",
         truth=root / "sample_truth.json",
+        vqav2_questions_json=vqa_questions,
+        vqav2_annotations_json=vqa_annotations,
+        vqav2_image_url_template=(root / "vqav2" / "val2014").as_uri() + "/COCO_val2014_{image_id:012d}.jpg",
     )

@@ -26,6 +26,7 @@ class GenerateSample(PtvlTask):
             n_dialogs=s.n_dialogs,
             image_size=s.image_size,
             broken_fraction=s.broken_fraction,
+            n_vqa=s.n_vqa,
         )
         write_json_atomic(self.output().path, {k: str(v) for k, v in vars(layout).items() if k != "truth"})
 
@@ -66,7 +67,7 @@ class IngestSegments(PtvlTask):
         return self.target("segments", str(self.dataset), f"{self.split}.parquet")
 
     def run(self) -> None:
-        from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS
+        from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS, VQA_QUESTIONS
         from pipeline.sources import read_split
 
         result = read_split(self.settings, str(self.dataset), str(self.split))
@@ -75,6 +76,8 @@ class IngestSegments(PtvlTask):
         write_parquet_atomic(side / "quarantine.parquet", result.quarantine, QUARANTINE)
         if result.dialogs is not None:
             write_parquet_atomic(side / "dialogs.parquet", result.dialogs, DIALOGS)
+        if result.extra is not None:  # VQAv2: questions with their 10 answers and answer type
+            write_parquet_atomic(side / "questions.parquet", result.extra, VQA_QUESTIONS)
         if result.quarantine.num_rows:
             log.warning(
                 "%s/%s: %d rows quarantined (see %s)",

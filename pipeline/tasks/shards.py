@@ -36,7 +36,7 @@ class BuildShards(PtvlTask):
 
     def run(self) -> None:
         from pipeline.cards import write_dataset_card
-        from pipeline.shards import build_caption_shards, build_visdial_shards
+        from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 
         engine, dataset, split = str(self.engine), str(self.dataset), str(self.split)
         out = shard_dir(self.root, engine, dataset, split)
@@ -52,6 +52,11 @@ class BuildShards(PtvlTask):
             stats = build_visdial_shards(translated, dialogs, availability, images_dir, out, engine=engine,
                                          rows_per_shard=rows)
             layout, policy = "one row per dialog (VISDIAL_SHARD): caption, 10 rounds, 100 options, dense relevance", None
+        elif dataset == "vqav2":
+            questions = pl.read_parquet(self.root / "sources" / dataset / split / "questions.parquet")
+            stats = build_vqa_shards(translated, questions, availability, images_dir, out, engine=engine,
+                                     rows_per_shard=rows)
+            layout, policy = "one row per question (VQA_SHARD): PT question, 10 PT answers, answer type", None
         else:
             group = (dataset, split) in EVAL_SPLITS
             policy = self.settings.shards.policy_for(engine)

@@ -1,0 +1,209 @@
+"""Benchmarks of a trained run: read the evaluation shards, feed the runners, write metrics and pages.
+
+`evaluate(run_dir, benchmark, shard_dir, out_dir)` is what `ptvl eval` and the Luigi `Evaluate` task
+call.  Features come from a CLS cache when it holds what the bridge needs (exactly what the frozen
+CLIP would compute: preprocessing is deterministic), otherwise the encoder runs on the shard's JPEGs.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from eval.runners import (
+    CaptionedImage,
+    Dialog,
+    DialogRound,
+    VQAQuestion,
+    run_captioning,
+    run_retrieval,
+    run_visdial,
+    run_vqa,
+)
+from eval.settings import EvalSettings
+
+BENCHMARKS = ("cc3m-val", "coco", "visdial", "vqav2")
+# benchmark -> (dataset, split preference) in the shards tree shards/<engine>/<dataset>/<split>/
+BENCHMARK_DATA = {
+    "cc3m-val": ("cc3m", ("validation",)),
+    "coco": ("coco", ("test", "val")),  # the Karpathy 5k test split when present
+    "visdial": ("visdial", ("val",)),
+    "vqav2": ("vqav2", ("val",)),
+}
+
+
+def shard_folder(shards_root: Path, engine: str, benchmark: str) -> Path:
+    """The shard folder a benchmark reads (first split present in preference order)."""
+    dataset, splits = BENCHMARK_DATA[benchmark]
+    for split in splits:
+        folder = Path(shards_root) / engine / dataset / split
+        if any(folder.glob("part-*.parquet")):
+            return folder
+    raise FileNotFoundError(
+        f"no {dataset} shards for benchmark {benchmark!r} under {shards_root}/{engine}/{dataset}/"
+        f"({'|'.join(splits)}); build them with `ptvl run --until shards`"
+    )
+
+
+def _read(folder: Path) -> pl.DataFrame:
+    return pl.read_parquet(sorted(folder.glob("part-*.parquet")))
+
+
+def _run_key(run_dir: Path) -> str:
+    """Identifies the checkpoint, so cached embedding indexes are rebuilt when the weights change."""
+    from training import checkpoint as ckpt
+
+    last = ckpt.latest_checkpoint(run_dir)
+    return hashlib.sha256(f"{last}:{last.stat().st_mtime_ns if last else 0}".encode()).hexdigest()[:16]
+
+
+class FeatureSource:
+    """features_for(image_ids) for the runners: from a CLS cache when it serves the bridge, else online."""
+
+    def __init__(self, model, images: dict[str, bytes], features_dir: Path | None, device: str):
+        self.model, self.images, self.device = model, images, device
+        self.store = None
+        if features_dir is not None:
+            from training.features import FeatureStore
+
+            store = FeatureStore(features_dir)
+            if store.has(model.bridge.needs()) and all(i in store for i in images):
+                self.store = store
+        if self.store is None and model.visual is None:
+            raise ValueError("the bridge's features are not cached and the model has no CLIP encoder loaded")
+        self._preprocess = None
+
+    def __call__(self, image_ids: Sequence[str]):
+        if self.store is not None:
+            feats = self.store.features(list(image_ids), self.model.bridge.needs())
+            return {kind: {layer: t.to(self.device) for layer, t in d.items()} for kind, d in feats.items()}
+        from PIL import Image
+
+        if self._preprocess is None:
+            from training.model import clip_preprocess
+
+            self._preprocess = clip_preprocess(self.model.cfg)
+        pixels = torch.stack(
+            [self._preprocess(Image.open(io.BytesIO(self.images[i])).convert("RGB")) for i in image_ids]
+        ).to(self.device)
+        with torch.no_grad():
+            return self.model.encode_images(pixels)
+
+
+def load_model(run_dir: Path, features_dir: Path | None, device: str):
+    """The trained run, without its CLIP when a feature cache can stand in for it."""
+    from training.train import load_run
+
+    if features_dir is not None and (Path(features_dir) / "meta.json").exists():
+        from training.features import FeatureStore
+
+        store = FeatureStore(features_dir)
+        model = load_run(run_dir, device, load_visual=False, vis_dim=store.width, n_tokens=store.n_tokens)
+        if store.has(model.bridge.needs()):
+            return model
+    return load_run(run_dir, device)
+
+
+def run_info(run_dir: Path, engine: str) -> dict:
+    """What a results table needs to label a row (LLM, engine, bridge, layer, k)."""
+    from training.config import read_run_toml
+
+    cfg = read_run_toml(Path(run_dir) / "run.toml").model
+    return {"run": str(run_dir), "llm": cfg.llm, "engine": engine, "bridge": cfg.bridge, "layer": cfg.layer,
+            "k": cfg.k, "clip": cfg.clip}
+
+
+def evaluate(
+    run_dir: Path,
+    benchmark: str,
+    shard_dir: Path,
+    out_dir: Path,
+    *,
+    engine: str,
+    settings: EvalSettings | None = None,
+    features_dir: Path | None = None,
+    device: str = "cpu",
+    progress: Callable | None = None,
+) -> dict:
+    """Evaluate `run_dir` on one benchmark; writes out_dir/metrics.json and qualitative HTML pages.
+
+    Returns the metrics dict (fractions; the tables print them x100), labelled with run_info()."""
+    from eval import qualitative
+
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+    settings = settings or EvalSettings()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _read(Path(shard_dir))
+    images = dict(zip(rows["image_id"].to_list(), rows["image"].to_list(), strict=True))
+    model = load_model(run_dir, features_dir, device).eval()
+    features_for = FeatureSource(model, images, features_dir, device)
+    key = _run_key(run_dir)
+    cache = out_dir / "index"
+    n = settings.qualitative_examples
+    metrics: dict[str, object] = {}
+    with torch.no_grad():
+        if benchmark in ("cc3m-val", "coco"):
+            items = [CaptionedImage(i, tuple(c)) for i, c in zip(rows["image_id"], rows["captions"], strict=True)]
+            ret = run_retrieval(model, features_for, items, settings=settings, cache_dir=cache, model_key=key,
+                                progress=progress)
+            cap = run_captioning(model, features_for, items, settings=settings, progress=progress)
+            metrics = {**ret.metrics, **cap.metrics}
+            qualitative.retrieval_page(ret, images.get, out_dir / "retrieval.html", n=n)
+            qualitative.captions_page(cap, images.get, out_dir / "captions.html", n=n)
+            _write_json(out_dir / "captions.json", cap.captions)
+        elif benchmark == "visdial":
+            dialogs = [
+                Dialog(
+                    image_id=r["image_id"],
+                    caption=r["caption"],
+                    rounds=tuple(
+                        DialogRound(x["question"], x["answer"], tuple(x["answer_options"]), x["gt_index"])
+                        for x in r["rounds"]
+                    ),
+                    dense_round=r["dense_round"],
+                    dense_relevance=tuple(r["dense_relevance"]) if r["dense_relevance"] is not None else None,
+                )
+                for r in rows.iter_rows(named=True)
+            ]
+            vd = run_visdial(model, features_for, dialogs, settings=settings, cache_dir=cache, model_key=key,
+                             progress=progress)
+            metrics = dict(vd.metrics)
+            qualitative.visdial_page(vd, dialogs, images.get, out_dir / "visdial.html", n=n)
+        else:
+            questions = [
+                VQAQuestion(str(r["question_id"]), r["image_id"], r["question"], tuple(r["answers"]), r["answer_type"])
+                for r in rows.iter_rows(named=True)
+            ]
+            vqa = run_vqa(model, features_for, questions, settings=settings, progress=progress)
+            metrics = dict(vqa.metrics)
+    result = {**run_info(run_dir, engine), "benchmark": benchmark, "shards": str(shard_dir),
+              "images": len(images), "metrics": metrics}
+    _write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def collect_runs(run_dirs: Sequence[Path]) -> list[dict]:
+    """One table row per run: {llm, engine, bridge, layer, k, metrics: {benchmark: {...}}} from every
+    run's eval/<benchmark>/metrics.json."""
+    runs = []
+    for run_dir in run_dirs:
+        found = sorted(Path(run_dir).glob("eval/*/metrics.json"))
+        if not found:
+            raise FileNotFoundError(f"{run_dir}: no eval/<benchmark>/metrics.json; run `ptvl eval` first")
+        rows = [json.loads(p.read_text()) for p in found]
+        head = {k: rows[0][k] for k in ("run", "llm", "engine", "bridge", "layer", "k")}
+        runs.append({**head, "metrics": {r["benchmark"]: r["metrics"] for r in rows}})
+    return runs
