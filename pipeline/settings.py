@@ -139,6 +139,8 @@ class SampleModelsSection(Strict):
     lm_heads: int = 4
     lm_vocab: int = 400
     lm_seq_len: int = 96
+    # VisDial IT2T feeds caption + 9 rounds of history + an option after the visual tokens.
+    lm_max_positions: int = 512
     lm_steps: int = 300
     lm_lr: float = 3e-3
     doc_captions: int = 6  # captions packed into one pretraining document

@@ -115,6 +115,7 @@ def _write(path: Path, df: pl.DataFrame) -> Path:
             "reason": df["reason"].to_list(),
             "error_message": [None if r == "ok" else r for r in df["reason"].to_list()],
             "key": [None] * n,
+            "shards_dir": [None] * n,
         },
         schema=AVAILABILITY,
     )

@@ -65,7 +65,8 @@ class PrepareSampleModels(PtvlTask):
         docs = [captions[i:i + n] for i in range(0, len(captions), n)]
         losses: list[float] = []
         pretrain_tiny_lm(docs, models / "tiny-lm", hidden=sm.lm_hidden, layers=sm.lm_layers, heads=sm.lm_heads,
-                         vocab_size=sm.lm_vocab, seq_len=sm.lm_seq_len, steps=sm.lm_steps, lr=sm.lm_lr,
+                         vocab_size=sm.lm_vocab, seq_len=sm.lm_seq_len, max_positions=sm.lm_max_positions,
+                         steps=sm.lm_steps, lr=sm.lm_lr,
                          seed=self.settings.sample.seed, progress=lambda step, loss: losses.append(loss))
         log.info("tiny PT LM: %d captions, loss %.2f -> %.2f over %d steps", len(captions), losses[0], losses[-1],
                  len(losses))

@@ -1,0 +1,193 @@
+"""Settings of a V-Glória run (model + training), their TOML form, and presets named for thesis configurations."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    """What the model is: which frozen LLM and CLIP, which bridge, and the FROMAGe losses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm: str = Field("NOVA-vision-language/GlorIA-1.3B", description="HF causal LM id or local folder")
+    clip: str = Field("ViT-L-14", description="open_clip model name or local open_clip folder")
+    clip_pretrained: str = Field(
+        "openai", description="open_clip pretrained tag ('' for none; ignored for local model folders)"
+    )
+    bridge: str = Field("cls", description="bridge registry name (training/bridges.py)")
+    k: int = Field(1, ge=1, description="visual tokens fed to the LLM (where the bridge takes k)")
+    layer: int = Field(-1, description="ViT layer of the visual features (-1 = last, -2 = L-1, ...)")
+    bridge_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra bridge arguments")
+    feature_norm: Literal["none", "standardize"] = Field(
+        "none",
+        description="'standardize': per-dimension (x - mean) / std of the frozen visual features, with fixed "
+        "statistics of the training images (saved in checkpoints). Off in the FROMAGe recipe; needed by "
+        "encoders whose features share a large constant component (a random tiny ViT: std/mean ~ 1%)",
+    )
+    text_emb_layers: list[int] = Field(
+        default_factory=lambda: [-1],
+        description="LLM hidden layers at [RET] fed to W_t (one linear map each, summed; FROMAGe: [-1])",
+    )
+    q: int = Field(256, ge=1, description="shared retrieval embedding size")
+    max_caption_tokens: int = Field(
+        32, ge=2, description="caption tokens kept, counting the closing EOS / [RET]; truncation keeps it last"
+    )
+    concat_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of [img1 cap1 img2 cap2]")
+    caption_loss_weight: float = Field(0.5, ge=0.0, description="weight of the captioning CE")
+    retrieval_loss_weight: float = Field(0.5, ge=0.0, description="weight of (i2t + t2i) InfoNCE")
+    ret_ce_weight: float = Field(0.5, ge=0.0, description="weight of the retrieval-pass CE (emitting [RET])")
+    logit_scale_init: float = Field(1 / 0.07, gt=0, description="initial InfoNCE inverse temperature (CLIP)")
+    logit_scale_max: float = Field(100.0, gt=0, description="clamp of the inverse temperature (CLIP)")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen LLM and CLIP")
+    compile: bool | None = Field(None, description="torch.compile the LLM (None: on for CUDA)")
+    fused_pass: bool = Field(True, description="captioning and retrieval sequences in one LLM forward")
+    attn_implementation: str | None = Field(None, description="HF attention backend (None: model default)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not self.text_emb_layers:
+            raise ValueError("text_emb_layers must name at least one LLM layer")
+        return self
+
+
+class TrainConfig(BaseModel):
+    """How the trainable part is optimised; defaults are the FROMAGe / thesis recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    steps: int = Field(20_000, ge=1, description="optimizer steps (20k is about one CC3M epoch)")
+    batch_size: int = Field(180, ge=1, description="global batch (all ranks, all micro-batches)")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="per-rank micro-batch for gradient accumulation (None: no accumulation)"
+    )
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    ckpt_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    eval_every: int = Field(0, ge=0, description="steps between eval callbacks (0: only at the end)")
+    use_cached_features: bool = Field(True, description="read CLS features from the cache (CLS bridges)")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers for online JPEG decoding")
+    bucket_by_length: bool = Field(True, description="batch captions of similar length (padding is waste)")
+    bucket_pool: int = Field(50, ge=1, description="batches pooled and sorted by length per bucket")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size cannot exceed batch_size")
+        return self
+
+
+class RunConfig(BaseModel):
+    """A run: model + training. Written as run.toml beside every run; reading it back reproduces it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- TOML (tomllib reads; this writes)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+def to_toml(data: dict[str, Any], header: str = "") -> str:
+    """Two-level TOML: top-level tables of scalars, lists and inline tables. None values are left out
+    (TOML has no null), which round-trips because every optional setting defaults to None."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for table, values in data.items():
+        lines += ["", f"[{table}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def write_run_toml(cfg: RunConfig, path: Path, header: str = "") -> Path:
+    """Write run.toml atomically."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_toml(cfg.model_dump(mode="json"), header), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_toml(path: Path) -> RunConfig:
+    """Read a run.toml (or any TOML with [model] and [train] tables); unknown keys are errors."""
+    with open(path, "rb") as f:
+        return RunConfig.model_validate(tomllib.load(f))
+
+
+# ---------------------------------------------------------------- presets (thesis configurations)
+
+GLORIA = "NOVA-vision-language/GlorIA-1.3B"
+GERVASIO = "PORTULAN/gervasio-7b-portuguese-ptpt-decoder"
+GPT_NEO_EN = "EleutherAI/gpt-neo-1.3B"
+GEMMA_2B = "google/gemma-2b"
+
+
+def gloria_1b3_cls(k: int = 1, layer: int = -1) -> RunConfig:
+    """V-Glória as in chapter 5: Glória 1.3B, CLS of the last layer, FROMAGe recipe."""
+    return RunConfig(model=ModelConfig(llm=GLORIA, bridge="cls", k=k, layer=layer))
+
+
+def gloria_1b3_crossattn12() -> RunConfig:
+    """The thesis' best bridge (CrossAtt, k = 12, layer L-1) on Glória 1.3B."""
+    return RunConfig(
+        model=ModelConfig(llm=GLORIA, bridge="crossattn", k=12, layer=-2),
+        train=TrainConfig(use_cached_features=False),
+    )
+
+
+def gervasio_7b_cls() -> RunConfig:
+    """Gervásio 7B (LLaMA-2, untied head) with the CLS-1 bridge (Table 5.3)."""
+    return RunConfig(model=ModelConfig(llm=GERVASIO, bridge="cls", k=1))
+
+
+def gptneo_1b3_en_cls() -> RunConfig:
+    """The English baseline of Table 5.3: GPT-Neo 1.3B, CLS-1."""
+    return RunConfig(model=ModelConfig(llm=GPT_NEO_EN, bridge="cls", k=1))
+
+
+def gemma_2b_crossattn12() -> RunConfig:
+    """Best ablation of chapter 7 (Table 7.21): Gemma-2B, CrossAtt k = 12, layer L-1."""
+    return RunConfig(
+        model=ModelConfig(llm=GEMMA_2B, bridge="crossattn", k=12, layer=-2),
+        train=TrainConfig(use_cached_features=False),
+    )
+
+
+PRESETS = {
+    "gloria_1b3_cls": gloria_1b3_cls,
+    "gloria_1b3_crossattn12": gloria_1b3_crossattn12,
+    "gervasio_7b_cls": gervasio_7b_cls,
+    "gptneo_1b3_en_cls": gptneo_1b3_en_cls,
+    "gemma_2b_crossattn12": gemma_2b_crossattn12,
+}

@@ -1,0 +1,467 @@
+"""V-Glória: frozen CLIP features -> bridge -> k LLM input embeddings, plus a [RET] token for retrieval (FROMAGe).
+
+Reading order: the [RET] token handling, the model (sequence building, one forward, the losses), the
+generation API (captions, answers, retrieval, VisDial option scoring), then the `vgloria` builder.
+
+[RET] is a *virtual* token: its id is `V`, one past the LLM's embedding rows, and its input embedding (and,
+for untied heads, its output row) are trainable parameters spliced in explicitly. Nothing is resized, so
+the frozen LLM and its tokenizer stay byte-identical and we do not depend on `resize_token_embeddings`
+side effects (transformers PR 26865 changed how new rows are initialised).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # only annotations: the GPU benchmark runs this module without pydantic installed
+    from training.config import ModelConfig
+
+VIS = -1  # placeholder id of a visual-token slot in a sequence under construction
+IGNORE = -100  # CE ignore index
+
+Feats = dict[str, dict[int, Tensor]]  # {"cls": {layer: (N, m)}, "tokens": {layer: (N, T, m)}}
+
+
+@dataclass
+class Losses:
+    """One training step's losses (total is what backward() sees)."""
+
+    total: Tensor
+    caption: Tensor
+    ret_ce: Tensor
+    i2t: Tensor
+    t2i: Tensor
+    caption_tokens: int  # label tokens in the caption pass (for throughput)
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in ("total", "caption", "ret_ce", "i2t", "t2i")}
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def take_feats(feats: Feats, index: Tensor | list[int]) -> Feats:
+    """Select images (rows) of a feature dict."""
+    return {kind: {layer: t[index] for layer, t in d.items()} for kind, d in feats.items()}
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache of a model output (`cache` in transformers >= 5.2x, `past_key_values` before)."""
+    return out.cache if "cache" in out else out.past_key_values
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """All-gather along dim 0 keeping gradients (identity outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dnn
+
+    return torch.cat(dnn.all_gather(x), dim=0)
+
+
+class VGloria(nn.Module):
+    """The FROMAGe-style model. Frozen: `lm`, `visual`. Trainable: bridge, [RET] rows, W_t, W_i, logit scale."""
+
+    def __init__(self, cfg: ModelConfig, lm: nn.Module, tokenizer: Any, bridge: nn.Module,
+                 visual: Any | None = None) -> None:
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.lm = lm.eval().requires_grad_(False)  # eval: no dropout in the frozen LLM
+        self.visual = visual  # training.features.VisualEncoder (frozen, not an nn.Module) or None
+        self.bridge = bridge
+        emb_in = lm.get_input_embeddings().weight
+        emb_out = lm.get_output_embeddings().weight
+        self.vocab = emb_in.shape[0]  # V; [RET] gets id V
+        self.ret_id = self.vocab
+        self.d = emb_in.shape[1]
+        self.tied = emb_in.data_ptr() == emb_out.data_ptr()
+        # New rows start at the mean embedding (a neutral point of the frozen distribution), fp32 masters.
+        self.ret_in = nn.Parameter(emb_in.detach().float().mean(0).clone())
+        self.ret_out = None if self.tied else nn.Parameter(emb_out.detach().float().mean(0).clone())
+        self.text_fc = nn.ModuleList(nn.Linear(self.d, cfg.q) for _ in cfg.text_emb_layers)  # W_t
+        self.image_fc = nn.Linear(bridge.retrieval_dim, cfg.q)  # W_i
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer of {cfg.llm} has no eos_token: cannot end captions")
+        ids = tokenizer("a")["input_ids"]
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and ids[:1] == [
+            tokenizer.bos_token_id] else []  # LLaMA-style tokenizers start every sequence with BOS
+        self.body = self.lm.base_model  # the transformer without its head
+        self._body_fwd = self.body  # replaced by a compiled version when cfg.compile resolves on
+        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
+        self.need_layers = any(i != -1 for i in cfg.text_emb_layers)
+        self.feature_stats: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # cfg.feature_norm statistics
+        # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
+        params = inspect.signature(self.body.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------ parameters
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable_parameters()}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        own = dict(self.trainable_parameters())
+        if set(own) != set(state):
+            raise KeyError(f"checkpoint weights do not match the model: missing {sorted(set(own) - set(state))}, "
+                           f"unexpected {sorted(set(state) - set(own))}")
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(state[n])
+
+    def enable_compile(self) -> None:
+        """torch.compile the frozen transformer body (dynamic shapes: bucketed batches vary in length)."""
+        self._body_fwd = torch.compile(self.body, dynamic=True)
+
+    # ------------------------------------------------------------------ tokens and embeddings
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def embed(self, ids: Tensor, vis: Tensor | None = None) -> Tensor:
+        """Input embeddings of `ids` (B, T): token rows, the trainable [RET] row, and visual tokens
+        (vis: (n_slots, d) in row-major slot order) scattered into the VIS slots."""
+        table = self.lm.get_input_embeddings()
+        emb = table(ids.clamp(0, self.vocab - 1))
+        emb = torch.where((ids == self.ret_id).unsqueeze(-1), self.ret_in.to(emb.dtype), emb)
+        if vis is not None:
+            emb = emb.masked_scatter((ids == VIS).unsqueeze(-1), vis.to(emb.dtype))
+        return emb
+
+    def logits(self, h: Tensor) -> Tensor:
+        """(…, d) final hidden states -> (…, V + 1) logits; the last column is [RET]."""
+        head = self.lm.get_output_embeddings()
+        ret_row = self.ret_in if self.tied else self.ret_out
+        out = torch.cat([head(h), (h @ ret_row.to(h.dtype)).unsqueeze(-1)], dim=-1)
+        if self.softcap:  # Gemma-2 style final logit soft-capping
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def set_feature_stats(self, stats: dict[str, dict[int, tuple[Tensor, Tensor]]]) -> None:
+        """Fix the (mean, std) per feature kind and layer used by cfg.feature_norm = "standardize"."""
+        dev = self.ret_in.device
+        self.feature_stats = {k: {int(layer): (m.float().to(dev), s.float().clamp_min(1e-6).to(dev))
+                                  for layer, (m, s) in d.items()} for k, d in stats.items()}
+
+    def norm_feats(self, feats: Feats) -> Feats:
+        if self.cfg.feature_norm == "none":
+            return feats
+        if not self.feature_stats:
+            raise RuntimeError("feature_norm='standardize' but no statistics set (set_feature_stats)")
+        return {kind: {layer: (x.float() - self.feature_stats[kind][layer][0]) / self.feature_stats[kind][layer][1]
+                       for layer, x in d.items()} for kind, d in feats.items()}
+
+    def visual_tokens(self, feats: Feats) -> Tensor:
+        """(N, k, d) LLM input embeddings of N images."""
+        return self.bridge(self.norm_feats(feats))
+
+    def image_embeddings(self, feats: Feats) -> Tensor:
+        """(N, q) unit-norm retrieval embeddings of images (W_i)."""
+        return F.normalize(self.image_fc(self.bridge.retrieval_input(self.norm_feats(feats))).float(), dim=-1)
+
+    def encode_images(self, images: Tensor) -> Feats:
+        """Run the frozen CLIP on preprocessed images (N, 3, H, W) for the features the bridge needs."""
+        if self.visual is None:
+            raise RuntimeError("this model was built without a CLIP encoder: pass features instead of images")
+        return self.visual.features(images, self.bridge.needs())
+
+    def _feats(self, images_or_feats: Tensor | Feats) -> Feats:
+        return images_or_feats if isinstance(images_or_feats, dict) else self.encode_images(images_or_feats)
+
+    # ------------------------------------------------------------------ sequences
+
+    def caption_rows(self, caps: list[list[int]], partner: list[int | None]) -> tuple[list[list[int]], list[int]]:
+        """Caption pass: [BOS] [VIS*k] cap EOS, or with a partner j: [BOS] [VIS*k] cap_i EOS [VIS*k] cap_j EOS.
+        Returns the rows and the image index of every VIS block in row-major order."""
+        k, n = self.bridge.n_out, self.cfg.max_caption_tokens - 1
+        rows, images = [], []
+        for i, j in enumerate(partner):
+            row = self.bos + [VIS] * k + caps[i][:n] + [self.eos_id]
+            images.append(i)
+            if j is not None:
+                row += [VIS] * k + caps[j][:n] + [self.eos_id]
+                images.append(j)
+            rows.append(row)
+        return rows, images
+
+    def retrieval_rows(self, caps: list[list[int]]) -> list[list[int]]:
+        """Retrieval pass: [BOS] cap [RET]; truncation keeps [RET] last."""
+        n = self.cfg.max_caption_tokens - 1
+        return [self.bos + c[:n] + [self.ret_id] for c in caps]
+
+    @staticmethod
+    def pad(rows: list[list[int]], device: torch.device | str) -> Tensor:
+        """Right-pad with id 0. With a causal LM, right padding needs no attention mask: real positions never
+        see the pads, and pad positions are ignored by the losses (a mask would only slow the kernels)."""
+        t = max(map(len, rows))
+        out = torch.zeros(len(rows), t, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r)
+        return out.to(device)
+
+    def targets(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Next-token labels aligned with logits[:, :-1]: text tokens (and [RET]) of each row, never VIS,
+        BOS or padding."""
+        tgt = ids[:, 1:].clone()
+        pos = torch.arange(1, ids.shape[1], device=ids.device)
+        tgt[(tgt == VIS) | (pos.unsqueeze(0) >= lengths.unsqueeze(1))] = IGNORE
+        return tgt
+
+    # ------------------------------------------------------------------ training forward
+
+    def run_body(self, emb: Tensor) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        out = self._body_fwd(inputs_embeds=emb, output_hidden_states=self.need_layers, use_cache=False)
+        return out.last_hidden_state, (out.hidden_states if self.need_layers else None)
+
+    def text_state(self, last: Tensor, hidden: tuple[Tensor, ...] | None, rows: Tensor, pos: Tensor) -> Tensor:
+        """(B, q) W_t of the hidden state(s) at [RET] (FROMAGe: one map per layer, summed)."""
+        outs = []
+        for layer, fc in zip(self.cfg.text_emb_layers, self.text_fc, strict=True):
+            h = last if layer == -1 else hidden[layer]
+            outs.append(fc(h[rows, pos].float()))
+        return torch.stack(outs).sum(0)
+
+    def forward(self, feats: Feats, caps: list[list[int]], partner: list[int | None]) -> Losses:
+        """Losses of one (micro-)batch: feats of B images, their B tokenised captions (no special tokens),
+        and for each caption the index of the caption concatenated after it (None for none)."""
+        device = self.ret_in.device
+        b = len(caps)
+        vis = self.visual_tokens(feats)  # (B, k, d)
+        cap_rows, images = self.caption_rows(caps, partner)
+        ret_rows = self.retrieval_rows(caps)
+        vis_slots = vis[torch.tensor(images, device=device)].reshape(-1, vis.shape[-1])
+
+        if self.cfg.fused_pass:  # one forward over 2B rows: bigger matmuls, one kernel launch sequence
+            ids = self.pad(cap_rows + ret_rows, device)
+            lengths = torch.tensor([len(r) for r in cap_rows + ret_rows], device=device)
+            last, hidden = self.run_body(self.embed(ids, vis_slots))
+            cap_sl, ret_sl = slice(0, b), slice(b, 2 * b)
+            cap_ids, ret_ids = ids[cap_sl], ids[ret_sl]
+            cap_len, ret_len = lengths[cap_sl], lengths[ret_sl]
+            cap_last, ret_last = last[cap_sl], last[ret_sl]
+            ret_hidden = tuple(h[ret_sl] for h in hidden) if hidden is not None else None
+        else:
+            cap_ids, ret_ids = self.pad(cap_rows, device), self.pad(ret_rows, device)
+            cap_len = torch.tensor([len(r) for r in cap_rows], device=device)
+            ret_len = torch.tensor([len(r) for r in ret_rows], device=device)
+            cap_last, _ = self.run_body(self.embed(cap_ids, vis_slots))
+            ret_last, ret_hidden = self.run_body(self.embed(ret_ids))
+
+        caption_ce, n_tok = self._ce(cap_last, self.targets(cap_ids, cap_len))
+        ret_ce, _ = self._ce(ret_last, self.targets(ret_ids, ret_len))
+
+        # Retrieval: [RET] state (text) vs W_i(visual) over the batch, negatives gathered across ranks.
+        rows = torch.arange(b, device=device)
+        txt = F.normalize(self.text_state(ret_last, ret_hidden, rows, ret_len - 1).float(), dim=-1)
+        img = self.image_embeddings(feats)
+        txt, img = gather_with_grad(txt), gather_with_grad(img)
+        scale = self.logit_scale.clamp(max=math.log(self.cfg.logit_scale_max)).exp()
+        sim = scale * img @ txt.t()  # (B_global, B_global), i2t
+        labels = torch.arange(sim.shape[0], device=device)
+        i2t, t2i = F.cross_entropy(sim, labels), F.cross_entropy(sim.t(), labels)
+
+        c = self.cfg
+        total = c.caption_loss_weight * caption_ce + c.retrieval_loss_weight * (i2t + t2i) + c.ret_ce_weight * ret_ce
+        return Losses(total, caption_ce.detach(), ret_ce.detach(), i2t.detach(), t2i.detach(), n_tok)
+
+    def _ce(self, last: Tensor, tgt: Tensor) -> tuple[Tensor, int]:
+        """Mean CE over labelled positions only: the vocabulary matmul skips padding and visual slots."""
+        keep = tgt != IGNORE
+        logits = self.logits(last[:, :-1][keep]).float()
+        return F.cross_entropy(logits, tgt[keep]), int(keep.sum())
+
+    # ------------------------------------------------------------------ inference API
+
+    def _prefix(self, vis: Tensor, text: list[int]) -> Tensor:
+        """(1, P, d) embeddings of [BOS] [VIS*k] text for one image's visual tokens vis (k, d)."""
+        ids = torch.tensor([self.bos + [VIS] * vis.shape[0] + text], device=vis.device)
+        return self.embed(ids, vis)
+
+    def _step(self, emb: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        out = self.body(inputs_embeds=emb, use_cache=True, **{self._cache_kw: cache})
+        return out.last_hidden_state[:, -1], _cache_of(out)
+
+    @torch.no_grad()
+    def generate_ids(self, prefix: Tensor, max_new_tokens: int, num_beams: int = 1) -> list[int]:
+        """Greedy (num_beams=1) or beam search continuation of one prefix (1, P, d); stops at EOS or [RET]
+        (the stop token is kept at the end of the returned ids)."""
+        h, cache = self._step(prefix, None)
+        if num_beams == 1:
+            out: list[int] = []
+            for _ in range(max_new_tokens):
+                tok = int(self.logits(h).argmax(-1)[0])
+                out.append(tok)
+                if tok in (self.eos_id, self.ret_id):
+                    break
+                h, cache = self._step(self.embed(torch.tensor([[tok]], device=prefix.device)), cache)
+            return out
+        return self._beam(h, cache, max_new_tokens, num_beams, prefix.device)
+
+    def _beam(self, h: Tensor, cache: Any, max_new: int, nb: int, device: torch.device) -> list[int]:
+        beams: list[tuple[list[int], float]] = [([], 0.0)]
+        done: list[tuple[list[int], float]] = []
+        for _ in range(max_new):
+            logp = F.log_softmax(self.logits(h).float(), -1)  # (n_live, V+1)
+            scores = torch.tensor([s for _, s in beams], device=device).unsqueeze(1) + logp
+            top = scores.flatten().topk(min(nb * 2, scores.numel()))
+            nxt, keep = [], []
+            for val, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                src, tok = divmod(flat, logp.shape[1])
+                seq = beams[src][0] + [tok]
+                if tok in (self.eos_id, self.ret_id):
+                    done.append((seq, val / len(seq)))
+                else:
+                    nxt.append((seq, val))
+                    keep.append(src)
+                if len(nxt) == nb:
+                    break
+            if not nxt or (len(done) >= nb and max(s for _, s in done) > max(v / len(q) for q, v in nxt)):
+                break
+            beams = nxt
+            cache.reorder_cache(torch.tensor(keep, device=device))
+            toks = torch.tensor([[q[-1]] for q, _ in beams], device=device)
+            h, cache = self._step(self.embed(toks), cache)
+        done += [(q, v / len(q)) for q, v in beams]
+        return max(done, key=lambda x: x[1])[0]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([t for t in ids if t < self.vocab and t != self.eos_id]).strip()
+
+    @torch.no_grad()
+    def caption(self, images_or_feats: Tensor | Feats, max_new_tokens: int = 30, num_beams: int = 1) -> list[str]:
+        """Caption each image (greedy or beam search)."""
+        vis = self.visual_tokens(self._feats(images_or_feats))
+        return [self.decode(self.generate_ids(self._prefix(v, []), max_new_tokens, num_beams)) for v in vis]
+
+    @torch.no_grad()
+    def answer(self, feats: Tensor | Feats, prompt: str, max_new_tokens: int = 30) -> str:
+        """Greedy continuation of [image] prompt for the first image (VQA / dialogue). A [RET] in the
+        output is written as "[RET]" and ends the answer (the caller may then retrieve)."""
+        vis = self.visual_tokens(self._feats(feats))[0]
+        ids = self.generate_ids(self._prefix(vis, self.tokenize([prompt])[0]), max_new_tokens)
+        return self.decode(ids) + (" [RET]" if ids and ids[-1] == self.ret_id else "")
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: list[str], batch_size: int = 256) -> Tensor:
+        """(N, q) unit-norm retrieval embeddings of texts: append [RET], take its state (W_t)."""
+        out = []
+        device = self.ret_in.device
+        for s in range(0, len(texts), batch_size):
+            rows = self.retrieval_rows(self.tokenize(texts[s : s + batch_size]))
+            ids = self.pad(rows, device)
+            lengths = torch.tensor([len(r) for r in rows], device=device)
+            last, hidden = self.run_body(self.embed(ids))
+            state = self.text_state(last, hidden, torch.arange(len(rows), device=device), lengths - 1)
+            out.append(F.normalize(state.float(), dim=-1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def retrieve(self, texts: list[str], image_index: Tensor, k: int = 10) -> tuple[Tensor, Tensor]:
+        """Top-k images of an (N_img, q) embedding index for each text: (scores, indices), each (N_txt, k)."""
+        sim = self.text_embeddings(texts) @ image_index.to(self.ret_in.device).float().t()
+        return sim.topk(min(k, sim.shape[1]), dim=1)
+
+    @torch.no_grad()
+    def option_losses(self, feats: Tensor | Feats, prefix_texts: list[str], options: list[list[str]],
+                      chunk: int = 100) -> Tensor:
+        """(N, n_options) summed CE of each option's tokens after [image] prefix_text (VisDial IT2T: lower is
+        better). The prefix runs once per example; its KV cache is repeated over the options, which run as
+        one batch (right-padded, so no mask is needed)."""
+        vis_all = self.visual_tokens(self._feats(feats))
+        device = self.ret_in.device
+        result = torch.zeros(len(prefix_texts), max(map(len, options)), device=device)
+        for n, (vis, prefix, opts) in enumerate(zip(vis_all, prefix_texts, options, strict=True)):
+            p_emb = self._prefix(vis, self.tokenize([prefix])[0])
+            for s in range(0, len(opts), chunk):
+                toks = self.tokenize(opts[s : s + chunk])
+                out = self.body(inputs_embeds=p_emb, use_cache=True)
+                h0, cache = out.last_hidden_state[:, -1:], _cache_of(out)
+                cache.batch_repeat_interleave(len(toks))
+                ids = self.pad([t or [self.eos_id] for t in toks], device)
+                h = self.body(inputs_embeds=self.embed(ids), use_cache=True, **{self._cache_kw: cache}).last_hidden_state
+                h = torch.cat([h0.expand(len(toks), 1, -1), h[:, :-1]], dim=1)  # state predicting each token
+                logp = F.log_softmax(self.logits(h).float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+                mask = torch.arange(ids.shape[1], device=device) < torch.tensor(
+                    [max(len(t), 1) for t in toks], device=device).unsqueeze(1)
+                result[n, s : s + len(toks)] = -(logp * mask).sum(1)
+        return result
+
+
+# ---------------------------------------------------------------------- builder
+
+
+def resolve_compile(cfg: ModelConfig, device: torch.device | str) -> bool:
+    return cfg.compile if cfg.compile is not None else torch.device(device).type == "cuda"
+
+
+def load_llm(cfg: ModelConfig, device: torch.device | str) -> tuple[nn.Module, Any]:
+    """Any Hugging Face causal LM by id or local folder, frozen, in cfg.dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
+    if cfg.attn_implementation:
+        kw["attn_implementation"] = cfg.attn_implementation
+    lm = AutoModelForCausalLM.from_pretrained(cfg.llm, **kw).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
+    return lm, tokenizer
+
+
+def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: int | None = None,
+            n_tokens: int | None = None, load_visual: bool = True, seed: int | None = None) -> VGloria:
+    """Build V-Glória: load the frozen LLM (and CLIP unless load_visual=False, e.g. training on cached
+    features, where `vis_dim` and `n_tokens` give the ViT width and tokens per image), build the bridge
+    and the trainable heads."""
+    from training.bridges import build_bridge
+
+    lm, tokenizer = load_llm(cfg, device)
+    visual = None
+    if load_visual:
+        from training.features import VisualEncoder, load_clip
+
+        # fp32 weights, bf16 autocast on GPU: open_clip's "bf16" casts weights but not the input pixels.
+        clip, _ = load_clip(cfg.clip, pretrained=cfg.clip_pretrained or None, device=device, precision="fp32")
+        use_amp = torch.device(device).type == "cuda" and cfg.dtype != "fp32"
+        visual = VisualEncoder(clip, name=cfg.clip, autocast=_dtype(cfg.dtype) if use_amp else None)
+        vis_dim, n_tokens = visual.width, visual.n_tokens
+    if vis_dim is None:
+        raise ValueError("vis_dim is required when the CLIP encoder is not loaded")
+    if seed is not None:
+        torch.manual_seed(seed)  # trainable init is reproducible from the run seed
+    bridge = build_bridge(cfg.bridge, vis_dim=vis_dim, llm_dim=lm.get_input_embeddings().weight.shape[1],
+                          k=cfg.k, layer=cfg.layer, n_tokens=n_tokens, **cfg.bridge_kwargs)
+    model = VGloria(cfg, lm, tokenizer, bridge, visual).to(device)
+    model.bridge.float()  # fp32 master weights for everything trainable (the LLM stays in cfg.dtype)
+    if resolve_compile(cfg, device):
+        model.enable_compile()
+    return model
+
+
+def clip_preprocess(cfg: ModelConfig) -> Any:
+    """The deterministic CLIP preprocessing transform of cfg.clip (no augmentation)."""
+    from training.features import load_clip
+
+    _, preprocess = load_clip(cfg.clip, pretrained=cfg.clip_pretrained or None, device="cpu", precision="fp32")
+    return preprocess
+
+
+def feature_stats(feats: Feats) -> dict[str, dict[int, tuple[Tensor, Tensor]]]:
+    """Per-dimension (mean, std) of a sample of features (tokens pooled over images and positions)."""
+    return {kind: {layer: (x.float().reshape(-1, x.shape[-1]).mean(0), x.float().reshape(-1, x.shape[-1]).std(0))
+                   for layer, x in d.items()} for kind, d in feats.items() if d}
+
+
+def count_trainable(model: VGloria) -> int:
+    return sum(p.numel() for _, p in model.trainable_parameters())
