@@ -349,6 +349,101 @@ def compare(config: Path = ConfigOpt, workers: int = typer.Option(1, "--workers"
     console.print(f"report: {settings.root / 'reports' / 'compare' / 'comparison.html'}")
 
 
+@app.command("train")
+def train_cmd(
+    config: Path = ConfigOpt,
+    llm: str = typer.Option(None, "--llm", help="Any Hugging Face causal LM id or folder (overrides [model] llm)."),
+    bridge: str = typer.Option(None, "--bridge", help="cls, l4l, l2l, l2lx2, comp, grouped, regions, wavg, crossattn, mlp."),
+    k: int = typer.Option(None, "--k", help="Visual tokens (bridges that take k)."),
+    layer: int = typer.Option(None, "--layer", help="ViT layer: -1 = last (L), -2 = L-1, ..."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps."),
+    run_name: str = typer.Option(None, "--run-name", help="Folder under train/ (default: [training] run_name)."),
+) -> None:
+    """Train V-Glória (the `train` stage and what it needs), with command-line overrides of the profile.
+
+    The run folder gets run.toml (reproduces it), a model card, TensorBoard logs and checkpoints; rerunning
+    resumes from the newest checkpoint.  Several GPUs: `torchrun --nproc_per_node N -m pipeline.cli train ...`."""
+    import tomllib
+
+    from pipeline.tasks.model import Train
+
+    _load(config)
+    data = tomllib.loads(config.read_text())
+    model = data.setdefault("model", {})
+    for key, value in (("llm", llm), ("bridge", bridge), ("k", k), ("layer", layer)):
+        if value is not None:
+            model[key] = value
+    if steps is not None:
+        data.setdefault("train", {})["steps"] = steps
+    if run_name is not None or any(v is not None for v in (llm, bridge, k, layer)):
+        name = run_name or "-".join(str(x) for x in (Path(model.get("llm", "llm")).name, model.get("bridge", "cls"),
+                                                      f"k{model.get('k', 1)}", f"l{model.get('layer', -1)}"))
+        data.setdefault("training", {})["run_name"] = name
+    resolved = config.resolve().with_name(f".{config.stem}.train.toml")
+    from training.config import to_toml
+
+    resolved.write_text(to_toml(data, header=f"{config} with the overrides of `ptvl train`"))
+    settings = _load(resolved)
+    _build([Train(config=str(resolved))])
+    console.print(f"run: {settings.root / 'train' / settings.training.run_name}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Path = typer.Option(..., "--run", help="A run folder (train/<run>) with run.toml and checkpoints."),
+    benchmark: str = typer.Option(..., "--benchmark", help="cc3m-val, coco, visdial or vqav2."),
+    config: Path = ConfigOpt,
+    engine: str = typer.Option(None, "--engine", help="Whose translated shards (default: [training] engine)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Evaluate a trained run on one benchmark: metrics.json, qualitative HTML pages (run/eval/<benchmark>/)."""
+    from eval.benchmarks import BENCHMARKS, evaluate, shard_folder
+
+    settings = _load(config)
+    if benchmark not in BENCHMARKS:
+        _fail(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    engine = engine or settings.training.engine
+    try:
+        shards = shard_folder(settings.root / "shards", engine, benchmark)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    out = run / "eval" / benchmark
+    result = evaluate(run, benchmark, shards, out, engine=engine, settings=settings.eval.settings, device=device)
+    for key, value in result["metrics"].items():
+        console.print(f"{key:>12} {value:.4f}" if isinstance(value, float) else f"{key:>12} {value}")
+    console.print(f"written: {out / 'metrics.json'}")
+
+
+@app.command()
+def table(
+    runs: list[Path] = typer.Argument(..., help="Run folders whose eval/<benchmark>/metrics.json to compare."),
+    out: Path = typer.Option(None, "--out", help="Also write the Markdown here."),
+) -> None:
+    """Thesis-layout tables (5.3 retrieval, 5.4 captioning, 5.5 VisDial, and the ablation layout) over
+    several runs: retrain with a new LLM and get the comparison with the old ones in one command."""
+    from eval.benchmarks import collect_runs
+    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5
+
+    try:
+        rows = collect_runs(runs)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    parts = []
+    for render in (table_5_3, table_5_4, table_5_5):
+        try:
+            parts.append(render(rows))
+        except (KeyError, ValueError) as e:
+            parts.append(f"<!-- {render.__name__}: {e} -->")
+    if any("coco" in r["metrics"] for r in rows):
+        parts.append(ablation_table(rows, "coco", "captioning"))
+    text = "\n\n".join(parts) + "\n"
+    print(text)
+    if out:
+        from pipeline.io import write_text_atomic
+
+        write_text_atomic(out, text)
+
+
 def main() -> None:
     """Console-script entry point (`ptvl`).  img2dataset starts workers with spawn, which re-imports the
     main module: this function is only called under the console script's own __main__ guard."""
