@@ -175,7 +175,7 @@ def translate(
     if engine not in settings.engines:
         _fail(f"no [engines.{engine}] table in {config}; configured: {', '.join(settings.engines)}")
     targets = [
-        (d, sp) for d, splits in settings.datasets.enabled().items() for sp in splits
+        (d, sp) for d, sp in settings.datasets.splits()
         if (not dataset or d in dataset) and (not split or sp in split)
     ]
     if not targets:
@@ -257,9 +257,8 @@ def download(
     from pipeline.io import write_text_atomic
 
     splits = [
-        (d, sp) for d, sps in settings.datasets.enabled().items() for sp in sps if not dataset or d in dataset
+        (d, sp) for d, sp in settings.datasets.splits() if not dataset or d in dataset
     ]
-    done = {}
     for d, sp in splits:
         out = settings.root / "images" / d / sp
         if not manifest_path(out).exists():
@@ -267,10 +266,9 @@ def download(
         s = settings.download.model_copy(update={"timeout": timeout}) if timeout else None
         m = retry(out, s, progress=lambda msg, label=f"{d}/{sp}": console.print(f"{label}: {msg}"))
         console.print(f"{d}/{sp}: {m.available:,} of {m.urls:,} available after {len(m.attempts)} attempt(s)")
-        done[f"{d}/{sp}"] = out / "availability.parquet"
     all_splits = {
         f"{d}/{sp}": settings.root / "images" / d / sp / "availability.parquet"
-        for d, sps in settings.datasets.enabled().items() for sp in sps
+        for d, sp in settings.datasets.splits()
     }
     report = render_report({k: v for k, v in all_splits.items() if v.exists()})
     write_text_atomic(settings.root / "reports" / "availability.md", report)

@@ -100,6 +100,10 @@ class DatasetsSection(Strict):
                 out[name] = list(sec.splits)
         return out
 
+    def splits(self) -> list[tuple[str, str]]:
+        """Every enabled (dataset, split): the unit most stages make one task per."""
+        return [(d, sp) for d, splits in self.enabled().items() for sp in splits]
+
 
 class TranslateSection(Strict):
     """Which configured engines run, and how the work is cut."""

@@ -19,11 +19,7 @@ def _sources(config: str, s: Settings) -> list[luigi.Task]:
 
 
 def _segments(config: str, s: Settings) -> list[luigi.Task]:
-    return [
-        IngestSegments(config=config, dataset=d, split=sp)
-        for d, splits in s.datasets.enabled().items()
-        for sp in splits
-    ]
+    return [IngestSegments(config=config, dataset=d, split=sp) for d, sp in s.datasets.splits()]
 
 
 def _images(config: str, s: Settings) -> list[luigi.Task]:
@@ -34,8 +30,7 @@ def _translate(config: str, s: Settings) -> list[luigi.Task]:
     return [
         Translate(config=config, dataset=d, split=sp, engine=e)
         for e in s.translate.engines
-        for d, splits in s.datasets.enabled().items()
-        for sp in splits
+        for d, sp in s.datasets.splits()
     ]
 
 
@@ -47,16 +42,14 @@ def _shards(config: str, s: Settings) -> list[luigi.Task]:
     return [
         BuildShards(config=config, engine=e, dataset=d, split=sp)
         for e in s.translate.engines
-        for d, splits in s.datasets.enabled().items()
-        for sp in splits
+        for d, sp in s.datasets.splits()
     ]
 
 
 def _features(config: str, s: Settings) -> list[luigi.Task]:
     return [
         CacheFeatures(config=config, engine=s.training.engine, dataset=d, split=sp)
-        for d, splits in s.datasets.enabled().items()
-        for sp in splits
+        for d, sp in s.datasets.splits()
         if d != "vqav2"
     ]
 

@@ -112,8 +112,7 @@ class AvailabilityReport(PtvlTask):
     def requires(self):
         return {
             f"{d}/{s}": DownloadImages(config=self.config, dataset=d, split=s)
-            for d, splits in self.settings.datasets.enabled().items()
-            for s in splits
+            for d, s in self.settings.datasets.splits()
         }
 
     def output(self) -> luigi.LocalTarget:

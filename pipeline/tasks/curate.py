@@ -16,8 +16,7 @@ def _translate_tasks(task: PtvlTask) -> dict[tuple[str, str, str], Translate]:
     return {
         (e, d, sp): Translate(config=task.config, dataset=d, split=sp, engine=e)
         for e in s.translate.engines
-        for d, splits in s.datasets.enabled().items()
-        for sp in splits
+        for d, sp in s.datasets.splits()
     }
 
 

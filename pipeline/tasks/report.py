@@ -88,8 +88,7 @@ class FinalReport(PtvlTask):
             + ", ".join(
                 f"[{e}/{d}/{sp}](../shards/{e}/{d}/{sp}/README.md)"
                 for e in s.translate.engines
-                for d, sps in s.datasets.enabled().items()
-                for sp in sps
+                for d, sp in s.datasets.splits()
             ),
             "",
             "## Training",
