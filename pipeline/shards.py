@@ -86,6 +86,16 @@ class _RollingWriter:
         self.buffer = []
 
 
+def _finish(writer: _RollingWriter, stats: ShardStats, missing_bytes: int) -> ShardStats:
+    """Flush the last part and count rows whose image was listed as downloaded but whose bytes are not
+    in the img2dataset output (a deleted shard, say)."""
+    if missing_bytes:
+        stats.dropped["image_bytes_missing"] += missing_bytes
+    writer.flush()
+    stats.files = writer.files
+    return stats
+
+
 def _policy_reason(flags: list[str] | None, policy: FilterPolicy) -> str | None:
     for flag in policy.drop:
         if flags and flag in flags:
@@ -175,12 +185,7 @@ def build_caption_shards(
                         "flags": list(r.get("flags") or []),
                     }
                 )
-    missing = sum(len(rows) for key, rows in by_key.items() if key not in seen)
-    if missing:  # listed as downloaded but the bytes are not in the output (a deleted shard, say)
-        stats.dropped["image_bytes_missing"] += missing
-    writer.flush()
-    stats.files = writer.files
-    return stats
+    return _finish(writer, stats, sum(len(rows) for key, rows in by_key.items() if key not in seen))
 
 
 def build_visdial_shards(
@@ -234,11 +239,7 @@ def build_visdial_shards(
                 stats.kept += 1
                 stats.images += 1
                 writer.add({**row, "image": jpg})
-    if by_key:
-        stats.dropped["image_bytes_missing"] += len(by_key)
-    writer.flush()
-    stats.files = writer.files
-    return stats
+    return _finish(writer, stats, len(by_key))
 
 
 def build_vqa_shards(
@@ -296,8 +297,4 @@ def build_vqa_shards(
             for row in rows:
                 stats.kept += 1
                 writer.add({**row, "image": jpg})
-    if by_key:  # listed as downloaded but the bytes are not in the output (a deleted shard, say)
-        stats.dropped["image_bytes_missing"] += sum(len(rows) for rows in by_key.values())
-    writer.flush()
-    stats.files = writer.files
-    return stats
+    return _finish(writer, stats, sum(len(rows) for rows in by_key.values()))
