@@ -10,6 +10,9 @@ from pipeline.io import write_parquet_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
 from pipeline.tasks.translate import Translate, fill_memory, memory_path
 
+# The comparison's gold-score row for the gold set's own PT-BR side (not an engine; see CompareTranslators).
+GOLD_PT_BR_ROW = "(yardstick) gold PT-BR variant"
+
 
 def _translate_tasks(task: PtvlTask) -> dict[tuple[str, str, str], Translate]:
     s = task.settings
@@ -89,6 +92,10 @@ class CompareTranslators(PtvlTask):
                 seconds = sum(x["seconds"] for x in stats)
                 if sent:
                     throughput[engine] = sent / seconds
+        if gold is not None:
+            # A yardstick row: the gold set's own PT-BR side scored as if it were a translator, i.e. what
+            # a fluent translation in the wrong variety gets. Engines far below it are not just "Brazilian".
+            gold_scores[GOLD_PT_BR_ROW] = score_against_gold(gold["pt_br"].to_list(), gold["pt_pt"].to_list())
         render_comparison(
             self.root / "reports" / "compare",
             translated={e: pl.concat(f, how="vertical_relaxed") for e, f in translated.items()},

@@ -14,12 +14,12 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from translation.convert import MANIFEST, ConversionError, check_precision
-from translation.engines.base import Result
 from translation.engines.seq2seq import (
     TOKENIZER_FILES,
     EngineConfigError,
     EngineStats,
     ModelKind,
+    Seq2SeqEngine,
     Translation,
     decode_output,
     encode,
@@ -67,7 +67,7 @@ def _convert_hint(kind: str, model_dir: Path) -> str:
     return f"create it with: ptvl convert-model {kind} --from {source} --to {model_dir} --quantization int8"
 
 
-class CT2Engine:
+class CT2Engine(Seq2SeqEngine):
     """Base CTranslate2 engine; subclasses fix the model family (`kind`)."""
 
     kind: ClassVar[ModelKind]
@@ -124,13 +124,6 @@ class CT2Engine:
             kind = json.loads(manifest.read_text()).get("kind")
             if kind != self.kind:
                 raise EngineConfigError(f"{model_dir} holds a {kind} model, not {self.kind}")
-
-    @property
-    def engine_id(self) -> str:
-        return self._engine_id
-
-    def translate(self, texts: list[str]) -> list[Result]:
-        return [t.result() for t in self.translate_detailed(texts)]
 
     def translate_detailed(self, texts: list[str]) -> list[Translation]:
         """Translate `texts` (order kept) with token counts and length-limit flags; updates `stats`."""

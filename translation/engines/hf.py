@@ -12,12 +12,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from translation.convert import ConversionError, check_precision
-from translation.engines.base import Result
 from translation.engines.seq2seq import (
     TOKENIZER_FILES,
     EngineConfigError,
     EngineStats,
     ModelKind,
+    Seq2SeqEngine,
     Translation,
     decode_output,
     encode,
@@ -54,7 +54,7 @@ class HFSettings(BaseModel):
         return value
 
 
-class HFEngine:
+class HFEngine(Seq2SeqEngine):
     """A seq2seq checkpoint run with `AutoModelForSeq2SeqLM.generate`."""
 
     def __init__(self, settings: HFSettings) -> None:
@@ -99,13 +99,6 @@ class HFEngine:
             return f"{path.resolve().name}@{folder_digest(path, names)}"
         revision = getattr(self.model.config, "_commit_hash", None) or "unknown-revision"
         return f"{self.settings.model}@{revision[:12]}"
-
-    @property
-    def engine_id(self) -> str:
-        return self._engine_id
-
-    def translate(self, texts: list[str]) -> list[Result]:
-        return [t.result() for t in self.translate_detailed(texts)]
 
     def translate_detailed(self, texts: list[str]) -> list[Translation]:
         """Translate `texts` (order kept) with token counts and length-limit flags; updates `stats`."""

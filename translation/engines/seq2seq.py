@@ -50,6 +50,27 @@ class Translation:
         return Result(text=self.text, score=self.score, billed_chars=0)
 
 
+class Seq2SeqEngine:
+    """What both engines expose on top of `translate_detailed`: the Engine protocol's two members.
+
+    Subclasses set `_engine_id` and `stats` in `__init__` and implement `translate_detailed`.
+    """
+
+    _engine_id: str
+    stats: EngineStats
+
+    @property
+    def engine_id(self) -> str:
+        return self._engine_id
+
+    def translate(self, texts: list[str]) -> list[Result]:
+        return [t.result() for t in self.translate_detailed(texts)]
+
+    def translate_detailed(self, texts: list[str]) -> list[Translation]:
+        """Translate `texts` (order kept) with token counts and length-limit flags; updates `stats`."""
+        raise NotImplementedError
+
+
 @dataclass
 class EngineStats:
     """Running counts over an engine's lifetime; they add up across calls (and shards, with `+`)."""
