@@ -86,7 +86,8 @@ class DialogRound:
     question: str
     answer: str
     options: tuple[str, ...]  # 100 answer options in VisDial v1.0
-    gt_index: int  # position of `answer` in `options`
+    gt_index: int  # the ground-truth option (its EN string is the answer; with translate.visdial_context the
+    # PT history answer is a context translation and may be worded differently from options[gt_index])
 
 
 @dataclass(frozen=True)

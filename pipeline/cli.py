@@ -181,12 +181,18 @@ def translate(
     if not targets:
         _fail("no dataset/split matches the filters")
     cfg = str(config.resolve())
+    from pipeline.tasks.translate import context_entry
+
+    try:  # translate.visdial_context on: the engine must take a context (DeepL); fail before any task
+        context_entry(settings, engine)
+    except ConfigurationError as e:
+        _fail(str(e))
     if dry_run:
         import polars as pl
         from rich.table import Table
 
-        from pipeline.tasks.translate import memory_path
-        from translation.cost import estimate
+        from pipeline.tasks.translate import context_cost, memory_path
+        from translation.cost import CostEstimate, estimate
         from translation.memory import TranslationMemory
 
         _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in targets])
@@ -204,6 +210,15 @@ def translate(
                 table.add_row(f"{d}/{sp}", f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}",
                               f"{est.chars:,}", f"{est.eur:.2f}")
             total = estimate(seen, mem, engine_id, price_per_million(entry))
+            # translate.visdial_context: the dialogs' Q/A with their caption as context (other memory keys).
+            ctx_rows, ctx = context_cost(settings, engine, targets, mem)
+            for label, est in ctx_rows:
+                table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}",
+                              f"{est.chars:,}", f"{est.eur:.2f}")
+            if ctx is not None:
+                total = CostEstimate(total.rows + ctx.rows, total.unique + ctx.unique,
+                                     total.unique_missing + ctx.unique_missing, total.chars + ctx.chars,
+                                     total.eur + ctx.eur)
         table.add_row("all (shared strings once)", f"{total.rows:,}", f"{total.unique:,}",
                       f"{total.unique_missing:,}", f"{total.chars:,}", f"{total.eur:.2f}")
         console.print(table)

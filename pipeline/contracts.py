@@ -9,7 +9,9 @@ Stable ids (see ARCHITECTURE.md):
   field ``caption``; the global lists are segments ``visdial/<split>/question/<i>`` and
   ``visdial/<split>/answer/<i>`` (i = index in ``data.questions`` / ``data.answers``), item id
   ``visdial/<split>/questions`` or ``visdial/<split>/answers``, field ``question`` / ``answer``.
-  Dialogs are rebuilt from those indices.
+  Dialogs are rebuilt from those indices.  With ``translate.visdial_context`` on, each dialog's
+  history text is also translated with the dialog's caption as context: rows keyed by
+  (image id, 1-based round, field) in VISDIAL_CONTEXT_TRANSLATED.
 """
 from __future__ import annotations
 
@@ -97,6 +99,28 @@ TRANSLATED = pa.schema(
         ("score", pa.float32()),  # mean token log-prob where the engine gives one
         ("flags", pa.list_(pa.string())),  # translation.quality flag names raised on this row
         ("flag_reasons", pa.list_(pa.string())),  # the evidence for each flag, same order
+    ]
+)
+
+# VisDial dialog text translated with the dialog's EN caption as DeepL context (only when
+# translate.visdial_context is on): each round's question and ground-truth answer as they appear in
+# that dialog's history.  The 100 answer options stay context-free (the TRANSLATED rows of the global
+# answer list).  translated/<engine>/visdial/<split>.context.parquet
+VISDIAL_CONTEXT_TRANSLATED = pa.schema(
+    [
+        ("image_id", pa.string()),  # visdial/<image_id>, as in DIALOGS
+        ("round", pa.int32()),  # 1-based, as VisDial's round_id
+        ("field", pa.string()),  # question | answer
+        ("segment_id", pa.string()),  # the global-list segment the EN text comes from
+        ("text_en", pa.string()),  # "" for a global string that was empty (no segment; costs nothing)
+        ("context", pa.string()),  # the dialog's EN caption, as sent to the engine
+        ("text_hash", pa.string()),  # translation.memory.memory_key(text_en, context), NOT text_hash(text_en)
+        ("engine", pa.string()),
+        ("engine_id", pa.string()),  # the context engine's id (DeepL ...:context=on)
+        ("text_pt", pa.string()),
+        ("score", pa.float32()),
+        ("flags", pa.list_(pa.string())),
+        ("flag_reasons", pa.list_(pa.string())),
     ]
 )
 

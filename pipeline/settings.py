@@ -116,8 +116,13 @@ class TranslateSection(Strict):
     # Shard groups per split: several workers (or machines under luigid) translate disjoint parts of
     # a split into the shared memory; one task per group keeps the Luigi graph small.
     parts: int = Field(1, ge=1, le=256)
-    # Pass the VisDial image caption as DeepL context (keyed by context in the memory).  Off: each
-    # global question/answer string is translated once, whatever dialog it appears in.
+    # VisDial translation context.  Off (default): each global question/answer string is translated
+    # once, context-free, whatever dialog it appears in.  On: additionally, each round's question and
+    # ground-truth answer as they appear in a dialog's history are translated with that dialog's EN
+    # caption as DeepL `context`, keyed by memory_key(text, caption) under the engine's context id;
+    # the 100 answer options stay context-free (translating them per dialog would cost ~100x).
+    # Only DeepL takes a context, so every engine in `engines` must be DeepL (checked at start-up):
+    # one policy per run keeps the engines' VisDial shards comparable.
     visdial_context: bool = False
 
 
@@ -215,11 +220,25 @@ class Settings(Strict):
         if clash:
             raise ValueError(f"features.{'/'.join(sorted(clash))}: the CLIP is set once, in [model] (clip, "
                              "clip_pretrained); remove it from [features]")
-        if self.translate.visdial_context:
+        # The pipeline derives the caption-context engine from translate.visdial_context; an entry's own
+        # use_context would move every context-free translation to another memory id and pay again.
+        own = [n for n, e in self.engines.items() if getattr(e, "use_context", False)]
+        if own:
             raise ValueError(
-                "translate.visdial_context = true is not supported by the pipeline yet: dialogs would need "
-                "per-dialog translations of the shared answer strings"
+                f"engines.{own[0]}.use_context: in a pipeline run, context is switched by "
+                "translate.visdial_context = true (the pipeline then builds the caption-context engine "
+                "itself); remove use_context from the [engines] table"
             )
+        if self.translate.visdial_context:
+            cannot = [n for n in self.translate.engines if self.engines[n].engine != "deepl"]
+            if cannot:
+                raise ValueError(
+                    "translate.visdial_context = true passes each VisDial dialog's caption as translation "
+                    "context, which only DeepL engines accept; translate.engines also lists "
+                    + ", ".join(f"{n!r} (engine {self.engines[n].engine!r})" for n in cannot)
+                    + ". A run keeps one VisDial policy so its engines stay comparable: run those engines "
+                    "from a profile with visdial_context = false"
+                )
         return self
 
     @property

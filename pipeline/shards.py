@@ -197,15 +197,46 @@ def build_visdial_shards(
     *,
     engine: str,
     rows_per_shard: int,
+    context_translated: pl.DataFrame | None = None,
 ) -> ShardStats:
     """Rebuild VisDial dialogs in PT from the translated global question/answer lists.
 
-    No quality filter here: every round needs its 100 options for the benchmark; flags are counted
-    in the comparison report instead.
+    context_translated: None (translate.visdial_context off) rebuilds every string from the
+    context-free global lists.  Given (VISDIAL_CONTEXT_TRANSLATED rows), each round's question and
+    answer -- the dialog's history -- come from the translations made with the dialog's caption as
+    context, while the 100 answer options stay the context-free translations of the global answer
+    list.  `gt_index` is unchanged: it points at the option whose EN string is the ground-truth answer,
+    and that option's PT text is its context-free translation, which may differ from the round's
+    context-translated `answer`.  That is deliberate: replacing only the right option by its context
+    translation would make it the one option translated differently from the other 99, a cue a model
+    could rank by; every option is translated the same way, so ranking stays fair, and the history
+    reads as the dialog's own text.  A dialog text missing from `context_translated` is an error,
+    never a silent fall back to the context-free string.
+
+    No quality filter: every round needs its 100 options for the benchmark; flags are counted in the
+    comparison report instead.
     """
     stats = ShardStats(total=dialogs.height)
     pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list(), strict=False))
     en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list(), strict=False))
+    context_pt: dict[tuple[str, int, str], str] | None = None
+    if context_translated is not None:
+        context_pt = {
+            (i, k, f): t
+            for i, k, f, t in context_translated.select("image_id", "round", "field", "text_pt").iter_rows()
+        }
+
+    def history(image_id: str, k: int, field: str, index: int | None, base: str) -> str | None:
+        if index is None:
+            return None
+        if context_pt is None:
+            return pt[f"{base}/{field}/{index}"]
+        try:
+            return context_pt[(image_id, k, field)]
+        except KeyError:
+            raise ValueError(f"{image_id} round {k} {field}: no translation with caption context "
+                             "(translated/<engine>/visdial/<split>.context.parquet is incomplete)") from None
+
     key_of = _available(availability)
     by_key: dict[str, dict] = {}
     for d in dialogs.iter_rows(named=True):
@@ -215,12 +246,12 @@ def build_visdial_shards(
         base = "visdial/" + d["caption_segment_id"].split("/")[1]
         rounds = [
             {
-                "question": pt[f"{base}/question/{r['question']}"],
-                "answer": None if r["answer"] is None else pt[f"{base}/answer/{r['answer']}"],
+                "question": history(d["image_id"], k, "question", r["question"], base),
+                "answer": history(d["image_id"], k, "answer", r["answer"], base),
                 "answer_options": [pt[f"{base}/answer/{o}"] for o in r["answer_options"]],
                 "gt_index": r["gt_index"],
             }
-            for r in d["rounds"]
+            for k, r in enumerate(d["rounds"], 1)
         ]
         by_key[key_of[d["image_id"]]] = {
             "image_id": d["image_id"],

@@ -8,7 +8,7 @@ import polars as pl
 
 from pipeline.io import write_parquet_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
-from pipeline.tasks.translate import Translate, fill_memory, memory_path
+from pipeline.tasks.translate import Translate, context_engine_id, fill_memory, memory_path
 
 # The comparison's gold-score row for the gold set's own PT-BR side (not an engine; see CompareTranslators).
 GOLD_PT_BR_ROW = "(yardstick) gold PT-BR variant"
@@ -87,6 +87,9 @@ class CompareTranslators(PtvlTask):
                     hyps = [r.text_pt for r in translations_for(gold["en"].to_list(), engine_id, mem)]
                     gold_scores[engine] = score_against_gold(hyps, gold["pt_pt"].to_list())
                 chars = mem.stats(engine_id).billed_chars
+                context_id = context_engine_id(s, engine) if s.translate.visdial_context else None
+                if context_id is not None:  # VisDial dialog text sent with caption context: billed too
+                    chars += mem.stats(context_id).billed_chars
                 billing[engine] = {"chars": chars, "eur": chars / 1e6 * price_per_million(entry)}
                 sent = sum(x["sent"] for x in stats)
                 seconds = sum(x["seconds"] for x in stats)

@@ -1,13 +1,15 @@
 """BuildShards: the trainer's and evaluators' Parquet shards, one task per (engine, dataset, split)."""
 from __future__ import annotations
 
+import json
+
 import luigi
 import polars as pl
 
 from pipeline.io import write_json_atomic
 from pipeline.tasks.acquire import AvailabilityReport, DownloadImages, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
-from pipeline.tasks.translate import Translate
+from pipeline.tasks.translate import Translate, context_path
 
 # Which layout each dataset/split gets: training rows, or evaluation rows with every reference.
 EVAL_SPLITS = {("coco", "val"), ("coco", "test"), ("cc3m", "validation")}
@@ -34,6 +36,13 @@ class BuildShards(PtvlTask):
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(shard_dir(self.root, str(self.engine), str(self.dataset), str(self.split)) / "_SHARDS.json"))
 
+    def complete(self) -> bool:
+        # VisDial shards built under the other translate.visdial_context policy are rebuilt, not reused.
+        if not super().complete() or self.dataset != "visdial":
+            return super().complete()
+        with open(self.output().path) as f:
+            return json.load(f).get("visdial_context", False) == self.settings.translate.visdial_context
+
     def run(self) -> None:
         from pipeline.cards import write_dataset_card
         from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
@@ -49,9 +58,15 @@ class BuildShards(PtvlTask):
         rows = self.settings.shards.rows_per_shard
         if dataset == "visdial":
             dialogs = pl.read_parquet(self.root / "sources" / dataset / split / "dialogs.parquet")
+            # translate.visdial_context: history from the caption-context translations (Translate wrote them).
+            context = (pl.read_parquet(context_path(self.root, engine, split))
+                       if self.settings.translate.visdial_context else None)
             stats = build_visdial_shards(translated, dialogs, availability, images_dir, out, engine=engine,
-                                         rows_per_shard=rows)
+                                         rows_per_shard=rows, context_translated=context)
             layout, policy = "one row per dialog (VISDIAL_SHARD): caption, 10 rounds, 100 options, dense relevance", None
+            if context is not None:
+                layout += ("; each round's question and answer translated with the dialog's caption as "
+                           "context, the 100 options context-free (translate.visdial_context)")
         elif dataset == "vqav2":
             questions = pl.read_parquet(self.root / "sources" / dataset / split / "questions.parquet")
             stats = build_vqa_shards(translated, questions, availability, images_dir, out, engine=engine,
@@ -68,6 +83,8 @@ class BuildShards(PtvlTask):
             )
             policy = list(policy.drop)
         summary = stats.as_dict()
+        if dataset == "visdial":
+            summary["visdial_context"] = self.settings.translate.visdial_context
         log.info("shards %s/%s/%s: kept %d of %d (%s)", engine, dataset, split, stats.kept, stats.total,
                  ", ".join(f"{k} {v}" for k, v in summary.items() if k.startswith("dropped_")) or "none dropped")
         availability_md = (self.root / "reports" / "availability.md").read_text()
