@@ -143,6 +143,10 @@ class SampleModelsSection(Strict):
     clip_width: int = 64
     clip_layers: int = 4
     clip_patch: int = 8
+    # Contrastive steps on the training images' English captions (0: keep the random ViT, whose features
+    # carry colour but little shape). 300 steps of batch 64 take under a minute on 2 cores.
+    clip_steps: int = Field(300, ge=0)
+    clip_lr: float = 1e-3
     lm_hidden: int = 128
     lm_layers: int = 2
     lm_heads: int = 4

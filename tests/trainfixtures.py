@@ -68,18 +68,21 @@ class SampleWorld:
 
 
 def build_world(cache_root: Path, *, n_train: int = 600, n_heldout: int = 50, lm_args: dict | None = None,
-                clip_layers: tuple[int, ...] = (-1, -2), tokens: bool = False, seed: int = 0) -> SampleWorld:
+                clip_layers: tuple[int, ...] = (-1, -2), tokens: bool = False, clip_steps: int = 0,
+                seed: int = 0) -> SampleWorld:
     """Build (or reuse from `cache_root`) the synthetic world the training tests use. tokens=True also
-    caches all tokens of `clip_layers` (for the all-token bridges)."""
+    caches all tokens of `clip_layers` (for the all-token bridges); clip_steps > 0 briefly trains the
+    tiny CLIP on the training scenes' English captions first, as the sample pipeline does."""
     import torch
 
     from tests.tinyclip import build_tiny_clip
     from training import lm_pretrain
     from training.features import VisualEncoder, cache_features, load_clip
+    from training.features.tiny import pretrain_tiny_clip
 
     lm_args = {**LM_ARGS, **(lm_args or {})}
     key = _key(inspect.getsource(lm_pretrain), inspect.getsource(build_world), lm_args, n_train, n_heldout,
-               clip_layers, tokens, seed)
+               clip_layers, tokens, seed, clip_steps, inspect.getsource(pretrain_tiny_clip) if clip_steps else "")
     root = Path(cache_root) / f"world-{key}"
     train_sc, held = scenes(n_train, seed), scenes(n_heldout, seed + 10_000)
     world = SampleWorld(root, root / "clip", root / "lm", [root / "shards" / "train.parquet"], root / "features",
@@ -89,6 +92,9 @@ def build_world(cache_root: Path, *, n_train: int = 600, n_heldout: int = 50, lm
     root.mkdir(parents=True, exist_ok=True)
     write_caption_shard(train_sc, world.train_shards[0], "train", "train")
     build_tiny_clip(world.clip)
+    if clip_steps:
+        pretrain_tiny_clip(world.clip, [(jpeg(sc), [en for en, _ in captions(sc)]) for sc in train_sc],
+                           steps=clip_steps, seed=seed)
     # One document per image (its 5 PT captions): the LM learns to read context (see lm_pretrain).
     docs = [[pt for _, pt in captions(sc)] for sc in train_sc]
     lm_pretrain.pretrain_tiny_lm(docs, world.lm, seed=seed, **lm_args)

@@ -49,17 +49,31 @@ class PrepareSampleModels(PtvlTask):
         return self.target("models", "_READY.json")
 
     def run(self) -> None:
-        from training.features.tiny import build_tiny_clip
+        from training.features.tiny import build_tiny_clip, pretrain_tiny_clip
         from training.lm_pretrain import pretrain_tiny_lm
 
         sm = self.settings.sample_models
         models = self.root / "models"
+        shards = pl.concat([
+            pl.read_parquet(sorted(shard_dir(self.root, self.settings.training.engine, d, sp).glob("part-*.parquet")),
+                            columns=["image_id", "image", "caption", "caption_en"])
+            for d, sp in _data_sets(self)
+        ])
         build_tiny_clip(models / "tiny-clip", image_size=self.settings.sample.image_size, width=sm.clip_width,
                         layers=sm.clip_layers, patch=sm.clip_patch, seed=self.settings.sample.seed)
-        captions: list[str] = []
-        for d, sp in _data_sets(self):
-            folder = shard_dir(self.root, self.settings.training.engine, d, sp)
-            captions += pl.read_parquet(sorted(folder.glob("part-*.parquet")), columns=["caption"])["caption"].to_list()
+        clip_losses: list[float] = []
+        if sm.clip_steps:
+            # A real CLIP is trained; so is the sample's, briefly, on the training images and their English
+            # captions (never on evaluation images), so its features hold shape as well as colour.
+            per_image = shards.group_by("image_id", maintain_order=True).agg(pl.col("image").first(),
+                                                                             pl.col("caption_en"))
+            clip_losses = pretrain_tiny_clip(
+                models / "tiny-clip", list(zip(per_image["image"].to_list(), per_image["caption_en"].to_list(),
+                                               strict=True)),
+                steps=sm.clip_steps, lr=sm.clip_lr, seed=self.settings.sample.seed)
+            log.info("tiny CLIP: %d images, contrastive loss %.2f -> %.2f over %d steps", per_image.height,
+                     clip_losses[0], clip_losses[-1], len(clip_losses))
+        captions: list[str] = shards["caption"].to_list()
         # Documents of `doc_captions` captions: packed context, like the prototype's 6-caption sequences.
         n = sm.doc_captions
         docs = [captions[i:i + n] for i in range(0, len(captions), n)]
@@ -72,6 +86,8 @@ class PrepareSampleModels(PtvlTask):
                  len(losses))
         write_json_atomic(self.output().path, {"clip": str(models / "tiny-clip"), "lm": str(models / "tiny-lm"),
                                                "lm_loss_first": losses[0], "lm_loss_last": losses[-1],
+                                               "clip_loss_first": clip_losses[0] if clip_losses else None,
+                                               "clip_loss_last": clip_losses[-1] if clip_losses else None,
                                                "captions": len(captions)})
 
 

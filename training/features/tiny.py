@@ -1,4 +1,5 @@
-"""Builder of a tiny, offline open_clip ViT saved as an open_clip model folder, for tests and the sample.
+"""Builder of a tiny, offline open_clip ViT saved as an open_clip model folder, for tests and the sample,
+and a brief contrastive pretraining of it on the sample's (image, English captions) pairs.
 
 The folder has exactly the layout open_clip writes for the Hugging Face hub (`open_clip_config.json` with
 `model_cfg` + `preprocess_cfg`, and `open_clip_model.safetensors`), so `training.features.load_clip(path)`
@@ -6,6 +7,10 @@ loads it through the same `open_clip.create_model_and_transforms` call as `ViT-L
 """
 from __future__ import annotations
 
+import io
+import os
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,3 +67,61 @@ def build_tiny_clip(
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest / HF_SAFE_WEIGHTS_NAME))
     save_config_for_hf(model, dest / HF_CONFIG_NAME, model_config=cfg)
     return dest
+
+
+def pretrain_tiny_clip(
+    folder: Path, pairs: Sequence[tuple[bytes, Sequence[str]]], *, steps: int = 300, batch: int = 64,
+    lr: float = 1e-3, weight_decay: float = 0.1, seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train the open_clip folder at `folder` for `steps` contrastive steps and save it back in place.
+
+    pairs: (JPEG bytes, English captions of that image); each step draws `batch` distinct images and one
+    random caption of each, and minimises open_clip's own `ClipLoss` (symmetric InfoNCE). Images go
+    through the folder's deterministic eval transform, so the features later cached are exactly those
+    of the encoder trained here.
+
+    Why: a random tiny ViT's frozen features carry colour well but shape poorly (linear probe ~0.5 on
+    the CLS), and a bridge cannot caption what its features do not hold; a real CLIP is trained, so a
+    briefly trained tiny one is the closer stand-in for ViT-L/14. Returns the loss of every step.
+    Deterministic for a given seed and thread count. The weights file is replaced atomically.
+    """
+    import open_clip
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from training.features.encoder import load_clip
+
+    if len(pairs) < 2:
+        raise ValueError("pretrain_tiny_clip needs at least 2 (image, captions) pairs for a contrastive loss")
+    if any(not caps for _, caps in pairs):
+        raise ValueError("pretrain_tiny_clip: every image needs at least one caption")
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model, preprocess = load_clip(str(folder))
+    model.train()
+    model.requires_grad_(True)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    context = model.context_length  # the tiny text tower's own length (16)
+    images = torch.stack([preprocess(Image.open(io.BytesIO(jpeg)).convert("RGB")) for jpeg, _ in pairs])
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = random.Random(seed)
+    n = min(batch, len(pairs))
+    losses: list[float] = []
+    for step in range(steps):
+        idx = rng.sample(range(len(pairs)), n)
+        text = tokenizer([rng.choice(list(pairs[i][1])) for i in idx], context_length=context)
+        image_features, text_features, logit_scale = model(images[idx], text)
+        loss = loss_fn(image_features, text_features, logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, losses[-1])
+    weights = folder / HF_SAFE_WEIGHTS_NAME
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, weights)
+    return losses
