@@ -105,7 +105,7 @@ def pretrain_tiny_lm(
         sched.step()
         opt.zero_grad(set_to_none=True)
         if progress is not None:
-            progress(step + 1, float(loss))
+            progress(step + 1, float(loss.detach()))
     model.eval()
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
