@@ -198,8 +198,13 @@ def build_visdial_shards(
     engine: str,
     rows_per_shard: int,
     context_translated: pl.DataFrame | None = None,
+    empty_segments: frozenset[str] = frozenset(),
 ) -> ShardStats:
     """Rebuild VisDial dialogs in PT from the translated global question/answer lists.
+
+    empty_segments: ids (``visdial/<split>/<question|answer>/<i>``) of global strings that are empty in
+    the source, so never segments: a dialog may still point at them, and they rebuild as "". Any other
+    id missing from `translated` is an error naming it (an incomplete translation, never a guess).
 
     context_translated: None (translate.visdial_context off) rebuilds every string from the
     context-free global lists.  Given (VISDIAL_CONTEXT_TRANSLATED rows), each round's question and
@@ -226,11 +231,19 @@ def build_visdial_shards(
             for i, k, f, t in context_translated.select("image_id", "round", "field", "text_pt").iter_rows()
         }
 
+    def text(segment_id: str) -> str:
+        if segment_id in pt:
+            return pt[segment_id]
+        if segment_id in empty_segments:
+            return ""
+        raise ValueError(f"{segment_id}: no translation (translated/<engine>/visdial/<split>.parquet is "
+                         "incomplete, or the string is not in the source's global lists)")
+
     def history(image_id: str, k: int, field: str, index: int | None, base: str) -> str | None:
         if index is None:
             return None
         if context_pt is None:
-            return pt[f"{base}/{field}/{index}"]
+            return text(f"{base}/{field}/{index}")
         try:
             return context_pt[(image_id, k, field)]
         except KeyError:
@@ -248,7 +261,7 @@ def build_visdial_shards(
             {
                 "question": history(d["image_id"], k, "question", r["question"], base),
                 "answer": history(d["image_id"], k, "answer", r["answer"], base),
-                "answer_options": [pt[f"{base}/answer/{o}"] for o in r["answer_options"]],
+                "answer_options": [text(f"{base}/answer/{o}") for o in r["answer_options"]],
                 "gt_index": r["gt_index"],
             }
             for k, r in enumerate(d["rounds"], 1)

@@ -259,3 +259,42 @@ def test_shard_builder_never_falls_back_to_context_free(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"visdial/7 round 1 answer: no translation with caption context"):
         build_visdial_shards(translated, dialogs, availability, tmp_path, tmp_path, engine="deepl",
                              rows_per_shard=10, context_translated=context)
+
+
+def test_empty_global_strings_rebuild_as_empty_and_unknown_ids_are_named(tmp_path: Path) -> None:
+    """VisDial's global lists may hold empty strings: not segments, yet dialogs may point at them. The
+    quarantine records them, and the builder treats exactly those ids as "" (any other gap is an error)."""
+    from pipeline.contracts import QUARANTINE
+    from pipeline.io import write_parquet_atomic
+    from pipeline.shards import build_visdial_shards
+    from pipeline.tasks.shards import _empty_visdial_strings
+
+    side = tmp_path / "sources" / "visdial" / "val"
+    side.mkdir(parents=True)
+    rows = [("visdial", "val", "v.json", 3, "empty_answer", "data.answers[3] is empty", ""),
+            ("visdial", "val", "v.json", 5, "empty_question", "data.questions[5] is empty", " "),
+            ("visdial", "val", "v.json", 9, "bad_dialog", "dialog 9 ...", "{}")]
+    table = pl.DataFrame(rows, schema=QUARANTINE.names, orient="row").to_arrow().cast(QUARANTINE)
+    write_parquet_atomic(side / "quarantine.parquet", table, QUARANTINE)
+    empty = _empty_visdial_strings(tmp_path, "val")
+    assert empty == {"visdial/val/answer/3", "visdial/val/question/5"}
+    assert _empty_visdial_strings(tmp_path, "test") == frozenset()
+
+    translated = pl.DataFrame({
+        "segment_id": ["visdial/val/caption/7", "visdial/val/question/0", "visdial/val/answer/0"],
+        "text_en": ["a cat", "is it red?", "yes"], "text_pt": ["um gato", "é vermelho?", "sim"],
+    })
+    dialogs = pl.DataFrame({
+        "image_id": ["visdial/7"], "caption_segment_id": ["visdial/val/caption/7"],
+        "rounds": [[{"question": 0, "answer": 0, "answer_options": [0, 3, 4], "gt_index": 0}]],
+        "dense_round": [None], "dense_relevance": [None],
+    })
+    availability = pl.DataFrame({"image_id": ["visdial/7"], "status": ["success"], "shards_dir": ["shards"],
+                                 "key": ["000000000"]})
+    # Option 3 is a known empty string and passes; option 4 is neither translated nor empty: named.
+    with pytest.raises(ValueError, match=r"^visdial/val/answer/4: no translation"):
+        build_visdial_shards(translated, dialogs, availability, tmp_path, tmp_path, engine="deepl",
+                             rows_per_shard=10, empty_segments=empty)
+    with pytest.raises(ValueError, match=r"^visdial/val/answer/3: no translation"):
+        build_visdial_shards(translated, dialogs, availability, tmp_path, tmp_path, engine="deepl",
+                             rows_per_shard=10)

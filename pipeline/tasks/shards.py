@@ -62,7 +62,8 @@ class BuildShards(PtvlTask):
             context = (pl.read_parquet(context_path(self.root, engine, split))
                        if self.settings.translate.visdial_context else None)
             stats = build_visdial_shards(translated, dialogs, availability, images_dir, out, engine=engine,
-                                         rows_per_shard=rows, context_translated=context)
+                                         rows_per_shard=rows, context_translated=context,
+                                         empty_segments=_empty_visdial_strings(self.root, split))
             layout, policy = "one row per dialog (VISDIAL_SHARD): caption, 10 rounds, 100 options, dense relevance", None
             if context is not None:
                 layout += ("; each round's question and answer translated with the dialog's caption as "
@@ -92,3 +93,14 @@ class BuildShards(PtvlTask):
                            engine_id=translated["engine_id"][0] if translated.height else engine, layout=layout,
                            policy=policy, stats=summary, availability_md=availability_md)
         write_json_atomic(self.output().path, summary)
+
+
+def _empty_visdial_strings(root, split: str) -> frozenset[str]:
+    """Segment ids of the empty global question/answer strings the reader quarantined (not segments,
+    yet dialogs may point at them; the reader records the list index as the quarantine `line`)."""
+    path = root / "sources" / "visdial" / split / "quarantine.parquet"
+    if not path.exists():
+        return frozenset()
+    q = pl.read_parquet(path, columns=["reason", "line"])
+    rows = q.filter(pl.col("reason").is_in(["empty_question", "empty_answer"])).iter_rows()
+    return frozenset(f"visdial/{split}/{reason.removeprefix('empty_')}/{line}" for reason, line in rows)
