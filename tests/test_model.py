@@ -101,6 +101,8 @@ def test_truncation_keeps_ret_last(lms):
 def test_fused_pass_equals_two_passes(lms, arch):
     model = build(lms[arch])
     caps = model.tokenize(CAPS)
+    assert model.cfg.fused_pass is None  # default: fused on CUDA only
+    model.cfg.fused_pass = True
     fused = model(feats(4), caps, [1, None, 3, None])
     model.cfg.fused_pass = False
     split = model(feats(4), caps, [1, None, 3, None])

@@ -44,7 +44,12 @@ class ModelConfig(BaseModel):
     logit_scale_max: float = Field(100.0, gt=0, description="clamp of the inverse temperature (CLIP)")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen LLM and CLIP")
     compile: bool | None = Field(None, description="torch.compile the LLM (None: on for CUDA)")
-    fused_pass: bool = Field(True, description="captioning and retrieval sequences in one LLM forward")
+    fused_pass: bool | None = Field(
+        None,
+        description="captioning and retrieval sequences in one LLM forward (None: on for CUDA). The fused "
+        "batch pads both to the longer caption rows: ~3% faster on an H200 at batch 180, but 1.6x slower "
+        "on CPU with a 3M-parameter LM (bench/RESULTS.md)",
+    )
     attn_implementation: str | None = Field(None, description="HF attention backend (None: model default)")
 
     @model_validator(mode="after")

@@ -244,7 +244,8 @@ class VGloria(nn.Module):
         ret_rows = self.retrieval_rows(caps)
         vis_slots = vis[torch.tensor(images, device=device)].reshape(-1, vis.shape[-1])
 
-        if self.cfg.fused_pass:  # one forward over 2B rows: bigger matmuls, one kernel launch sequence
+        fused = self.cfg.fused_pass if self.cfg.fused_pass is not None else device.type == "cuda"
+        if fused:  # one forward over 2B rows: bigger matmuls, one kernel launch sequence
             ids = self.pad(cap_rows + ret_rows, device)
             lengths = torch.tensor([len(r) for r in cap_rows + ret_rows], device=device)
             last, hidden = self.run_body(self.embed(ids, vis_slots))
