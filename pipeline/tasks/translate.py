@@ -294,33 +294,14 @@ class Translate(PtvlTask):
 
     def run(self) -> None:
         from pipeline.contracts import TRANSLATED
-        from translation.memory import TranslationMemory
-        from translation.quality import flag_table
 
-        done = [json.loads(open(t.output().path).read()) for t in self.requires()]
-        parts = [p for t, p in zip(self.requires(), done, strict=True) if isinstance(t, TranslatePart)]
-        context_parts = [p for t, p in zip(self.requires(), done, strict=True) if isinstance(t, TranslateContextPart)]
-        engine_id = parts[0]["engine_id"]
+        requires = self.requires()
+        done = [(t, json.loads(open(t.output().path).read())) for t in requires]
+        parts = [p for t, p in done if isinstance(t, TranslatePart)]
+        context_parts = [p for t, p in done if isinstance(t, TranslateContextPart)]
         seg = _segments(self, str(self.dataset), str(self.split))
-        with TranslationMemory(memory_path(self.root)) as mem:
-            found = mem.lookup(engine_id, seg["text_hash"].unique().to_list())
-        missing = seg.filter(~pl.col("text_hash").is_in(list(found)))
-        if missing.height:  # only possible if the memory file was replaced between tasks
-            raise RuntimeError(f"{missing.height} segments lack a {engine_id} translation; rerun to fill them")
-        table = seg.with_columns(
-            pl.lit(str(self.engine)).alias("engine"),
-            pl.lit(engine_id).alias("engine_id"),
-            pl.col("text_hash").replace_strict({h: r.text_pt for h, r in found.items()}).alias("text_pt"),
-            pl.col("text_hash")
-            .replace_strict({h: r.score for h, r in found.items()}, return_dtype=pl.Float32)
-            .alias("score"),
-        )
-        flagged = flag_table(table, self.settings.quality)
-        stats = {k: sum(p[k] for p in parts) for k in _STAT_KEYS}
-        stats["engine_id"] = engine_id
-        stats["flag_counts"] = _flag_counts(flagged)
-        log.info("%s/%s [%s]: %d rows, %d unique, %d sent, %d chars billed", self.dataset, self.split,
-                 self.engine, stats["rows"], stats["unique"], stats["sent"], stats["billed_chars"])
+        # A gap is only possible if the memory file was replaced between tasks.
+        flagged, stats, _ = self._join(seg, parts, "segments", "")
         if context_parts:
             stats["context"] = self._write_context(context_parts)
         write_json_atomic(self.root / "translated" / str(self.engine) / str(self.dataset) / f"_{self.split}.stats.json",
@@ -328,28 +309,18 @@ class Translate(PtvlTask):
         # The segments table is the target, so it is written last (after the context table).
         write_parquet_atomic(self.output().path, flagged.to_arrow(), TRANSLATED)
 
-    def _write_context(self, parts: list[dict]) -> dict:
-        """Join the dialog texts with their caption-context translations; write the context table."""
-        from pipeline.contracts import VISDIAL_CONTEXT_TRANSLATED
-        from translation.errors import MemoryIntegrityError
+    def _join(self, rows: pl.DataFrame, parts: list[dict], what: str, how: str) -> tuple[pl.DataFrame, dict, dict]:
+        """`rows` (with text_hash) joined with their memory translations under the parts' engine id and
+        flagged; the parts' summed stats; the memory rows found (by text_hash). `how` qualifies messages."""
         from translation.memory import TranslationMemory
         from translation.quality import flag_table
 
         engine_id = parts[0]["engine_id"]
-        rows = dialog_context_rows(self.root, str(self.split))
         with TranslationMemory(memory_path(self.root)) as mem:
             found = mem.lookup(engine_id, rows["text_hash"].unique().to_list())
         missing = rows.filter(~pl.col("text_hash").is_in(list(found)))
         if missing.height:
-            raise RuntimeError(f"{missing.height} VisDial dialog texts lack a {engine_id} translation with their "
-                               "caption as context; rerun to fill them")
-        # The key hashes text and context together; re-check both anyway, so a context-free row can
-        # never stand in for a context one, whatever happened to the memory file.
-        for h, en, ctx in rows.select("text_hash", "text_en", "context").unique().iter_rows():
-            r = found[h]
-            if (r.text_en, r.context) != (en, ctx):
-                raise MemoryIntegrityError(f"memory row {h} of {engine_id} holds {(r.text_en, r.context)!r}, "
-                                           f"not {(en, ctx)!r}")
+            raise RuntimeError(f"{missing.height} {what} lack a {engine_id} translation{how}; rerun to fill them")
         table = rows.with_columns(
             pl.lit(str(self.engine)).alias("engine"),
             pl.lit(engine_id).alias("engine_id"),
@@ -362,9 +333,24 @@ class Translate(PtvlTask):
         stats = {k: sum(p[k] for p in parts) for k in _STAT_KEYS}
         stats["engine_id"] = engine_id
         stats["flag_counts"] = _flag_counts(flagged)
-        log.info("%s/%s [%s] dialog text with caption context: %d rows, %d unique, %d sent, %d chars billed",
-                 self.dataset, self.split, self.engine, stats["rows"], stats["unique"], stats["sent"],
-                 stats["billed_chars"])
+        log.info("%s/%s [%s] %s%s: %d rows, %d unique, %d sent, %d chars billed", self.dataset, self.split,
+                 self.engine, what, how, stats["rows"], stats["unique"], stats["sent"], stats["billed_chars"])
+        return flagged, stats, found
+
+    def _write_context(self, parts: list[dict]) -> dict:
+        """Join the dialog texts with their caption-context translations; write the context table."""
+        from pipeline.contracts import VISDIAL_CONTEXT_TRANSLATED
+        from translation.errors import MemoryIntegrityError
+
+        rows = dialog_context_rows(self.root, str(self.split))
+        flagged, stats, found = self._join(rows, parts, "VisDial dialog texts", " with their caption as context")
+        # The key hashes text and context together; re-check both anyway, so a context-free row can
+        # never stand in for a context one, whatever happened to the memory file.
+        for h, en, ctx in rows.select("text_hash", "text_en", "context").unique().iter_rows():
+            r = found[h]
+            if (r.text_en, r.context) != (en, ctx):
+                raise MemoryIntegrityError(f"memory row {h} of {stats['engine_id']} holds {(r.text_en, r.context)!r}, "
+                                           f"not {(en, ctx)!r}")
         write_parquet_atomic(context_path(self.root, str(self.engine), str(self.split)), flagged.to_arrow(),
                              VISDIAL_CONTEXT_TRANSLATED)
         return stats
