@@ -369,36 +369,111 @@ def train_cmd(
     bridge: str = typer.Option(None, "--bridge", help="cls, l4l, l2l, l2lx2, comp, grouped, regions, wavg, crossattn, mlp."),
     k: int = typer.Option(None, "--k", help="Visual tokens (bridges that take k)."),
     layer: int = typer.Option(None, "--layer", help="ViT layer: -1 = last (L), -2 = L-1, ..."),
+    recipe: str = typer.Option(None, "--recipe", help="thesis-eq or fromage (README: training recipes)."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps."),
     run_name: str = typer.Option(None, "--run-name", help="Folder under train/ (default: [training] run_name)."),
 ) -> None:
     """Train V-Glória (the `train` stage and what it needs), with command-line overrides of the profile.
 
-    The run folder gets run.toml (reproduces it), a model card, TensorBoard logs and checkpoints; rerunning
-    resumes from the newest checkpoint.  Several GPUs: `torchrun --nproc_per_node N -m pipeline.cli train ...`."""
+    The run folder gets run.toml, a model card, TensorBoard logs and checkpoints; rerunning resumes from the
+    newest checkpoint.  `--config <run>/run.toml` reruns a finished run from that file alone (its shards,
+    features, seed and resolved settings), into the folder `--run-name` names beside it (default: the same
+    folder, i.e. resume).  Several GPUs: `torchrun --nproc_per_node N -m pipeline.cli train ...`."""
     import tomllib
 
+    overrides = {"llm": llm, "bridge": bridge, "k": k, "layer": layer, "recipe": recipe}
+    overrides = {key: v for key, v in overrides.items() if v is not None}
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        _fail(f"{config}: {e}")
+    if "inputs" in data:  # a run.toml
+        _train_from_run_toml(config, overrides, steps, run_name)
+        return
     from pipeline.tasks.model import Train
 
     _load(config)
-    data = tomllib.loads(config.read_text())
+    profile = train_profile(config, data, overrides, steps, run_name)
+    settings = _load(profile)
+    _build([Train(config=str(profile))])
+    console.print(f"run: {settings.root / 'train' / settings.training.run_name}")
+
+
+def train_profile(config: Path, data: dict, overrides: dict, steps: int | None, run_name: str | None) -> Path:
+    """The profile `ptvl train` runs: the user's file itself when nothing is overridden, else the profile with
+    the overrides written into the run folder it names (train/<run>/profile.toml), never beside the user's
+    file: two runs with different overrides must not overwrite each other, and a read-only config folder
+    must work."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from pipeline.io import write_text_atomic
+    from pipeline.settings import Settings
+    from training.config import to_toml
+
+    if not overrides and steps is None and run_name is None:
+        return config.resolve()
     model = data.setdefault("model", {})
-    for key, value in (("llm", llm), ("bridge", bridge), ("k", k), ("layer", layer)):
-        if value is not None:
-            model[key] = value
+    model.update(overrides)
     if steps is not None:
         data.setdefault("train", {})["steps"] = steps
-    if run_name is not None or any(v is not None for v in (llm, bridge, k, layer)):
+    if run_name is not None or {"llm", "bridge", "k", "layer"} & set(overrides):
         name = run_name or "-".join(str(x) for x in (Path(model.get("llm", "llm")).name, model.get("bridge", "cls"),
                                                       f"k{model.get('k', 1)}", f"l{model.get('layer', -1)}"))
         data.setdefault("training", {})["run_name"] = name
-    resolved = config.resolve().with_name(f".{config.stem}.train.toml")
-    from training.config import to_toml
+    text = to_toml(data, header=f"{config.resolve()} with the overrides of `ptvl train`")
+    try:  # validated in memory: where it goes depends on the settings (root, run name)
+        settings = Settings.model_validate({**tomllib.loads(text), "config_path": config.resolve()})
+    except ValidationError as e:
+        _fail(f"{config} with the command-line overrides: " + "; ".join(
+            f"[{'.'.join(map(str, x['loc']))}] {x['msg']}" for x in e.errors()))
+    dest = settings.root / "train" / settings.training.run_name / "profile.toml"
+    write_text_atomic(dest, text)
+    return dest
 
-    resolved.write_text(to_toml(data, header=f"{config} with the overrides of `ptvl train`"))
-    settings = _load(resolved)
-    _build([Train(config=str(resolved))])
-    console.print(f"run: {settings.root / 'train' / settings.training.run_name}")
+
+def _train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_name: str | None) -> None:
+    """Rerun (or resume) a run from its run.toml alone: no profile, no DAG; the shards must be as they were."""
+    from pydantic import ValidationError
+
+    from pipeline.io import write_json_atomic
+    from training.config import read_run_toml
+    from training.train import train
+
+    try:
+        cfg = read_run_toml(path)
+    except ValidationError as e:
+        _fail(f"{path}: not a valid run.toml: {e}")
+    inp = cfg.inputs
+    for i, shard in enumerate(inp.shards):
+        p = Path(shard)
+        if not p.is_file():
+            _fail(f"{path}: shard file {shard} is missing")
+        if inp.shard_bytes and p.stat().st_size != inp.shard_bytes[i]:
+            _fail(f"{path}: shard file {shard} has changed since the run ({p.stat().st_size:,} bytes, "
+                  f"recorded {inp.shard_bytes[i]:,}): a rerun would not reproduce it")
+    if inp.features is not None and not Path(inp.features).is_dir():
+        _fail(f"{path}: feature cache {inp.features} is missing")
+    model_cfg = cfg.model
+    if overrides:
+        from training.config import ModelConfig
+
+        model_cfg = ModelConfig.model_validate({**cfg.model.model_dump(mode="json"), **overrides})
+    train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
+    run_dir = Path(inp.run_dir) if run_name is None else Path(inp.run_dir).parent / run_name
+    try:
+        res = train(model_cfg, train_cfg, [Path(s) for s in inp.shards], run_dir,
+                    features_dir=Path(inp.features) if inp.features else None, progress=True, device=inp.device,
+                    root=Path(inp.root) if inp.root else None, profile=path.resolve())
+    except ValueError as e:
+        _fail(str(e))
+    losses = res.losses
+    first, last = (losses[min(losses)], losses[max(losses)]) if losses else (None, None)
+    write_json_atomic(run_dir / "_DONE.json", {"steps": res.step, "trainable_params": res.trainable_params,
+                                               "loss_first": first, "loss_last": last,
+                                               "checkpoint": str(res.checkpoint), "from": str(path.resolve())})
+    console.print(f"run: {run_dir}")
 
 
 @app.command("eval")

@@ -96,6 +96,13 @@ class VGloria(nn.Module):
         ids = tokenizer("a")["input_ids"]
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and ids[:1] == [
             tokenizer.bos_token_id] else []  # LLaMA-style tokenizers start every sequence with BOS
+        # Training recipe (training/config.py RECIPES). bench/ builds cfg without pydantic: default thesis-eq.
+        self.recipe = getattr(cfg, "recipe", "thesis-eq")
+        if self.recipe == "fromage":  # [VIS*k] [BOS] cap: the tokenizer's BOS even where it adds none itself
+            self.lead = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else self.bos
+        # The frozen rows' mean norms: the fromage recipe rescales the [RET] rows to them after every step.
+        self.ret_in_norm = float(emb_in.detach().float().norm(dim=1).mean())
+        self.ret_out_norm = float(emb_out.detach().float().norm(dim=1).mean())
         self.body = self.lm.base_model  # the transformer without its head
         self._body_fwd = self.body  # replaced by a compiled version when cfg.compile resolves on
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
@@ -121,6 +128,14 @@ class VGloria(nn.Module):
         with torch.no_grad():
             for n, p in own.items():
                 p.copy_(state[n])
+
+    @torch.no_grad()
+    def renorm_ret_rows(self) -> None:
+        """Rescale the [RET] input row (and the untied output row) to the frozen rows' mean norm, as FROMAGe
+        does after each optimizer step (the fromage recipe)."""
+        self.ret_in.mul_(self.ret_in_norm / self.ret_in.norm())
+        if self.ret_out is not None:
+            self.ret_out.mul_(self.ret_out_norm / self.ret_out.norm())
 
     def enable_compile(self) -> None:
         """torch.compile the frozen transformer body (dynamic shapes: bucketed batches vary in length)."""
@@ -186,6 +201,8 @@ class VGloria(nn.Module):
     def caption_rows(self, caps: list[list[int]], partner: list[int | None]) -> tuple[list[list[int]], list[int]]:
         """Caption pass: [BOS] [VIS*k] cap EOS, or with a partner j: [BOS] [VIS*k] cap_i EOS [VIS*k] cap_j EOS.
         Returns the rows and the image index of every VIS block in row-major order."""
+        if self.recipe == "fromage":
+            return self._fromage_caption_rows(caps, partner)
         k, n = self.bridge.n_out, self.cfg.max_caption_tokens - 1
         rows, images = [], []
         for i, j in enumerate(partner):
@@ -197,8 +214,33 @@ class VGloria(nn.Module):
             rows.append(row)
         return rows, images
 
+    def _fromage_caption_rows(self, caps: list[list[int]],
+                              partner: list[int | None]) -> tuple[list[list[int]], list[int]]:
+        """fromage recipe: [VIS*k] [BOS] cap_i, with a partner j: [VIS*k] [BOS] cap_i [VIS*k] [BOS] cap_j; no
+        EOS. A caption that is another row's partner gets no row of its own (each caption used once)."""
+        k, n = self.bridge.n_out, self._fromage_cap_len()
+        taken = {j for j in partner if j is not None}
+        rows, images = [], []
+        for i, j in enumerate(partner):
+            if i in taken:
+                continue
+            row = [VIS] * k + self.lead + caps[i][:n]
+            images.append(i)
+            if j is not None:
+                row += [VIS] * k + self.lead + caps[j][:n]
+                images.append(j)
+            rows.append(row)
+        return rows, images
+
+    def _fromage_cap_len(self) -> int:
+        # FROMAGe's max_len counts the tokenised caption [BOS] cap [RET].
+        return max(0, self.cfg.max_caption_tokens - len(self.lead) - 1)
+
     def retrieval_rows(self, caps: list[list[int]]) -> list[list[int]]:
         """Retrieval pass: [BOS] cap [RET]; truncation keeps [RET] last."""
+        if self.recipe == "fromage":
+            n = self._fromage_cap_len()
+            return [self.lead + c[:n] + [self.ret_id] for c in caps]
         n = self.cfg.max_caption_tokens - 1
         return [self.bos + c[:n] + [self.ret_id] for c in caps]
 
@@ -236,7 +278,8 @@ class VGloria(nn.Module):
 
     def forward(self, feats: Feats, caps: list[list[int]], partner: list[int | None]) -> Losses:
         """Losses of one (micro-)batch: feats of B images, their B tokenised captions (no special tokens),
-        and for each caption the index of the caption concatenated after it (None for none)."""
+        and for each caption the index of the caption concatenated after it (None for none; in the fromage
+        recipe a partner has no caption row of its own, so there may be fewer caption rows than B)."""
         device = self.ret_in.device
         b = len(caps)
         vis = self.visual_tokens(feats)  # (B, k, d)
@@ -249,7 +292,8 @@ class VGloria(nn.Module):
             ids = self.pad(cap_rows + ret_rows, device)
             lengths = torch.tensor([len(r) for r in cap_rows + ret_rows], device=device)
             last, hidden = self.run_body(self.embed(ids, vis_slots))
-            cap_sl, ret_sl = slice(0, b), slice(b, 2 * b)
+            nc = len(cap_rows)
+            cap_sl, ret_sl = slice(0, nc), slice(nc, nc + b)
             cap_ids, ret_ids = ids[cap_sl], ids[ret_sl]
             cap_len, ret_len = lengths[cap_sl], lengths[ret_sl]
             cap_last, ret_last = last[cap_sl], last[ret_sl]
@@ -269,7 +313,9 @@ class VGloria(nn.Module):
         txt = F.normalize(self.text_state(ret_last, ret_hidden, rows, ret_len - 1).float(), dim=-1)
         img = self.image_embeddings(feats)
         txt, img = gather_with_grad(txt), gather_with_grad(img)
-        scale = self.logit_scale.clamp(max=math.log(self.cfg.logit_scale_max)).exp()
+        # Not clamped here: a clamp in the graph kills the gradient above the bound, so the scale could never
+        # come back down. The train loop clamps the parameter in place after each step, as CLIP does.
+        scale = self.logit_scale.exp()
         sim = scale * img @ txt.t()  # (B_global, B_global), i2t
         labels = torch.arange(sim.shape[0], device=device)
         i2t, t2i = F.cross_entropy(sim, labels), F.cross_entropy(sim.t(), labels)
@@ -287,8 +333,12 @@ class VGloria(nn.Module):
     # ------------------------------------------------------------------ inference API
 
     def _prefix(self, vis: Tensor, text: list[int]) -> Tensor:
-        """(1, P, d) embeddings of [BOS] [VIS*k] text for one image's visual tokens vis (k, d)."""
-        ids = torch.tensor([self.bos + [VIS] * vis.shape[0] + text], device=vis.device)
+        """(1, P, d) embeddings of [BOS] [VIS*k] text (fromage recipe: [VIS*k] [BOS] text) for one image's
+        visual tokens vis (k, d)."""
+        if self.recipe == "fromage":
+            ids = torch.tensor([[VIS] * vis.shape[0] + self.lead + text], device=vis.device)
+        else:
+            ids = torch.tensor([self.bos + [VIS] * vis.shape[0] + text], device=vis.device)
         return self.embed(ids, vis)
 
     def _step(self, emb: Tensor, cache: Any) -> tuple[Tensor, Any]:

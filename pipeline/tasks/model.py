@@ -166,7 +166,7 @@ class Train(PtvlTask):
                                      split=sets[0][1]).folder()
         res = train(model_config(self), s.train, shards, self.run_dir(), features_dir=features, progress=True,
                     device=s.training.device, data_note=f"{', '.join(s.training.data)} translated by "
-                    f"`{s.training.engine}` ({len(shards)} shard files)")
+                    f"`{s.training.engine}` ({len(shards)} shard files)", root=self.root, profile=Path(self.config))
         losses = res.losses  # step -> loss of the steps run in this call
         first, last = (losses[min(losses)], losses[max(losses)]) if losses else (None, None)
         write_json_atomic(self.output().path, {"steps": res.step, "trainable_params": res.trainable_params,
