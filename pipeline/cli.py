@@ -369,7 +369,8 @@ def train_cmd(
     bridge: str = typer.Option(None, "--bridge", help="cls, l4l, l2l, l2lx2, comp, grouped, regions, wavg, crossattn, mlp."),
     k: int = typer.Option(None, "--k", help="Visual tokens (bridges that take k)."),
     layer: int = typer.Option(None, "--layer", help="ViT layer: -1 = last (L), -2 = L-1, ..."),
-    recipe: str = typer.Option(None, "--recipe", help="thesis-eq or fromage (README: training recipes)."),
+    recipe: str = typer.Option(None, "--recipe", help="thesis-eq or fromage (README: training recipes); with a "
+                               "run.toml, the recipe's preset replaces the recorded loss weights and lengths."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps."),
     run_name: str = typer.Option(None, "--run-name", help="Folder under train/ (default: [training] run_name)."),
 ) -> None:
@@ -457,9 +458,15 @@ def _train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_nam
         _fail(f"{path}: feature cache {inp.features} is missing")
     model_cfg = cfg.model
     if overrides:
-        from training.config import ModelConfig
+        from training.config import RECIPES, ModelConfig
 
-        model_cfg = ModelConfig.model_validate({**cfg.model.model_dump(mode="json"), **overrides})
+        resolved = cfg.model.model_dump(mode="json")
+        if "recipe" in overrides:  # run.toml holds the old recipe's values: take the new recipe's preset
+            resolved = {key: v for key, v in resolved.items() if key not in RECIPES[overrides["recipe"]]}
+        try:
+            model_cfg = ModelConfig.model_validate({**resolved, **overrides})
+        except ValueError as e:
+            _fail(f"{path} with the command-line overrides: {e}")
     train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
     run_dir = Path(inp.run_dir) if run_name is None else Path(inp.run_dir).parent / run_name
     try:

@@ -36,11 +36,11 @@ their own ids.
 | data | {data_note} |
 | steps | {steps:,} of {t.steps:,} (batch {t.batch_size}, micro-batch {t.micro_batch_size or t.batch_size}) |
 | optimiser | AdamW lr {t.lr}, betas {tuple(t.betas)}, weight decay {t.weight_decay}, {t.warmup_steps} warm-up steps, {t.schedule} |
-| loss | {m.caption_loss_weight} x caption CE + {m.retrieval_loss_weight} x (i2t + t2i InfoNCE) + {m.ret_ce_weight} x [RET]-pass CE |
+| loss | recipe `{m.recipe}`: {m.caption_loss_weight} x caption CE + {m.retrieval_loss_weight} x (i2t + t2i InfoNCE) + {m.ret_ce_weight} x [RET]-pass CE |
 | final training loss | {loss} |
 | seed | {t.seed} |
 
-`run.toml` in this folder reproduces the run; `tensorboard/` holds the curves.
+`run.toml` in this folder reproduces the run (`ptvl train --config run.toml --run-name NEW`); `tensorboard/` holds the curves.
 
 ## Results
 
