@@ -475,6 +475,8 @@ def _train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_nam
                     root=Path(inp.root) if inp.root else None, profile=path.resolve())
     except ValueError as e:
         _fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
+        return
     losses = res.losses
     first, last = (losses[min(losses)], losses[max(losses)]) if losses else (None, None)
     write_json_atomic(run_dir / "_DONE.json", {"steps": res.step, "trainable_params": res.trainable_params,
