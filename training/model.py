@@ -98,11 +98,12 @@ class VGloria(nn.Module):
             tokenizer.bos_token_id] else []  # LLaMA-style tokenizers start every sequence with BOS
         # Training recipe (training/config.py RECIPES). bench/ builds cfg without pydantic: default thesis-eq.
         self.recipe = getattr(cfg, "recipe", "thesis-eq")
-        if self.recipe == "fromage":  # [VIS*k] [BOS] cap: the tokenizer's BOS even where it adds none itself
-            self.lead = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else self.bos
+        # fromage: [VIS*k] [BOS] cap, with the tokenizer's BOS even where it adds none itself (GPT-style).
+        self.lead = [tokenizer.bos_token_id] if self.recipe == "fromage" and tokenizer.bos_token_id is not None \
+            else self.bos
         # The frozen rows' mean norms: the fromage recipe rescales the [RET] rows to them after every step.
-        self.ret_in_norm = float(emb_in.detach().float().norm(dim=1).mean())
-        self.ret_out_norm = float(emb_out.detach().float().norm(dim=1).mean())
+        self.frozen_in_norm = float(emb_in.detach().float().norm(dim=1).mean())
+        self.frozen_out_norm = float(emb_out.detach().float().norm(dim=1).mean())
         self.body = self.lm.base_model  # the transformer without its head
         self._body_fwd = self.body  # replaced by a compiled version when cfg.compile resolves on
         self.softcap = getattr(lm.config, "final_logit_softcapping", None)
@@ -133,9 +134,9 @@ class VGloria(nn.Module):
     def renorm_ret_rows(self) -> None:
         """Rescale the [RET] input row (and the untied output row) to the frozen rows' mean norm, as FROMAGe
         does after each optimizer step (the fromage recipe)."""
-        self.ret_in.mul_(self.ret_in_norm / self.ret_in.norm())
+        self.ret_in.mul_(self.frozen_in_norm / self.ret_in.norm())
         if self.ret_out is not None:
-            self.ret_out.mul_(self.ret_out_norm / self.ret_out.norm())
+            self.ret_out.mul_(self.frozen_out_norm / self.ret_out.norm())
 
     def enable_compile(self) -> None:
         """torch.compile the frozen transformer body (dynamic shapes: bucketed batches vary in length)."""
