@@ -117,3 +117,35 @@ def test_common_subset_runs_feed_labelled_tables(tmp_path):
     assert common_subset_runs(runs[:1]) == [] and table_vqa([]).startswith("**VQAv2")
     with pytest.raises(CommonSubsetError, match="missing"):
         common_subset_metrics({"A": tmp_path / "nowhere", "B": tmp_path / "deepl" / "eval" / "coco"}, "coco")
+
+
+def test_ptvl_table_labels_the_rules_and_adds_the_common_subset(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    model = TableModel(IMAGES, TEXTS, answers={"i": "Sim"})
+    labels = EvalSettings().scoring_labels()
+    qs = [VQAQuestion(str(n), "i", "q", ("sim",) * 10, "yes/no") for n in range(4)]
+    run_dirs = []
+    for engine, rows, questions in (("deepl", ROWS_A, qs), ("madlad", ROWS_B, qs[:3])):
+        run_dir = tmp_path / engine
+        for bench, result, scoring in (
+            ("coco", run_retrieval(model, features_for, rows, cache_dir=run_dir / "eval" / "coco" / "index"),
+             {"tie_rule": labels["tie_rule"]}),
+            ("vqav2", run_vqa(model, features_for, questions),
+             {"vqa_mode": labels["vqa_mode"], "vqa_rule": labels["vqa_rule"]}),
+        ):
+            _save(run_dir / "eval" / bench, result)
+            (run_dir / "eval" / bench / "metrics.json").write_text(json.dumps(
+                {"run": str(run_dir), "llm": "Glória", "engine": engine, "bridge": "cls", "layer": -1, "k": 1,
+                 "benchmark": bench, "scoring": scoring, "metrics": result.metrics}))
+        run_dirs.append(str(run_dir))
+    out = CliRunner().invoke(app, ["table", *run_dirs, "--out", str(tmp_path / "tables.md")])
+    assert out.exit_code == 0, out.output
+    md = (tmp_path / "tables.md").read_text()
+    own, common = md.split("## Common subset of all engines")
+    assert "Ties: R@k = expected value under random tie-breaking" in own
+    assert "VQA answers: Portuguese mode" in own and "| Glória | PT-PT DeepL | pt | **100.00** |" in own
+    assert "(common subset of all engines)" in common and common.count("VQA answers: Portuguese mode") == 1
+    assert "Table 5.3" in common and "Table 5.5" not in common
