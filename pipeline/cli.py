@@ -516,23 +516,38 @@ def table(
     runs: list[Path] = typer.Argument(..., help="Run folders whose eval/<benchmark>/metrics.json to compare."),
     out: Path = typer.Option(None, "--out", help="Also write the Markdown here."),
 ) -> None:
-    """Thesis-layout tables (5.3 retrieval, 5.4 captioning, 5.5 VisDial, and the ablation layout) over
-    several runs: retrain with a new LLM and get the comparison with the old ones in one command."""
+    """Thesis-layout tables (5.3 retrieval, 5.4 captioning, 5.5 VisDial, VQAv2, and the ablation layout) over
+    several runs: retrain with a new LLM and get the comparison with the old ones in one command. Every table
+    names its tie rule and VQA mode. Runs of different translation engines are also re-scored on the
+    common subset of evaluation items they all have, in a second, labelled set of tables."""
     from eval.benchmarks import collect_runs
-    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5
+    from eval.common_subset import CommonSubsetError, common_subset_runs
+    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5, table_vqa
 
     try:
         rows = collect_runs(runs)
     except FileNotFoundError as e:
         _fail(str(e))
     parts = []
-    for render in (table_5_3, table_5_4, table_5_5):
+    renders = (table_5_3, table_5_4, table_5_5, table_vqa)
+    for render in renders:
         try:
             parts.append(render(rows))
         except (KeyError, ValueError) as e:
             parts.append(f"<!-- {render.__name__}: {e} -->")
     if any("coco" in r["metrics"] for r in rows):
         parts.append(ablation_table(rows, "coco", "captioning"))
+    try:
+        common = common_subset_runs(rows)
+    except CommonSubsetError as e:
+        common = []
+        parts.append(f"<!-- common subset: {e} -->")
+    if common:
+        parts.append("## Common subset of all engines")
+        present = {b for r in common for b in r["metrics"]}
+        for render, needs in ((table_5_3, {"cc3m-val", "coco"}), (table_5_5, {"visdial"}), (table_vqa, {"vqav2"})):
+            if present & needs:
+                parts.append(render(common))
     text = "\n\n".join(parts) + "\n"
     print(text)
     if out:

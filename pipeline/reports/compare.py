@@ -213,6 +213,17 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _scoring_lines(scoring: dict[str, str] | None) -> list[str]:
+    if not scoring:
+        return []
+    lines = []
+    if "vqa_rule" in scoring:
+        lines.append(f"VQA answers ({scoring.get('vqa_mode', '?')}): {scoring['vqa_rule']}")
+    if "tie_rule" in scoring:
+        lines.append(f"Retrieval and VisDial ties: {scoring['tie_rule']}")
+    return lines
+
+
 def render_comparison(
     out_dir: Path,
     *,
@@ -225,6 +236,7 @@ def render_comparison(
     n_random: int = 5,
     n_worst: int = 5,
     thresholds: QualityThresholds | None = None,
+    scoring: dict[str, str] | None = None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
 
@@ -232,7 +244,8 @@ def render_comparison(
     token_stats: translation.tokstats.token_stats output.  gold_scores: engine -> score_against_gold dict.
     billing: engine -> {"chars": int, "eur": float}.  throughput: engine -> sentences per second.
     The random examples are drawn with `seed`; the worst cases are the segments with the most flags
-    summed over engines (ties by segment id).
+    summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
+    compares the engines' models (VQA mode, tie rule), stated in a section of its own.
     """
     if not translated:
         raise ValueError("render_comparison: no engines given")
@@ -269,6 +282,9 @@ def render_comparison(
     md += [_markdown(t) for t in tables[2:]]
     if signatures:
         md += ["sacrebleu signatures: " + "; ".join(f"`{s}`" for s in signatures), ""]
+    rules = _scoring_lines(scoring)
+    if rules:
+        md += ["## Evaluation scoring rules", "", *[f"- {line}" for line in rules], ""]
 
     plots = _plots(all_rows, engines, rates)
     parts = [f"<h1>Translator comparison</h1><p>Engines: {html.escape(', '.join(engines))}</p>"]
@@ -277,6 +293,9 @@ def render_comparison(
     parts += [_html_table(t) for t in tables[2:]]
     if signatures:
         parts.append("<p>sacrebleu signatures: " + "; ".join(f"<code>{html.escape(s)}</code>" for s in signatures) + "</p>")
+    if rules:
+        parts.append("<h2>Evaluation scoring rules</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in rules)
+                     + "</ul>")
     for title, b64 in plots.items():
         parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Translator comparison</title>"

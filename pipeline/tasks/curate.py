@@ -108,4 +108,5 @@ class CompareTranslators(PtvlTask):
             throughput=throughput,
             seed=s.curate.seed,
             thresholds=s.quality,
+            scoring=s.eval.settings.scoring_labels(),
         )

@@ -58,7 +58,7 @@ class FinalReport(PtvlTask):
 
     def run(self) -> None:
         from eval.benchmarks import collect_runs
-        from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5
+        from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5, table_vqa
 
         s = self.settings
         reports = self.root / "reports"
@@ -106,7 +106,7 @@ class FinalReport(PtvlTask):
             shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
             lines.append(f"- **{bench}**: {shown} ([metrics](../{rel(run_dir)}/eval/{bench}/metrics.json))")
         lines.append("")
-        for render in (table_5_3, table_5_4, table_5_5):
+        for render in (table_5_3, table_5_4, table_5_5, table_vqa):
             try:
                 lines += [render(runs), ""]
             except (KeyError, ValueError):  # a table needs a benchmark this profile did not run
@@ -119,7 +119,8 @@ class FinalReport(PtvlTask):
             lines += ["Qualitative pages: " + ", ".join(f"[{p.parent.name}/{p.name}](../{rel(p)})" for p in pages), ""]
         lines += [
             "Numbers are fractions in the list above and x100 in the tables. METEOR `en` is `-l en -norm` "
-            "(comparable with the thesis), `pt` is `-l pt -lower`.",
+            "(comparable with the thesis), `pt` is `-l pt -lower`. Each table names its tie rule (R@k: expected "
+            "value under random tie-breaking, pessimistic value in parentheses) and VQA answer-matching mode.",
             "",
         ]
         write_text_atomic(self.output().path, "\n".join(lines))
