@@ -176,3 +176,16 @@ def test_load_flag_cases_errors(tmp_path, content, message):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(GoldFormatError, match=message):
         load_flag_cases(path)
+
+
+def test_comparison_report_shows_held_out_figures():
+    from pipeline.reports.compare import _flag_heldout_table, _markdown
+
+    figures = _figures()
+    table = _flag_heldout_table(QualityThresholds())
+    assert table.cells == [[f, f"{r['precision']:.2f}", f"{r['recall']:.2f}", str(r["positives"] + r["negatives"])]
+                           for f, r in figures.items()]
+    assert "| brazilian | 0.73 | 0.85 | 55 |" in _markdown(table)
+    # the run's thresholds are the ones measured: no wordfreq margin makes 'frisbee'-like answers English
+    strict = _flag_heldout_table(QualityThresholds(portuguese_zipf_margin=0.0, portuguese_zipf=9.0))
+    assert strict.cells[0][0] == "untranslated" and float(strict.cells[0][1]) < float(table.cells[0][1])
