@@ -22,7 +22,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -542,6 +542,9 @@ def _source_number_ok(m: re.Match[str], src_low: str, values: set[float], times:
 def missing_source_numbers(text_en: str, text_pt: str) -> list[str]:
     """Source numbers the output states in no rendering: digits with either separator, PT number and
     ordinal words, 24-hour times ('6:45 pm' -> '18h45'), decades ('1980s' -> 'anos 80'), halves."""
+    src_numbers = _NUMBER.findall(text_en)
+    if not src_numbers or set(src_numbers) <= set(_NUMBER.findall(text_pt)):
+        return []  # every source number is in the output verbatim, which every reading below accepts
     src_low = text_en.casefold()
     values, times = _pt_values(text_pt)
     missing: list[str] = []
@@ -670,19 +673,28 @@ def detect_low_score(score: float | None, th: QualityThresholds = DEFAULT_THRESH
 # --- per row and per table ---------------------------------------------------------------------------
 
 def flag_details(text_en: str, text_pt: str | None, score: float | None = None,
-                 thresholds: QualityThresholds | None = None) -> dict[str, str]:
-    """Every flag raised for one row, mapped to its reason (insertion order = FLAG_NAMES order)."""
+                 thresholds: QualityThresholds | None = None, *,
+                 only: Collection[str] | None = None) -> dict[str, str]:
+    """Every flag raised for one row, mapped to its reason (insertion order = FLAG_NAMES order).
+
+    `only` (optional) skips the detectors not named in it, as if they had found nothing; `flag_table`
+    passes the detectors its pre-filter could not rule out.
+    """
     th = thresholds or DEFAULT_THRESHOLDS
     empty = detect_empty(text_pt)
     if empty:  # nothing else is meaningful on an empty output
         return {EMPTY: empty}
     assert text_pt is not None
+
+    def run(name: str, detect: Callable[[], str | None]) -> str | None:
+        return detect() if only is None or name in only else None
+
     candidates = {
-        UNTRANSLATED: detect_untranslated(text_en, text_pt, th),
-        BRAZILIAN: detect_brazilian(text_pt, text_en),
-        TRUNCATED: detect_truncated(text_en, text_pt, th),
-        REPETITIVE: detect_repetitive(text_en, text_pt, th),
-        LOW_SCORE: detect_low_score(score, th),
+        UNTRANSLATED: run(UNTRANSLATED, lambda: detect_untranslated(text_en, text_pt, th)),
+        BRAZILIAN: run(BRAZILIAN, lambda: detect_brazilian(text_pt, text_en)),
+        TRUNCATED: run(TRUNCATED, lambda: detect_truncated(text_en, text_pt, th)),
+        REPETITIVE: run(REPETITIVE, lambda: detect_repetitive(text_en, text_pt, th)),
+        LOW_SCORE: run(LOW_SCORE, lambda: detect_low_score(score, th)),
     }
     if candidates[UNTRANSLATED]:
         # English text trips the PT heuristics (dangling 'a', 'time'); only the root cause is reported.
@@ -696,25 +708,209 @@ def flag_row(text_en: str, text_pt: str | None, score: float | None = None,
     return list(flag_details(text_en, text_pt, score, thresholds))
 
 
-def flag_table(df: pl.DataFrame, thresholds: QualityThresholds | None = None, *,
-               text_en: str = "text_en", text_pt: str = "text_pt", score: str = "score") -> pl.DataFrame:
-    """`df` plus `flags: list[str]` and `flag_reasons: list[str]` columns.
-
-    The detectors run once per distinct (source, output, score) triple (VisDial answers and CC3M
-    captions repeat a lot), then the results are joined back, so row order is preserved.
-    """
+def flag_table_reference(df: pl.DataFrame, thresholds: QualityThresholds | None = None, *,
+                         text_en: str = "text_en", text_pt: str = "text_pt", score: str = "score") -> pl.DataFrame:
+    """`flag_table` computed the plain way: `flag_details` on every distinct row (the behaviour the
+    vectorised path must reproduce exactly; kept for tests and the benchmark)."""
     th = thresholds or DEFAULT_THRESHOLDS
-    if score not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.Float32).alias(score))
-    keys = [text_en, text_pt, score]
+    df, keys = _with_score(df, score), [text_en, text_pt, score]
     uniq = df.select(keys).unique()
-    details = [flag_details(e or "", p, s, th) for e, p, s in uniq.iter_rows()]
+    return _join_back(df, uniq, [flag_details(e or "", p, s, th) for e, p, s in uniq.iter_rows()], keys)
+
+
+def _with_score(df: pl.DataFrame, score: str) -> pl.DataFrame:
+    return df if score in df.columns else df.with_columns(pl.lit(None, dtype=pl.Float32).alias(score))
+
+
+def _join_back(df: pl.DataFrame, uniq: pl.DataFrame, details: list[dict[str, str]], keys: list[str]) -> pl.DataFrame:
     uniq = uniq.with_columns(
         pl.Series("flags", [list(d) for d in details], dtype=pl.List(pl.String)),
         pl.Series("flag_reasons", [list(d.values()) for d in details], dtype=pl.List(pl.String)),
     )
     out = df.drop([c for c in ("flags", "flag_reasons") if c in df.columns])
     return out.join(uniq, on=keys, how="left", nulls_equal=True, maintain_order="left")
+
+
+# --- the vectorised path -------------------------------------------------------------------------------------
+#
+# polars computes, for every distinct row, a cheap condition that is true whenever any detector could fire
+# (a superset: lexicon and grammar regexes without their guards, any digit in the source, any token seen
+# three times, ...).  Only those candidate rows run `flag_details`, the per-row reference, so the result is
+# identical by construction; every other row is clean.  The superset argument needs Python's casefold, NFC,
+# NFKC and \w to agree with polars' lowercase and (Rust) \w; they do on the characters below, and a row with
+# any other character (combining marks, 'ß', 'º', '²', emoji, control characters) is a candidate whole.
+_SAFE_CHARS = ("^[\t\n\r -~\u00a0\u00c0-\u00d6\u00d8-\u00de\u00e0-\u00f6\u00f8-\u00ff"
+               "\u2013\u2014\u2018\u2019\u201c\u201d\u2026\u00ab\u00bb\u20ac]*$")
+# Rows at or above this count of candidates run on a process pool (one worker per core).
+PARALLEL_MIN_ROWS = 20_000
+_SLICE_ROWS = 1_000_000
+
+
+# \\w restricted to the safe characters, where it equals Python's \\w: the Unicode classes make the Rust engine's
+# DFA blow up on a big alternation (350x slower on the brazilian superset pattern, measured).
+_W_LATIN = "[0-9A-Za-z_\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff]"
+
+
+def _latin(pattern: str) -> str:
+    """`pattern` for polars on safe-character text: \\w and \\W as explicit Latin-1 classes."""
+    return pattern.replace(r"\W", "[^" + _W_LATIN[1:]).replace(r"\w", _W_LATIN)
+
+
+def _without_word_boundaries(pattern: str) -> str:
+    """A pattern matching wherever `pattern` matches, without Unicode \\b (which makes the Rust regex engine
+    fall back to its slowest matcher): a leading/trailing \\b next to a word character becomes a consumed
+    non-word character or the text's edge, and any inner \\b is dropped (dropping only widens the match)."""
+    head = pattern.startswith(r"\b")
+    tail = pattern.endswith(r"\b") and not pattern.endswith(r"\\b")
+    core = pattern[2 if head else 0:len(pattern) - 2 if tail else len(pattern)].replace(r"\b", "")
+    return ("(?:^|\\W)" if head else "") + f"(?:{core})" + ("(?:\\W|$)" if tail else "")
+
+
+def _brazilian_superset_pattern() -> str:
+    parts = [mk.pattern for mk in BRAZILIAN_LEXICON]
+    parts += [_PROGRESSIVE.pattern, _GERUND.pattern, _INITIAL_CLITIC.pattern, _BARE_POSSESSIVE.pattern,
+              _AUX_PROCLISIS.pattern, _PT_EXISTENTIAL_TER.pattern,
+              _SUBJECT_PROCLISIS.pattern.replace(r"(?!calhar\b)", "")]  # Rust regex has no look-ahead
+    return "(?i)" + _latin("|".join(_without_word_boundaries(x) for x in parts))
+
+
+def _looped_words(words6: pl.Series, th: QualityThresholds) -> list[str]:
+    """The distinct words (runs of \\w, >= 6 chars) in which a piece loops `tandem_copies` times or more."""
+    uniq = words6.explode().drop_nulls().unique()
+    return [w for w in uniq.to_list() if (loop := _piece_loop(w)) and loop[1] >= th.tandem_copies]
+
+
+# One bit per detector the pre-filter may leave to the per-row path; an unsafe row gets them all.
+_BITS = {UNTRANSLATED: 1, BRAZILIAN: 2, TRUNCATED: 4, REPETITIVE: 8, LOW_SCORE: 16}
+_ALL_BITS = sum(_BITS.values())
+_ONLY = {b: frozenset(n for n, v in _BITS.items() if b & v) for b in range(_ALL_BITS + 1)}
+
+
+def _candidate_bits(uniq: pl.DataFrame, th: QualityThresholds, en: str, pt: str, sc: str) -> pl.Series:
+    """Per distinct row, the detectors that could fire on it (0 = certainly clean)."""
+    e, p, s = pl.col(en).fill_null(""), pl.col(pt), pl.col(sc)
+    p_low, e_low = p.str.to_lowercase(), e.str.to_lowercase()
+    word = _latin(_WORD.pattern)
+    non_word = "[^" + _W_LATIN[1:] + "+"
+    frame = uniq.select(
+        unsafe=(p.is_null() | ~p.str.contains(_SAFE_CHARS) | ~e.str.contains(_SAFE_CHARS)).fill_null(True),
+        # normalise(a) == normalise(b) implies equal word characters once everything else is removed
+        identical=p_low.str.replace_all(non_word, "") == e_low.str.replace_all(non_word, ""),
+        hint=p_low.str.contains(_latin(_without_word_boundaries(r"\b(?:" + "|".join(sorted(_EN_HINTS)) + r")\b"))),
+        brazilian=p.str.contains(_brazilian_superset_pattern()),
+        digits=e.str.contains(r"[0-9]"),
+        src_len=e.str.strip_chars().str.len_chars(),
+        out_len=p.str.strip_chars().str.len_chars(),
+        low=((s < th.min_score) & s.is_not_nan()).fill_null(False) if th.min_score is not None else pl.lit(False),
+        tp=p_low.str.extract_all(word),
+        te=e_low.str.extract_all(word),
+        words6=p_low.str.extract_all(_latin(r"\w{6,}")),
+    )
+    looped = _looped_words(frame["words6"], th)
+    n = pl.col("tp").list.len()
+    copied_upper = n - pl.col("tp").list.set_difference(pl.col("te")).list.len()
+    short = pl.max_horizontal(pl.col("src_len"), pl.lit(th.short_source_chars))
+    long_source = pl.col("src_len") >= th.min_source_chars
+    # A loop of a 2-4-gram ('x y x y x y') and a 2-/3-gram seen ngram_max_repeats times both repeat their
+    # leading 2-gram that often; a one-word loop is the same word `tandem_copies` times in a row.
+    times = min(th.tandem_copies, th.ngram_max_repeats)
+    el = pl.element()
+    often = (pl.col("tp").list.eval(pl.concat_str([el, el.shift(-1)], separator=" ").drop_nulls()
+                                    .unique_counts().max()).list.first().fill_null(0) >= times)
+    same_run = pl.lit(True)
+    for j in range(1, th.tandem_copies):
+        same_run = same_run & (el == el.shift(j))
+    one_word_loop = pl.col("tp").list.eval(same_run.fill_null(False).any()).list.first().fill_null(False)
+    untranslated = pl.col("identical") | ((n >= th.langid_min_words) & (pl.col("hint") | (copied_upper * 3 >= n)))
+    truncated = ((long_source & (pl.col("out_len") < (th.min_length_ratio + 0.01) * pl.col("src_len")))
+                 | pl.col("digits") | ((n >= 3) & pl.col("tp").list.last().is_in(sorted(_DANGLING))))
+    repetitive = (often | one_word_loop
+                  | (pl.col("words6").list.eval(pl.element().is_in(looped)).list.any() if looped else pl.lit(False))
+                  | (long_source & (pl.col("out_len") > (th.max_length_ratio - 0.01) * pl.col("src_len")))
+                  | (~long_source & (pl.col("out_len") > th.max_length_ratio * short - 1)))
+
+    def bit(cond: pl.Expr, name: str) -> pl.Expr:
+        return pl.when(cond.fill_null(True)).then(_BITS[name]).otherwise(0)
+
+    return frame.select(
+        pl.when(pl.col("unsafe") | (pl.col("out_len") == 0)).then(_ALL_BITS).otherwise(
+            bit(untranslated, UNTRANSLATED) + bit(pl.col("brazilian"), BRAZILIAN) + bit(truncated, TRUNCATED)
+            + bit(repetitive, REPETITIVE) + bit(pl.col("low"), LOW_SCORE)
+        ).alias("bits")
+    ).to_series()
+
+
+def _details_chunk(args: tuple[list[tuple], QualityThresholds]) -> list[dict[str, str]]:
+    rows, th = args
+    return [flag_details(e or "", p, s, th, only=_ONLY[b]) for e, p, s, b in rows]
+
+
+def _details_parallel(rows: list[tuple], th: QualityThresholds, workers: int) -> list[dict[str, str]]:
+    """`_details_chunk` over `rows`, on a pool of `workers` processes when there are many rows."""
+    if workers <= 1 or len(rows) < PARALLEL_MIN_ROWS:
+        return _details_chunk((rows, th))
+    import multiprocessing as mp
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(1000, len(rows) // (workers * 8))
+    chunks = [(rows[i:i + size], th) for i in range(0, len(rows), size)]
+    # fork: the children run only the pure-Python detectors and never call polars, so polars' fork warning
+    # (its thread pool's locks are not safe to use in a forked child) does not apply to them.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fork.*", category=RuntimeWarning)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            return [d for part in pool.map(_details_chunk, chunks) for d in part]
+
+
+def flag_table(df: pl.DataFrame, thresholds: QualityThresholds | None = None, *,
+               text_en: str = "text_en", text_pt: str = "text_pt", score: str = "score",
+               workers: int | None = None, timings: dict[str, float] | None = None) -> pl.DataFrame:
+    """`df` plus `flags: list[str]` and `flag_reasons: list[str]` columns, row order kept.
+
+    Identical to `flag_table_reference` (flag_details on every distinct (source, output, score) row), but
+    only the rows a vectorised polars pre-filter marks as candidates run the per-row detectors, on
+    `workers` processes (default: every core) when there are many; language ID thus runs only on
+    candidates.  `timings`, when given, receives the seconds of each stage.
+    """
+    import os
+    import time
+
+    th = thresholds or DEFAULT_THRESHOLDS
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        if timings is not None:
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - clock
+            clock = now
+
+    df, keys = _with_score(df, score), [text_en, text_pt, score]
+    uniq = df.select(keys).unique()
+    lap("unique")
+    cand_parts = []
+    for start in range(0, uniq.height, _SLICE_ROWS):  # slices bound the memory of the token lists
+        part = uniq.slice(start, _SLICE_ROWS)
+        part = part.with_columns(_candidate_bits(part, th, text_en, text_pt, score).alias("_bits"))
+        cand_parts.append(part.filter(pl.col("_bits") > 0))
+    cand = pl.concat(cand_parts) if cand_parts else uniq.with_columns(pl.lit(0).alias("_bits")).clear()
+    lap("prefilter")
+    details = _details_parallel(list(cand.iter_rows()), th, workers or os.cpu_count() or 1)
+    cand = cand.drop("_bits")
+    lap(f"detectors on {cand.height:,} candidates")
+    flagged = [(i, d) for i, d in enumerate(details) if d]
+    hit = cand[[i for i, _ in flagged]].with_columns(
+        pl.Series("flags", [list(d) for _, d in flagged], dtype=pl.List(pl.String)),
+        pl.Series("flag_reasons", [list(d.values()) for _, d in flagged], dtype=pl.List(pl.String)),
+    )
+    out = df.drop([c for c in ("flags", "flag_reasons") if c in df.columns])
+    out = out.join(hit, on=keys, how="left", nulls_equal=True, maintain_order="left").with_columns(
+        pl.col("flags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        pl.col("flag_reasons").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+    )
+    lap("join")
+    return out
 
 
 def flag_rates(df: pl.DataFrame, *, engine: str = "engine") -> pl.DataFrame:
