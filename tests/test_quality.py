@@ -262,3 +262,74 @@ def test_brazilian_misses_from_issue_13(en, pt, evidence):
 )
 def test_brazilian_false_alarms_from_issue_13(en, pt):
     assert "brazilian" not in flag_row(en, pt)
+
+
+# --- issue #11: the vectorised flag_table gives the per-row reference's results --------------------------------
+
+def _bench_rows(n: int) -> pl.DataFrame:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "flags_bench.py"
+    spec = importlib.util.spec_from_file_location("flags_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.synthetic_rows(n, seed=3)
+
+
+def _mixed_rows() -> pl.DataFrame:
+    from translation.gold import FLAG_TUNING_PATH, load_flag_cases, load_gold
+
+    gold = load_gold()
+    cases = pl.concat([load_flag_cases(), load_flag_cases(FLAG_TUNING_PATH)])
+    pairs = (list(zip(gold["en"], gold["pt_pt"], strict=True)) + list(zip(gold["en"], gold["pt_br"], strict=True))
+             + [(e, e) for e in gold["en"]] + list(zip(cases["en"], cases["pt"], strict=True)))
+    edge = [
+        ("people waiting for the bus", "pessoas esperando o o\u0302nibus"),  # NFD: only NFC shows 'ônibus'
+        ("the big street", "a rua GROSSE STRAßE"), ("1st place", "1º lugar"), ("x²", "x²"),
+        ("a dog \U0001f436", "um cão \U0001f436"), ("a dog", "um\x1ccão"), ("a bus", "um ÔNIBUS"),
+        (None, "um cão"), ("a dog", None), ("a dog", "  "), ("a dog", ""), ("the Time", "o Time"),
+        ("a bird on a branch", "um pássaro num ramo ramoramoramoramo"), ("ﬁsh", "ﬁsh"), ("ok", "OK"),
+        ("a truck", "um caminhão caminhão caminhão caminhão"), ("is it sunny?", "está sol? está sol? está sol?"),
+    ]
+    rows = [(e, p, None) for e, p in pairs + edge]
+    rows += [("a dog", "um cão", -2.0), ("a dog", "um cão", float("nan")), ("a dog", "um cão", -0.1)]
+    df = pl.DataFrame(rows, schema={"text_en": pl.String, "text_pt": pl.String, "score": pl.Float32}, orient="row")
+    synth = _bench_rows(1500).select("text_en", "text_pt", "score")
+    df = pl.concat([df, synth, df.head(50)])  # repeated rows too
+    return df.with_columns(segment_id=pl.format("s{}", pl.int_range(pl.len())))
+
+
+@pytest.fixture(scope="module")
+def mixed_with_reference() -> tuple[pl.DataFrame, list[list[str]]]:
+    df = _mixed_rows()
+    return df, [list(flag_details(e or "", p, s).values()) for e, p, s in df.select("text_en", "text_pt", "score").rows()]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_flag_table_equals_per_row_reference(monkeypatch, mixed_with_reference, parallel):
+    df, per_row = mixed_with_reference
+    if parallel:  # force the process pool on this small set
+        monkeypatch.setattr(q, "PARALLEL_MIN_ROWS", 100)
+    timings: dict[str, float] = {}
+    fast = flag_table(df, workers=2 if parallel else 1, timings=timings)
+    assert fast["segment_id"].to_list() == df["segment_id"].to_list()
+    assert fast["flag_reasons"].to_list() == per_row
+    assert fast["flags"].to_list() == [[r.split(":")[0] for r in reasons] for reasons in per_row]
+    if not parallel:
+        ref = q.flag_table_reference(df.head(400))
+        assert ref.columns == fast.columns and ref["flag_reasons"].to_list() == per_row[:400]
+    # every kind of flag occurs in the set, so each pre-filter branch is exercised
+    assert set(q.FLAG_NAMES) <= {f for fl in fast["flags"].to_list() for f in fl}
+    # and the pre-filter does its job: most synthetic rows never reach the per-row detectors
+    candidates = int(next(k for k in timings if k.startswith("detectors on")).split()[2].replace(",", ""))
+    assert candidates < 0.5 * df.height
+
+
+def test_flag_table_thresholds_reach_the_prefilter():
+    # a stricter repetition threshold is honoured by the vectorised path too (not just the per-row one)
+    df = pl.DataFrame({"text_en": ["a dog on the grass"], "text_pt": ["um cão cão na relva"]})
+    th = QualityThresholds(tandem_copies=2)
+    assert flag_table(df, th)["flags"].to_list() == [["repetitive"]] == [flag_row("a dog on the grass",
+                                                                                  "um cão cão na relva", None, th)]
+    assert flag_table(df)["flags"].to_list() == [[]]
