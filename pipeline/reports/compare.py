@@ -224,6 +224,18 @@ def _scoring_lines(scoring: dict[str, str] | None) -> list[str]:
     return lines
 
 
+def _flag_heldout_table(thresholds: QualityThresholds | None) -> _Table:
+    # The flags' own precision/recall on labelled cases nobody tuned on (data_manifests/gold/), under the
+    # run's thresholds: how far each flag rate above can be trusted.
+    from translation.gold import load_flag_cases
+    from translation.scoring import flag_case_precision_recall
+
+    figures = flag_case_precision_recall(load_flag_cases(), thresholds)
+    return _Table("Quality flags on the held-out labelled cases", ["flag", "precision", "recall", "cases"],
+                  [[f, f"{r['precision']:.2f}", f"{r['recall']:.2f}", str(r["positives"] + r["negatives"])]
+                   for f, r in figures.items()])
+
+
 def render_comparison(
     out_dir: Path,
     *,
@@ -272,6 +284,7 @@ def render_comparison(
                [[e, f"{int(b.get('chars', 0)):,}", f"{float(b.get('eur', 0.0)):.2f}"]
                 for e, b in sorted(billing.items())]),
         _Table("Throughput", ["engine", "sentences/s"], [[e, f"{v:.1f}"] for e, v in sorted(throughput.items())]),
+        _flag_heldout_table(thresholds),
     ]
     table_5_2 = render_table_5_2(token_stats)
     signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}
