@@ -101,7 +101,8 @@ def run(
     stage = until or names[-1]
     if stage not in STAGES:
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
-    _check_engines(settings)
+    if names.index(stage) >= names.index("translate"):  # stages before translate need no engine
+        _check_engines(settings)
     tasks = STAGES[stage][1](str(config.resolve()), settings)
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
     # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.

@@ -63,7 +63,7 @@ def test_karpathy_bad_records_are_quarantined_and_the_rest_kept(tmp_path):
         {"filepath": "val2014", "filename": "x.jpg", "split": "val", "sentences": []},  # no cocoid
         _image(2, "test", ["  ", "a bird", 7]),  # empty and non-string sentences
         _image(1, "val", ["again"]),  # duplicate cocoid
-        _image(3, "nonsense", ["odd split"]),  # unknown split is not a requested one: skipped
+        _image(3, "nonsense", ["odd split"]),  # unknown split: quarantined in every read
         "not an object",
         _image(4, "train", ["a train image"]),
     ]
@@ -75,8 +75,12 @@ def test_karpathy_bad_records_are_quarantined_and_the_rest_kept(tmp_path):
         "file:///mirror/coco/val2014/COCO_val2014_000000000002.jpg",
     ]
     got = [(q["line"], q["reason"]) for q in r.quarantine.to_pylist()]
-    assert got == [(1, "bad_record"), (2, "empty_caption"), (2, "bad_caption"), (3, "duplicate_id"), (5, "bad_record")]
+    assert got == [(1, "bad_record"), (2, "empty_caption"), (2, "bad_caption"), (3, "duplicate_id"),
+                   (4, "unknown_split"), (5, "bad_record")]
     assert "missing key 'cocoid'" in r.quarantine["detail"][0].as_py()
+    # Table 4.1: val/test records (the object without a split and "nonsense" belong to no split)
+    assert (r.original, r.lost) == (4, {"bad_record": 1, "duplicate_id": 1})
+    assert r.original == r.items.num_rows + sum(r.lost.values())
 
 
 def test_truncated_json_names_the_file_and_position(tmp_path):

@@ -7,6 +7,7 @@ line, so one bad byte costs one row, not the file.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,11 +15,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.readers.common import (
+    MAX_TEXT_CHARS,
+    REMOTE_SCHEMES,
     URL_SCHEMES,
+    URL_UNSAFE,
     Quarantine,
     ReadResult,
     SourceFormatError,
+    clean_url,
     is_fetchable_url,
+    is_local_url,
     items_table,
     segments_table,
 )
@@ -27,10 +33,14 @@ from translation.textkey import text_hash
 BATCH_ROWS = 200_000  # flush to Arrow once a block leaves this many rows: 3.3M rows live in compact columns,
 # not in Python lists
 BLOCK_BYTES = 8 << 20  # read size; a block is decoded in one call, which is most of the speed
+# A control character other than TAB, LF and the CR of a CRLF ending: the block's captions then go
+# through check_text one by one (real CC3M blocks never do, so the common case stays two C calls).
+_SUSPECT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n|$)")
 
 
-def _blocks(f, quarantine: Quarantine) -> Iterator[list[str | None]]:
-    """Yield the file's lines in order, block by block, without their b"\\n".
+def _blocks(f, quarantine: Quarantine, max_chars: int) -> Iterator[tuple[list[str | None], bool]]:
+    """Yield the file's lines in order, block by block, without their b"\\n", and whether the block
+    needs the per-caption check (a control character or a line over `max_chars`).
 
     A block that is valid UTF-8 is decoded and split in two C calls.  Otherwise it is split and each
     line decoded on its own; undecodable lines are quarantined here and yielded as None so the line
@@ -50,17 +60,20 @@ def _blocks(f, quarantine: Quarantine) -> Iterator[list[str | None]]:
             pending = data
             continue
         block, pending = data[:cut - 1], data[cut:]
-        yield _decode_block(block, line_no, quarantine)
+        yield _decode_block(block, line_no, quarantine, max_chars)
         line_no += block.count(b"\n") + 1
     if pending:
-        yield _decode_block(pending, line_no, quarantine)
+        yield _decode_block(pending, line_no, quarantine, max_chars)
 
 
-def _decode_block(block: bytes, first_line: int, quarantine: Quarantine) -> list[str | None]:
+def _decode_block(block: bytes, first_line: int, quarantine: Quarantine, max_chars: int) -> tuple[list[str | None], bool]:
     try:
-        return block.decode("utf-8").split("\n")
+        text = block.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    else:
+        lines = text.split("\n")
+        return lines, _SUSPECT.search(text) is not None or max(map(len, lines)) > max_chars
     out: list[str | None] = []
     for i, line in enumerate(block.split(b"\n")):
         try:
@@ -73,19 +86,32 @@ def _decode_block(block: bytes, first_line: int, quarantine: Quarantine) -> list
                 line.rstrip(b"\r"),
             )
             out.append(None)
-    return out
+    ok = [line for line in out if line is not None]
+    return out, any(_SUSPECT.search(line) or len(line) > max_chars for line in ok)
 
 
-def read_cc3m_tsv(path: str | Path, split: str, progress: Callable[[int], None] | None = None) -> ReadResult:
+def read_cc3m_tsv(
+    path: str | Path,
+    split: str,
+    progress: Callable[[int], None] | None = None,
+    *,
+    max_chars: int = MAX_TEXT_CHARS,
+    allow_local_files: bool = False,
+) -> ReadResult:
     """Read one CC3M TSV.  Ids are ``cc3m/<split>/<row>`` with row the 0-based line index, so they stay
-    the same whatever else in the file is quarantined.  Blank lines are skipped (and counted).
+    the same whatever else in the file is quarantined.  Blank lines are skipped (counted as `blank_line`
+    losses in Table 4.1).  A file with no data line at all is a SourceFormatError.
 
-    Quarantine reasons: bad_utf8, missing_field, too_many_fields, empty_caption, empty_url, bad_url.
+    Quarantine reasons: bad_utf8, missing_field, too_many_fields, empty_caption, bad_unicode, too_long,
+    empty_url, bad_url, local_file_refused (a file:// URL, unless `allow_local_files`: a real TSV
+    naming file:///etc/passwd must not make the downloader read local files).  Control characters in
+    a caption are removed (logged with their line numbers); URLs are percent-encoded where needed.
     `progress`, when given, is called with the number of lines read so far after each batch.
     """
     path = Path(path)
     quarantine = Quarantine("cc3m", split, path)
     prefix = f"cc3m/{split}/"
+    schemes = URL_SCHEMES if allow_local_files else REMOTE_SCHEMES
     seg_batches: list[pa.Table] = []
     item_batches: list[pa.Table] = []
     rows: list[int] = []
@@ -98,8 +124,13 @@ def read_cc3m_tsv(path: str | Path, split: str, progress: Callable[[int], None] 
     def flush() -> None:
         # ids built in Arrow: a Python f-string per row costs as much as the parsing itself
         ids = pc.binary_join_element_wise(prefix, pc.cast(pa.array(rows, pa.int64()), pa.string()), "")
+        url_arr = pa.array(urls, pa.string())
+        unsafe = pc.match_substring_regex(url_arr, URL_UNSAFE.pattern)
+        if pc.any(unsafe).as_py():  # a space or non-ASCII character: percent-encode those few URLs
+            url_arr = pa.array([clean_url(u) if bad else u for u, bad in zip(urls, unsafe.to_pylist(), strict=True)],
+                               pa.string())
         seg_batches.append(segments_table(ids, "cc3m", split, ids, "caption", caps, list(map(text_hash, caps))))
-        item_batches.append(items_table(ids, "cc3m", split, urls))
+        item_batches.append(items_table(ids, "cc3m", split, url_arr))
         rows.clear(), caps.clear(), urls.clear()
         if progress is not None:
             progress(idx + 1)
@@ -111,7 +142,7 @@ def read_cc3m_tsv(path: str | Path, split: str, progress: Callable[[int], None] 
     # Bound methods hoisted out of the loop: at 3.3M rows every attribute lookup shows up.
     add_row, add_caption, add_url, reject = rows.append, caps.append, urls.append, quarantine.add
     with f:
-        for lines in _blocks(f, quarantine):
+        for lines, suspect in _blocks(f, quarantine, max_chars):
             for idx, text in enumerate(lines, next_idx):
                 if not text:
                     if text is not None:  # None: undecodable, already quarantined
@@ -128,18 +159,29 @@ def read_cc3m_tsv(path: str | Path, split: str, progress: Callable[[int], None] 
                     else:
                         reject(idx + 1, "too_many_fields", f"expected 2 TAB-separated fields, found {fields}", text)
                     continue
-                caption = caption.strip()
+                if suspect:
+                    caption = quarantine.text(idx + 1, caption, "caption", "empty_caption", max_chars, record=text)
+                    if caption is None:
+                        continue
+                else:
+                    caption = caption.strip()
+                    if not caption:
+                        reject(idx + 1, "empty_caption", "caption field is empty", text)
+                        continue
                 url = url.strip()  # also drops the \r of CRLF files
-                if not caption:
-                    reject(idx + 1, "empty_caption", "caption field is empty", text)
-                    continue
-                # fast path first (one C call); the helper also accepts upper-case schemes
-                if not (url.startswith(URL_SCHEMES) and len(url) > 8) and not is_fetchable_url(url):
-                    if url:
-                        reject(idx + 1, "bad_url", f"not an http(s):// or file:// URL: {url[:80]!r}", text)
-                    else:
+                # fast path first (one C call); the helpers also accept upper-case schemes
+                if not (url.startswith(schemes) and len(url) > 8):
+                    if not url:
                         reject(idx + 1, "empty_url", "url field is empty", text)
-                    continue
+                        continue
+                    if not is_fetchable_url(url):
+                        reject(idx + 1, "bad_url", f"not an http(s):// URL: {url[:80]!r}", text)
+                        continue
+                    if is_local_url(url) and not allow_local_files:
+                        reject(idx + 1, "local_file_refused",
+                               "file:// URL refused: this profile does not allow local files "
+                               "([datasets] allow_local_files)", text)
+                        continue
                 add_row(idx)
                 add_caption(caption)
                 add_url(url)
@@ -149,12 +191,21 @@ def read_cc3m_tsv(path: str | Path, split: str, progress: Callable[[int], None] 
     if rows or not seg_batches:
         flush()
     segments = pa.concat_tables(seg_batches)
+    if segments.num_rows == 0 and not quarantine.rows:
+        what = "the file is empty" if idx < 0 else f"all {idx + 1} lines are blank"
+        raise SourceFormatError(path, f"no data lines: {what} (expected caption<TAB>url lines)")
     quarantine.rows.sort(key=lambda r: r["line"])  # bad_utf8 rows are found per block, ahead of the others
+    quarantine.log_cleaned()
+    counts = quarantine.counts()
     stats = {
         "lines": idx + 1,
         "blank_lines": blank,
         "rows_ok": segments.num_rows,
         "quarantined": len(quarantine.rows),
-        **quarantine.counts(),
+        **counts,
     }
-    return ReadResult(segments, pa.concat_tables(item_batches), quarantine.table(), None, stats)
+    lost = {"blank_line": blank} if blank else {}
+    lost.update({k[len("quarantined_"):]: v for k, v in counts.items() if k.startswith("quarantined_")})
+    return ReadResult(segments, pa.concat_tables(item_batches), quarantine.table(), None, stats,
+                      original=idx + 1, lost=lost)
+
