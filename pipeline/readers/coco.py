@@ -147,7 +147,7 @@ def read_karpathy(
     q = Quarantine("coco", ",".join(splits), path)
     out = _Collector()
     seen: set[int] = set()
-    skipped = original = 0
+    skipped = original = folded = 0
     lost: Counter = Counter()
     base = url_base.rstrip("/")
     for index, rec in enumerate(images):
@@ -157,6 +157,7 @@ def read_karpathy(
                   rec, split=raw_split)
             continue
         split = effective(raw_split)
+        folded += raw_split == "restval" and split == "train" and "train" in splits
         if isinstance(split, str) and split not in splits:
             skipped += 1  # another split's record: not ours to check or report
             continue
@@ -182,7 +183,7 @@ def read_karpathy(
         )
         if not _add_image(out, q, index, cocoid, split, f"{base}/{source_path}", source_path, captions, rec):
             lost["no_captions"] += 1
-    stats = {"records": len(images), "records_other_splits": skipped}
+    stats = {"records": len(images), "records_other_splits": skipped, "records_restval_in_train": folded}
     return out.result(q, stats, original, +lost)
 
 
