@@ -89,10 +89,14 @@ def cap_raw(raw: bytes | str | Any) -> str:
             text = json.dumps(raw, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             text = repr(raw)
-    encoded = text.encode("utf-8")
-    if len(encoded) > RAW_CAP_BYTES:
-        text = encoded[:RAW_CAP_BYTES].decode("utf-8", errors="ignore")
-    return text
+    # backslashreplace: a lone surrogate (the reason the row is here, maybe) cannot be written as UTF-8
+    encoded = text.encode("utf-8", errors="backslashreplace")
+    return encoded[:RAW_CAP_BYTES].decode("utf-8", errors="ignore")
+
+
+def _printable(text: str | None) -> str | None:
+    """A string that can be written as UTF-8 (lone surrogates escaped)."""
+    return None if text is None else text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 class Quarantine:
@@ -117,11 +121,11 @@ class Quarantine:
         self.rows.append(
             {
                 "dataset": self.dataset,
-                "split": split if split is not None else self.split,
+                "split": _printable(split if split is not None else self.split),
                 "source_file": str(source_file) if source_file is not None else self.source_file,
                 "line": int(line),
                 "reason": reason,
-                "detail": detail,
+                "detail": _printable(detail),
                 "raw": cap_raw(raw),
             }
         )
@@ -232,7 +236,9 @@ def load_json(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        hint = " (file truncated?)" if e.pos >= len(text.rstrip()) else ""
+        # a cut inside a string fails where the string starts, not at the end of the file
+        cut = e.pos >= len(text.rstrip()) or (e.msg.startswith("Unterminated string") and text.count('"', e.pos) == 1)
+        hint = " (file truncated?)" if cut else ""
         raise SourceFormatError(
             path,
             f"invalid JSON at line {e.lineno} column {e.colno} (char {e.pos} of {len(text)}){hint}: {e.msg}",
