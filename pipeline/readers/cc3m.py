@@ -18,7 +18,6 @@ from pipeline.readers.common import (
     MAX_TEXT_CHARS,
     REMOTE_SCHEMES,
     URL_SCHEMES,
-    URL_UNSAFE,
     Quarantine,
     ReadResult,
     SourceFormatError,
@@ -33,9 +32,25 @@ from translation.textkey import text_hash
 BATCH_ROWS = 200_000  # flush to Arrow once a block leaves this many rows: 3.3M rows live in compact columns,
 # not in Python lists
 BLOCK_BYTES = 8 << 20  # read size; a block is decoded in one call, which is most of the speed
-# A control character other than TAB, LF and the CR of a CRLF ending: the block's captions then go
-# through check_text one by one (real CC3M blocks never do, so the common case stays two C calls).
-_SUSPECT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n|$)")
+# Bytes a clean CC3M block is made of: printable ASCII, TAB, LF.  A block with anything else (a control
+# character, a CR, non-ASCII) gets a closer look; real CC3M blocks are ASCII, so the common case costs
+# one bytes.translate in C.
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\t\n"
+_HIGH = bytes(range(0x80, 0x100))
+_C1 = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080..U+009F in UTF-8
+
+
+def _has_controls(block: bytes) -> bool:
+    """Whether a block holds a control character other than TAB, LF and the CR of a CRLF ending."""
+    rest = block.translate(None, _PLAIN)
+    if not rest:
+        return False
+    low = rest.translate(None, _HIGH)  # what is left besides UTF-8 multi-byte sequences
+    if low.replace(b"\r", b""):  # a C0 control or DEL
+        return True
+    if low and block.count(b"\r") > block.count(b"\r\n") + block.endswith(b"\r"):  # a lone CR
+        return True
+    return len(rest) != len(low) and _C1.search(block) is not None
 
 
 def _blocks(f, quarantine: Quarantine, max_chars: int) -> Iterator[tuple[list[str | None], bool]]:
@@ -73,7 +88,7 @@ def _decode_block(block: bytes, first_line: int, quarantine: Quarantine, max_cha
         pass
     else:
         lines = text.split("\n")
-        return lines, _SUSPECT.search(text) is not None or max(map(len, lines)) > max_chars
+        return lines, _has_controls(block) or max(map(len, lines)) > max_chars
     out: list[str | None] = []
     for i, line in enumerate(block.split(b"\n")):
         try:
@@ -87,7 +102,7 @@ def _decode_block(block: bytes, first_line: int, quarantine: Quarantine, max_cha
             )
             out.append(None)
     ok = [line for line in out if line is not None]
-    return out, any(_SUSPECT.search(line) or len(line) > max_chars for line in ok)
+    return out, _has_controls(block) or max(map(len, ok), default=0) > max_chars
 
 
 def read_cc3m_tsv(
@@ -124,13 +139,8 @@ def read_cc3m_tsv(
     def flush() -> None:
         # ids built in Arrow: a Python f-string per row costs as much as the parsing itself
         ids = pc.binary_join_element_wise(prefix, pc.cast(pa.array(rows, pa.int64()), pa.string()), "")
-        url_arr = pa.array(urls, pa.string())
-        unsafe = pc.match_substring_regex(url_arr, URL_UNSAFE.pattern)
-        if pc.any(unsafe).as_py():  # a space or non-ASCII character: percent-encode those few URLs
-            url_arr = pa.array([clean_url(u) if bad else u for u, bad in zip(urls, unsafe.to_pylist(), strict=True)],
-                               pa.string())
         seg_batches.append(segments_table(ids, "cc3m", split, ids, "caption", caps, list(map(text_hash, caps))))
-        item_batches.append(items_table(ids, "cc3m", split, url_arr))
+        item_batches.append(items_table(ids, "cc3m", split, urls))
         rows.clear(), caps.clear(), urls.clear()
         if progress is not None:
             progress(idx + 1)
@@ -182,6 +192,8 @@ def read_cc3m_tsv(
                                "file:// URL refused: this profile does not allow local files "
                                "([datasets] allow_local_files)", text)
                         continue
+                if suspect or " " in url or not url.isascii():  # what urllib cannot send as it is
+                    url = clean_url(url)
                 add_row(idx)
                 add_caption(caption)
                 add_url(url)
