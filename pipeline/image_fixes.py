@@ -13,7 +13,8 @@ bytes of the affected images, keyed by img2dataset key.  img2dataset's own shard
   (almost) every sample at 0 or 255: white, or with alpha, flat primary colours.  A stored image like
   that is fetched again; when the original really has 16-bit samples it is scaled to 8 bits (alpha
   over white, as img2dataset does for 8-bit images) and resized by img2dataset's own Resizer with the
-  download's settings.  A genuinely flat 8-bit image (a white page, a logo) costs one extra fetch.
+  download's settings.  Only files small enough to be flat are decoded to check; a genuinely flat
+  8-bit image (a white page, a logo) costs one extra fetch.
 
 The file is written once per attempt, atomically, so a killed run recomputes it from scratch and a
 finished one is never re-applied.
@@ -58,6 +59,11 @@ _TRANSPOSE = {
 }
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 SATURATED_SHARE = 0.95  # share of samples at 0 or 255 (+-JPEG noise) that makes an image a 16-bit suspect
+# A saturated image is flat, and a flat image compresses to a fraction of a bit per pixel (a photo at
+# quality 95 takes 2-3 bits): larger files are not decoded at all, so the check costs a header parse
+# for almost every image.
+FLAT_BYTES_PER_PIXEL = 0.15
+FLAT_HEADER_BYTES = 2048  # markers and tables every encoded file carries, whatever its content
 
 
 def fixes_path(attempt_dir: Path) -> Path:
@@ -77,11 +83,14 @@ def fix_attempt(attempt_dir: Path, shards_dir: Path, s: DownloadSettings) -> dic
             if t is not None:
                 orient[key] = t
     url_of = dict(ok.select("key", "url").iter_rows())
+    # file size a flat image of that size stays under: only those are decoded
+    flat_max = {k: FLAT_HEADER_BYTES + FLAT_BYTES_PER_PIXEL * w * h
+                for k, w, h in ok.select("key", "width", "height").iter_rows()}
     fixed: dict[str, tuple[bytes, str]] = {}
     white: list[str] = []
     for batch in _stored(shards_dir):
         for key, data in batch.items():
-            if s.fix_16bit and _saturated(data):
+            if s.fix_16bit and len(data) <= flat_max.get(key, 0) and _saturated(data):
                 white.append(key)
             if key in orient:
                 fixed[key] = (_reencode(Image.open(io.BytesIO(data)).transpose(orient[key]), s), ORIENTATION)
@@ -127,8 +136,7 @@ def _transpose(exif: str | None) -> Image.Transpose | None:
 
 
 def _saturated(data: bytes) -> bool:
-    """Whether (almost) every sample of a stored image is 0 or 255, decoded at 1/8 scale (JPEG draft
-    mode: cheap enough to run on every image)."""
+    """Whether (almost) every sample of a stored image is 0 or 255 (decoded at 1/8 scale, JPEG draft mode)."""
     try:
         im = Image.open(io.BytesIO(data))
         im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
@@ -184,10 +192,11 @@ def _successes(shards_dir: Path) -> pl.DataFrame:
     frames = []
     for stats_file in sorted(shards_dir.glob("*_stats.json")):
         meta = shards_dir / f"{stats_file.name[: -len('_stats.json')]}.parquet"
-        cols = [c for c in ("key", "url", "status", "exif") if c in pq.read_schema(meta).names]
+        cols = [c for c in ("key", "url", "status", "width", "height", "exif") if c in pq.read_schema(meta).names]
         frames.append(pl.from_arrow(pq.read_table(meta, columns=cols)).filter(pl.col("status") == "success"))
     if not frames:
-        return pl.DataFrame(schema={"key": pl.Utf8, "url": pl.Utf8, "status": pl.Utf8})
+        return pl.DataFrame(schema={"key": pl.Utf8, "url": pl.Utf8, "status": pl.Utf8, "width": pl.Int64,
+                                    "height": pl.Int64})
     return pl.concat(frames, how="diagonal")
 
 
