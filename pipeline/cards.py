@@ -21,6 +21,21 @@ LICENCE_NOTES = {
 }
 
 
+def split_note(dataset: str, split: str, fold_restval: bool) -> str | None:
+    """What a reader of the card must know about how this split was drawn from the source, or None."""
+    if dataset != "coco":
+        return None
+    if split == "train" and fold_restval:
+        return ("Karpathy `train` **plus `restval`** (113,287 images in the full file), the training set of "
+                "FROMAGe and the thesis; `[datasets.coco] fold_restval = false` keeps restval apart.")
+    if split == "train":
+        return ("Karpathy `train` only (82,783 images in the full file): restval is kept apart "
+                "(`[datasets.coco] fold_restval = false`).")
+    if split == "restval":
+        return "Karpathy `restval` on its own (`[datasets.coco] fold_restval = false`)."
+    return None
+
+
 def write_dataset_card(
     out_dir: Path,
     *,
@@ -32,8 +47,10 @@ def write_dataset_card(
     policy: list[str] | None,
     stats: dict,
     availability_md: str | None,
+    source_note: str | None = None,
 ) -> Path:
-    """Write out_dir/README.md describing one shard folder."""
+    """Write out_dir/README.md describing one shard folder; `source_note` (split_note) says how the
+    split was drawn from the source when that is not obvious."""
     dropped = {k: v for k, v in stats.items() if k.startswith("dropped_")}
     lines = [
         f"# {dataset}/{split} in European Portuguese ({engine})",
@@ -44,6 +61,7 @@ def write_dataset_card(
         "| | |",
         "|---|---|",
         f"| source dataset | {dataset} (split `{split}`) |",
+        *([f"| split drawn as | {source_note} |"] if source_note else []),
         f"| translation engine | `{engine}` (`{engine_id}`) |",
         f"| layout | {layout} |",
         f"| filter policy | {'drop rows flagged ' + ', '.join(f'`{p}`' for p in policy) if policy else 'none (all rows kept)'} |",

@@ -101,7 +101,8 @@ def run(
     stage = until or names[-1]
     if stage not in STAGES:
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
-    _check_engines(settings)
+    if names.index(stage) >= names.index("translate"):  # stages before translate need no engine
+        _check_engines(settings)
     tasks = STAGES[stage][1](str(config.resolve()), settings)
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
     # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.
@@ -266,7 +267,7 @@ def download(
     if not retry_failed:
         _build([AvailabilityReport(config=cfg)])
         return
-    from pipeline.availability import render_report
+    from pipeline.availability import run_report
     from pipeline.images import manifest_path
     from pipeline.images import retry_failed as retry
     from pipeline.io import write_text_atomic
@@ -281,11 +282,9 @@ def download(
         s = settings.download.model_copy(update={"timeout": timeout}) if timeout else None
         m = retry(out, s, progress=lambda msg, label=f"{d}/{sp}": console.print(f"{label}: {msg}"))
         console.print(f"{d}/{sp}: {m.available:,} of {m.urls:,} available after {len(m.attempts)} attempt(s)")
-    all_splits = {
-        f"{d}/{sp}": settings.root / "images" / d / sp / "availability.parquet"
-        for d, sp in settings.datasets.splits()
-    }
-    report = render_report({k: v for k, v in all_splits.items() if v.exists()})
+    done = [f"{d}/{sp}" for d, sp in settings.datasets.splits()
+            if (settings.root / "images" / d / sp / "availability.parquet").exists()]
+    report = run_report(settings.root, done)
     write_text_atomic(settings.root / "reports" / "availability.md", report)
     console.print(report)
 

@@ -58,8 +58,11 @@ class CC3MSection(Strict):
 
 class COCOSection(Strict):
     enabled: bool = True
-    # Karpathy splits to ingest: the benchmark uses val/test (5k each); train/restval for training.
+    # Karpathy splits to ingest: the benchmark uses val/test (5k each); train for training.
     splits: list[Literal["train", "restval", "val", "test"]] = ["val", "test"]
+    # Karpathy's restval (30,504 images) is read as part of train, as FROMAGe and the thesis train on
+    # train + restval (113,287 images).  False keeps restval a split of its own (list it in `splits`).
+    fold_restval: bool = True
     # Where images live: "{url_base}/{filepath}/{filename}" (official COCO host or a local mirror).
     url_base: str = "http://images.cocodataset.org"
 
@@ -90,6 +93,21 @@ class DatasetsSection(Strict):
     coco: COCOSection = COCOSection()
     visdial: VisDialSection = VisDialSection()
     vqav2: VQAv2Section = VQAv2Section()
+    # A caption, question or answer longer than this is quarantined as `too_long` (real ones are under
+    # 300 characters; a 1 MB "caption" is a broken record that would fill a translation request).
+    max_text_chars: int = Field(2000, ge=1)
+    # file:// URLs *read from a source file* (a CC3M TSV line, a COCO coco_url) make img2dataset read
+    # local files: refused (`local_file_refused`) unless the profile allows it.  Unset: allowed only
+    # when [sample] is enabled (ptvl wrote those files itself).  URLs the profile itself builds
+    # (coco.url_base, the VisDial / VQAv2 templates) are trusted either way.
+    allow_local_files: bool | None = None
+
+    @model_validator(mode="after")
+    def _restval(self) -> DatasetsSection:
+        if self.coco.fold_restval and "restval" in self.coco.splits:
+            raise ValueError("datasets.coco.splits lists 'restval', but fold_restval = true reads restval as "
+                             "part of train; drop 'restval' from splits, or set fold_restval = false")
+        return self
 
     def enabled(self) -> dict[str, list[str]]:
         """dataset -> splits, for the datasets switched on."""
@@ -244,6 +262,12 @@ class Settings(Strict):
                     "from a profile with visdial_context = false"
                 )
         return self
+
+    @property
+    def local_files_allowed(self) -> bool:
+        """Whether source files may name file:// URLs ([datasets] allow_local_files; unset: the sample only)."""
+        allowed = self.datasets.allow_local_files
+        return self.sample.enabled if allowed is None else allowed
 
     @property
     def root(self) -> Path:
