@@ -461,7 +461,7 @@ def _train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_nam
 
         resolved = cfg.model.model_dump(mode="json")
         if "recipe" in overrides:  # run.toml holds the old recipe's values: take the new recipe's preset
-            resolved = {key: v for key, v in resolved.items() if key not in RECIPES[overrides["recipe"]]}
+            resolved = {key: v for key, v in resolved.items() if key not in RECIPES.get(overrides["recipe"], {})}
         try:
             model_cfg = ModelConfig.model_validate({**resolved, **overrides})
         except ValueError as e:
