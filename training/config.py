@@ -42,7 +42,8 @@ class ModelConfig(BaseModel):
     ret_ce_weight: float = Field(0.5, ge=0.0, description="weight of the retrieval-pass CE (emitting [RET])")
     logit_scale_init: float = Field(1 / 0.07, gt=0, description="initial InfoNCE inverse temperature (CLIP)")
     logit_scale_max: float = Field(100.0, gt=0, description="clamp of the inverse temperature (CLIP)")
-    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen LLM and CLIP")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="dtype of the frozen LLM and CLIP ('fp16' is refused: it needs loss scaling)")
     compile: bool | None = Field(None, description="torch.compile the LLM (None: on for CUDA)")
     fused_pass: bool | None = Field(
         None,
@@ -56,6 +57,9 @@ class ModelConfig(BaseModel):
     def _check(self) -> ModelConfig:
         if not self.text_emb_layers:
             raise ValueError("text_emb_layers must name at least one LLM layer")
+        if self.dtype == "fp16":  # the loop runs bf16 autocast and has no GradScaler: fp16 would underflow
+            raise ValueError("dtype 'fp16' is not supported: fp16 training needs a GradScaler, which ptvl does "
+                             "not use; use 'bf16' (GPUs since Ampere) or 'fp32'")
         return self
 
 
