@@ -41,7 +41,7 @@ FAMILY = {
 }
 # Run by default (22 families): the thesis' and FROMAGe's families, every head post-processing and
 # embedding quirk we know of, and a spread of architectures. PTVL_ALL_LLM_FAMILIES=1 runs every family of
-# the installed transformers (bench/RESULTS.md has the last full sweep).
+# the installed transformers (slow: one model build per family).
 DEFAULT = {
     "gpt_neo", "llama", "gemma", "opt",  # Glória, Gervásio, Gemma-2B, FROMAGe
     "gemma2", "gemma3_text", "cohere", "cohere2", "granite", "granitemoe", "falcon_h1",  # head / embedding scales
@@ -137,7 +137,7 @@ class Resized:
     def params(self) -> dict[str, torch.Tensor]:
         """The resized rows: frozen rows of the folder, plus ptvl's [RET] row (a live tensor)."""
         m = self.model
-        new = {"in": m.ret_in, "out": m.ret_out, "bias": m.ret_bias}
+        new = {"in": m.ret_in, "out": m.ret_out, "bias": getattr(m, "ret_bias", None)}
         return {self.names[k]: torch.cat([self.frozen[k], new[k].reshape(1, *self.frozen[k].shape[1:])])
                 for k in self.names}
 
