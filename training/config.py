@@ -71,7 +71,8 @@ class ModelConfig(BaseModel):
     logit_scale_max: float = Field(
         100.0, gt=1, description="clamp of the inverse temperature, applied to the parameter in place after "
         "each optimizer step (as CLIP), so a scale above it still has a gradient and can come back down")
-    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen LLM and CLIP")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="dtype of the frozen LLM and CLIP ('fp16' is refused: it needs loss scaling)")
     compile: bool | None = Field(None, description="torch.compile the LLM (None: on for CUDA)")
     fused_pass: bool | None = Field(
         None,
@@ -94,6 +95,9 @@ class ModelConfig(BaseModel):
     def _check(self) -> ModelConfig:
         if not self.text_emb_layers:
             raise ValueError("text_emb_layers must name at least one LLM layer")
+        if self.dtype == "fp16":  # the loop runs bf16 autocast and has no GradScaler: fp16 would underflow
+            raise ValueError("dtype 'fp16' is not supported: fp16 training needs a GradScaler, which ptvl does "
+                             "not use; use 'bf16' (GPUs since Ampere) or 'fp32'")
         return self
 
 

@@ -80,22 +80,27 @@ class _BodyOutput(tuple):
 
 class _SkipBody:
     """Stands in for the transformer body: returns its `inputs_embeds` (our final hidden states) unchanged.
-    Attribute access returns itself, so wrappers that call `self.model.decoder(...)` work too."""
+    A sub-module of the body is skipped too (wrappers call `self.model.decoder(...)`); any other attribute is
+    the body's own (Falcon-H1 scales its logits by `self.model.lm_head_multiplier`)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        self._body = body
 
     def __call__(self, *args: Any, inputs_embeds: Tensor | None = None, **kw: Any) -> _BodyOutput:
         if inputs_embeds is None:
             raise TypeError("the causal-LM forward did not pass inputs_embeds to its body")
         return _BodyOutput(inputs_embeds)
 
-    def __getattr__(self, name: str) -> _SkipBody:
-        return self
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._body, name)
+        return self if isinstance(value, nn.Module) else value
 
 
 class _HeadOnly:
     """`self` for the causal-LM class's own forward: the LM, except that its body is `_SkipBody`."""
 
     def __init__(self, lm: nn.Module, body_name: str) -> None:
-        self._lm, self._body_name, self._skip = lm, body_name, _SkipBody()
+        self._lm, self._body_name, self._skip = lm, body_name, _SkipBody(getattr(lm, body_name))
 
     def __getattr__(self, name: str) -> Any:
         return self._skip if name == self._body_name else getattr(self._lm, name)
