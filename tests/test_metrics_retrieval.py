@@ -42,6 +42,9 @@ def test_hand_made_matrix_both_directions():
     assert m["i2t_medr"] == 2.0 and m["i2t_medr_pess"] == 3.0
     assert m["i2t_meanr"] == pytest.approx((0 + 1.5 + 2) / 3 + 1)
     assert m["t2i_medr"] == 2.0  # ranks 0, 2, 1, 0, 2
+    # Image 2 without captions is no i2t query, but still a t2i candidate (text 4 now describes image 1).
+    m = retrieval_metrics(sim, [0, 0, 1, 1, 1], ks=KS)
+    assert m["i2t_n"] == 2 and m["t2i_n"] == 5 and m["i2t_r1"] == 1.0  # image 1: own best 0.7, the top
 
 
 def test_median_rank_follows_vsepp_not_the_lower_middle():

@@ -65,12 +65,21 @@ Standing = Tensor  # (n, 3) int64
 
 def i2t_standing(sim_rows: Tensor, image_index: Tensor, text_to_image: Tensor) -> Standing:
     """(a, w, p) of each image row. sim_rows: (b, n_texts) similarities of images `image_index` (b,)."""
-    own = text_to_image.unsqueeze(0) == image_index.unsqueeze(1)  # (b, n_texts)
-    best = sim_rows.masked_fill(~own, float("-inf")).amax(1, keepdim=True)  # (b, 1)
-    a = ((sim_rows > best) & ~own).sum(1)
-    w = ((sim_rows == best) & ~own).sum(1)
-    p = ((sim_rows == best) & own).sum(1)
-    a = torch.where(own.any(1), a, torch.full_like(a, -1))
+    b = sim_rows.shape[0]
+    # Each image's own captions are found through text_to_image (no (b, n_texts) mask): the best own score,
+    # then two passes over the row count what scores above it and what ties it.
+    size = int(max(int(image_index.max()), int(text_to_image.max()) if len(text_to_image) else 0)) + 1
+    local = torch.full((size,), -1, dtype=torch.long, device=sim_rows.device)
+    local[image_index] = torch.arange(b, device=sim_rows.device)
+    texts = torch.nonzero(local[text_to_image] >= 0).squeeze(1)
+    rows = local[text_to_image[texts]]
+    own_scores = sim_rows[rows, texts]
+    best = torch.full((b,), float("-inf"), dtype=sim_rows.dtype, device=sim_rows.device)
+    best = best.scatter_reduce(0, rows, own_scores, reduce="amax")
+    p = torch.zeros(b, dtype=torch.long, device=sim_rows.device).index_add_(0, rows, (own_scores == best[rows]).long())
+    a = (sim_rows > best.unsqueeze(1)).sum(1)  # no own caption scores above the best own one
+    w = (sim_rows == best.unsqueeze(1)).sum(1) - p
+    a = torch.where(p > 0, a, torch.full_like(a, -1))  # an image without captions is not a query
     return torch.stack([a, w, p], 1)
 
 
@@ -162,6 +171,16 @@ def retrieval_metrics(sim: ArrayLike, text_to_image: ArrayLike, ks: Sequence[int
     return {**standing_summary("i2t", i2t, ks), **standing_summary("t2i", t2i, ks)}
 
 
+def _distinct(emb: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(distinct rows, index of each row among them), or (emb, None) when every row is distinct already."""
+    distinct, inverse = torch.unique(emb, dim=0, return_inverse=True)
+    return (emb, None) if len(distinct) == len(emb) else (distinct, inverse)
+
+
+def _expand(sim: Tensor, inverse: Tensor | None) -> Tensor:
+    return sim if inverse is None else sim[:, inverse]
+
+
 def retrieval_metrics_from_embeddings(
     image_emb: ArrayLike, text_emb: ArrayLike, text_to_image: ArrayLike, ks: Sequence[int] = KS, *,
     chunk: int = 1024, device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None,
@@ -178,20 +197,20 @@ def retrieval_metrics_from_embeddings(
     _check_finite(txt, "text embeddings")
     # The candidates of a row (texts for i2t, images for t2i) are multiplied once per distinct embedding and
     # gathered: equal texts get exactly equal similarities, hence exact ties.
-    img_u, img_inv = torch.unique(img, dim=0, return_inverse=True)
-    txt_u, txt_inv = torch.unique(txt, dim=0, return_inverse=True)
+    img_u, img_inv = _distinct(img)
+    txt_u, txt_inv = _distinct(txt)
     steps = -(-len(img) // chunk) + -(-len(txt) // chunk)
     done = 0
     i2t_parts = []
     for s in range(0, len(img), chunk):
-        rows = (img[s : s + chunk] @ txt_u.t())[:, txt_inv]
+        rows = _expand(img[s : s + chunk] @ txt_u.t(), txt_inv)
         i2t_parts.append(i2t_standing(rows, torch.arange(s, s + len(rows), device=device), t2i_idx).cpu())
         done += 1
         if progress:
             progress(done, steps)
     t2i_parts = []
     for s in range(0, len(txt), chunk):
-        cols = (txt[s : s + chunk] @ img_u.t())[:, img_inv]
+        cols = _expand(txt[s : s + chunk] @ img_u.t(), img_inv)
         t2i_parts.append(t2i_standing(cols, t2i_idx[s : s + chunk]).cpu())
         done += 1
         if progress:
