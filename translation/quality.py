@@ -798,7 +798,9 @@ def _candidate_bits(uniq: pl.DataFrame, th: QualityThresholds, en: str, pt: str,
         identical=p_low.str.replace_all(non_word, "") == e_low.str.replace_all(non_word, ""),
         hint=p_low.str.contains(_latin(_without_word_boundaries(r"\b(?:" + "|".join(sorted(_EN_HINTS)) + r")\b"))),
         brazilian=p.str.contains(_brazilian_superset_pattern()),
-        digits=e.str.contains(r"[0-9]"),
+        # source numbers not all in the output verbatim (missing_source_numbers is [] when they all are)
+        digits=e.str.extract_all(_NUMBER.pattern).list.set_difference(p.str.extract_all(_NUMBER.pattern))
+        .list.len() > 0,
         src_len=e.str.strip_chars().str.len_chars(),
         out_len=p.str.strip_chars().str.len_chars(),
         low=((s < th.min_score) & s.is_not_nan()).fill_null(False) if th.min_score is not None else pl.lit(False),
