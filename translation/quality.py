@@ -3,14 +3,17 @@
 Detectors (thesis §5.2 failure modes, SPEC §2):
 - ``empty``: the output is empty or whitespace only.
 - ``untranslated``: the output equals the source after normalisation, or is mostly English (py3langid,
-  whose model ships inside the wheel: nothing is downloaded at run time).
+  whose model ships inside the wheel: nothing is downloaded at run time); never an output made only of
+  frequent Portuguese words (wordfreq's word lists, also inside its wheel: 'animal', 'hospital').
 - ``brazilian``: PT-BR lexicon, spellings and grammar (progressive gerund, article-less possessives,
   sentence-initial clitics).  Only markers that are NOT also PT-PT are listed; the reason names each match
   with its PT-PT counterpart so a reader sees why.
 - ``truncated``: output much shorter than the source (ratio calibrated on the gold set), numbers of the
-  source missing from the output, or the output ending on a dangling article/preposition.
+  source missing from the output in every rendering ('42' may be 'quarenta e dois', '10:30' '10h30'), or
+  the output ending on a dangling article/preposition.
 - ``repetitive``: an n-gram repeated back to back or many times, a sub-word piece looping inside one
-  'word' (a decoder loop on pieces without word boundaries), or an output far longer than the source.
+  'word' (a decoder loop on pieces without word boundaries), or an output far longer than the source; a
+  repetition the source has too is faithful.
 - ``low_score``: the engine's mean token log-probability below a threshold (only when a score is given).
 
 Each detector returns ``None`` (clean) or a reason string that starts with the flag name and carries the
@@ -798,7 +801,9 @@ def _candidate_bits(uniq: pl.DataFrame, th: QualityThresholds, en: str, pt: str,
         identical=p_low.str.replace_all(non_word, "") == e_low.str.replace_all(non_word, ""),
         hint=p_low.str.contains(_latin(_without_word_boundaries(r"\b(?:" + "|".join(sorted(_EN_HINTS)) + r")\b"))),
         brazilian=p.str.contains(_brazilian_superset_pattern()),
-        digits=e.str.contains(r"[0-9]"),
+        # source numbers not all in the output verbatim (missing_source_numbers is [] when they all are)
+        digits=e.str.extract_all(_NUMBER.pattern).list.set_difference(p.str.extract_all(_NUMBER.pattern))
+        .list.len() > 0,
         src_len=e.str.strip_chars().str.len_chars(),
         out_len=p.str.strip_chars().str.len_chars(),
         low=((s < th.min_score) & s.is_not_nan()).fill_null(False) if th.min_score is not None else pl.lit(False),
