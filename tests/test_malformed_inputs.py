@@ -173,17 +173,18 @@ def test_karpathy_json_control_characters_are_stripped(tmp_path: Path, caplog) -
 
 
 def test_karpathy_cocoid_in_two_splits_is_leakage_named_in_both(tmp_path: Path, caplog) -> None:
-    images = [_image(1, "train", ["a cat"]), _image(2, "val", ["a dog"]), _image(1, "test", ["a cat again"]),
-              _image(3, "test", ["a bird"])]
+    images = [_image(1, "train", ["a cat"]), _image(2, "test", ["a dog"]), _image(1, "val", ["a cat again"]),
+              _image(3, "val", ["a bird"])]
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": images}))
     with caplog.at_level(logging.WARNING, logger="ptvl"):
-        test = read_karpathy(path, splits=("test",))
+        val = read_karpathy(path, splits=("val",))
         train = read_karpathy(path, splits=("train",))
-    assert _rows(test) == [(2, "split_leakage")] and _rows(train) == [(0, "split_leakage")]
-    assert "cocoid 1 is also in split train" in test.quarantine["detail"][0].as_py()
-    assert test.items["image_id"].to_pylist() == ["coco/3"] and train.items.num_rows == 0
-    assert "1 cocoids are in more than one split" in caplog.text and "1 (test/train)" in caplog.text
+    assert _rows(val) == [(2, "split_leakage")] and _rows(train) == [(0, "split_leakage")]
+    assert "cocoid 1 is also in split train" in val.quarantine["detail"][0].as_py()
+    assert "cocoid 1 is also in split val" in train.quarantine["detail"][0].as_py()
+    assert val.items["image_id"].to_pylist() == ["coco/3"] and train.items.num_rows == 0
+    assert "1 cocoids are in more than one split" in caplog.text and "1 (train/val)" in caplog.text
 
 
 def test_karpathy_truncated_file_names_the_position(tmp_path: Path) -> None:
