@@ -146,6 +146,7 @@ KARPATHY_QUARANTINED = {
     "duplicate_cocoid": (_image(1, "val", ["again"]), ["duplicate_id"]),
     "one_megabyte_caption": (_image(2, "val", ["x" * MB, "a bird"]), ["too_long"]),
     "lone_surrogate": (_image(2, "val", ["a b\ud800rd", "a bird"]), ["bad_unicode"]),
+    "filename_lone_surrogate": (_image(2, "val", ["a bird"]) | {"filename": "x\udfff.jpg"}, ["bad_record"]),
 }
 
 
@@ -216,6 +217,12 @@ def test_official_coco_file_url_is_refused(tmp_path: Path) -> None:
 def test_official_coco_image_without_annotation_is_quarantined(tmp_path: Path) -> None:
     r = _captions(tmp_path, {"id": 2, "file_name": "b.jpg", "coco_url": "http://h/b c.jpg"}, [])
     assert _rows(r) == [(1, "no_captions")] and r.items["image_id"].to_pylist() == ["coco/1"]
+
+
+def test_official_coco_url_with_a_lone_surrogate_is_written_encoded(tmp_path: Path) -> None:
+    r = _captions(tmp_path, {"id": 2, "file_name": "b.jpg", "coco_url": "http://h/b\udc80.jpg"},
+                  [{"id": 11, "image_id": 2, "caption": "a dog"}])
+    assert r.quarantine.num_rows == 0 and r.items["url"].to_pylist()[1] == "http://h/b%ED%B2%80.jpg"
 
 
 def test_official_coco_url_with_a_space_is_encoded(tmp_path: Path) -> None:
