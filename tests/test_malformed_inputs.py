@@ -146,6 +146,7 @@ KARPATHY_QUARANTINED = {
     "duplicate_cocoid": (_image(1, "val", ["again"]), ["duplicate_id"]),
     "one_megabyte_caption": (_image(2, "val", ["x" * MB, "a bird"]), ["too_long"]),
     "lone_surrogate": (_image(2, "val", ["a b\ud800rd", "a bird"]), ["bad_unicode"]),
+    "filename_lone_surrogate": (_image(2, "val", ["a bird"]) | {"filename": "x\udfff.jpg"}, ["bad_record"]),
 }
 
 
@@ -173,17 +174,18 @@ def test_karpathy_json_control_characters_are_stripped(tmp_path: Path, caplog) -
 
 
 def test_karpathy_cocoid_in_two_splits_is_leakage_named_in_both(tmp_path: Path, caplog) -> None:
-    images = [_image(1, "train", ["a cat"]), _image(2, "val", ["a dog"]), _image(1, "test", ["a cat again"]),
-              _image(3, "test", ["a bird"])]
+    images = [_image(1, "train", ["a cat"]), _image(2, "test", ["a dog"]), _image(1, "val", ["a cat again"]),
+              _image(3, "val", ["a bird"])]
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": images}))
     with caplog.at_level(logging.WARNING, logger="ptvl"):
-        test = read_karpathy(path, splits=("test",))
+        val = read_karpathy(path, splits=("val",))
         train = read_karpathy(path, splits=("train",))
-    assert _rows(test) == [(2, "split_leakage")] and _rows(train) == [(0, "split_leakage")]
-    assert "cocoid 1 is also in split train" in test.quarantine["detail"][0].as_py()
-    assert test.items["image_id"].to_pylist() == ["coco/3"] and train.items.num_rows == 0
-    assert "1 cocoids are in more than one split" in caplog.text and "1 (test/train)" in caplog.text
+    assert _rows(val) == [(2, "split_leakage")] and _rows(train) == [(0, "split_leakage")]
+    assert "cocoid 1 is also in split train" in val.quarantine["detail"][0].as_py()
+    assert "cocoid 1 is also in split val" in train.quarantine["detail"][0].as_py()
+    assert val.items["image_id"].to_pylist() == ["coco/3"] and train.items.num_rows == 0
+    assert "1 cocoids are in more than one split" in caplog.text and "1 (train/val)" in caplog.text
 
 
 def test_karpathy_truncated_file_names_the_position(tmp_path: Path) -> None:
@@ -215,6 +217,12 @@ def test_official_coco_file_url_is_refused(tmp_path: Path) -> None:
 def test_official_coco_image_without_annotation_is_quarantined(tmp_path: Path) -> None:
     r = _captions(tmp_path, {"id": 2, "file_name": "b.jpg", "coco_url": "http://h/b c.jpg"}, [])
     assert _rows(r) == [(1, "no_captions")] and r.items["image_id"].to_pylist() == ["coco/1"]
+
+
+def test_official_coco_url_with_a_lone_surrogate_is_written_encoded(tmp_path: Path) -> None:
+    r = _captions(tmp_path, {"id": 2, "file_name": "b.jpg", "coco_url": "http://h/b\udc80.jpg"},
+                  [{"id": 11, "image_id": 2, "caption": "a dog"}])
+    assert r.quarantine.num_rows == 0 and r.items["url"].to_pylist()[1] == "http://h/b%ED%B2%80.jpg"
 
 
 def test_official_coco_url_with_a_space_is_encoded(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pipeline.readers.common import (
     ReadResult,
     SourceFormatError,
     clean_url,
+    has_surrogate,
     is_fetchable_url,
     is_local_url,
     items_table,
@@ -165,6 +166,8 @@ def read_karpathy(
         original += mine
         problem = _missing(rec, {"split": str, "filepath": str, "filename": str, "cocoid": int, "sentences": list})
         reason = "bad_record"
+        if problem is None and has_surrogate(rec["filepath"] + rec["filename"]):
+            problem = "lone surrogate in filepath / filename"
         if problem is None and rec["cocoid"] in seen:
             problem, reason = f"cocoid {rec['cocoid']} seen before", "duplicate_id"
         if problem is None and rec["cocoid"] in leaked:
@@ -225,6 +228,8 @@ def read_coco_captions(
     where: dict[int, tuple[str, str]] = {}  # cocoid -> (url, source path)
     for index, img in enumerate(images):
         problem = _missing(img, {"id": int, "file_name": str})
+        if problem is None and has_surrogate(img["file_name"]):
+            problem = "lone surrogate in file_name"
         if problem is None and img["id"] in known:
             problem = f"image id {img['id']} seen before"
         if problem is not None:

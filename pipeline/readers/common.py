@@ -287,7 +287,14 @@ def clean_url(url: str) -> str:
     url = url.strip()
     if URL_UNSAFE.search(url) is None:
         return url
-    return urllib.parse.quote(url, safe="-._~:/?#[]@!$&'()*+,;=%")
+    # surrogatepass: a lone surrogate (a JSON escape) becomes %ED%A0%80..., a URL that can be written
+    # and fails at download with its own reason, instead of an encoding error that stops the read
+    return urllib.parse.quote(url, safe="-._~:/?#[]@!$&'()*+,;=%", errors="surrogatepass")
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether a string holds a lone surrogate (it cannot be written as UTF-8)."""
+    return _SURROGATE.search(text) is not None
 
 
 def is_local_url(url: str) -> bool:
