@@ -183,16 +183,20 @@ def evaluate(
             ]
             vqa = run_vqa(model, features_for, questions, settings=settings, progress=progress)
             metrics = dict(vqa.metrics)
+            qualitative.vqa_page(vqa, questions, images.get, out_dir / "vqa.html", n=n)
     result = {**run_info(run_dir, engine), "benchmark": benchmark, "shards": str(shard_dir),
               "images": len(images), "metrics": metrics}
     _write_json(out_dir / "metrics.json", result)
+    from training.modelcard import refresh_model_card
+
+    refresh_model_card(run_dir)  # the card's Results section now includes this benchmark
     return result
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from ptvl_io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
 
 
 def collect_runs(run_dirs: Sequence[Path]) -> list[dict]:

@@ -42,6 +42,23 @@ class TableInputError(ValueError):
     """A run record lacks a field the table needs."""
 
 
+def is_count(key: str) -> bool:
+    """Metrics that count things (VQA's `n`, VisDial's `n_rounds`): whole numbers, not fractions."""
+    parts = key.split("_")
+    return "n" in parts
+
+
+def format_metric(key: str, value: object, digits: int = 3) -> str:
+    """One metric for people: counts as 90,000 (never 90.000), other floats with `digits` decimals."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int | float) and is_count(key) and float(value).is_integer():
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def engine_label(engine: str | None) -> str:
     return ENGINE_LABELS.get(engine, f"PT-PT {engine}")
 
