@@ -51,6 +51,7 @@ class ProgressReporter:
         self.every_s = _every_s() if every_s is None else every_s
         self.t0 = self.last_log = time.monotonic()
         self.start = completed
+        self.logged: tuple[int, str] = (completed, "")
         self.bar = None
         self.closed = False
         if self.console.is_terminal:
@@ -101,9 +102,12 @@ class ProgressReporter:
         if self.bar is not None:
             self.bar.update(self.task, completed=completed, description=self._fields_text())
             return
+        # A line when there is news and every_s has passed, and a heartbeat every DEFAULT_EVERY_S even
+        # without news (a stalled step still says it is alive).
         now = time.monotonic()
-        if now - self.last_log >= self.every_s:
-            self.last_log = now
+        news = (completed, self._fields_text()) != self.logged
+        if (news and now - self.last_log >= self.every_s) or now - self.last_log >= max(self.every_s, DEFAULT_EVERY_S):
+            self.last_log, self.logged = now, (completed, self._fields_text())
             log.info("%s", self.line())
 
     def advance(self, n: int = 1, **fields: Any) -> None:
