@@ -56,6 +56,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)
     # The Java tools' stderr (PTBTokenizer's "tokenized N tokens", "Untokenizable: ...", METEOR's start-up)
     # is relayed by eval.metrics.caption at DEBUG: shown with -v only.
+    if not verbose:  # transformers' "Loading weights" / "Writing model shards" bars (read at its import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _fail(msg: str) -> None:

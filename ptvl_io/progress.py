@@ -119,8 +119,8 @@ class ProgressReporter:
         self.closed = True
         if self.bar is not None:
             self.bar.stop()
-        elif self.completed != self.start:
-            log.info("%s", self.line())
+        elif self.completed != self.start and (self.completed, self._fields_text()) != self.logged:
+            log.info("%s", self.line())  # the final state, unless its line was just logged
 
     def __enter__(self) -> ProgressReporter:
         return self
