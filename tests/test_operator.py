@@ -100,7 +100,7 @@ def test_help_texts_keep_their_brackets() -> None:
         for w in wanted:
             checked += 1
             assert w in flat, f"`ptvl {' '.join(path)} --help` lost {w!r}:\n{res.output}"
-    assert checked >= 8  # translate --engine, train --llm/--run-name, retrain, eval --engine, ...
+    assert checked >= 7  # translate --engine, train --llm/--run-name, retrain (3), eval --engine
     res = runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "300"}, terminal_width=300)
     assert "Name of an [engines.<name>] table in the config." in " ".join(res.output.split())
 
@@ -340,3 +340,34 @@ def test_retrain_is_one_command(tiny_run: TinyRun) -> None:
     assert "| LLM Backbone | Bridge | Layer |" in t55 and "| cls | L-1 |" in t55 and "| cls | L |" in t55
     card = (run / "README.md").read_text()
     assert "### vqav2" in card and "ViT layer -2" in card
+
+
+# ------------------------------------------------------------------ progress without a terminal
+
+
+def test_progress_logs_lines_without_a_terminal_and_draws_a_bar_on_one(caplog) -> None:
+    import io
+
+    from rich.console import Console
+
+    from ptvl_io.progress import ProgressReporter
+
+    caplog.set_level("INFO", logger="ptvl.progress")
+    pipe = Console(file=io.StringIO(), force_terminal=False)
+    with ProgressReporter("train", 4, unit="steps", fields_fmt="loss {loss:.2f}", console=pipe, every_s=0) as p:
+        for step in range(1, 5):
+            p.update(step, loss=1.0 / step)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("train: 1/4 steps (25%), loss 1.00, elapsed 00:00")
+    assert lines[-1].startswith("train: 4/4 steps (100%), loss 0.25")
+    assert len(lines) == 4  # one per update, none repeated at close
+    caplog.clear()
+    with ProgressReporter("slow", 100, console=pipe, every_s=3600) as p:
+        for n in range(1, 101):
+            p.update(n)
+    assert [r.getMessage()[:21] for r in caplog.records] == ["slow: 100/100 (100%),"]  # only the end
+    caplog.clear()
+    tty = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with ProgressReporter("train", 4, console=tty, every_s=0) as p:
+        p.update(4)
+    assert not caplog.records and "4/4" in tty.file.getvalue()
