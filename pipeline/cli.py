@@ -531,6 +531,9 @@ def retrain(
                                         run_name=run_name)
     run_dir = Train(config=str(resolved)).run_dir()
     _build([Evaluate(config=str(resolved), benchmark=b) for b in settings.eval.benchmarks], workers)
+    from training.modelcard import refresh_model_card
+
+    refresh_model_card(run_dir)  # with every benchmark, also when evaluations ran side by side
     runs = [d for d in sorted((settings.root / "train").iterdir()) if any(d.glob("eval/*/metrics.json"))]
     runs = [d for d in runs if d != run_dir] + [run_dir]  # this run last, under the earlier ones
     console.print(f"run: {run_dir} ({len(runs) - 1} earlier run(s) under {settings.root / 'train'})")

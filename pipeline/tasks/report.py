@@ -100,6 +100,11 @@ class FinalReport(PtvlTask):
         reports = self.root / "reports"
         train = self.requires()["train"]
         run_dir = train.run_dir()
+        from training.modelcard import refresh_model_card
+
+        # Evaluations running side by side each rewrite the card; the last one may not have seen the
+        # others' metrics.json yet.  Once all are done, write it once more with all of them.
+        refresh_model_card(run_dir)
         png, series = training_curves(run_dir)
         write_bytes_atomic(reports / "training_curves.png", png)
         done = json.loads(Path(train.output().path).read_text())
