@@ -266,14 +266,18 @@ def test_dataset_cards_list_columns_and_types(tiny_run: TinyRun) -> None:
 
 
 def test_model_card_shows_every_evaluation(tiny_run: TinyRun) -> None:
+    from eval.tables import is_count
+
     card = (tiny_run.root / "train" / "vgloria" / "README.md").read_text()
     assert "(none run)" not in card and "Not evaluated yet" not in card
     for bench in ("coco", "visdial", "vqav2"):
         metrics = json.loads((tiny_run.root / "train" / "vgloria" / "eval" / bench / "metrics.json").read_text())
         assert f"### {bench}" in card
         for key, value in metrics["metrics"].items():
-            if isinstance(value, float) and key != "n" and not key.endswith("n_rounds"):
+            if isinstance(value, float) and not is_count(key):
                 assert f"| {key} | {value:.4f} |" in card, (bench, key)
+            elif is_count(key):
+                assert f"| {key} | {int(value):,} |" in card, (bench, key)
     assert "| n | 12 |" in card  # 4 VQA images x 3 questions: a count, not 12.0000
     assert "{'" not in card and "shard files" not in card and "1 shard file" in card
 
