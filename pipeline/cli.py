@@ -61,7 +61,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(msg)}")
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
 
 
@@ -649,7 +649,7 @@ def main() -> None:
     try:
         app()
     except ConfigError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
 
 
