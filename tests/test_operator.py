@@ -375,3 +375,40 @@ def test_progress_logs_lines_without_a_terminal_and_draws_a_bar_on_one(caplog) -
     with ProgressReporter("train", 4, console=tty, every_s=0) as p:
         p.update(4)
     assert not caplog.records and "4/4" in tty.file.getvalue()
+
+
+# ------------------------------------------------------------------ chatter behind -v, not deleted
+
+
+def test_third_party_info_is_shown_only_with_verbose() -> None:
+    import logging
+
+    from pipeline import cli
+
+    def shown(verbose: bool, name: str, level: int) -> bool:
+        cli._setup_logging(verbose)
+        handler = logging.getLogger().handlers[0]
+        record = logging.LogRecord(name, level, __file__, 1, "Parsing model identifier", None, None)
+        return logging.getLogger().isEnabledFor(level) and all(f.filter(record) for f in handler.filters)
+
+    try:
+        assert not shown(False, "root", logging.INFO)  # open_clip logs on the root logger
+        assert shown(True, "root", logging.INFO)
+        assert shown(False, "root", logging.WARNING)  # warnings always reach the console
+        assert shown(False, "ptvl", logging.INFO) and shown(False, "training.train", logging.INFO)
+        assert not shown(False, "eval.metrics.caption", logging.DEBUG)
+        assert shown(True, "eval.metrics.caption", logging.DEBUG)
+    finally:
+        logging.basicConfig(force=True)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="PTBTokenizer needs java")
+def test_ptb_tokenizer_stderr_goes_to_the_debug_log(caplog, capfd) -> None:
+    from eval.metrics.caption import ptb_tokenize
+
+    caplog.set_level("DEBUG", logger="eval.metrics.caption")
+    refs, hyps = ptb_tokenize({1: ["um cão à porta"]}, {1: "gato \ufffd"})
+    assert refs == {1: ["um cão à porta"]} and hyps[1][0].startswith("gato")
+    relayed = [r.getMessage() for r in caplog.records if r.name == "eval.metrics.caption"]
+    assert any("PTBTokenizer tokenized" in m for m in relayed), relayed
+    assert "PTBTokenizer" not in capfd.readouterr().err  # nothing straight from the JVM to the console
