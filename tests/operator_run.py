@@ -114,6 +114,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     config = tmp / "tiny.toml"
     config.write_text(PROFILE.format(root=tmp / "run"))
     # PTVL_PROGRESS_EVERY_S=0: without a terminal, every progress update is a log line (default: every 30 s).
-    res = ptvl("run", "--config", str(config), "--workers", "2", env={"PTVL_PROGRESS_EVERY_S": "0"}, umask=UMASK)
+    res = ptvl("run", "--config", str(config), "--workers", "2", env={"PTVL_PROGRESS_EVERY_S": "0"}, umask=UMASK,
+               timeout=2300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     return TinyRun(tmp / "run", config, res.stdout + res.stderr)

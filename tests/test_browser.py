@@ -18,8 +18,11 @@ from tests.operator_run import TinyRun
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (`make setup` runs "
-                                "apt-get install chromium; it failed or apt is unavailable here)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (`make setup` runs apt-get install "
+                       "chromium; it failed or apt is unavailable here)"),
+    pytest.mark.timeout(2400),  # may set up the shared tiny whole run (tests/operator_run.py)
+]
 
 # In the page: every image's natural and rendered size, every link's target and whether an in-page
 # anchor resolves.

@@ -22,6 +22,10 @@ from pipeline.cli import app
 from tests.operator_run import UMASK, TinyRun, ptvl
 from training.shards import EVAL_CAPTION_SHARD, VQA_SHARD
 
+# The shared tiny whole run (tests/operator_run.py) is set up by the first test that needs it: a few
+# minutes on an idle 2-core machine, far more on a loaded one.
+pytestmark = pytest.mark.timeout(2400)
+
 REPO = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\]\(([^)#]+)\)")
 
