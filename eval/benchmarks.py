@@ -190,6 +190,7 @@ def evaluate(
             vqa = run_vqa(model, features_for, questions, settings=settings, progress=progress)
             metrics = dict(vqa.metrics)
             scored_items = vqa.items()
+            qualitative.vqa_page(vqa, questions, images.get, out_dir / "vqa.html", n=n)
     labels = settings.scoring_labels()
     scoring = ({k: labels[k] for k in ("vqa_mode", "vqa_rule")} if benchmark == "vqav2"
                else {"tie_rule": labels["tie_rule"]})
@@ -198,13 +199,16 @@ def evaluate(
     # Per-item scores first, metrics.json last: metrics.json marks a complete evaluation.
     _write_json(out_dir / ITEMS_NAME, scored_items)
     _write_json(out_dir / "metrics.json", result)
+    from training.modelcard import refresh_model_card
+
+    refresh_model_card(run_dir)  # the card's Results section now includes this benchmark
     return result
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from ptvl_io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
 
 
 def collect_runs(run_dirs: Sequence[Path]) -> list[dict]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,15 +132,10 @@ def _digest(items: Sequence[str]) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ptvl_io import atomic_write
+
+    with atomic_write(path, mode, encoding="utf-8" if "b" not in mode else None) as f:
+        write(f)
 
 
 def cached_embeddings(cache_dir: Path | None, name: str, keys: Sequence[str],

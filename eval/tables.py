@@ -47,6 +47,23 @@ class TableInputError(ValueError):
     """A run record lacks a field the table needs."""
 
 
+def is_count(key: str) -> bool:
+    """Metrics that count things (VQA's `n`, VisDial's `n_rounds`): whole numbers, not fractions."""
+    parts = key.split("_")
+    return "n" in parts
+
+
+def format_metric(key: str, value: object, digits: int = 3) -> str:
+    """One metric for people: counts as 90,000 (never 90.000), other floats with `digits` decimals."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int | float) and is_count(key) and float(value).is_integer():
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def engine_label(engine: str | None) -> str:
     return ENGINE_LABELS.get(engine, f"PT-PT {engine}")
 
@@ -135,67 +152,92 @@ def _require(run: RunMetrics, fields: Sequence[str]) -> None:
         raise TableInputError(f"run record lacks {missing}: {dict(run)!r:.200}")
 
 
+ABLATION_FIELDS = ("bridge", "layer", "k")
+FIELD_HEADERS = {"bridge": "Bridge", "layer": "Layer", "k": "k"}
+
+
+def _label_fields(runs: Sequence[RunMetrics], labels: Sequence[str]) -> list[str]:
+    """Columns that tell the rows apart besides LLM and engine: `labels` always; and when LLM and engine
+    alone leave two rows alike (runs that differ only in layer, say), whichever of bridge, layer and k
+    differ between the runs.  Runs told apart by LLM and engine keep the thesis' layout."""
+    ambiguous = len({(str(r.get("llm")), str(r.get("engine"))) for r in runs}) < len(runs)
+    varying = [f for f in ABLATION_FIELDS if ambiguous and len({str(r.get(f)) for r in runs}) > 1]
+    return [f for f in ABLATION_FIELDS if f in labels or f in varying]
+
+
+def _label(run: RunMetrics, field: str) -> str:
+    return layer_label(run.get(field)) if field == "layer" else str(run.get(field, DASH))
+
+
 def _per_dataset(runs: Sequence[RunMetrics], cols: list[tuple[str, str]], caption: str, digits: int,
-                 benchmarks: Sequence[str] = ("cc3m-val", "coco"), ranked: bool = False) -> str:
+                 benchmarks: Sequence[str] = ("cc3m-val", "coco"), ranked: bool = False,
+                 labels: Sequence[str] = ()) -> str:
     rows: list[list[str]] = []
+    fields = _label_fields([r for r in runs if any(b in r.get("metrics", {}) for b in benchmarks)], labels)
     for bench in benchmarks:
         group = [r for r in runs if bench in r.get("metrics", {})]
         for r in group:
-            _require(r, ("llm", "engine"))
+            _require(r, ("llm", "engine", *fields))
         cells = _rows_with_best([[_value(r, bench, k) for _, k in cols] for r in group], digits,
                                 [_pess(r, bench, cols) for r in group] if ranked else None)
         for n, (r, c) in enumerate(zip(group, cells, strict=True)):
             rows.append([BENCHMARK_LABELS.get(bench, bench) if n == 0 else "", str(r["llm"]),
-                         engine_label(r["engine"]), *c])
+                         *[_label(r, f) for f in fields], engine_label(r["engine"]), *c])
     notes = scoring_notes(runs, benchmarks) if ranked else (
         ["Common subset: captioning is not re-scored on it."] if any(r.get("subset") == "common" for r in runs) else [])
-    return _markdown(["", "LLM", "Data Language", *[h for h, _ in cols]], rows, _subset_caption(runs, caption), notes)
+    return _markdown(["", "LLM", *[FIELD_HEADERS[f] for f in fields], "Data Language", *[h for h, _ in cols]],
+                     rows, _subset_caption(runs, caption), notes)
 
 
-def table_5_3(runs: Sequence[RunMetrics]) -> str:
-    """Retrieval IT2T / T2I R@5, R@10 per dataset, LLM and translation engine."""
-    return _per_dataset(runs, RETRIEVAL_COLS, "Table 5.3: Retrieval results for CC3M and MSCOCO.", 1, ranked=True)
+def table_5_3(runs: Sequence[RunMetrics], labels: Sequence[str] = ()) -> str:
+    """Retrieval IT2T / T2I R@5, R@10 per dataset, LLM and translation engine (and `labels`, and whichever
+    of bridge, layer, k differ between runs)."""
+    return _per_dataset(runs, RETRIEVAL_COLS, "Table 5.3: Retrieval results for CC3M and MSCOCO.", 1, ranked=True,
+                        labels=labels)
 
 
-def table_5_4(runs: Sequence[RunMetrics]) -> str:
+def table_5_4(runs: Sequence[RunMetrics], labels: Sequence[str] = ()) -> str:
     """Captioning BLEU-1..4 and METEOR (English mode, the thesis' number) per dataset, LLM and engine."""
-    return _per_dataset(runs, CAPTION_COLS, "Table 5.4: Captioning results on CC3M and MSCOCO.", 1)
+    return _per_dataset(runs, CAPTION_COLS, "Table 5.4: Captioning results on CC3M and MSCOCO.", 1, labels=labels)
 
 
-def table_5_5(runs: Sequence[RunMetrics]) -> str:
+def table_5_5(runs: Sequence[RunMetrics], labels: Sequence[str] = ()) -> str:
     """Zero-shot VisDial IT2T / T2I R@5, R@10 per LLM (and engine when several are present)."""
     group = [r for r in runs if "visdial" in r.get("metrics", {})]
+    fields = _label_fields(group, labels)
     for r in group:
-        _require(r, ("llm", "engine"))
+        _require(r, ("llm", "engine", *fields))
     cells = _rows_with_best([[_value(r, "visdial", k) for _, k in VISDIAL_COLS] for r in group], 1,
                             [_pess(r, "visdial", VISDIAL_COLS) for r in group])
-    rows = [[str(r["llm"]), engine_label(r["engine"]), *c] for r, c in zip(group, cells, strict=True)]
+    rows = [[str(r["llm"]), *[_label(r, f) for f in fields], engine_label(r["engine"]), *c]
+            for r, c in zip(group, cells, strict=True)]
     notes = scoring_notes(group, ["visdial"])
     collisions = [_value(r, "visdial", "it2t_translation_collisions") for r in group]
     if any(c is not None for c in collisions):
         notes.append("Translation collisions (rounds whose ground-truth PT option equals another option): "
                      + ", ".join(f"{engine_label(r['engine'])} {int(c)}" for r, c in zip(group, collisions, strict=True)
                                  if c is not None) + ".")
-    return _markdown(["LLM Backbone", "Data Language", *[h for h, _ in VISDIAL_COLS]], rows,
+    return _markdown(["LLM Backbone", *[FIELD_HEADERS[f] for f in fields], "Data Language",
+                      *[h for h, _ in VISDIAL_COLS]], rows,
                      _subset_caption(group, "Table 5.5: Zero-shot results on VisDial (IT2T and T2I)."), notes)
 
 
 VQA_COLS = [("overall", "overall"), ("yes/no", "yes/no"), ("number", "number"), ("other", "other")]
 
 
-def table_vqa(runs: Sequence[RunMetrics]) -> str:
+def table_vqa(runs: Sequence[RunMetrics], labels: Sequence[str] = ()) -> str:
     """VQAv2 accuracy per LLM and engine, with the answer-matching mode of every row."""
     group = [r for r in runs if "vqav2" in r.get("metrics", {})]
+    fields = _label_fields(group, labels)
     for r in group:
-        _require(r, ("llm", "engine"))
+        _require(r, ("llm", "engine", *fields))
     cells = _rows_with_best([[_value(r, "vqav2", k) for _, k in VQA_COLS] for r in group], 2)
     modes = [r.get("scoring", {}).get("vqav2", {}).get("vqa_mode", "unlabelled") for r in group]
-    rows = [[str(r["llm"]), engine_label(r["engine"]), m, *c] for r, m, c in zip(group, modes, cells, strict=True)]
-    return _markdown(["LLM", "Data Language", "VQA mode", *[h for h, _ in VQA_COLS]], rows,
+    rows = [[str(r["llm"]), *[_label(r, f) for f in fields], engine_label(r["engine"]), m, *c]
+            for r, m, c in zip(group, modes, cells, strict=True)]
+    return _markdown(["LLM", *[FIELD_HEADERS[f] for f in fields], "Data Language", "VQA mode",
+                      *[h for h, _ in VQA_COLS]], rows,
                      _subset_caption(group, "VQAv2 accuracy (zero-shot)."), scoring_notes(group, ["vqav2"]))
-
-
-ABLATION_FIELDS = ("bridge", "layer", "k")
 
 
 def ablation_table(runs: Sequence[RunMetrics], benchmark: str, kind: str, caption: str | None = None) -> str:
@@ -207,7 +249,7 @@ def ablation_table(runs: Sequence[RunMetrics], benchmark: str, kind: str, captio
     for r in group:
         _require(r, ABLATION_FIELDS)
     varying = [f for f in ABLATION_FIELDS if len({str(r[f]) for r in group}) > 1] or ["bridge"]
-    names = {"bridge": "Bridge", "layer": "Layer", "k": "k"}
+    names = FIELD_HEADERS
     cols = ABLATION_COLS[kind]
     ranked = kind in ("retrieval", "cc3m")
     cells = _rows_with_best([[_value(r, benchmark, k) for _, k in cols] for r in group], 2,

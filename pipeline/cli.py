@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from pipeline.settings import ConfigError, load_settings
 
@@ -30,23 +31,37 @@ app = typer.Typer(
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="TOML run profile (configs/*.toml).")
 
+# Our own loggers; INFO from anything else (open_clip logs on the root logger, matplotlib, tensorboard)
+# is detail for `-v`, not console output.
+OWN_LOGGERS = ("ptvl", "pipeline", "translation", "training", "eval")
+
+
+class _QuietThirdParty(logging.Filter):
+    """Without -v: our INFO lines and everyone's warnings; third-party INFO/DEBUG only with -v."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.name.split(".")[0] in OWN_LOGGERS
+
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    if not verbose:
+        handler.addFilter(_QuietThirdParty())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[handler], force=True)
     # Luigi's own INFO lines are noise next to our progress bars.
     logging.getLogger("luigi").setLevel(logging.WARNING)
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)
+    # The Java tools' stderr (PTBTokenizer's "tokenized N tokens", "Untokenizable: ...", METEOR's start-up)
+    # is relayed by eval.metrics.caption at DEBUG: shown with -v only.
+    if not verbose:  # transformers' "Loading weights" / "Writing model shards" bars (read at its import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _fail(msg: str) -> None:
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(msg)}")
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
 
 
@@ -55,6 +70,39 @@ def _load(config: Path):
         return load_settings(config)
     except ConfigError as e:
         _fail(str(e))
+
+
+def _check_writable(folder: Path, what: str = "run root") -> None:
+    """Fail in one line, before any work, when outputs could not be written under `folder` (a read-only
+    disk, a folder without write permission, a file in the way).  Nothing is created: the probe file
+    goes into the nearest folder that exists, and is removed at once."""
+    from ptvl_io import temp_beside
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        _fail(f"{what} {folder} cannot be created: {probe} is a file, not a folder")
+    try:
+        fd, tmp = temp_beside(probe / ".ptvl-write-check")
+        os.close(fd)
+        tmp.unlink()
+    except OSError as e:
+        _fail(f"{what} {folder} is not writable ({probe}: {e.strerror or e})")
+
+
+def _check_model(settings) -> None:
+    """The bridge name and its settings, checked before any stage runs (not after every upstream stage)."""
+    from training.bridges import BRIDGES
+
+    m = settings.model
+    if m.bridge not in BRIDGES:
+        _fail(f"unknown bridge {m.bridge!r} ([model] bridge or --bridge); known: {', '.join(sorted(BRIDGES))}")
+    unknown = sorted(set(m.bridge_kwargs) - set(BRIDGES[m.bridge].settings))
+    if unknown:
+        _fail(f"bridge {m.bridge!r} has no setting(s) {', '.join(unknown)} ([model] bridge_kwargs); "
+              f"it accepts: {', '.join(BRIDGES[m.bridge].settings) or 'none'}")
 
 
 def _check_engines(settings) -> None:
@@ -103,6 +151,9 @@ def run(
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
     if names.index(stage) >= names.index("translate"):  # stages before translate need no engine
         _check_engines(settings)
+    if names.index(stage) >= names.index("train"):
+        _check_model(settings)
+    _check_writable(settings.root)
     tasks = STAGES[stage][1](str(config.resolve()), settings)
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
     # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.
@@ -188,6 +239,7 @@ def translate(
         context_entry(settings, engine)
     except ConfigurationError as e:
         _fail(str(e))
+    _check_writable(settings.root)
     if dry_run:
         import polars as pl
         from rich.table import Table
@@ -263,6 +315,7 @@ def download(
     from pipeline.tasks.acquire import AvailabilityReport
 
     settings = _load(config)
+    _check_writable(settings.root)
     cfg = str(config.resolve())
     if not retry_failed:
         _build([AvailabilityReport(config=cfg)])
@@ -306,11 +359,44 @@ def convert_model_cmd(
 
     if kind not in ("madlad", "narrativa"):
         _fail(f"kind must be madlad or narrativa, not {kind!r}")
+    _check_source_checkpoint(source)
+    _check_writable(dest.parent, "--to folder")
     try:
         out = convert_model(kind, source, dest, quantization=quantization, force=force)
     except ConversionError as e:
         _fail(str(e))
-    console.print(f"converted {source} -> {out}; point [engines.{kind}] model_dir at it")
+    console.print(escape(f"converted {source} -> {out}; point [engines.{kind}] model_dir at it"))
+
+
+def _check_source_checkpoint(source: str) -> None:
+    """`convert-model --from`: a local folder must exist and hold a config.json; a hub id must be
+    reachable (or cached, offline).  One line now instead of a long trace from inside the converter."""
+    path = Path(source).expanduser()
+    looks_local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1 or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            _fail(f"--from {source}: no such folder (give a local checkpoint folder or a Hugging Face id)")
+        if not (path / "config.json").is_file():
+            _fail(f"--from {source}: the folder has no config.json, so it is not a Hugging Face checkpoint")
+        return
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        cached = huggingface_hub.try_to_load_from_cache(source, "config.json")
+        if not isinstance(cached, str):
+            _fail(f"--from {source}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+                  "downloading it (unset it, or pass a local folder)")
+        return
+    try:
+        huggingface_hub.HfApi().model_info(source, timeout=15)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        _fail(f"--from {source}: no such model on the Hugging Face hub (or it is private: log in with `hf auth login`)")
+    except huggingface_hub.errors.GatedRepoError:
+        _fail(f"--from {source}: a gated model; accept its terms on the hub and log in with `hf auth login`")
+    except Exception as e:  # noqa: BLE001  connection refused, DNS, timeout, proxy: all mean "unreachable"
+        reason = " ".join(str(e).split())[:200]
+        _fail(f"--from {source}: the Hugging Face hub cannot be reached ({type(e).__name__}: {reason})")
 
 
 memory_app = typer.Typer(help="Share translation memories: export and import Parquet files.", no_args_is_help=True)
@@ -328,6 +414,9 @@ def memory_export(
     from translation.memory import TranslationMemory
 
     settings = _load(config)
+    if not Path(memory_path(settings.root)).exists():
+        _fail(f"no translation memory at {memory_path(settings.root)}: nothing to export (run `ptvl translate` first)")
+    _check_writable(out.parent, "output folder")
     with TranslationMemory(memory_path(settings.root)) as mem:
         n = mem.export_parquet(out, engine_id=engine_id)
     console.print(f"exported {n:,} translations to {out}")
@@ -344,6 +433,9 @@ def memory_import(
     from translation.memory import TranslationMemory
 
     settings = _load(config)
+    if not path.is_file():
+        _fail(f"{path}: no such file" if not path.exists() else f"{path} is a folder, not a Parquet file")
+    _check_writable(Path(memory_path(settings.root)).parent, "memory folder")
     with TranslationMemory(memory_path(settings.root)) as mem:
         stats = mem.import_parquet(path, engine_id=engine_id)
     console.print(f"{stats.rows:,} rows: {stats.inserted:,} new, {stats.already_present:,} already present")
@@ -357,6 +449,7 @@ def compare(config: Path = ConfigOpt, workers: int = typer.Option(1, "--workers"
 
     settings = _load(config)
     _check_engines(settings)
+    _check_writable(settings.root)
     _build([CompareTranslators(config=str(config.resolve()))], workers)
     console.print(f"report: {settings.root / 'reports' / 'compare' / 'comparison.html'}")
 
@@ -395,6 +488,8 @@ def train_cmd(
     _load(config)
     profile = train_profile(config, data, overrides, steps, run_name)
     settings = _load(profile)
+    _check_model(settings)
+    _check_writable(settings.root)
     _build([Train(config=str(profile))])
     console.print(f"run: {settings.root / 'train' / settings.training.run_name}")
 
@@ -422,6 +517,8 @@ def train_profile(config: Path, data: dict, overrides: dict, steps: int | None, 
         name = run_name or "-".join(str(x) for x in (Path(model.get("llm", "llm")).name, model.get("bridge", "cls"),
                                                       f"k{model.get('k', 1)}", f"l{model.get('layer', -1)}"))
         data.setdefault("training", {})["run_name"] = name
+    # The profile's own root, made absolute: the copy lives in the run folder, not where the user ran from.
+    data.setdefault("run", {})["root"] = str(_load(config).root)
     text = to_toml(data, header=f"{config.resolve()} with the overrides of `ptvl train`")
     try:  # validated in memory: where it goes depends on the settings (root, run name)
         settings = Settings.model_validate({**tomllib.loads(text), "config_path": config.resolve()})
@@ -484,30 +581,79 @@ def _train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_nam
     console.print(f"run: {run_dir}")
 
 
+@app.command()
+def retrain(
+    llm: str = typer.Option(..., "--llm", help="Hugging Face causal LM id or folder to train the bridge on."),
+    config: Path = ConfigOpt,
+    bridge: str = typer.Option(None, "--bridge", help="Bridge (default: the profile's [model] bridge)."),
+    k: int = typer.Option(None, "--k", help="Visual tokens (bridges that take k)."),
+    layer: int = typer.Option(None, "--layer", help="ViT layer: -1 = last (L), -2 = L-1, ..."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps (default: the profile's [train] steps)."),
+    run_name: str = typer.Option(None, "--run-name", help="Folder under train/ (default: <llm>-<bridge>-k<k>-l<layer>)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1),
+    out: Path = typer.Option(None, "--out", help="Also write the tables (Markdown) here."),
+) -> None:
+    """Retrain with a new LLM in one command: train, evaluate every benchmark of the profile's [eval]
+    benchmarks, and print the thesis-layout tables with this run beside every earlier run under the
+    same root (train/*), rows labelled by LLM, bridge and layer.
+
+    Finished steps are kept: rerunning resumes training and skips finished evaluations."""
+    import tomllib
+
+    from eval.benchmarks import collect_runs
+    from pipeline.tasks.model import Evaluate, Train
+
+    _load(config)
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+    overrides = {key: v for key, v in {"llm": llm, "bridge": bridge, "k": k, "layer": layer}.items() if v is not None}
+    resolved = train_profile(config, data, overrides, steps, run_name)
+    settings = _load(resolved)
+    _check_model(settings)
+    _check_writable(settings.root)
+    run_dir = Train(config=str(resolved)).run_dir()
+    _build([Evaluate(config=str(resolved), benchmark=b) for b in settings.eval.benchmarks], workers)
+    from training.modelcard import refresh_model_card
+
+    refresh_model_card(run_dir)  # with every benchmark, also when evaluations ran side by side
+    runs = [d for d in sorted((settings.root / "train").iterdir()) if any(d.glob("eval/*/metrics.json"))]
+    runs = [d for d in runs if d != run_dir] + [run_dir]  # this run last, under the earlier ones
+    console.print(f"run: {run_dir} ({len(runs) - 1} earlier run(s) under {settings.root / 'train'})")
+    _print_tables(collect_runs(runs), out, labels=("bridge", "layer"))
+
+
 @app.command("eval")
 def eval_cmd(
     run: Path = typer.Option(..., "--run", help="A run folder (train/<run>) with run.toml and checkpoints."),
-    benchmark: str = typer.Option(..., "--benchmark", help="cc3m-val, coco, visdial or vqav2."),
+    benchmark: str = typer.Option(..., "--benchmark", help="cc3m-val, coco, visdial, vqav2, or all."),
     config: Path = ConfigOpt,
     engine: str = typer.Option(None, "--engine", help="Whose translated shards (default: [training] engine)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
-    """Evaluate a trained run on one benchmark: metrics.json, qualitative HTML pages (run/eval/<benchmark>/)."""
+    """Evaluate a trained run on one benchmark (or all): metrics.json, qualitative HTML pages
+    (run/eval/<benchmark>/), and the run's model card rewritten with the results."""
     from eval.benchmarks import BENCHMARKS, evaluate, shard_folder
+    from eval.tables import format_metric
 
     settings = _load(config)
-    if benchmark not in BENCHMARKS:
-        _fail(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    if benchmark != "all" and benchmark not in BENCHMARKS:
+        _fail(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)} or all")
+    if not (run / "run.toml").is_file():
+        _fail(f"--run {run}: no run.toml there, so it is not a trained run folder")
+    _check_writable(run / "eval", "eval folder")
     engine = engine or settings.training.engine
+    chosen = list(settings.eval.benchmarks) if benchmark == "all" else [benchmark]
     try:
-        shards = shard_folder(settings.root / "shards", engine, benchmark)
+        shards = {b: shard_folder(settings.root / "shards", engine, b) for b in chosen}
     except FileNotFoundError as e:
         _fail(str(e))
-    out = run / "eval" / benchmark
-    result = evaluate(run, benchmark, shards, out, engine=engine, settings=settings.eval.settings, device=device)
-    for key, value in result["metrics"].items():
-        console.print(f"{key:>12} {value:.4f}" if isinstance(value, float) else f"{key:>12} {value}")
-    console.print(f"written: {out / 'metrics.json'}")
+    for b in chosen:
+        out = run / "eval" / b
+        with _progress_bar(f"eval {b}") as progress:
+            result = evaluate(run, b, shards[b], out, engine=engine, settings=settings.eval.settings,
+                              device=device, progress=progress)
+        for key, value in result["metrics"].items():
+            console.print(f"{key:>16} {format_metric(key, value, 4)}")
+        console.print(f"written: {out / 'metrics.json'}")
 
 
 @app.command()
@@ -520,18 +666,25 @@ def table(
     names its tie rule and VQA mode. Runs of different translation engines are also re-scored on the
     common subset of evaluation items they all have, in a second, labelled set of tables."""
     from eval.benchmarks import collect_runs
-    from eval.common_subset import CommonSubsetError, common_subset_runs
-    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5, table_vqa
 
     try:
         rows = collect_runs(runs)
     except FileNotFoundError as e:
         _fail(str(e))
+    _print_tables(rows, out)
+
+
+def _print_tables(rows: list[dict], out: Path | None, labels: tuple[str, ...] = ()) -> None:
+    """Tables 5.3-5.5 and the COCO ablation layout, on stdout (and in `out`).  Rows are labelled by
+    LLM and engine, plus `labels` and whichever of bridge, layer and k differ between the runs."""
+    from eval.common_subset import CommonSubsetError, common_subset_runs
+    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5, table_vqa
+
     parts = []
     renders = (table_5_3, table_5_4, table_5_5, table_vqa)
     for render in renders:
         try:
-            parts.append(render(rows))
+            parts.append(render(rows, labels=labels))
         except (KeyError, ValueError) as e:
             parts.append(f"<!-- {render.__name__}: {e} -->")
     if any("coco" in r["metrics"] for r in rows):
@@ -555,15 +708,44 @@ def table(
         write_text_atomic(out, text)
 
 
+def _progress_bar(label: str):
+    from ptvl_io.progress import stage_progress
+
+    return stage_progress(label, console=console)
+
+
+def _escape_help(typer_app: typer.Typer, seen: set[int] | None = None) -> None:
+    """Help texts name config tables ("[engines.<name>]", "[model] llm"); typer renders help as Rich
+    markup, which would eat every [...] as a style tag.  Escape every command's and option's help once,
+    here, instead of in each string (a new option cannot forget it)."""
+    import inspect
+
+    seen = set() if seen is None else seen  # an option object shared by commands (ConfigOpt): once
+    for info in typer_app.registered_commands:
+        cb = info.callback
+        if info.help:
+            info.help = escape(info.help)
+        elif cb is not None and cb.__doc__:
+            cb.__doc__ = escape(inspect.cleandoc(cb.__doc__))
+        for param in inspect.signature(cb).parameters.values() if cb is not None else ():
+            default = param.default
+            if isinstance(default, typer.models.ParameterInfo) and default.help and id(default) not in seen:
+                seen.add(id(default))
+                default.help = escape(default.help)
+    for group in typer_app.registered_groups:
+        _escape_help(group.typer_instance, seen)
+
+
+_escape_help(app)
+
+
 def main() -> None:
     """Console-script entry point (`ptvl`).  img2dataset starts workers with spawn, which re-imports the
     main module: this function is only called under the console script's own __main__ guard."""
     try:
         app()
     except ConfigError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
 
 

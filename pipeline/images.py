@@ -298,6 +298,46 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
     if n == 0:
         output_folder.mkdir(parents=True, exist_ok=True)
         return
+    with _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n):
+        _download(img2dataset, url_list, output_folder, s)
+
+
+class _DownloadProgress:
+    """URLs covered so far (from the shards' *_stats.json, as the resume logic counts them), polled in a
+    thread while img2dataset runs: a bar on a terminal, a log line every 30 s without one."""
+
+    def __init__(self, label: str, shards_dir: Path, total: int, poll_s: float = 1.0) -> None:
+        self.label, self.shards_dir, self.total, self.poll_s = label, shards_dir, total, poll_s
+
+    def __enter__(self) -> _DownloadProgress:
+        import threading
+
+        from ptvl_io.progress import ProgressReporter
+
+        self.bar = ProgressReporter(self.label, self.total, unit="URLs", completed=self._done())
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _done(self) -> int:
+        try:
+            return _stats_total(self.shards_dir) if self.shards_dir.exists() else 0
+        except (OSError, ValueError, KeyError):  # a stats file being written: count it next time
+            return self.bar.completed if hasattr(self, "bar") else 0
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.poll_s):
+            self.bar.update(self._done())
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.bar.update(self._done())
+        self.bar.close()
+
+
+def _download(img2dataset, url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
     img2dataset.download(
         url_list=str(url_list),
         input_format="parquet",

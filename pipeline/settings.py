@@ -22,16 +22,15 @@ from training.config import ModelConfig, TrainConfig
 from training.features.settings import FeatureSettings
 from translation.quality import QualityThresholds
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RunSection(Strict):
-    """Where a run writes: every stage writes under `root` (relative paths resolve against the config's
-    repository root, so `make run` from a fresh clone writes to ./runs/sample)."""
+    """Where a run writes: every stage writes under `root`.  A relative root is relative to the working
+    directory `ptvl` starts in (so `make run` in a clone writes ./runs/sample), resolved once when the
+    profile is loaded; never relative to where the package is installed."""
 
     name: str = "sample"
     root: Path = Path("runs/sample")
@@ -271,9 +270,9 @@ class Settings(Strict):
 
     @property
     def root(self) -> Path:
-        """The run root as an absolute path."""
+        """The run root as an absolute path (load_settings already made it absolute)."""
         root = self.run.root
-        return root if root.is_absolute() else (REPO_ROOT / root).resolve()
+        return root if root.is_absolute() else (Path.cwd() / root).resolve()
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:
@@ -292,14 +291,21 @@ def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"settings file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; --config takes a TOML profile file (e.g. configs/sample.toml)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        return Settings.model_validate({**data, "config_path": path.resolve()})
+        settings = Settings.model_validate({**data, "config_path": path.resolve()})
     except ValidationError as e:
         raise ConfigError(_format_errors(e, path)) from None
+    # Fix a relative root to the working directory now, so every later use (and every worker forked
+    # from here) sees one absolute folder.
+    return settings.model_copy(update={"run": settings.run.model_copy(update={"root": settings.root})})
 
 
 @lru_cache(maxsize=8)

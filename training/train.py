@@ -304,30 +304,29 @@ class _null:
 
 
 class _Progress:
-    """rich progress bar with loss, lr and steps/s (no-op when disabled, e.g. on ranks > 0 or in tests)."""
+    """Train progress with loss, lr and steps/s: a bar on a terminal, periodic log lines without one
+    (ptvl_io.progress); a no-op when disabled (ranks > 0, tests)."""
 
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self.p = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from ptvl_io.progress import ProgressReporter
 
-            self.p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
-                                         "{task.fields[rate]:.2f} steps/s"), TimeRemainingColumn())
-            self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"), lr=0.0, rate=0.0)
-            self.p.start()
+            self.p = ProgressReporter("train", total, completed=start, unit="steps",
+                                      fields_fmt="loss {loss:.4f} lr {lr:.2e} {rate:.2f} steps/s",
+                                      fields={"loss": float("nan"), "lr": 0.0, "rate": 0.0})
             self.t, self.last = time.perf_counter(), start
 
     def update(self, step: int, loss: float, lr: float) -> None:
         if self.p is not None:
             now = time.perf_counter()
             rate = (step - self.last) / max(now - self.t, 1e-9)
-            self.p.update(self.task, completed=step, loss=loss, lr=lr, rate=rate)
+            self.p.update(step, loss=loss, lr=lr, rate=rate)
             self.t, self.last = now, step
 
     def close(self) -> None:
         if self.p is not None:
-            self.p.stop()
+            self.p.close()
 
 
 def load_run(run_dir: Path, device: str = "cpu", *, load_visual: bool = True, vis_dim: int | None = None,

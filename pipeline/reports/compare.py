@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from pipeline.io import write_text_atomic  # noqa: E402
 from translation.quality import FLAG_NAMES, QualityThresholds, flag_rates, flag_table  # noqa: E402
 from translation.tokstats import render_table_5_2  # noqa: E402
 
@@ -202,15 +201,7 @@ th{background:#f0f0f0}td.flagged{background:#fff1f0}
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _scoring_lines(scoring: dict[str, str] | None) -> list[str]:
