@@ -39,6 +39,10 @@ FAMILY = {
     "gptj": dict(rotary_dim=4), "codegen": dict(rotary_dim=4),  # rotary_dim <= head_dim
     "falcon": dict(head_dim=None),  # derived, read-only
 }
+# Scales whose defaults are 1 (a no-op that would hide a missed post-processing): Granite-3 / Falcon-H1 values.
+GRANITE = dict(embedding_multiplier=12.0, logits_scaling=8.0, residual_multiplier=0.22, attention_multiplier=0.0078125)
+FAMILY |= {"granite": GRANITE, "granitemoe": GRANITE, "granitemoeshared": GRANITE,
+           "falcon_h1": dict(lm_head_multiplier=0.5)}
 # Run by default (22 families): the thesis' and FROMAGe's families, every head post-processing and
 # embedding quirk we know of, and a spread of architectures. PTVL_ALL_LLM_FAMILIES=1 runs every family of
 # the installed transformers (slow: one model build per family).
@@ -256,3 +260,16 @@ def test_family_matches_the_resized_hf_model(family, tokenizer_dir, tmp_path):
     for name, g in grads.items():
         torch.testing.assert_close(g, want_grads[name], rtol=1e-4, atol=1e-5,
                                    msg=lambda m, name=name: f"{family} grad {name}: {m}")
+
+
+def test_a_body_that_scales_only_input_ids_is_refused(tokenizer_dir, tmp_path):
+    """Falcon-H1 multiplies by embedding_multiplier only when given input_ids: fed inputs_embeds, every
+    token (virtual or real) would be off by that factor. ptvl refuses such a model in one line."""
+    folder = build_folder("falcon_h1", tokenizer_dir, tmp_path / "fh1")
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(folder)
+    cfg.embedding_multiplier = 5.0
+    cfg.save_pretrained(folder)
+    with pytest.raises(ValueError, match="treats input_ids beyond an embedding lookup"):
+        _build(folder)

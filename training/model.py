@@ -151,6 +151,7 @@ class VGloria(nn.Module):
                              persistent=False)
         self._head_only = _HeadOnly(lm, lm.base_model_prefix)
         self.body = self.lm.base_model  # the transformer without its head
+        self._check_inputs_embeds(tokenizer)
         # W_t: one map per chosen layer, each as wide as that layer's hidden state (OPT-350m: the last
         # state is projected to the 512-d embedding width, the intermediate ones are 1024 wide).
         self.text_fc = nn.ModuleList(nn.Linear(w, cfg.q) for w in self._layer_widths(cfg.text_emb_layers))
@@ -189,6 +190,21 @@ class VGloria(nn.Module):
                              "input tokens, so [RET] cannot be added as an output row")
         if getattr(lm, lm.base_model_prefix, None) is not lm.base_model:
             raise ValueError(f"{name}: no body at `{lm.base_model_prefix}`: cannot run the head on its own")
+
+    @torch.no_grad()
+    def _check_inputs_embeds(self, tokenizer: Any) -> None:
+        """ptvl feeds every sequence as inputs_embeds. Refuse a body whose input_ids path does more than
+        look the ids up (Falcon-H1 multiplies by embedding_multiplier only there): virtual rows, and in
+        fact every token, would then be fed differently from real tokens."""
+        weight = self.lm.get_input_embeddings().weight
+        special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+        ids = torch.tensor([[t for t in range(self.vocab) if t not in special][:4]], device=weight.device)
+        by_ids = self.body(input_ids=ids, use_cache=False).last_hidden_state
+        by_emb = self.body(inputs_embeds=self.lm.get_input_embeddings()(ids), use_cache=False).last_hidden_state
+        if not torch.allclose(by_ids.float(), by_emb.float(), rtol=1e-3, atol=1e-3 * float(by_ids.abs().max())):
+            raise ValueError(f"{type(self.lm).__name__}: its body treats input_ids beyond an embedding lookup "
+                             "(e.g. a multiplier applied only to input_ids), so input embeddings cannot be fed "
+                             "as real tokens are")
 
     @torch.no_grad()
     def _layer_widths(self, layers: list[int]) -> list[int]:
