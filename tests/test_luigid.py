@@ -1,0 +1,146 @@
+"""Scale-out through a real `luigid`: two `ptvl run` processes share one DAG.
+
+The two processes read the same profile content from two different paths (two machines mounting the
+profile at different places), so the test also proves that task identity is the profile's content.
+luigid runs with the repository's configs/luigid.cfg, whose task history (SQLite) records every
+RUNNING event: no task may appear there twice.  Both processes must exit 0, both must have run part
+of the DAG, and the shards must equal, byte for byte, those of a single-process run of the profile.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.test_pipeline import PTVL, SMALL, ptvl
+from tests.test_repeatable import _tables
+
+pytestmark = pytest.mark.timeout(1200)  # three runs up to shards: minutes on a loaded 2-core machine
+
+REPO = Path(__file__).resolve().parent.parent
+LUIGID = Path(sys.executable).parent / "luigid"
+
+PROFILE = SMALL + """
+[datasets.cc3m]
+splits = ["train", "validation"]
+
+[datasets.coco]
+splits = ["val"]
+url_base = "file://{sources}/coco"
+
+[datasets.visdial]
+enabled = false
+
+[datasets.vqav2]
+enabled = false
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def luigid(tmp_path: Path):
+    """A real luigid on a free local port, its state, logs and task history inside tmp_path."""
+    pytest.importorskip("sqlalchemy", reason="luigid's task history needs SQLAlchemy (pip install 'ptvl[luigid]')")
+    home = tmp_path / "luigid"
+    (home / "logs").mkdir(parents=True)  # luigid does not create its --logdir
+    port = _free_port()
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs" / "luigid.cfg")}
+    proc = subprocess.Popen(
+        [str(LUIGID), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(home / "logs"),
+         "--state-path", str(home / "state.pickle")],
+        cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={{}}", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("luigid did not start") from None
+                time.sleep(0.5)
+        yield port, home / "luigid-history.sqlite"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _runs_per_task(history: Path) -> Counter:
+    """RUNNING events per task, keyed by family and parameters *without* the profile's path: a task
+    run once per machine because its id held the path would count twice here."""
+    db = sqlite3.connect(history)
+    try:
+        params: dict[int, list] = {}
+        for record, name, value in db.execute("SELECT task_id, name, value FROM task_parameters"):
+            if name != "config":
+                params.setdefault(record, []).append((name, value))
+        runs = Counter()
+        for record, family in db.execute(
+            "SELECT t.id, t.name FROM task_events e JOIN tasks t ON t.id = e.task_id WHERE e.event_name = 'RUNNING'"
+        ):
+            runs[(family, tuple(sorted(params.get(record, []))))] += 1
+        return runs
+    finally:
+        db.close()
+
+
+def _ran(output: str) -> int:
+    """Tasks this process ran, from `ptvl run`'s closing line."""
+    return int(output.split("stage shards complete: ")[1].split(" ")[0])
+
+
+def test_two_processes_share_one_dag_through_luigid(luigid, tmp_path: Path) -> None:
+    port, history = luigid
+    text = PROFILE.replace("{root}", str(tmp_path / "run"))
+    configs = [tmp_path / "machine-a" / "profile.toml", tmp_path / "machine-b" / "mnt" / "ptvl.toml"]
+    for cfg in configs:
+        cfg.parent.mkdir(parents=True)
+        cfg.write_text(text)
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = [
+        subprocess.Popen([*PTVL, "run", "--config", str(cfg), "--until", "shards", "--scheduler-host", "127.0.0.1",
+                          "--scheduler-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env)
+        for cfg in configs
+    ]
+    outputs = [p.communicate(timeout=1100)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+        assert "stage shards complete" in out
+
+    runs = _runs_per_task(history)
+    twice = {task: n for task, n in runs.items() if n > 1}
+    assert not twice, f"tasks run more than once: {twice}"
+    ran = [_ran(out) for out in outputs]
+    assert sum(ran) == len(runs) and min(ran) >= 1, f"tasks run by each process: {ran}"
+
+    # The same profile in one process: the same tasks, and the same shards, byte for byte.
+    shutil.move(tmp_path / "run", tmp_path / "shared-run")
+    single = ptvl("run", "--config", str(configs[0]), "--until", "shards")
+    assert single.returncode == 0, single.stderr[-4000:]
+    assert _ran(single.stdout + single.stderr) == len(runs) > 10
+    shared, alone = _tables(tmp_path / "shared-run"), _tables(tmp_path / "run")
+    assert shared.keys() == alone.keys() and any(k.startswith("shards/") for k in shared)
+    for name, table in shared.items():
+        assert table.equals(alone[name]), name
+    for part in (tmp_path / "run").glob("shards/**/part-*.parquet"):
+        assert part.read_bytes() == (tmp_path / "shared-run" / part.relative_to(tmp_path / "run")).read_bytes()
