@@ -25,6 +25,7 @@ import re
 import shutil
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -81,6 +82,10 @@ class DownloadSettings(BaseModel):
     number_sample_per_shard: int = Field(10_000, ge=1)
     distributor: Literal["multiprocessing", "pyspark"] = "multiprocessing"
     subjob_size: int = Field(1000, ge=1, description="shards per Spark job (pyspark only)")
+    # pyspark only (pipeline/spark.py): the cluster to attach to when no SparkSession is active
+    # (spark://host:7077, yarn, k8s://...; None: local[processes_count]) and its Spark settings.
+    spark_master: str | None = None
+    spark_conf: dict[str, str] = {}
     min_image_size: int = Field(0, ge=0, description="smaller side below this -> too_small (0: keep all)")
     max_aspect_ratio: float | None = Field(None, gt=0, description="None: no limit")
     # "extend" is not offered: it renumbers shards and would break the URL -> shard mapping.
@@ -275,6 +280,16 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
     if n == 0:
         output_folder.mkdir(parents=True, exist_ok=True)
         return
+    session = nullcontext()
+    if s.distributor == "pyspark":
+        from pipeline.spark import spark_session
+
+        session = spark_session(s.spark_master, s.spark_conf, s.processes_count)
+    with session:
+        _img2dataset_download(img2dataset, url_list, output_folder, s)
+
+
+def _img2dataset_download(img2dataset, url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
     img2dataset.download(
         url_list=str(url_list),
         input_format="parquet",
