@@ -33,6 +33,9 @@ enabled = false
 
 [datasets.vqav2]
 enabled = false
+
+[training]
+data = ["cc3m/validation"]
 """
 
 
