@@ -52,13 +52,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def luigid(tmp_path: Path):
-    """A real luigid on a free local port, its state, logs and task history inside tmp_path."""
+def luigid(tmp_path: Path, request):
+    """A real luigid on a free local port, its state, logs and task history inside tmp_path, with
+    configs/luigid.cfg (a test may lower its retry_delay through `@pytest.mark.retry_delay(s)`)."""
     pytest.importorskip("sqlalchemy", reason="luigid's task history needs SQLAlchemy (pip install 'ptvl[luigid]')")
     home = tmp_path / "luigid"
     (home / "logs").mkdir(parents=True)  # luigid does not create its --logdir
     port = _free_port()
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(REPO / "configs" / "luigid.cfg")}
+    cfg = (REPO / "configs" / "luigid.cfg").read_text()
+    mark = request.node.get_closest_marker("retry_delay")
+    if mark:
+        cfg = cfg.replace("retry_delay = 60", f"retry_delay = {mark.args[0]}")
+    (home / "luigid.cfg").write_text(cfg)
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(home / "luigid.cfg")}
     proc = subprocess.Popen(
         [str(LUIGID), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(home / "logs"),
          "--state-path", str(home / "state.pickle")],
@@ -144,3 +150,63 @@ def test_two_processes_share_one_dag_through_luigid(luigid, tmp_path: Path) -> N
         assert table.equals(alone[name]), name
     for part in (tmp_path / "run").glob("shards/**/part-*.parquet"):
         assert part.read_bytes() == (tmp_path / "shared-run" / part.relative_to(tmp_path / "run")).read_bytes()
+
+
+FAILING_DAG = """
+import sys
+
+import luigi
+
+from pipeline.tasks.base import PtvlTask
+from pipeline.tasks.scheduling import run_dag
+
+
+class Broken(PtvlTask):
+    def output(self):
+        return self.target("broken.done")
+
+    def run(self):
+        raise RuntimeError("this task always fails")
+
+
+class After(PtvlTask):
+    def requires(self):
+        return Broken(config=self.config)
+
+    def output(self):
+        return self.target("after.done")
+
+    def run(self):
+        self.output().open("w").close()
+
+
+if __name__ == "__main__":
+    outcome = run_dag([After(config=sys.argv[1])], scheduler_host="127.0.0.1", scheduler_port=int(sys.argv[2]),
+                      wait_interval=0.2, wait_jitter=0.3)
+    print("complete" if outcome.complete else f"incomplete {outcome.incomplete} failed here {outcome.failed_here}")
+    sys.exit(0 if outcome.complete else 1)
+"""
+
+
+@pytest.mark.retry_delay(1)
+def test_a_task_that_always_fails_is_retried_then_both_processes_stop(luigid, tmp_path: Path) -> None:
+    """Kept-alive processes must not wait forever on a task that fails every time: luigid offers it
+    again (here after 1 s), disables it after base.RETRY_COUNT failures, and both exit non-zero."""
+    from pipeline.tasks.base import RETRY_COUNT
+
+    port, history = luigid
+    cfg = tmp_path / "profile.toml"
+    cfg.write_text(f'[run]\nroot = "{tmp_path / "run"}"\n')
+    script = tmp_path / "failing_dag.py"
+    script.write_text(FAILING_DAG)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(cfg), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 1, out[-3000:]
+        assert "incomplete" in out.splitlines()[-1]
+    runs = _runs_per_task(history)
+    assert [n for (family, _), n in runs.items() if family == "Broken"] == [RETRY_COUNT]
+    assert not [family for family, _ in runs if family == "After"]
+    assert not (tmp_path / "run" / "after.done").exists()
