@@ -109,6 +109,25 @@ def _runs_per_task(history: Path) -> Counter:
         db.close()
 
 
+def test_task_identity_is_the_profile_content_not_its_path(tmp_path: Path) -> None:
+    from pipeline.settings import load_settings
+    from pipeline.tasks import STAGES
+
+    text = PROFILE.replace("{root}", str(tmp_path / "run"))
+    paths = [tmp_path / "a" / "profile.toml", tmp_path / "b" / "c" / "other-name.toml", tmp_path / "changed.toml"]
+    for p in paths[:2]:
+        p.parent.mkdir(parents=True)
+        p.write_text(text)
+    paths[2].write_text(text.replace("timeout = 2", "timeout = 3"))  # one setting differs
+
+    def ids(path: Path) -> list[str]:
+        return sorted(t.task_id for t in STAGES["shards"][1](str(path), load_settings(path)))
+
+    assert ids(paths[0]) == ids(paths[1])
+    assert not set(ids(paths[0])) & set(ids(paths[2]))
+    assert str(paths[0]) not in " ".join(ids(paths[0]))
+
+
 def _ran(output: str) -> int:
     """Tasks this process ran, from `ptvl run`'s closing line."""
     return int(output.split("stage shards complete: ")[1].split(" ")[0])
