@@ -103,6 +103,8 @@ def run(
     if stage not in STAGES:
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
     _check_engines(settings)
+    if scheduler_host:
+        _check_luigid(scheduler_host, scheduler_port)
     tasks = STAGES[stage][1](str(config.resolve()), settings)
     where = f"luigid {scheduler_host}:{scheduler_port}" if scheduler_host else "local scheduler"
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root "
@@ -127,6 +129,19 @@ def run(
     final = settings.root / "reports" / "README.md"
     if final.exists():
         console.print(f"report: {final}")
+
+
+def _check_luigid(host: str, port: int) -> None:
+    """A scheduler that cannot be reached is a one-line error before any task, not Luigi's RPC retries
+    (minutes) ending in a traceback."""
+    import urllib.request
+
+    url = f"http://{host}:{port}/api/task_list?data=%7B%7D"
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+    except OSError as e:
+        _fail(f"cannot reach luigid at {host}:{port} ({getattr(e, 'reason', e)}); start it first "
+              "(README, Scale-out) or drop --scheduler-host to use a local scheduler")
 
 
 @app.command()

@@ -229,3 +229,12 @@ def test_a_task_that_always_fails_is_retried_then_both_processes_stop(luigid, tm
     assert [n for (family, _), n in runs.items() if family == "Broken"] == [RETRY_COUNT]
     assert not [family for family, _ in runs if family == "After"]
     assert not (tmp_path / "run" / "after.done").exists()
+
+
+def test_unreachable_luigid_is_a_one_line_error_before_any_task(tmp_path: Path) -> None:
+    cfg = tmp_path / "profile.toml"
+    cfg.write_text(PROFILE.replace("{root}", str(tmp_path / "run")))
+    res = ptvl("run", "--config", str(cfg), "--scheduler-host", "127.0.0.1", "--scheduler-port", str(_free_port()))
+    assert res.returncode == 2
+    assert "cannot reach luigid at 127.0.0.1" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
