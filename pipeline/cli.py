@@ -133,16 +133,17 @@ def run(
     scheduler_host: str = typer.Option(
         None,
         "--scheduler-host",
-        help="Use the central `luigid` scheduler on this host (several machines sharing one run root). "
-        "Default: a local scheduler in this process.",
+        help="Share the DAG through the central `luigid` on this host: start `ptvl run` with the same "
+        "profile on as many machines as wanted (sharing the run root); each runs its share of the tasks, "
+        "none runs a task twice, and each exits 0 once the whole DAG is complete. Default: a local "
+        "scheduler in this process.",
     ),
     scheduler_port: int = typer.Option(8082, "--scheduler-port", help="Port of `luigid`."),
 ) -> None:
     """Build the DAG up to STAGE: sources -> segments -> images -> translate -> curate -> shards ->
     features -> train -> eval -> report.  Finished tasks are skipped, so a rerun resumes."""
-    import luigi
-
     from pipeline.tasks import STAGES
+    from pipeline.tasks.scheduling import run_dag
 
     settings = _load(config)
     names = list(STAGES)
@@ -154,22 +155,45 @@ def run(
     if names.index(stage) >= names.index("train"):
         _check_model(settings)
     _check_writable(settings.root)
-    tasks = STAGES[stage][1](str(config.resolve()), settings)
-    console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
-    # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.
-    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
-    kwargs = {"workers": workers, "detailed_summary": True}
     if scheduler_host:
-        kwargs.update(scheduler_host=scheduler_host, scheduler_port=scheduler_port)
-    else:
-        kwargs["local_scheduler"] = True
-    result = luigi.build(tasks, **kwargs)
-    console.print(result.summary_text)
-    if not result.scheduling_succeeded or result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
-        _fail(f"run did not finish ({result.status.name}); fix the error above and rerun: finished tasks are kept")
+        _check_luigid(scheduler_host, scheduler_port)
+    tasks = STAGES[stage][1](str(config.resolve()), settings)
+    where = f"luigid {scheduler_host}:{scheduler_port}" if scheduler_host else "local scheduler"
+    console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root "
+                  f"{settings.root}, profile {settings.fingerprint()}, {where}")
+    outcome = run_dag(tasks, workers=workers, scheduler_host=scheduler_host, scheduler_port=scheduler_port)
+    if not scheduler_host or not outcome.complete:
+        # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
+        # once the DAG is complete the line below says what happened instead.
+        console.print(outcome.summary_text)
+    if not outcome.complete:
+        if outcome.failed_here:
+            _fail(f"run did not finish: {', '.join(outcome.failed_here)} failed (error above); fix it and "
+                  "rerun: finished tasks are kept")
+        _fail(f"run did not finish: {', '.join(outcome.incomplete)} incomplete"
+              + (f"; a task failed on another machine (see luigid at http://{scheduler_host}:{scheduler_port})"
+                 if scheduler_host else "") + "; rerun to resume: finished tasks are kept")
+    console.print(f"stage {stage} complete: {len(outcome.ran_here)} tasks run by this process, "
+                  f"{outcome.already_done} already done"
+                  + (", the rest by other workers of the same luigid" if scheduler_host else ""))
+    for task_id in outcome.ran_here if scheduler_host else []:
+        console.print(f"  ran {task_id}")
     final = settings.root / "reports" / "README.md"
     if final.exists():
         console.print(f"report: {final}")
+
+
+def _check_luigid(host: str, port: int) -> None:
+    """A scheduler that cannot be reached is a one-line error before any task, not Luigi's RPC retries
+    (minutes) ending in a traceback."""
+    import urllib.request
+
+    url = f"http://{host}:{port}/api/task_list?data=%7B%7D"
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+    except OSError as e:
+        _fail(f"cannot reach luigid at {host}:{port} ({getattr(e, 'reason', e)}); start it first "
+              "(README, Scale-out) or drop --scheduler-host to use a local scheduler")
 
 
 @app.command()

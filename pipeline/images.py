@@ -26,6 +26,7 @@ import shutil
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -88,6 +89,10 @@ class DownloadSettings(BaseModel):
     number_sample_per_shard: int = Field(10_000, ge=1)
     distributor: Literal["multiprocessing", "pyspark"] = "multiprocessing"
     subjob_size: int = Field(1000, ge=1, description="shards per Spark job (pyspark only)")
+    # pyspark only (pipeline/spark.py): the cluster to attach to when no SparkSession is active
+    # (spark://host:7077, yarn, k8s://...; None: local[processes_count]) and its Spark settings.
+    spark_master: str | None = None
+    spark_conf: dict[str, str] = {}
     # Dead image hosts often answer with a 1x1 or tiny placeholder that decodes fine; configs/full.toml
     # sets 64 px.  0 (the library default) keeps every size.
     min_image_size: int = Field(0, ge=0, description="smaller side below this -> too_small (0: keep all)")
@@ -298,7 +303,12 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
     if n == 0:
         output_folder.mkdir(parents=True, exist_ok=True)
         return
-    with _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n):
+    session = nullcontext()
+    if s.distributor == "pyspark":
+        from pipeline.spark import spark_session
+
+        session = spark_session(s.spark_master, s.spark_conf, s.processes_count)
+    with session, _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n):
         _download(img2dataset, url_list, output_folder, s)
 
 

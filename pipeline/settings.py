@@ -6,6 +6,8 @@ quality, model, training); this module composes them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -273,6 +275,15 @@ class Settings(Strict):
         """The run root as an absolute path (load_settings already made it absolute)."""
         root = self.run.root
         return root if root.is_absolute() else (Path.cwd() / root).resolve()
+
+    def fingerprint(self) -> str:
+        """A hash of the resolved settings (run root made absolute; the profile's own path left out):
+        the identity of the run's Luigi tasks, equal on every machine that reads this profile's content,
+        wherever the file is mounted."""
+        data = self.model_dump(mode="json")
+        data["run"]["root"] = str(self.root)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:
