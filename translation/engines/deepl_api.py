@@ -82,7 +82,8 @@ class DeepLSettings(BaseModel):
         "request limit applies)")
     max_network_retries: int = Field(
         default=5, ge=0, description="retries in a row on 5xx, timeouts and network errors")
-    timeout_s: float = Field(default=60.0, gt=0, description="connect and read timeout of one request")
+    timeout_s: float = Field(default=60.0, ge=1, description="connect and read timeout of one request (the "
+                             "client never waits less than 1 s)")
     max_429_wait_s: float = Field(
         default=900.0, ge=0, description="longest wait through one spell of HTTP 429 before the part stops "
         "(resumably); the back-off reaches its 120 s cap after about 6 minutes")
@@ -96,8 +97,9 @@ def engine_id_for(settings: DeepLSettings, glossary_id: str | None = None) -> st
     glossary = glossary_id or settings.glossary or "none"
     return (
         f"deepl:{settings.source_lang.lower()}>{settings.target_lang.lower()}:split=off"
-        f":formality={settings.formality}:glossary={glossary}:context={'on' if settings.use_context else 'off'}"
+        f":formality={settings.formality}:glossary={glossary}"
         f":format={'keep' if settings.preserve_formatting else 'fix'}:model={settings.model_type}"
+        f":context={'on' if settings.use_context else 'off'}"
     )
 
 
