@@ -197,6 +197,20 @@ def _spend(settings, name: str):
     return total, gold
 
 
+def _spend_total(cfg: str, name: str):
+    return _spend(load_settings(Path(cfg)), name)[0]
+
+
+def _spend_in_child(cfg: str, name: str):
+    """`_spend(...)[0]` computed in a spawned process: polars' thread pool must never run in a process
+    that Luigi forks its workers from afterwards (a forked child then deadlocks in its first polars call)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_spend_total, cfg, name).result()
+
+
 def _preflight_deepl(settings, cfg: str, engines: list[str], allow_partial: bool, build_kwargs: dict) -> None:
     """Before any DeepL request: the key works (usage() answers) and the run's estimate fits the
     remaining quota (unless --allow-partial).  Ingests the segments first (they are needed anyway)."""
@@ -224,7 +238,7 @@ def _preflight_deepl(settings, cfg: str, engines: list[str], allow_partial: bool
         console.print(result.summary_text)
         _fail(f"could not read the segments ({result.status.name}); fix the error above and rerun")
     for name in names:
-        total, _ = _spend(settings, name)
+        total = _spend_in_child(cfg, name)
         eng = _open_deepl(settings, name)
         try:
             console.print(f"{name}: {preflight(eng, total.chars, allow_partial=allow_partial)}")

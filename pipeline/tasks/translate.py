@@ -269,8 +269,22 @@ def unique_strings(settings, engine_name: str) -> pl.DataFrame:
     return pl.concat([f.cast(schema) for f in frames]).unique("key", keep="first", maintain_order=True)
 
 
-def unique_path(root: Path, engine: str) -> Path:
-    return root / "translated" / engine / "_unique.parquet"
+def table_fingerprint(settings, engine_name: str) -> str:
+    """8 hex digits naming what goes into the engine's unique-string table (the enabled splits, the gold
+    set, the VisDial context policy): enabling a dataset or an option makes a new table and new part
+    outputs, so the parts run again (memory hits for everything already paid) instead of being stale."""
+    import hashlib
+
+    from pipeline.engines import ReferenceEntry
+
+    spec = json.dumps([settings.datasets.splits(),
+                       settings.curate.gold and not isinstance(settings.engines[engine_name], ReferenceEntry),
+                       context_entry(settings, engine_name) is not None])
+    return hashlib.sha256(spec.encode()).hexdigest()[:8]
+
+
+def unique_path(settings, engine: str) -> Path:
+    return settings.root / "translated" / engine / f"_unique-{table_fingerprint(settings, engine)}.parquet"
 
 
 class UniqueStrings(PtvlTask):
@@ -282,7 +296,7 @@ class UniqueStrings(PtvlTask):
         return [IngestSegments(config=self.config, dataset=d, split=sp) for d, sp in self.settings.datasets.splits()]
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(str(unique_path(self.root, str(self.engine))))
+        return luigi.LocalTarget(str(unique_path(self.settings, str(self.engine))))
 
     def run(self) -> None:
         table = unique_strings(self.settings, str(self.engine))
@@ -350,13 +364,13 @@ class TranslatePart(PtvlTask):
 
     def output(self) -> luigi.LocalTarget:
         stem = part_stem(self.root / "translated" / str(self.engine), int(self.part), self.settings.translate.parts)
-        return luigi.LocalTarget(str(stem) + ".json")
+        return luigi.LocalTarget(f"{stem}-{table_fingerprint(self.settings, str(self.engine))}.json")
 
     def run(self) -> None:
         from pipeline.engines import build_engine
 
         name, n, i = str(self.engine), self.settings.translate.parts, int(self.part)
-        table = pl.read_parquet(unique_path(self.root, name))
+        table = pl.read_parquet(unique_path(self.settings, name))
         mine = table.filter(part_of(table["part_key"], i, n))
         plain, ctx = mine.filter(pl.col("kind") != "context"), mine.filter(pl.col("kind") == "context")
         stem = part_stem(self.root / "translated" / name, i, n)
@@ -387,6 +401,7 @@ class TranslatePart(PtvlTask):
                 end["outcome"] = f"{type(e).__name__}: {e}"
                 raise
             finally:
+                end["at"] = datetime.now(UTC).isoformat()
                 end["deepl_after"] = _safe(usage) if usage else None
                 end["seconds"] = time.perf_counter() - t0
                 # What the memory recorded as billed in this attempt (also when it failed half-way).
