@@ -7,10 +7,12 @@ Store: one embedded SQLite file, not Parquet segments plus a journal.
   `put_batch` returned for survives ``kill -9`` and power loss, and a batch in flight is either fully
   there or absent. Parquet segments would need our own journal, fsync of file and directory, and
   recovery code to reach the same guarantee, and one tiny file per 50-text DeepL request.
-- Several worker processes on one machine may write the same file: WAL lets readers run beside one
-  writer, ``BEGIN IMMEDIATE`` plus ``busy_timeout`` makes writers queue instead of failing. (WAL needs
-  shared memory, so the file must be on a local disk, not NFS; workers on several machines each keep
-  their own memory and merge with `export_parquet` / `import_parquet`.)
+- Several worker processes on one machine may write the same file: WAL (the default journal) lets
+  readers run beside one writer, ``BEGIN IMMEDIATE`` plus ``busy_timeout`` makes writers queue instead
+  of failing.  WAL needs shared memory, so a WAL file must be on a local disk, never NFS.  The
+  pipeline therefore opens its files with ``journal="delete"`` (rollback journal) and gives each
+  writer its own file, read together through `MemoryStack` (see `pipeline.tasks.translate`); machines
+  without a shared disk merge with `export_parquet` / `import_parquet`.
 - Point look-ups of 10^5-10^6 hashes hit the primary-key index; no full scan per shard.
 - Parquet is the exchange format (`PARQUET_SCHEMA`): export to share a memory between machines or
   with collaborators, import the sample's ``reference`` memory or a colleague's DeepL run.
