@@ -396,3 +396,21 @@ def test_key_never_leaks(tmp_path, monkeypatch, caplog, key):
         assert key not in text, name
     for path in list(tmp_path.glob("memory.sqlite*")) + [tmp_path / "export.parquet"]:
         assert key.encode() not in path.read_bytes(), path.name
+
+
+def test_rejected_key_messages_say_why(server, key):
+    """403 is a one-line ConfigurationError naming the likely cause: a Free key (":fx") sent to the Pro
+    URL, a Pro key sent to the Free URL, or a wrong / revoked key; never the key itself."""
+    eng = make_engine(server, key)
+    err = deepl.AuthorizationException("Authorization failure, check auth_key", http_status_code=403)
+    cases = {"https://api.deepl.com": "a Free key (ending in :fx) sent to the Pro URL",
+             server.url: "the key is wrong or revoked"}
+    for url, why in cases.items():
+        eng.settings = eng.settings.model_copy(update={"server_url": url})
+        msg = str(eng._mapped(err))
+        assert why in msg and "\n" not in msg and key not in msg
+    pro = DeepLEngine(DeepLSettings(server_url="https://api-free.deepl.com"), auth_key=Secret("pro-key-1234"))
+    assert "a Pro key sent to the Free URL" in str(pro._mapped(err))
+    wrong = make_engine(server, key + "x")
+    with pytest.raises(ConfigurationError, match=r"HTTP 403: the key is wrong or revoked"):
+        wrong.usage()
