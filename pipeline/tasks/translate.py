@@ -303,6 +303,19 @@ class UniqueStrings(PtvlTask):
         write_parquet_atomic(self.output().path, table.to_arrow())
 
 
+def latest_parts(root: Path, engine: str, parts: int) -> list[dict]:
+    """The newest stats of each of the engine's `parts` parts, whatever table fingerprint made them (a
+    finished join needs no rerun when, say, `[curate] gold` changes; its parts' stats are still these)."""
+    out = []
+    for i in range(parts):
+        found = sorted(part_stem(root / "translated" / engine, i, parts).parent.glob(
+            f"part-{i:03d}-of-{parts:03d}-*.json"), key=lambda p: p.stat().st_mtime_ns)
+        if not found:
+            raise FileNotFoundError(f"{engine}: part {i + 1}/{parts} has not run; run `ptvl translate`")
+        out.append(json.loads(found[-1].read_text()))
+    return out
+
+
 def part_of(hashes: pl.Series, part: int, parts: int) -> pl.Series:
     """Stable split by hash: the same string always lands in the same part, whatever else changes."""
     return hashes.str.slice(0, 8).str.to_integer(base=16) % parts == part
