@@ -434,7 +434,8 @@ class TranslatePart(PtvlTask):
             set_aside += [(h, r, "context") for h, r in stats_ctx.set_aside.items()]
         out = {
             "engine_id": engines[0].engine_id,
-            "context_engine_id": engines[1].engine_id if len(engines) > 1 else None,
+            # From the settings, not the engine: a part may hold no dialog text at all.
+            "context_engine_id": context_engine_id(self.settings, name),
             "part": i, "parts": n,
             "unique": mine.height,
             "hits": stats_plain.hits + (stats_ctx.hits if stats_ctx else 0),
@@ -498,7 +499,8 @@ class Translate(PtvlTask):
             stats["set_aside"] = dict(aside["text_hash"].replace_strict(set_aside, return_dtype=pl.String)
                                       .value_counts().rows()) if aside.height else {}
             if self.with_context:
-                stats["context"] = self._write_context(mem, parts[0]["context_engine_id"], set_aside)
+                stats["context"] = self._write_context(mem, context_engine_id(self.settings, str(self.engine)),
+                                                       set_aside)
         write_json_atomic(out_dir / f"_{self.split}.stats.json", stats)
         # The segments table is the target, so it is written last (after the context table).
         write_parquet_atomic(self.output().path, flagged.to_arrow(), TRANSLATED)
