@@ -434,8 +434,10 @@ class TranslatePart(PtvlTask):
             set_aside += [(h, r, "context") for h, r in stats_ctx.set_aside.items()]
         out = {
             "engine_id": engines[0].engine_id,
-            # From the settings, not the engine: a part may hold no dialog text at all.
-            "context_engine_id": context_engine_id(self.settings, name),
+            # The built engine's id (a glossary name resolved to its id); from the settings when this part
+            # holds no dialog text at all.
+            "context_engine_id": engines[1].engine_id if len(engines) > 1 else context_engine_id(self.settings, name),
+            "context_rows": ctx.height,
             "part": i, "parts": n,
             "unique": mine.height,
             "hits": stats_plain.hits + (stats_ctx.hits if stats_ctx else 0),
@@ -499,8 +501,9 @@ class Translate(PtvlTask):
             stats["set_aside"] = dict(aside["text_hash"].replace_strict(set_aside, return_dtype=pl.String)
                                       .value_counts().rows()) if aside.height else {}
             if self.with_context:
-                stats["context"] = self._write_context(mem, context_engine_id(self.settings, str(self.engine)),
-                                                       set_aside)
+                ctx_id = next((p["context_engine_id"] for p in parts if p["context_rows"]),
+                              parts[0]["context_engine_id"])
+                stats["context"] = self._write_context(mem, ctx_id, set_aside)
         write_json_atomic(out_dir / f"_{self.split}.stats.json", stats)
         # The segments table is the target, so it is written last (after the context table).
         write_parquet_atomic(self.output().path, flagged.to_arrow(), TRANSLATED)
