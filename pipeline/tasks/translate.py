@@ -501,7 +501,7 @@ class Translate(PtvlTask):
             stats["set_aside"] = dict(aside["text_hash"].replace_strict(set_aside, return_dtype=pl.String)
                                       .value_counts().rows()) if aside.height else {}
             if self.with_context:
-                ctx_id = next((p["context_engine_id"] for p in parts if p["context_rows"]),
+                ctx_id = next((p["context_engine_id"] for p in parts if p.get("context_rows")),
                               parts[0]["context_engine_id"])
                 stats["context"] = self._write_context(mem, ctx_id, set_aside)
         write_json_atomic(out_dir / f"_{self.split}.stats.json", stats)
