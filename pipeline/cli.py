@@ -58,6 +58,8 @@ def _setup_logging(verbose: bool) -> None:
     # is relayed by eval.metrics.caption at DEBUG: shown with -v only.
     if not verbose:  # transformers' "Loading weights" / "Writing model shards" bars (read at its import)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # The deepl client logs every request at INFO (~136k lines for CC3M): keep it to real problems.
+    logging.getLogger("deepl").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(msg: str) -> None:
@@ -139,6 +141,11 @@ def run(
         "scheduler in this process.",
     ),
     scheduler_port: int = typer.Option(8082, "--scheduler-port", help="Port of `luigid`."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial",
+        help="Start DeepL even if the estimate exceeds the key's remaining quota: it stops cleanly at the "
+        "limit, and a rerun resumes with what is missing.",
+    ),
 ) -> None:
     """Build the DAG up to STAGE: sources -> segments -> images -> translate -> curate -> shards ->
     features -> train -> eval -> report.  Finished tasks are skipped, so a rerun resumes."""
@@ -161,11 +168,17 @@ def run(
     where = f"luigid {scheduler_host}:{scheduler_port}" if scheduler_host else "local scheduler"
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root "
                   f"{settings.root}, profile {settings.fingerprint()}, {where}")
+    if names.index(stage) >= names.index("translate"):  # the DeepL key and quota, before any request
+        where_kw = ({"scheduler_host": scheduler_host, "scheduler_port": scheduler_port} if scheduler_host
+                    else {"local_scheduler": True})
+        _preflight_deepl(settings, str(config.resolve()), settings.translate.engines, allow_partial,
+                         {"workers": workers, **where_kw})
     outcome = run_dag(tasks, workers=workers, scheduler_host=scheduler_host, scheduler_port=scheduler_port)
     if not scheduler_host or not outcome.complete:
         # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
         # once the DAG is complete the line below says what happened instead.
         console.print(outcome.summary_text)
+    _billing_summary(settings)
     if not outcome.complete:
         if outcome.failed_here:
             _fail(f"run did not finish: {', '.join(outcome.failed_here)} failed (error above); fix it and "
@@ -228,22 +241,120 @@ def _build(tasks: list, workers: int = 1) -> None:
         _fail(f"did not finish ({result.status.name}); rerun to resume: finished work is kept")
 
 
+def _deepl_engines(settings, names) -> list[str]:
+    from pipeline.engines import DeepLEntry
+
+    return [n for n in names if isinstance(settings.engines[n], DeepLEntry)]
+
+
+def _open_deepl(settings, name: str):
+    """The DeepL engine of `name`, or a one-line error (missing or rejected key, unknown glossary)."""
+    from pipeline.engines import build_engine
+    from translation.errors import ConfigurationError, EngineError
+
+    try:
+        return build_engine(name, settings.engines[name])
+    except (ConfigurationError, EngineError) as e:
+        _fail(str(e))
+
+
+def _spend(settings, name: str):
+    """What `name` still has to send for the whole run: (CostEstimate, per-kind rows for the dry run)."""
+    import polars as pl
+
+    from pipeline.engines import price_per_million
+    from pipeline.spend import estimate_table
+    from pipeline.tasks.translate import context_engine_id, memory_view, unique_strings
+
+    table = unique_strings(settings, name)
+    engine_id = _engine_id_without_key(name, settings.engines[name])
+    ctx_id = context_engine_id(settings, name)
+    price = price_per_million(settings.engines[name])
+    with memory_view(settings.root, name) as mem:
+        total = estimate_table(table, mem, engine_id, ctx_id, price)
+        gold = estimate_table(table.filter(pl.col("kind") == "gold"), mem, engine_id, None, price)
+    return total, gold
+
+
+def _spend_total(cfg: str, name: str):
+    return _spend(load_settings(Path(cfg)), name)[0]
+
+
+def _spend_in_child(cfg: str, name: str):
+    """`_spend(...)[0]` computed in a spawned process: polars' thread pool must never run in a process
+    that Luigi forks its workers from afterwards (a forked child then deadlocks in its first polars call)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_spend_total, cfg, name).result()
+
+
+def _preflight_deepl(settings, cfg: str, engines: list[str], allow_partial: bool, build_kwargs: dict) -> None:
+    """Before any DeepL request: the key works (usage() answers) and the run's estimate fits the
+    remaining quota (unless --allow-partial).  Ingests the segments first (they are needed anyway)."""
+    import luigi
+
+    from pipeline.spend import preflight
+    from pipeline.tasks.translate import UniqueStrings
+    from translation.errors import ConfigurationError
+
+    names = _deepl_engines(settings, engines)
+    if not names:
+        return
+    for name in names:  # the key first: a revoked key fails before anything else runs
+        eng = _open_deepl(settings, name)
+        try:
+            eng.usage()
+        except ConfigurationError as e:
+            _fail(str(e))
+        finally:
+            eng.close()
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    result = luigi.build([UniqueStrings(config=cfg, engine=n) for n in names],
+                         **{**build_kwargs, "detailed_summary": True})
+    if result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
+        console.print(result.summary_text)
+        _fail(f"could not read the segments ({result.status.name}); fix the error above and rerun")
+    for name in names:
+        total = _spend_in_child(cfg, name)
+        eng = _open_deepl(settings, name)
+        try:
+            console.print(f"{name}: {preflight(eng, total.chars, allow_partial=allow_partial)}")
+        except ConfigurationError as e:
+            _fail(f"{name}: {e}")
+        finally:
+            eng.close()
+
+
+def _billing_summary(settings) -> None:
+    """The run's spending per engine: the memory's count beside DeepL's own, loud when they differ."""
+    from pipeline.spend import report_billing
+
+    report_billing(settings.root, list(settings.translate.engines), console.print)
+
+
 @app.command()
 def translate(
-    engine: str = typer.Option(..., "--engine", "-e", help="Name of an [engines.<name>] table in the config."),
+    engine: str = typer.Option(..., "--engine", "-e", help="Name of an engines.<name> table in the config."),
     config: Path = ConfigOpt,
-    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets (repeatable)."),
+    dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets (repeatable).",),
     split: list[str] = typer.Option(None, "--split", "-s", help="Only these splits (repeatable)."),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print what would be billed (only texts missing from the memory) and stop."
+        False, "--dry-run",
+        help="Print what would be billed (only texts missing from the memory, the gold set included), check "
+        "the DeepL key and quota, and stop.",
     ),
     workers: int = typer.Option(1, "--workers", "-w", min=1),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Start even if the estimate exceeds the remaining DeepL quota."),
 ) -> None:
-    """Translate the segments of the configured datasets with one engine (memory first, engine for misses).
+    """Translate the configured datasets with one engine (memory first, engine for misses).
 
-    Safe to interrupt: every stored batch is durable, and a rerun pays only for what is still missing."""
-    from pipeline.engines import check_engine, price_per_million
-    from pipeline.tasks.acquire import IngestSegments
+    Every distinct string of the run (all datasets and splits, the gold set, VisDial dialog texts with
+    context) is sent at most once, in `translate.parts` hash parts.  Safe to interrupt: every stored
+    request is durable, and a rerun pays only for what is still missing."""
+    from pipeline.engines import check_engine
     from pipeline.tasks.translate import Translate
     from translation.errors import ConfigurationError
 
@@ -265,46 +376,72 @@ def translate(
         _fail(str(e))
     _check_writable(settings.root)
     if dry_run:
-        import polars as pl
-        from rich.table import Table
-
-        from pipeline.tasks.translate import context_cost, memory_path
-        from translation.cost import CostEstimate, estimate
-        from translation.memory import TranslationMemory
-
-        _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in targets])
-        entry = settings.engines[engine]
-        engine_id = _engine_id_without_key(engine, entry)
-        table = Table(title=f"dry run: {engine} ({engine_id})")
-        for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
-            table.add_column(col, justify="right")
-        seen: list[str] = []
-        with TranslationMemory(memory_path(settings.root)) as mem:
-            for d, sp in targets:
-                texts = pl.read_parquet(settings.root / "segments" / d / f"{sp}.parquet")["text_en"].to_list()
-                est = estimate(texts, mem, engine_id, price_per_million(entry))
-                seen += texts
-                table.add_row(f"{d}/{sp}", f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}",
-                              f"{est.chars:,}", f"{est.eur:.2f}")
-            total = estimate(seen, mem, engine_id, price_per_million(entry))
-            # translate.visdial_context: the dialogs' Q/A with their caption as context (other memory keys).
-            ctx_rows, ctx = context_cost(settings, engine, targets, mem)
-            for label, est in ctx_rows:
-                table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}",
-                              f"{est.chars:,}", f"{est.eur:.2f}")
-            if ctx is not None:
-                total = CostEstimate(total.rows + ctx.rows, total.unique + ctx.unique,
-                                     total.unique_missing + ctx.unique_missing, total.chars + ctx.chars,
-                                     total.eur + ctx.eur)
-        table.add_row("all (shared strings once)", f"{total.rows:,}", f"{total.unique:,}",
-                      f"{total.unique_missing:,}", f"{total.chars:,}", f"{total.eur:.2f}")
-        console.print(table)
+        _dry_run(settings, cfg, engine, targets, allow_partial)
         return
     try:
         check_engine(engine, settings.engines[engine], settings.root / "sources", sample=settings.sample.enabled)
     except ConfigurationError as e:
         _fail(str(e))
+    _preflight_deepl(settings, cfg, [engine], allow_partial, {"workers": workers, "local_scheduler": True})
+    # The parts translate every string of the run (all splits: one payment per string); the joins are
+    # written for the chosen splits.
     _build([Translate(config=cfg, dataset=d, split=sp, engine=engine) for d, sp in targets], workers)
+    from pipeline.spend import report_billing
+
+    report_billing(settings.root, [engine], console.print)
+
+
+def _dry_run(settings, cfg: str, engine: str, targets: list[tuple[str, str]], allow_partial: bool) -> None:
+    import polars as pl
+    from rich.table import Table
+
+    from pipeline.engines import price_per_million
+    from pipeline.tasks.acquire import IngestSegments
+    from pipeline.tasks.translate import context_cost, memory_view
+    from translation.cost import estimate
+    from translation.errors import ConfigurationError
+    from translation.secrets import load_secret
+
+    _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in settings.datasets.splits()])
+    entry = settings.engines[engine]
+    engine_id = _engine_id_without_key(engine, entry)
+    table = Table(title=f"dry run: {engine} ({engine_id})")
+    for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
+        table.add_column(col, justify="right")
+
+    def row(label, est) -> None:
+        table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}", f"{est.chars:,}",
+                      f"{est.eur:.2f}")
+
+    with memory_view(settings.root, engine) as mem:
+        for d, sp in targets:
+            texts = pl.read_parquet(settings.root / "segments" / d / f"{sp}.parquet")["text_en"].to_list()
+            row(f"{d}/{sp}", estimate(texts, mem, engine_id, price_per_million(entry)))
+        # translate.visdial_context: the dialogs' Q/A with their caption as context (other memory keys).
+        ctx_rows, _ = context_cost(settings, engine, targets, mem)
+        for label, est in ctx_rows:
+            row(label, est)
+    total, gold = _spend(settings, engine)
+    if gold.rows:
+        row("gold set (curate), not in any split", gold)
+    row("all (shared strings once)", total)
+    console.print(table)
+    if not _deepl_engines(settings, [engine]):
+        return
+    try:
+        load_secret(env=entry.auth_key_env, file=entry.auth_key_file, what=f"DeepL key for engine {engine!r}")
+    except ConfigurationError as e:
+        console.print(f"quota not checked: {e}")
+        return
+    from pipeline.spend import preflight
+
+    eng = _open_deepl(settings, engine)
+    try:
+        console.print(preflight(eng, total.chars, allow_partial=allow_partial))
+    except ConfigurationError as e:
+        _fail(str(e))
+    finally:
+        eng.close()
 
 
 def _engine_id_without_key(name: str, entry) -> str:
@@ -434,14 +571,13 @@ def memory_export(
     engine_id: str = typer.Option(None, "--engine-id", help="Only this engine id (default: all)."),
 ) -> None:
     """Export the run's translation memory (or one engine's part of it) as Parquet."""
-    from pipeline.tasks.translate import memory_path
-    from translation.memory import TranslationMemory
+    from pipeline.tasks.translate import memory_view
 
     settings = _load(config)
-    if not Path(memory_path(settings.root)).exists():
-        _fail(f"no translation memory at {memory_path(settings.root)}: nothing to export (run `ptvl translate` first)")
+    if not (settings.root / "memory").is_dir():
+        _fail(f"no translation memory under {settings.root / 'memory'}: nothing to export (run `ptvl translate` first)")
     _check_writable(out.parent, "output folder")
-    with TranslationMemory(memory_path(settings.root)) as mem:
+    with memory_view(settings.root) as mem:  # the shared memory and every part file, merged
         n = mem.export_parquet(out, engine_id=engine_id)
     console.print(f"exported {n:,} translations to {out}")
 
@@ -453,14 +589,13 @@ def memory_import(
     config: Path = ConfigOpt,
 ) -> None:
     """Import translations into the run's memory; texts already stored are kept as they are."""
-    from pipeline.tasks.translate import memory_path
-    from translation.memory import TranslationMemory
+    from pipeline.tasks.translate import memory_path, open_memory
 
     settings = _load(config)
     if not path.is_file():
         _fail(f"{path}: no such file" if not path.exists() else f"{path} is a folder, not a Parquet file")
     _check_writable(Path(memory_path(settings.root)).parent, "memory folder")
-    with TranslationMemory(memory_path(settings.root)) as mem:
+    with open_memory(memory_path(settings.root)) as mem:  # the shared memory, read by every part
         stats = mem.import_parquet(path, engine_id=engine_id)
     console.print(f"{stats.rows:,} rows: {stats.inserted:,} new, {stats.already_present:,} already present")
 

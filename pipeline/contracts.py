@@ -106,6 +106,17 @@ TRANSLATED = pa.schema(
     ]
 )
 
+# Segments never sent to the engine (translation.runner.set_aside_reason: lone_surrogate,
+# control_chars, over_max_chars, too_long_for_request, rejected_by_engine); left out of TRANSLATED, and
+# counted by reason in the dataset cards.  translated/<engine>/<dataset>/<split>.set_aside.parquet
+SET_ASIDE = pa.schema(
+    list(SEGMENTS)
+    + [
+        ("chars", pa.int64()),  # characters of text_en
+        ("reason", pa.string()),
+    ]
+)
+
 # VisDial dialog text translated with the dialog's EN caption as DeepL context (only when
 # translate.visdial_context is on): each round's question and ground-truth answer as they appear in
 # that dialog's history.  The 100 answer options stay context-free (the TRANSLATED rows of the global

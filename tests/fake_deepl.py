@@ -5,9 +5,15 @@ accepted), enforces DeepL's request limits (50 texts -> 400, 128 KiB -> 413), co
 characters like DeepL (source characters of 200 responses only) and records every request.
 
 Faults: `storm(status, n)` answers the next n translate requests with `status` (429, 500, 503...);
-`character_limit` answers 456 once a request would pass it; `slow_s` / `slow_next` delay the body
-after the headers are sent; `echo_auth_in_errors` puts the Authorization header into error messages
-(a hostile server, to prove the key is redacted downstream).
+`storm_for(seconds)` answers 429 until `seconds` have passed on the server's `clock` (a test passes
+a virtual clock that the client's back-off advances, so a 90-second spell takes no wall time);
+`character_limit` answers 456 once a request would pass it; `slow_s` / `slow_next` / `slow_every`
+delay the body after the headers are sent (billed already, as a request DeepL processed);
+`echo_auth_in_errors` puts the Authorization header into error messages (a hostile server, to prove
+the key is redacted downstream).
+
+`character_count` is the server's own billing counter, the one `/v2/usage` reports: tests compare
+the pipeline's figures with it, never with the pipeline's own.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ class Request:
     texts: list[str] = field(default_factory=list)
     context: str | None = None
     glossary_id: str | None = None
+    options: dict = field(default_factory=dict)  # preserve_formatting, model_type, split_sentences as sent
     auth: str | None = None  # the Authorization header as received
 
 
@@ -53,19 +60,24 @@ class FakeDeepL:
     """Run with `with FakeDeepL(auth_key) as server:`; `server.url` is the client's `server_url`."""
 
     def __init__(self, auth_key: str, *, character_limit: int | None = None, slow_s: float = 0.0,
-                 glossaries: list[dict] | None = None) -> None:
+                 glossaries: list[dict] | None = None, clock=time.monotonic, port: int = 0) -> None:
         self.auth_key = auth_key
         self.character_limit = character_limit
         self.character_count = 0
         self.slow_s = slow_s  # delay of every translate body
         self.slow_next = 0  # number of next translate requests delayed by `slow_next_s`
         self.slow_next_s = 0.0
+        self.slow_every: tuple[int, float] | None = None  # (k, s): every k-th translate request's body is s late
+        self.clock = clock
+        self._storm_until: float | None = None
+        self._n_translate = 0
         self.echo_auth_in_errors = False
+        self.reject_texts: set[str] = set()  # a request holding one of these is answered 400
         self.glossaries = glossaries or []
         self.requests: list[Request] = []
         self._storm: list[int] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -88,6 +100,11 @@ class FakeDeepL:
         """Answer the next `n` translate requests with HTTP `status`."""
         with self._lock:
             self._storm.extend([status] * n)
+
+    def storm_for(self, seconds: float) -> None:
+        """Answer every translate request with 429 until `seconds` have passed on `clock`."""
+        with self._lock:
+            self._storm_until = self.clock() + seconds
 
     def translate_requests(self, status: int | None = 200) -> list[Request]:
         with self._lock:
@@ -156,13 +173,18 @@ class FakeDeepL:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ValueError("'text' must be a list of strings")
         rec.texts, rec.context, rec.glossary_id = texts, body.get("context"), body.get("glossary_id")
+        rec.options = {k: body[k] for k in ("preserve_formatting", "model_type", "split_sentences") if k in body}
         if body.get("target_lang") != "PT-PT" or body.get("source_lang") != "EN":
             raise ValueError(f"unexpected languages {body.get('source_lang')}->{body.get('target_lang')}")
         if len(raw) > MAX_BODY_BYTES:
             return 413, {"message": "Request Entity Too Large"}, 0.0
         if len(texts) > MAX_TEXTS:
             return 400, {"message": f"Too many texts: {len(texts)} > {MAX_TEXTS}"}, 0.0
+        if self.reject_texts & set(texts):
+            return 400, {"message": "Value for 'text' not supported."}, 0.0
         with self._lock:
+            if self._storm_until is not None and self.clock() < self._storm_until:
+                return 429, {"message": "Too many requests"}, 0.0
             if self._storm:
                 status = self._storm.pop(0)
                 return status, {"message": "Too many requests" if status == 429 else "Internal error"}, 0.0
@@ -171,6 +193,9 @@ class FakeDeepL:
                 return 456, {"message": "Quota Exceeded"}, 0.0
             self.character_count += chars
             delay = self.slow_s
+            self._n_translate += 1
+            if self.slow_every is not None and self._n_translate % self.slow_every[0] == 0:
+                delay = max(delay, self.slow_every[1])
             if self.slow_next > 0:
                 self.slow_next -= 1
                 delay = max(delay, self.slow_next_s)

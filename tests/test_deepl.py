@@ -13,7 +13,7 @@ from tests.fake_deepl import MAX_BODY_BYTES, FakeDeepL, fake_translation
 from translation.cost import estimate
 from translation.engines.base import Engine
 from translation.engines.deepl_api import DeepLEngine, DeepLSettings
-from translation.errors import ConfigurationError, EngineError, QuotaExceeded
+from translation.errors import ConfigurationError, EngineError, QuotaExceeded, RateLimited, RequestRejected
 from translation.memory import TranslationMemory, memory_key
 from translation.runner import translate_missing, translations_for
 from translation.secrets import Secret
@@ -24,19 +24,36 @@ def key() -> str:
     return f"k3y-{pysecrets.token_hex(12)}:fx"
 
 
+class VirtualClock:
+    """Time that passes only when the engine's back-off sleeps: minutes of 429 in no wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture()
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
 @pytest.fixture(autouse=True)
-def fast_client_retries(monkeypatch):
-    # Keep the client's own retry loop, with its exponential backoff scaled down for tests.
-    monkeypatch.setattr(deepl.http_client._BackoffTimer, "BACKOFF_INITIAL", 0.01)
-    monkeypatch.setattr(deepl.http_client._BackoffTimer, "BACKOFF_MAX", 0.05)
+def restore_client_globals(monkeypatch):
     # The engine sets these process-wide; monkeypatch restores the client's defaults afterwards.
     monkeypatch.setattr(deepl.http_client, "max_network_retries", deepl.http_client.max_network_retries)
     monkeypatch.setattr(deepl.http_client, "min_connection_timeout", deepl.http_client.min_connection_timeout)
 
 
 @pytest.fixture()
-def server(key):
-    with FakeDeepL(key) as s:
+def server(key, clock):
+    with FakeDeepL(key, clock=clock) as s:
         yield s
 
 
@@ -47,7 +64,9 @@ def mem(tmp_path):
 
 
 def make_engine(server: FakeDeepL, key: str, **kw) -> DeepLEngine:
-    return DeepLEngine(DeepLSettings(server_url=server.url, **kw), auth_key=Secret(key))
+    # The back-off sleeps on the server's clock: virtual in these tests (see VirtualClock).
+    sleep = server.clock.sleep if isinstance(server.clock, VirtualClock) else None
+    return DeepLEngine(DeepLSettings(server_url=server.url, **kw), auth_key=Secret(key), sleep=sleep)
 
 
 def captions(n: int, start: int = 0) -> list[str]:
@@ -57,12 +76,18 @@ def captions(n: int, start: int = 0) -> list[str]:
 def test_engine_protocol_and_id(server, key):
     eng = make_engine(server, key)
     assert isinstance(eng, Engine)
-    assert eng.engine_id == "deepl:en>pt-pt:split=off:formality=default:glossary=none:context=off"
+    assert eng.engine_id == ("deepl:en>pt-pt:split=off:formality=default:glossary=none"
+                             ":format=keep:model=prefer_quality_optimized:context=off")
+    assert ":format=fix:" in make_engine(server, key, preserve_formatting=False).engine_id
+    assert ":model=latency_optimized:" in make_engine(server, key, model_type="latency_optimized").engine_id
     assert make_engine(server, key, formality="more").engine_id != eng.engine_id
     assert make_engine(server, key, use_context=True).engine_id.endswith("context=on")
     out = eng.translate(["a dog", "ã çé 🙂"])
     assert [r.text for r in out] == ["PT[a dog]", "PT[ã çé 🙂]"]
     assert [r.billed_chars for r in out] == [5, 6]  # source characters (code points), as DeepL counts
+    # The request options are explicit, not the API's defaults (README: why).
+    assert server.translate_requests()[-1].options == {
+        "preserve_formatting": True, "model_type": "prefer_quality_optimized", "split_sentences": "0"}
 
 
 def test_batch_limits_respected(server, key, mem):
@@ -88,12 +113,19 @@ def test_batch_limits_respected(server, key, mem):
 
 
 def test_text_longer_than_a_request_is_a_clear_error(server, key):
-    with pytest.raises(EngineError, match="alone exceeds"):
+    with pytest.raises(RequestRejected, match="alone exceeds"):
         make_engine(server, key).translate(["ç" * 30_000])
 
 
+def test_default_batch_size_fills_requests(server, key, mem):
+    """The settings' batch size (64) does not make 50 + 14 requests: DeepL requests are filled to 50."""
+    texts = captions(230)
+    translate_missing(texts, make_engine(server, key), mem, batch_size=64)  # [translate] batch_size's default
+    assert [len(r.texts) for r in server.translate_requests()] == [50, 50, 50, 50, 30]
+
+
 @pytest.mark.parametrize("status,n", [(429, 4), (503, 2), (500, 3)])
-def test_recovers_from_429_storms_and_5xx_via_client_retries(server, key, mem, status, n):
+def test_recovers_from_429_storms_and_5xx(server, key, mem, status, n):
     eng = make_engine(server, key, max_network_retries=5)
     texts = captions(120)
     translate_missing(texts[:50], eng, mem)
@@ -105,15 +137,48 @@ def test_recovers_from_429_storms_and_5xx_via_client_retries(server, key, mem, s
     assert sorted(server.sent_texts()) == sorted(texts)  # every text paid exactly once
 
 
-def test_storm_longer_than_retries_stops_with_stored_work_kept(server, key, mem):
+def test_a_90_second_429_storm_is_waited_out_and_paid_once(server, key, mem, clock):
+    """A 429 spell of 90 s (the client's own loop gave up after ~16 s): the default settings wait it out
+    with the client's back-off curve, on a virtual clock, and every text is paid exactly once."""
+    eng = make_engine(server, key)  # defaults: max_429_wait_s 900, back-off 1 s x 1.6 up to 120 s
+    texts = captions(130)
+    translate_missing(texts[:50], eng, mem)
+    server.storm_for(90.0)
+    stats = translate_missing(texts, eng, mem)
+    assert stats.sent == 80
+    refused = [r for r in server.requests if r.status == 429]
+    assert len(refused) == eng.counters.retries_429 >= 8  # 1 + 1.6 + ... + 1.6^7 s < 90 s < ...
+    assert eng.counters.waited_429_s == pytest.approx(sum(clock.slept)) and clock.now >= 90.0 > 16.0
+    assert max(clock.slept) < 120 * 1.23 + 1e-9  # the back-off's cap (with the client's jitter)
+    unique_chars = sum(len(t) for t in set(texts))
+    assert server.character_count == unique_chars == mem.stats(eng.engine_id).billed_chars
+    assert eng.usage().character.count == unique_chars  # the server's own /v2/usage counter
+
+
+def test_429_spell_longer_than_allowed_stops_resumably(server, key, mem, clock):
+    eng = make_engine(server, key, max_429_wait_s=30)
+    texts = captions(150)
+    translate_missing(texts[:100], eng, mem)
+    server.storm_for(10_000)
+    with pytest.raises(RateLimited, match=r"HTTP 429.*max_429_wait_s = 30; rerun in about .*100 of 150 "
+                                          r"distinct texts stored.*other 50"):
+        translate_missing(texts, eng, mem)
+    assert sum(clock.slept) <= 30 and mem.stats(eng.engine_id).rows == 100
+    clock.now += 10_000  # the spell is over
+    stats = translate_missing(texts, eng, mem)  # resume
+    assert (stats.hits, stats.sent) == (100, 50)
+    assert sorted(server.sent_texts()) == sorted(texts)
+    assert server.character_count == sum(len(t) for t in texts)
+
+
+def test_5xx_longer_than_retries_stops_with_stored_work_kept(server, key, mem):
     eng = make_engine(server, key, max_network_retries=2)
     texts = captions(150)
     translate_missing(texts[:100], eng, mem)
-    server.storm(429, 3)  # one more than the client retries
-    with pytest.raises(EngineError, match=r"HTTP 429.*100 of 150 distinct texts stored.*other 50"):
+    server.storm(503, 3)  # one more than the retries
+    with pytest.raises(EngineError, match=r"HTTP 503.*100 of 150 distinct texts stored.*other 50"):
         translate_missing(texts, eng, mem)
-    assert mem.stats(eng.engine_id).rows == 100
-    stats = translate_missing(texts, eng, mem)  # resume once the storm is over
+    stats = translate_missing(texts, eng, mem)
     assert (stats.hits, stats.sent) == (100, 50)
     assert sorted(server.sent_texts()) == sorted(texts)
 
@@ -136,6 +201,7 @@ def test_quota_456_stops_cleanly_then_resumes_without_paying_twice(server, key, 
     stats = translate_missing(texts, eng, mem)
     assert (stats.hits, stats.sent) == (150, 50)
     assert sorted(server.sent_texts()) == sorted(texts)
+    assert server.character_count == sum(len(t) for t in texts)  # billed = unique characters
 
 
 def test_billed_chars_match_server_rerun_sends_zero_duplicates_once(server, key, mem):
@@ -160,14 +226,68 @@ def test_slow_bodies(server, key, mem):
     server.slow_s = 0.2  # slow but within the timeout: just slower
     translate_missing(captions(60), eng, mem)
     assert mem.stats(eng.engine_id).rows == 60
+    assert eng.counters.possibly_billed_twice_requests == 0
     server.slow_s = 0.0
-    server.slow_next, server.slow_next_s = 1, 2.5  # one body later than the timeout: the client retries
+    server.slow_next, server.slow_next_s = 1, 2.5  # one body later than the timeout: retried
     texts = captions(40, 500)
     stats = translate_missing(texts, eng, mem)
     assert stats.sent == 40 and mem.stats(eng.engine_id).rows == 100
-    # The server billed the timed-out request too: a client timeout can cost one request twice.
+    # The server billed the timed-out request too: a client timeout can cost one request twice, and
+    # the engine counted exactly that as "possibly billed twice".
     lost = eng.usage().character.count - mem.stats(eng.engine_id).billed_chars
     assert lost == sum(len(t) for t in texts)
+    assert (eng.counters.possibly_billed_twice_requests, eng.counters.possibly_billed_twice_chars) == (1, lost)
+
+
+@pytest.mark.parametrize("timeout_s,twice", [(2.0, 0), (1.0, 3)])
+def test_every_4th_response_late(server, key, mem, timeout_s, twice):
+    """The issue's case, scaled: every 4th response is 1.3 s late.  Within the timeout (the default is
+    now 60 s, against DeepL's 12 s) nothing is paid twice; past it, each late request is paid twice and
+    counted, so billed = unique + the counted characters, exactly."""
+    eng = make_engine(server, key, timeout_s=timeout_s)
+    server.slow_every = (4, 1.3)
+    texts = captions(12 * 50 - 30)  # 12 requests: the 4th, 8th and 12th are late
+    translate_missing(texts, eng, mem)
+    unique_chars = sum(len(t) for t in texts)
+    assert mem.stats(eng.engine_id).billed_chars == unique_chars
+    assert eng.counters.possibly_billed_twice_requests == twice
+    assert server.character_count == unique_chars + eng.counters.possibly_billed_twice_chars
+    if twice:
+        assert eng.counters.possibly_billed_twice_chars > 0
+
+
+def test_default_timeout_is_at_least_60_s():
+    assert DeepLSettings().timeout_s >= 60 and DeepLSettings().max_429_wait_s >= 300
+
+
+def test_poisoned_texts_are_set_aside_and_the_rest_completes(server, key, mem):
+    """A 200 KB caption, a lone surrogate, NUL / control characters, a text over max_chars, one the
+    server refuses, and whitespace-only strings: none blocks the batch; each is set aside with its
+    reason (or, whitespace, stored as "" unsent); billed = the unique characters of the sendable rest."""
+    eng = make_engine(server, key, max_chars=5_000)
+    good = captions(120)
+    refused = "a caption the server refuses for its own reasons"
+    server.reject_texts = {refused}
+    poison = {
+        "x" * 200_000: "over_max_chars",
+        "a dog \ud800 on a sofa": "lone_surrogate",
+        "a cat\x00 on a mat": "control_chars",
+        "a bell \x07 rings": "control_chars",
+        "word " * 1_100: "over_max_chars",
+        refused: "rejected_by_engine",
+    }
+    texts = good[:60] + list(poison) + ["   ", "\t"] + good[60:] + good[:5]
+    stats = translate_missing(texts, eng, mem)
+    assert {memory_key(t): r for t, r in poison.items()} == stats.set_aside
+    assert stats.sent == 120 + 2 and stats.remaining == 0
+    rows = translations_for(good + ["   ", "\t"], eng.engine_id, mem)
+    assert [r.text_pt for r in rows] == [fake_translation(t) for t in good] + ["", ""]
+    assert all(t.strip() for t in server.sent_texts())  # whitespace-only never sent
+    assert server.character_count == sum(len(t) for t in good) == mem.stats(eng.engine_id).billed_chars
+    # Without max_chars, the 200 KB caption is over DeepL's request limit instead.
+    assert make_engine(server, key).unsendable("x" * 200_000) == "too_long_for_request"
+    again = translate_missing(texts, eng, mem)  # a rerun sends nothing; the same texts set aside
+    assert (again.sent, again.set_aside) == (0, stats.set_aside)
 
 
 def test_context_policy(server, key, mem):
@@ -276,3 +396,21 @@ def test_key_never_leaks(tmp_path, monkeypatch, caplog, key):
         assert key not in text, name
     for path in list(tmp_path.glob("memory.sqlite*")) + [tmp_path / "export.parquet"]:
         assert key.encode() not in path.read_bytes(), path.name
+
+
+def test_rejected_key_messages_say_why(server, key):
+    """403 is a one-line ConfigurationError naming the likely cause: a Free key (":fx") sent to the Pro
+    URL, a Pro key sent to the Free URL, or a wrong / revoked key; never the key itself."""
+    eng = make_engine(server, key)
+    err = deepl.AuthorizationException("Authorization failure, check auth_key", http_status_code=403)
+    cases = {"https://api.deepl.com": "a Free key (ending in :fx) sent to the Pro URL",
+             server.url: "the key is wrong or revoked"}
+    for url, why in cases.items():
+        eng.settings = eng.settings.model_copy(update={"server_url": url})
+        msg = str(eng._mapped(err))
+        assert why in msg and "\n" not in msg and key not in msg
+    pro = DeepLEngine(DeepLSettings(server_url="https://api-free.deepl.com"), auth_key=Secret("pro-key-1234"))
+    assert "a Pro key sent to the Free URL" in str(pro._mapped(err))
+    wrong = make_engine(server, key + "x")
+    with pytest.raises(ConfigurationError, match=r"HTTP 403: the key is wrong or revoked"):
+        wrong.usage()

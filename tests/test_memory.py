@@ -140,3 +140,26 @@ def test_cost_estimate_counts_only_missing_unique(mem):
     assert (part.unique_missing, part.chars) == (2, 22)
     ctx = estimate(["yes", "yes"], mem, E, 20.0, contexts=["c1", "c2"])
     assert (ctx.unique_missing, ctx.chars) == (2, 6)  # context is free but keys the memory
+
+
+def test_memory_stack_reads_all_files_writes_one(tmp_path):
+    """The pipeline's layout: a part writes its own file (rollback journal, NFS-safe: no -wal/-shm) and
+    reads the others; a key stored in several files counts once."""
+    from translation.memory import MemoryStack
+
+    with TranslationMemory(tmp_path / "shared.sqlite", journal="delete") as shared:
+        shared.put_batch("e", [MemoryRow(text_hash("a"), "a", "A0", billed_chars=1), MemoryRow(text_hash("b"), "b", "B", billed_chars=1)])
+    readers = [TranslationMemory(tmp_path / "shared.sqlite", read_only=True)]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        readers[0]._insert([("e", text_hash("z"), "z", None, "Z", None, 0, 0)])
+    with MemoryStack(TranslationMemory(tmp_path / "part.sqlite", journal="delete"), readers) as mem:
+        assert mem.missing("e", [text_hash(t) for t in "abc"]) == [text_hash("c")]
+        mem.put_batch("e", [MemoryRow(text_hash("c"), "c", "C", billed_chars=1),
+                            MemoryRow(text_hash("a"), "a", "A1", billed_chars=1)])
+        found = mem.lookup("e", [text_hash(t) for t in "abc"])
+        assert {found[text_hash(t)].text_pt for t in "abc"} == {"A1", "B", "C"}  # the writer's row first
+        assert mem.stats("e").rows == 3 and mem.stats("e").billed_chars == 3  # "a" once
+        assert mem.export_parquet(tmp_path / "all.parquet") == 3
+    assert not list(tmp_path.glob("*-wal")) and not list(tmp_path.glob("*-shm"))
+    with pytest.raises(FileNotFoundError):
+        TranslationMemory(tmp_path / "absent.sqlite", read_only=True)

@@ -33,7 +33,8 @@ TRANSLATE_SCRIPT = textwrap.dedent(
 
     url, mem_path, texts_path, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     texts = json.loads(open(texts_path, encoding="utf-8").read())
-    engine = DeepLEngine(DeepLSettings(server_url=url))  # key from DEEPL_AUTH_KEY
+    # key from DEEPL_AUTH_KEY; requests of `batch` texts (DeepL fills requests to this limit)
+    engine = DeepLEngine(DeepLSettings(server_url=url, max_texts_per_request=batch))
     with TranslationMemory(mem_path) as mem:
         stats = translate_missing(texts, engine, mem, batch_size=batch)
     print(json.dumps(stats.__dict__))
@@ -100,7 +101,8 @@ def test_kill_9_then_rerun_equals_uninterrupted_and_pays_nothing_twice(tmp_path)
 
     # Reference: one uninterrupted run.
     with FakeDeepL(KEY) as ref_server, TranslationMemory(tmp_path / "ref.sqlite") as ref_mem:
-        ref_engine = DeepLEngine(DeepLSettings(server_url=ref_server.url), auth_key=Secret(KEY))
+        ref_engine = DeepLEngine(DeepLSettings(server_url=ref_server.url, max_texts_per_request=BATCH),
+                                 auth_key=Secret(KEY))
         translate_missing(texts, ref_engine, ref_mem, batch_size=BATCH)
         expected = _stored(ref_mem, ref_engine.engine_id, texts)
 
@@ -121,7 +123,8 @@ def test_kill_9_then_rerun_equals_uninterrupted_and_pays_nothing_twice(tmp_path)
         n_before = len(server.requests)
 
         with TranslationMemory(mem_path) as mem:
-            engine = DeepLEngine(DeepLSettings(server_url=server.url), auth_key=Secret(KEY))
+            engine = DeepLEngine(DeepLSettings(server_url=server.url, max_texts_per_request=BATCH),
+                                 auth_key=Secret(KEY))
             stored_at_kill = mem.stats(engine.engine_id).rows
             assert 4 * BATCH <= stored_at_kill < len(distinct)
             stored_texts = {r.text_en for r in mem.lookup(engine.engine_id, [r[0] for r in expected]).values()}

@@ -20,6 +20,7 @@ from pipeline.cli import app
 from pipeline.settings import ConfigError, load_settings
 from tests.fake_deepl import FakeDeepL, fake_translation
 from tests.test_pipeline import ptvl
+from translation.gold import load_gold
 from translation.memory import memory_key
 
 # Importing the CLI in process imports luigi, which warns about a config default on import.
@@ -95,8 +96,12 @@ def source_dialogs(root: Path) -> list[dict]:
 
 
 def memory_rows(root: Path) -> list[tuple]:
-    with sqlite3.connect(root / "memory" / "memory.sqlite") as db:
-        return db.execute("SELECT engine_id, text_hash, text_en, context, text_pt FROM memory").fetchall()
+    """Every row of the engine's memory files (one per translation part)."""
+    out = []
+    for f in sorted((root / "memory" / "deepl").glob("part-*.sqlite")):
+        with sqlite3.connect(f) as db:
+            out += db.execute("SELECT engine_id, text_hash, text_en, context, text_pt FROM memory").fetchall()
+    return out
 
 
 def shard_dialogs(root: Path) -> dict[str, dict]:
@@ -132,9 +137,12 @@ def test_visdial_context_end_to_end(tmp_path: Path) -> None:
         seg = pl.read_parquet(root / "segments" / "visdial" / "val.parquet")
         free_requests = server.translate_requests()
         assert free_requests and all(r.context is None for r in free_requests)
-        assert sorted(server.sent_texts()) == sorted(seg["text_en"].unique().to_list())
+        # Every distinct string of the run once: the segments and the gold set (curated later, but in the
+        # unique-string table, so paid once with the rest and shown by the dry run).
+        wanted = set(seg["text_en"].to_list()) | set(load_gold()["en"].to_list())
+        assert sorted(server.sent_texts()) == sorted(wanted)
         free_chars = server.character_count
-        assert free_chars == sum(len(t) for t in seg["text_en"].unique().to_list())
+        assert free_chars == sum(len(t) for t in wanted)
         shards = shard_dialogs(root)
         for d in dialogs:
             rounds = shards[d["image_id"]]["rounds"]
@@ -177,7 +185,7 @@ def test_visdial_context_end_to_end(tmp_path: Path) -> None:
         assert {(en, c) for _, _, en, c, _ in ctx_rows} == pairs
         assert all(h == memory_key(en, c) and pt == fake_translation(en, c) for _, h, en, c, pt in ctx_rows)
         free_rows = [r for r in rows if r[0] == free_id]
-        assert len(free_rows) == seg["text_en"].n_unique() and all(c is None for _, _, _, c, _ in free_rows)
+        assert len(free_rows) == len(wanted) and all(c is None for _, _, _, c, _ in free_rows)
 
         # Shards rebuilt under the new policy: history with context, options context-free, same gt index.
         card = json.loads((root / "shards" / "deepl" / "visdial" / "val" / "_SHARDS.json").read_text())
@@ -197,14 +205,23 @@ def test_visdial_context_end_to_end(tmp_path: Path) -> None:
         assert context_table.height == 3 * 20 and set(context_table["engine_id"]) == {ctx_id}
 
         # -- rerun: the context tasks run again from scratch, and pay nothing ---------------------------
-        n_requests = len(server.requests)
+        n_requests = len(server.translate_requests(status=None))
         for p in (root / "translated" / "deepl" / "visdial").glob("*context*"):
             p.unlink()
-        run_ok("translate", "--engine", "deepl", "--config", str(on))
+        for p in (root / "translated" / "deepl" / "_parts").glob("*.json"):
+            p.unlink()  # the parts run again too: all memory hits
+        out = run_ok("translate", "--engine", "deepl", "--config", str(on))
+        part = json.loads(next((root / "translated" / "deepl" / "_parts").glob("*.json")).read_text())
+        assert (part["hits"], part["sent"], part["billed_chars"], part["deepl_billed_chars"]) == (
+            len(wanted) + len(pairs), 0, 0, 0)
         stats = json.loads((root / "translated" / "deepl" / "visdial" / "_val.stats.json").read_text())
-        assert (stats["context"]["hits"], stats["context"]["sent"], stats["context"]["billed_chars"]) == (
-            len(pairs), 0, 0)
-        assert len(server.requests) == n_requests and server.character_count == free_chars + pair_chars
+        assert stats["context"]["billed_chars"] == pair_chars  # the memory's count of the split's pairs
+        # The final summary: the memory's count beside DeepL's own, over every part attempt of the run.
+        total = free_chars + pair_chars
+        assert f"billed (memory) {total:,} chars, billed (DeepL) {total:,} chars" in out
+        # Nothing translated again (the pre-flight and the audit read /v2/usage, which costs nothing).
+        assert len(server.translate_requests(status=None)) == n_requests
+        assert server.character_count == free_chars + pair_chars
         again = pl.read_parquet(root / "translated" / "deepl" / "visdial" / "val.context.parquet")
         assert again["text_pt"].to_list() == context_table["text_pt"].to_list()
 
@@ -214,7 +231,9 @@ def test_visdial_context_end_to_end(tmp_path: Path) -> None:
         md = (root / "reports" / "compare" / "comparison.md").read_text()
         section = md.split("## Characters billed and estimated cost")[1].split("##")[0]
         billed = dry_run_row(section.replace("|", "│"), "deepl")
-        assert int(billed[1].replace(",", "")) == server.character_count == free_chars + pair_chars, billed
+        assert "billed (memory) | billed (DeepL)" in section
+        assert [int(billed[i].replace(",", "")) for i in (1, 2, 3)] == [server.character_count] * 2 + [0], billed
+        assert server.character_count == free_chars + pair_chars
 
 
 def test_settings_refuse_engines_without_context(tmp_path: Path) -> None:

@@ -29,3 +29,12 @@ class QuotaExceeded(EngineError):
         super().__init__(message)
         self.done = done
         self.remaining = remaining
+
+
+class RateLimited(EngineError):
+    """The provider kept answering HTTP 429 longer than the configured wait; rerun later (resumable)."""
+
+
+class RequestRejected(EngineError):
+    """The provider refused a request as malformed or too large (HTTP 400/413): one of its texts
+    cannot be sent.  The runner splits the batch to find it and sets it aside; never retried as is."""

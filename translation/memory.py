@@ -7,10 +7,12 @@ Store: one embedded SQLite file, not Parquet segments plus a journal.
   `put_batch` returned for survives ``kill -9`` and power loss, and a batch in flight is either fully
   there or absent. Parquet segments would need our own journal, fsync of file and directory, and
   recovery code to reach the same guarantee, and one tiny file per 50-text DeepL request.
-- Several worker processes on one machine may write the same file: WAL lets readers run beside one
-  writer, ``BEGIN IMMEDIATE`` plus ``busy_timeout`` makes writers queue instead of failing. (WAL needs
-  shared memory, so the file must be on a local disk, not NFS; workers on several machines each keep
-  their own memory and merge with `export_parquet` / `import_parquet`.)
+- Several worker processes on one machine may write the same file: WAL (the default journal) lets
+  readers run beside one writer, ``BEGIN IMMEDIATE`` plus ``busy_timeout`` makes writers queue instead
+  of failing.  WAL needs shared memory, so a WAL file must be on a local disk, never NFS.  The
+  pipeline therefore opens its files with ``journal="delete"`` (rollback journal) and gives each
+  writer its own file, read together through `MemoryStack` (see `pipeline.tasks.translate`); machines
+  without a shared disk merge with `export_parquet` / `import_parquet`.
 - Point look-ups of 10^5-10^6 hashes hit the primary-key index; no full scan per shard.
 - Parquet is the exchange format (`PARQUET_SCHEMA`): export to share a memory between machines or
   with collaborators, import the sample's ``reference`` memory or a colleague's DeepL run.
@@ -142,19 +144,33 @@ class TranslationMemory:
     Use as a context manager or call `close()`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _DEFAULT_BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _DEFAULT_BUSY_TIMEOUT_S,
+                 journal: str = "wal", read_only: bool = False) -> None:
+        """journal: ``"wal"`` (default: readers beside one writer, several writer processes queue; local
+        disk only) or ``"delete"`` (SQLite's rollback journal: no shared-memory file, so safe on NFS for a
+        file that one process writes at a time, which is how the pipeline lays out its memory).
+        read_only: open an existing file for look-ups only (no schema or journal change, no write lock)."""
+        if journal not in ("wal", "delete"):
+            raise ValueError(f"journal must be 'wal' or 'delete', not {journal!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        if read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"translation memory {self.path} does not exist")
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
         self._db = sqlite3.connect(
             str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise MemoryIntegrityError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
-        self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every COMMIT: durable when put returns
+        mode = self._db.execute(f"PRAGMA journal_mode={journal.upper()}").fetchone()[0]
+        if str(mode).lower() != journal:
+            raise MemoryIntegrityError(f"{self.path}: SQLite refused journal mode {journal} (got {mode!r})")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync at every COMMIT: durable when put returns
         with self._write():
             self._db.execute(_SCHEMA_SQL)
 
@@ -235,6 +251,11 @@ class TranslationMemory:
     def engine_ids(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT DISTINCT engine_id FROM memory ORDER BY 1")]
+
+    def total_billed(self) -> int:
+        """Billed characters of every row of the file, all engine ids together."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(SUM(billed_chars), 0) FROM memory").fetchone()[0])
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -332,6 +353,94 @@ class TranslationMemory:
             values.append((engine_id, h, en, contexts[i], pt, scores[i], int(billed[i] or 0), ts))
         inserted = self._insert(values)
         return ImportStats(rows=n, inserted=inserted, already_present=n - inserted)
+
+
+class MemoryStack:
+    """One writable memory file in front of read-only others: look-ups see all of them, writes go to
+    the first.  The pipeline's multi-machine layout (see `pipeline.tasks.translate`): each translation
+    part writes its own file, and reads the run's shared memory and older part files, so no file ever
+    has two writers, even on several machines sharing an NFS run root.
+
+    Offers what `translation.runner` and `translation.cost` use of a `TranslationMemory` (`missing`,
+    `lookup`, `put_batch`, `stats`, `path`).  `writer` may be None for a read-only view.
+    """
+
+    def __init__(self, writer: TranslationMemory | None, readers: Sequence[TranslationMemory] = ()) -> None:
+        self.writer = writer
+        self.files = ([writer] if writer is not None else []) + list(readers)
+        if not self.files:
+            raise ValueError("a MemoryStack needs at least one memory file")
+        self.path = self.files[0].path
+
+    def lookup(self, engine_id: str, hashes: Sequence[str]) -> dict[str, MemoryRow]:
+        out: dict[str, MemoryRow] = {}
+        left = list(dict.fromkeys(hashes))
+        for m in self.files:  # the writer first: what this process paid for wins
+            if not left:
+                break
+            found = m.lookup(engine_id, left)
+            out.update(found)
+            left = [h for h in left if h not in found]
+        return out
+
+    def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
+        left = list(dict.fromkeys(hashes))
+        for m in self.files:
+            if not left:
+                break
+            left = m.missing(engine_id, left)
+        return left
+
+    def put_batch(self, engine_id: str, rows: Sequence[MemoryRow]) -> int:
+        if self.writer is None:
+            raise MemoryIntegrityError("this memory view is read-only")
+        return self.writer.put_batch(engine_id, rows)
+
+    def billed_by_key(self, engine_id: str) -> dict[str, int]:
+        """Billed characters of every stored key of `engine_id` (a key in several files counts once)."""
+        out: dict[str, int] = {}
+        for m in self.files:
+            with m._lock:
+                rows = m._db.execute("SELECT text_hash, billed_chars FROM memory WHERE engine_id = ?",
+                                     [engine_id]).fetchall()
+            for h, b in rows:
+                out.setdefault(h, b)
+        return out
+
+    def stats(self, engine_id: str) -> MemoryStats:
+        rows: dict[str, tuple[int, int]] = {}
+        for m in self.files:
+            with m._lock:
+                got = m._db.execute("SELECT text_hash, LENGTH(text_en), billed_chars FROM memory "
+                                    "WHERE engine_id = ?", [engine_id]).fetchall()
+            for h, n, b in got:
+                rows.setdefault(h, (n, b))
+        return MemoryStats(rows=len(rows), chars_en=sum(n for n, _ in rows.values()),
+                           billed_chars=sum(b for _, b in rows.values()))
+
+    def engine_ids(self) -> list[str]:
+        return sorted({e for m in self.files for e in m.engine_ids()})
+
+    def export_parquet(self, path: str | os.PathLike[str], engine_id: str | None = None) -> int:
+        """Every file's rows (first file wins per key) as one `PARQUET_SCHEMA` Parquet file."""
+        with tempfile.TemporaryDirectory() as tmp:
+            with TranslationMemory(Path(tmp) / "merged.sqlite") as merged:
+                for m in self.files:
+                    where, params = ("WHERE engine_id = ?", [engine_id]) if engine_id is not None else ("", [])
+                    with m._lock:
+                        values = m._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM memory {where}", params).fetchall()
+                    merged._insert(values)
+                return merged.export_parquet(path, engine_id)
+
+    def close(self) -> None:
+        for m in self.files:
+            m.close()
+
+    def __enter__(self) -> MemoryStack:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _check_key(h: str, text_en: str, context: str | None, *, where: str) -> None:

@@ -6,31 +6,49 @@ and a rerun asks the memory first and never pays for a stored text again.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from translation.engines.base import Engine, Result
-from translation.errors import ConfigurationError, EngineError, QuotaExceeded
+from translation.errors import ConfigurationError, EngineError, QuotaExceeded, RequestRejected
 from translation.memory import MemoryRow, TranslationMemory, memory_key
+from translation.sendable import text_problem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunStats:
-    """Counts of one `translate_missing` call (they add up: unique = hits + sent + remaining)."""
+    """Counts of one `translate_missing` call (they add up: unique = hits + sent + set aside + remaining)."""
 
     rows: int = 0  # input strings, duplicates included
     unique: int = 0  # distinct memory keys among them
     hits: int = 0  # distinct keys already in the memory before this call
-    sent: int = 0  # distinct texts translated by the engine and stored by this call
+    sent: int = 0  # distinct texts translated by the engine (or stored as "" unsent) and stored by this call
     billed_chars: int = 0  # characters the engine reported as billed for them
     requests: int = 0  # engine calls made (one stored batch each)
+    # memory key -> reason, for texts never sent (see `set_aside_reason`); they are not in the memory,
+    # so a rerun checks them again (for free: no request is made for them).
+    set_aside: dict[str, str] = field(default_factory=dict)
 
     @property
     def remaining(self) -> int:
-        return self.unique - self.hits - self.sent
+        return self.unique - self.hits - self.sent - len(self.set_aside)
 
 
 ProgressFn = Callable[[RunStats], None]
+
+
+def set_aside_reason(text: str, engine: Engine, context: str | None = None) -> str | None:
+    """Why `text` is never sent to `engine`, or None: ``lone_surrogate`` / ``control_chars`` for every
+    engine (`text_problem`), plus the engine's own limits (DeepL: ``over_max_chars``,
+    ``too_long_for_request``).  A text the engine refuses at request time is set aside as
+    ``rejected_by_engine`` by `translate_missing` itself."""
+    problem = text_problem(text)
+    if problem is None and hasattr(engine, "unsendable"):
+        problem = engine.unsendable(text, context)
+    return problem
 
 
 def translate_missing(
@@ -47,14 +65,19 @@ def translate_missing(
 
     texts: any strings, duplicates allowed (each distinct one is sent at most once).
     contexts: optional per-text context (DeepL ``use_context``); the memory key then covers it.
-    batch_size / max_batch_bytes: most texts / UTF-8 bytes of text per engine call. Engines that
-        expose ``request_batches`` (DeepL) split further to their request limits; every request's
-        results are stored before the next request is sent.
+    batch_size / max_batch_bytes: most texts / UTF-8 bytes of text per engine call, for engines that
+        batch freely (local models).  Engines that expose ``request_batches`` (DeepL) get each context
+        group whole and cut it to their own request limits (50 texts, 128 KiB), so a batch size that
+        is not a multiple of 50 never makes 50 + 14 requests.  Every request's results are stored
+        before the next request is sent.
     progress: called with the running stats after each stored batch.
 
+    Never sent: empty and whitespace-only texts (stored as "" without a request), and texts with a
+    `set_aside_reason` (listed in ``stats.set_aside``; the rest completes).
+
     Raises QuotaExceeded (with ``done``/``remaining``) when the engine's quota runs out, and
-    EngineError when a request fails for good (after the client's retries). Either way everything
-    translated so far is stored, and rerunning the same call resumes with the remaining texts.
+    EngineError (RateLimited, ...) when a request fails for good.  Either way everything translated so
+    far is stored, and rerunning the same call resumes with the remaining texts.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -78,30 +101,40 @@ def translate_missing(
     misses = memory.missing(engine_id, list(wanted))
     stats.hits = stats.unique - len(misses)
 
-    # Empty strings translate to empty strings and cost nothing: store them without a request.
-    empty = [h for h in misses if wanted[h][0] == ""]
-    if empty:
-        memory.put_batch(engine_id, [MemoryRow(h, "", "", None, 0, wanted[h][1]) for h in empty])
-        stats.sent += len(empty)
-        misses = [h for h in misses if wanted[h][0] != ""]
+    # Empty and whitespace-only strings translate to "" and cost nothing: stored without a request.
+    blank = [h for h in misses if not wanted[h][0].strip()]
+    if blank:
+        memory.put_batch(engine_id, [MemoryRow(h, wanted[h][0], "", None, 0, wanted[h][1]) for h in blank])
+        stats.sent += len(blank)
+    to_send = []
+    for h in misses:
+        if not wanted[h][0].strip():
+            continue
+        reason = set_aside_reason(wanted[h][0], engine, wanted[h][1])
+        if reason is None:
+            to_send.append(h)
+        else:
+            stats.set_aside[h] = reason
 
     # One context per request (DeepL takes one context per call), so group misses by context.
     by_context: dict[str | None, list[str]] = {}
-    for h in misses:
+    for h in to_send:
         by_context.setdefault(wanted[h][1], []).append(h)
 
+    split = getattr(engine, "request_batches", None)
     try:
         for ctx, hashes in by_context.items():
-            for chunk in _chunks(hashes, wanted, batch_size, max_batch_bytes):
+            chunks = ([hashes] if split is not None
+                      else _chunks(hashes, wanted, batch_size, max_batch_bytes))
+            for chunk in chunks:
                 chunk_texts = [wanted[h][0] for h in chunk]
-                split = getattr(engine, "request_batches", None)
                 parts = split(chunk_texts, ctx) if split is not None else [slice(0, len(chunk))]
                 for part in parts:
-                    _translate_and_store(engine, memory, chunk[part], chunk_texts[part], ctx, wanted, stats)
+                    _send(engine, memory, chunk[part], chunk_texts[part], ctx, wanted, stats)
                     if progress is not None:
                         progress(stats)
     except QuotaExceeded as e:
-        left = [h for hs in by_context.values() for h in hs]
+        left = [h for h in to_send if h not in stats.set_aside]
         left_chars = sum(len(wanted[h][0]) for h in memory.missing(engine_id, left))
         raise QuotaExceeded(
             f"{engine_id}: {e}. Stopped cleanly: {stats.sent} new translations stored this run, "
@@ -113,11 +146,33 @@ def translate_missing(
             remaining=stats.remaining,
         ) from None
     except EngineError as e:
-        raise EngineError(
+        raise type(e)(
             f"{e} (stopped with {stats.hits + stats.sent} of {stats.unique} distinct texts stored in "
             f"{memory.path}; rerunning resumes with the other {stats.remaining})"
         ) from None
+    if stats.set_aside:
+        counts: dict[str, int] = {}
+        for r in stats.set_aside.values():
+            counts[r] = counts.get(r, 0) + 1
+        log.warning("%s: %d texts set aside, never sent (%s)", engine_id, len(stats.set_aside),
+                    ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
     return stats
+
+
+def _send(engine: Engine, memory: TranslationMemory, hashes: list[str], texts: list[str], ctx: str | None,
+          wanted: dict[str, tuple[str, str | None]], stats: RunStats) -> None:
+    """One request; if the engine refuses it as malformed (HTTP 400/413), halve it until the one text
+    at fault is found and set aside: a bad text never blocks the rest."""
+    try:
+        _translate_and_store(engine, memory, hashes, texts, ctx, wanted, stats)
+    except RequestRejected as e:
+        if len(hashes) == 1:
+            log.warning("%s: text %s set aside, the engine refused it: %s", engine.engine_id, hashes[0], e)
+            stats.set_aside[hashes[0]] = "rejected_by_engine"
+            return
+        mid = len(hashes) // 2
+        _send(engine, memory, hashes[:mid], texts[:mid], ctx, wanted, stats)
+        _send(engine, memory, hashes[mid:], texts[mid:], ctx, wanted, stats)
 
 
 def _chunks(hashes: list[str], wanted: dict[str, tuple[str, str | None]], batch_size: int,

@@ -10,4 +10,6 @@ def text_hash(text: str) -> str:
     No normalisation on purpose: two strings that differ in case or punctuation may translate
     differently, and a memory hit must be exactly the string that was paid for.
     """
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    # surrogatepass: a lone surrogate (invalid text, set aside before any engine sees it) still gets a
+    # key; every valid string encodes exactly as plain UTF-8.
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()

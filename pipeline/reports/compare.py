@@ -245,7 +245,9 @@ def render_comparison(
 
     translated: engine -> rows with the TRANSLATED columns (flags/flag_reasons are computed when absent).
     token_stats: translation.tokstats.token_stats output.  gold_scores: engine -> score_against_gold dict.
-    billing: engine -> {"chars": int, "eur": float}.  throughput: engine -> sentences per second.
+    billing: engine -> {"chars": int (billed, as the memory recorded), "deepl_chars": int | None (DeepL's own
+    /v2/usage counter over the run's part attempts; None for engines that do not bill), "twice_chars":
+    int (requests that timed out after they were sent, possibly billed twice), "eur": float}.  throughput: engine -> sentences per second.
     The random examples are drawn with `seed`; the worst cases are the segments with the most flags
     summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
     compares the engines' models (VQA mode, tie rule), stated in a section of its own.
@@ -271,8 +273,11 @@ def render_comparison(
         _Table("chrF and BLEU against the gold PT-PT set", ["engine", "chrF", "BLEU", "sentences"],
                [[e, f"{s['chrf']:.2f}", f"{s['bleu']:.2f}", str(s.get("n", ""))]
                 for e, s in sorted(gold_scores.items())]),
-        _Table("Characters billed and estimated cost", ["engine", "billed chars", "estimated cost (EUR)"],
-               [[e, f"{int(b.get('chars', 0)):,}", f"{float(b.get('eur', 0.0)):.2f}"]
+        _Table("Characters billed and estimated cost",
+               ["engine", "billed (memory)", "billed (DeepL)", "possibly billed twice", "estimated cost (EUR)"],
+               [[e, f"{int(b.get('chars', 0)):,}",
+                 f"{int(b['deepl_chars']):,}" if b.get("deepl_chars") is not None else "n/a",
+                 f"{int(b.get('twice_chars', 0)):,}", f"{float(b.get('eur', 0.0)):.2f}"]
                 for e, b in sorted(billing.items())]),
         _Table("Throughput", ["engine", "sentences/s"], [[e, f"{v:.1f}"] for e, v in sorted(throughput.items())]),
         _flag_heldout_table(thresholds),

@@ -8,7 +8,7 @@ import polars as pl
 
 from pipeline.io import write_parquet_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
-from pipeline.tasks.translate import Translate, context_engine_id, fill_memory, memory_path
+from pipeline.tasks.translate import Translate, latest_parts, memory_view
 
 # The comparison's gold-score row for the gold set's own PT-BR side (not an engine; see CompareTranslators).
 GOLD_PT_BR_ROW = "(yardstick) gold PT-BR variant"
@@ -61,8 +61,8 @@ class CompareTranslators(PtvlTask):
     def run(self) -> None:
         from pipeline.engines import ReferenceEntry, price_per_million
         from pipeline.reports.compare import render_comparison
+        from pipeline.spend import billing_summary
         from translation.gold import load_gold
-        from translation.memory import TranslationMemory
         from translation.runner import translations_for
         from translation.scoring import score_against_gold
 
@@ -76,25 +76,30 @@ class CompareTranslators(PtvlTask):
 
         gold = load_gold() if s.curate.gold else None
         gold_scores, billing, throughput = {}, {}, {}
-        with TranslationMemory(memory_path(self.root)) as mem:
-            for engine, stats in run_stats.items():
-                entry = s.engines[engine]
-                engine_id = stats[0]["engine_id"]
-                # The gold set runs through every engine that can translate (a reference memory has no
-                # gold translations, so it has no gold score).
+        for engine, stats in run_stats.items():
+            entry = s.engines[engine]
+            engine_id = stats[0]["engine_id"]
+            parts = latest_parts(self.root, engine, s.translate.parts)
+            with memory_view(self.root, engine) as mem:
+                # The gold set is in every translating engine's unique-string table, so its parts
+                # translated (and billed) it once with everything else; here it is only looked up.
                 if gold is not None and not isinstance(entry, ReferenceEntry):
-                    fill_memory(self, engine, gold["en"].to_list(), "gold set")
                     hyps = [r.text_pt for r in translations_for(gold["en"].to_list(), engine_id, mem)]
                     gold_scores[engine] = score_against_gold(hyps, gold["pt_pt"].to_list())
-                chars = mem.stats(engine_id).billed_chars
-                context_id = context_engine_id(s, engine) if s.translate.visdial_context else None
-                if context_id is not None:  # VisDial dialog text sent with caption context: billed too
-                    chars += mem.stats(context_id).billed_chars
-                billing[engine] = {"chars": chars, "eur": chars / 1e6 * price_per_million(entry)}
-                sent = sum(x["sent"] for x in stats)
-                seconds = sum(x["seconds"] for x in stats)
-                if sent:
-                    throughput[engine] = sent / seconds
+                ids = {engine_id, parts[0].get("context_engine_id")} - {None}
+                stored = sum(mem.stats(i).billed_chars for i in ids)
+            summary = billing_summary(self.root, engine)
+            # Same basis as DeepL's count (this run's part attempts); a memory filled before the audit
+            # existed falls back to its stored billed characters.
+            chars = summary.memory_chars if summary else stored
+            deepl = summary.deepl_chars if summary else None
+            billing[engine] = {"chars": chars, "deepl_chars": deepl,
+                               "twice_chars": summary.possibly_twice_chars if summary else 0,
+                               "eur": (deepl if deepl is not None else chars) / 1e6 * price_per_million(entry)}
+            sent = sum(p["sent"] for p in parts)
+            seconds = sum(p["seconds"] for p in parts)
+            if sent and seconds:
+                throughput[engine] = sent / seconds
         if gold is not None:
             # A yardstick row: the gold set's own PT-BR side scored as if it were a translator, i.e. what
             # a fluent translation in the wrong variety gets. Engines far below it are not just "Brazilian".

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import luigi
 import polars as pl
@@ -56,8 +57,11 @@ class BuildShards(PtvlTask):
         images_dir = self.root / "images" / dataset / split
         availability = pl.read_parquet(images_dir / "availability.parquet")
         rows = self.settings.shards.rows_per_shard
+        aside = _set_aside(self.root, engine, dataset, split)
+        dropped_aside: Counter = Counter()
         if dataset == "visdial":
             dialogs = pl.read_parquet(self.root / "sources" / dataset / split / "dialogs.parquet")
+            dialogs, dropped_aside = _without_set_aside_dialogs(dialogs, aside)
             # translate.visdial_context: history from the caption-context translations (Translate wrote them).
             context = (pl.read_parquet(context_path(self.root, engine, split))
                        if self.settings.translate.visdial_context else None)
@@ -70,6 +74,7 @@ class BuildShards(PtvlTask):
                            "context, the 100 options context-free (translate.visdial_context)")
         elif dataset == "vqav2":
             questions = pl.read_parquet(self.root / "sources" / dataset / split / "questions.parquet")
+            questions, dropped_aside = _without_set_aside_questions(questions, aside)
             stats = build_vqa_shards(translated, questions, availability, images_dir, out, engine=engine,
                                      rows_per_shard=rows)
             layout, policy = "one row per question (VQA_SHARD): PT question, 10 PT answers, answer type", None
@@ -83,6 +88,13 @@ class BuildShards(PtvlTask):
                 else "one row per (image, caption) (CAPTION_SHARD)"
             )
             policy = list(policy.drop)
+            captions = aside.filter(pl.col("field") == "caption")
+            dropped_aside = Counter(captions["reason"].to_list())
+        # Texts set aside by the translation (never sent: too long, control characters, ...) take their
+        # rows out of the shards, counted by reason in the card.
+        for reason, n in dropped_aside.items():
+            stats.dropped[f"set_aside_{reason}"] += n
+            stats.total += n
         summary = stats.as_dict()
         if dataset == "visdial":
             summary["visdial_context"] = self.settings.translate.visdial_context
@@ -94,6 +106,52 @@ class BuildShards(PtvlTask):
                            policy=policy, stats=summary, availability_md=availability_md,
                            source_note=split_note(dataset, split, self.settings.datasets.coco.fold_restval))
         write_json_atomic(self.output().path, summary)
+
+
+def _set_aside(root, engine: str, dataset: str, split: str) -> pl.DataFrame:
+    """The split's segments the translation set aside (SET_ASIDE rows; empty when there are none)."""
+    from pipeline.contracts import SET_ASIDE
+
+    path = root / "translated" / engine / dataset / f"{split}.set_aside.parquet"
+    return pl.read_parquet(path) if path.exists() else pl.from_arrow(SET_ASIDE.empty_table())
+
+
+def _without_set_aside_dialogs(dialogs: pl.DataFrame, aside: pl.DataFrame) -> tuple[pl.DataFrame, Counter]:
+    """Dialogs that use no set-aside string (caption, question, answer or option), and the dropped
+    dialogs counted by the reason of the first set-aside string each uses."""
+    if not aside.height:
+        return dialogs, Counter()
+    reason = dict(zip(aside["segment_id"].to_list(), aside["reason"].to_list(), strict=True))
+    keep, dropped = [], Counter()
+    for d in dialogs.iter_rows(named=True):
+        base = "visdial/" + d["caption_segment_id"].split("/")[1]
+        ids = [d["caption_segment_id"]] + [f"{base}/{f}/{i}" for r in d["rounds"]
+                                            for f, idx in (("question", [r["question"]]), ("answer",
+                                                           [r["answer"], *r["answer_options"]]))
+                                            for i in idx if i is not None]
+        hit = next((reason[i] for i in ids if i in reason), None)
+        keep.append(hit is None)
+        if hit is not None:
+            dropped[hit] += 1
+    return dialogs.filter(pl.Series(keep)), dropped
+
+
+def _without_set_aside_questions(questions: pl.DataFrame, aside: pl.DataFrame) -> tuple[pl.DataFrame, Counter]:
+    """VQA questions whose question and 10 answers were all translated, and the others by reason."""
+    from translation.textkey import text_hash
+
+    if not aside.height:
+        return questions, Counter()
+    by_id = dict(zip(aside["segment_id"].to_list(), aside["reason"].to_list(), strict=True))
+    by_hash = dict(zip(aside["text_hash"].to_list(), aside["reason"].to_list(), strict=True))
+    keep, dropped = [], Counter()
+    for q in questions.iter_rows(named=True):
+        hit = by_id.get(q["question_segment_id"]) or next(
+            (by_hash[h] for h in (text_hash(a) for a in q["answers"]) if h in by_hash), None)
+        keep.append(hit is None)
+        if hit is not None:
+            dropped[hit] += 1
+    return questions.filter(pl.Series(keep)), dropped
 
 
 def _empty_visdial_strings(root, split: str) -> frozenset[str]:

@@ -1,0 +1,305 @@
+"""One string, one payment, at any scale: the DeepL engine in the real Luigi DAG against the fake
+server, whose own billing counter (`FakeDeepL.character_count`, the one /v2/usage reports) is the
+judge.  Each test asserts billed = the run's unique characters (segments of every split + the gold
+set), or that plus exactly the characters the run itself counted as possibly billed twice.
+
+- `--workers 4` over 4 hash parts, with strings shared between splits and datasets;
+- two `ptvl run` processes against a real `luigid` started here;
+- the pre-flight (a revoked key, an estimate over the quota), `--allow-partial`, quota exhaustion
+  (HTTP 456) and the resume;
+- a poisoned split (a 200 KB caption, a NUL character) through to the shards and their card.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.fake_deepl import FakeDeepL
+from tests.test_pipeline import ptvl
+from translation.gold import load_gold
+
+# Importing luigi in process warns about a config default on import.
+pytestmark = pytest.mark.filterwarnings(r"ignore:\s*Autoloading range tasks:DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "pay-once-key-0000:fx"
+CONFIG = """
+[run]
+name = "pay-once"
+root = "{root}"
+
+[sample]
+enabled = true
+n_train = 30
+n_val = 10
+n_coco = 6
+n_dialogs = 3
+n_vqa = 3
+image_size = 32
+
+[download]
+processes_count = 1
+thread_count = 4
+image_size = 32
+number_sample_per_shard = 100
+timeout = 2
+min_image_size = 12
+
+[datasets.cc3m]
+splits = {cc3m}
+[datasets.coco]
+enabled = {coco}
+splits = ["val", "test"]
+url_base = "file://{{sources}}/coco"
+[datasets.visdial]
+enabled = {visdial}
+splits = ["val"]
+[datasets.vqav2]
+enabled = false
+
+[translate]
+engines = ["deepl"]
+parts = {parts}
+
+[engines.deepl]
+engine = "deepl"
+server_url = "{url}"
+
+[training]
+engine = "deepl"
+data = ["cc3m/{first}"]
+"""
+
+
+def write(tmp: Path, url: str, *, parts: int = 4, cc3m: str = '["train", "validation"]', coco: bool = True,
+          visdial: bool = True, name: str = "pay.toml") -> Path:
+    cfg = tmp / name
+    cfg.write_text(CONFIG.format(root=tmp / "run", url=url, parts=parts, cc3m=cc3m, coco=str(coco).lower(),
+                                 visdial=str(visdial).lower(), first=json.loads(cc3m)[0]))
+    return cfg
+
+
+def segments(root: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p).select("dataset", "split", "text_en")
+                      for p in sorted((root / "segments").rglob("*.parquet"))])
+
+
+def unique_texts(root: Path, gold: bool = True) -> set[str]:
+    return set(segments(root)["text_en"].to_list()) | (set(load_gold()["en"].to_list()) if gold else set())
+
+
+def run(*args: str, key: str = KEY, **kw) -> subprocess.CompletedProcess:
+    return ptvl(*args, env={"DEEPL_AUTH_KEY": key, **kw.pop("env", {})}, **kw)
+
+
+def audits(root: Path) -> list[list[dict]]:
+    return [[json.loads(line) for line in f.read_text().splitlines()]
+            for f in sorted((root / "translated" / "deepl" / "_parts").glob("*.audit.jsonl"))]
+
+
+def test_workers_4_pay_each_unique_string_once(tmp_path: Path) -> None:
+    with FakeDeepL(KEY, slow_s=0.05) as server:
+        cfg = write(tmp_path, server.url)
+        res = run("run", "--config", str(cfg), "--until", "translate", "--workers", "4")
+        assert res.returncode == 0, res.stderr[-4000:]
+        root = tmp_path / "run"
+        seg = segments(root)
+        # The situation that paid twice before: strings shared between splits (and datasets).
+        shared = seg.unique(["dataset", "split", "text_en"]).group_by("text_en").len().filter(pl.col("len") > 1)
+        assert shared.height > 0
+        wanted = unique_texts(root)
+        sent = server.sent_texts()
+        assert len(sent) == len(set(sent)) and set(sent) == wanted  # every string once, nothing else
+        unique_chars = sum(len(t) for t in wanted)
+        assert server.character_count == unique_chars
+        # The four parts ran at the same time (the test exercised concurrency), each exactly once.
+        runs = audits(root)
+        assert len(runs) == 4 and all([a["event"] for a in r] == ["start", "end"] for r in runs)
+        spans = sorted((r[0]["at"], r[1]["at"]) for r in runs)
+        assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+        # Reconciled: the run's summary gives DeepL's count beside the memory's, equal.
+        out = res.stdout + res.stderr
+        assert f"billed (memory) {unique_chars:,} chars, billed (DeepL) {unique_chars:,} chars" in out
+        assert "unexplained" not in out  # no reconciliation warning
+        # Quiet by default: the deepl client's per-request INFO lines stay out of the console.
+        assert "Request to DeepL API" not in out
+        # Every split's table is complete, from the memory.
+        for d, sp in (("cc3m", "train"), ("coco", "val"), ("visdial", "val")):
+            t = pl.read_parquet(root / "translated" / "deepl" / d / f"{sp}.parquet")
+            assert t["text_pt"].to_list() == [f"PT[{x}]" for x in t["text_en"].to_list()]
+        # -v shows them (a dry run's usage() request is enough).
+        verbose = run("-v", "translate", "--engine", "deepl", "--config", str(cfg), "--dry-run")
+        assert verbose.returncode == 0, verbose.stderr[-3000:]
+        assert "Request to DeepL API" in verbose.stdout + verbose.stderr
+        assert server.character_count == unique_chars
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def luigid(tmp_path: Path):
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    (tmp_path / "luigid").mkdir()
+    proc = subprocess.Popen(
+        [str(bin_dir / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path / "luigid"),
+         "--state-path", str(tmp_path / "luigid" / "state.pickle")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "luigid did not start"
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_two_processes_under_luigid_pay_each_string_once(tmp_path: Path, luigid: int) -> None:
+    """Two `ptvl run` processes share the run root through one luigid: no part runs twice, no string
+    is paid twice.  (luigi.cfg keep_alive: each process stays until the DAG is done.)"""
+    (tmp_path / "luigi.cfg").write_text("[worker]\nkeep_alive = true\nwait_interval = 0.2\n")
+    env = {"LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
+    with FakeDeepL(KEY, slow_s=0.1) as server:
+        cfg = write(tmp_path, server.url, visdial=False)
+        args = [*ptvl_cmd(), "run", "--config", str(cfg), "--until", "translate", "--workers", "2",
+                "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid)]
+        procs = [subprocess.Popen(args, env={**os.environ, "DEEPL_AUTH_KEY": KEY, "COLUMNS": "200", **env},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        # Exit codes of a process whose tasks the other one ran are Luigi scale-out semantics (issue 17,
+        # not this test's subject): the DAG must be complete, every string paid once.
+        assert 0 in [p.returncode for p in procs], [o[1][-2000:] for o in outs]
+        root = tmp_path / "run"
+        for d, sp in (("cc3m", "train"), ("cc3m", "validation"), ("coco", "val"), ("coco", "test")):
+            assert (root / "translated" / "deepl" / d / f"{sp}.parquet").exists()
+        wanted = unique_texts(root)
+        sent = server.sent_texts()
+        assert len(sent) == len(set(sent)) and set(sent) == wanted
+        assert server.character_count == sum(len(t) for t in wanted)
+        runs = audits(root)
+        assert len(runs) == 4 and all([a["event"] for a in r] == ["start", "end"] for r in runs)  # once each
+        # Each part wrote its own memory file: never two writers on one file (NFS-safe layout).
+        files = sorted(p.name for p in (root / "memory" / "deepl").glob("*.sqlite"))
+        assert files == [f"part-{i:03d}-of-004.sqlite" for i in range(4)]
+        assert not list((root / "memory").rglob("*-wal")) and not list((root / "memory").rglob("*-shm"))
+
+
+def ptvl_cmd() -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli"]
+
+
+def test_preflight_quota_exhaustion_and_resume(tmp_path: Path) -> None:
+    with FakeDeepL(KEY) as server:
+        cfg = write(tmp_path, server.url, parts=2, cc3m='["validation"]', coco=False, visdial=False)
+        root = tmp_path / "run"
+        # A revoked (wrong) key: one line, before anything runs.
+        bad = run("run", "--config", str(cfg), "--until", "translate", key="revoked-key-0000:fx")
+        assert bad.returncode == 2 and "DeepL rejected the key (HTTP 403" in bad.stderr
+        assert "Traceback" not in bad.stderr and "revoked-key-0000" not in bad.stdout + bad.stderr
+        assert not (root / "segments").exists()
+
+        # An estimate over the remaining quota: refused with both numbers, nothing sent.
+        run("run", "--config", str(cfg), "--until", "segments")
+        wanted = unique_texts(root)
+        unique_chars = sum(len(t) for t in wanted)
+        server.character_limit = unique_chars // 2
+        refused = run("run", "--config", str(cfg), "--until", "translate")
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert (f"this run needs {unique_chars:,} DeepL characters but the key has {unique_chars // 2:,} left"
+                in refused.stderr)
+        assert "--allow-partial" in refused.stderr and server.translate_requests() == []
+        dry = run("translate", "--engine", "deepl", "--config", str(cfg), "--dry-run")
+        assert dry.returncode == 2 and f"needs {unique_chars:,} DeepL characters" in dry.stderr
+
+        # --allow-partial: it runs until DeepL says 456, stops cleanly, says how to resume.
+        partial = run("run", "--config", str(cfg), "--until", "translate", "--allow-partial")
+        assert partial.returncode == 2
+        assert "HTTP 456" in partial.stderr + partial.stdout and "rerun" in partial.stderr + partial.stdout
+        paid_at_stop = server.character_count
+        assert 0 < paid_at_stop <= unique_chars // 2
+
+        # Next billing period: the resume pays only what is missing.
+        server.character_limit = None
+        done = run("run", "--config", str(cfg), "--until", "translate")
+        assert done.returncode == 0, done.stderr[-3000:]
+        sent = server.sent_texts()
+        assert len(sent) == len(set(sent)) and set(sent) == wanted
+        assert server.character_count == unique_chars
+        out = done.stdout + done.stderr
+        assert f"billed (memory) {unique_chars:,} chars, billed (DeepL) {unique_chars:,} chars" in out
+
+
+def test_poisoned_split_completes_and_the_card_counts_what_was_set_aside(tmp_path: Path) -> None:
+    with FakeDeepL(KEY) as server:
+        cfg = write(tmp_path, server.url, parts=1, cc3m='["train"]', coco=False, visdial=False)
+        root = tmp_path / "run"
+        assert run("run", "--config", str(cfg), "--until", "sources").returncode == 0
+        tsv = root / "sources" / "cc3m" / "Train_GCC-training.tsv"
+        data = tsv.read_bytes()  # the sample holds malformed lines on purpose: keep them byte for byte
+        url = data.split(b"\n")[0].split(b"\t")[1].decode()  # an image that downloads: only the caption drops
+        huge = "a very long caption " * 10_000  # 200 KB: over DeepL's 128 KiB request limit
+        extra = f"{huge}\t{url}\na dog\x00 on a sofa\t{url}\n".encode()
+        tsv.write_bytes(data + (b"" if data.endswith(b"\n") else b"\n") + extra)
+        res = run("run", "--config", str(cfg), "--until", "shards")
+        assert res.returncode == 0, res.stderr[-4000:]
+        seg = segments(root)
+        assert huge.strip() in seg["text_en"].to_list()  # the reader kept them: translation must cope
+        aside = pl.read_parquet(root / "translated" / "deepl" / "cc3m" / "train.set_aside.parquet")
+        assert sorted(aside["reason"].to_list()) == ["control_chars", "too_long_for_request"]
+        assert all(s.startswith("cc3m/train/") for s in aside["segment_id"].to_list())
+        wanted = unique_texts(root) - set(aside["text_en"].to_list())
+        assert set(server.sent_texts()) == wanted and server.character_count == sum(len(t) for t in wanted)
+        card = json.loads((root / "shards" / "deepl" / "cc3m" / "train" / "_SHARDS.json").read_text())
+        assert card["dropped_set_aside_too_long_for_request"] == 1 and card["dropped_set_aside_control_chars"] == 1
+        readme = (root / "shards" / "deepl" / "cc3m" / "train" / "README.md").read_text()
+        assert "set_aside_too_long_for_request" in readme and "set_aside_control_chars" in readme
+        translated = pl.read_parquet(root / "translated" / "deepl" / "cc3m" / "train.parquet")
+        assert card["total"] == translated.height + 2
+
+
+def test_reconciliation_of_part_attempts(tmp_path: Path) -> None:
+    """billing_summary: DeepL's counter over overlapping attempts counts once; a killed attempt (a start
+    with no end) is bounded by the next start; what the memory cannot explain is a loud warning."""
+    from pipeline.spend import billing_summary
+    from pipeline.tasks.translate import _append_line
+
+    parts = tmp_path / "translated" / "deepl" / "_parts"
+    # Part 0 and part 1 ran at once (counter 0 -> 300 while both ran); part 1 was killed once first.
+    for line in ({"event": "start", "deepl_before": 0, "memory_before": 0},
+                 {"event": "end", "deepl_after": 300, "memory_billed": 100, "possibly_billed_twice_chars": 0}):
+        _append_line(parts / "part-000-of-002.audit.jsonl", line)
+    for line in ({"event": "start", "deepl_before": 0, "memory_before": 0},  # killed after storing 150
+                 {"event": "start", "deepl_before": 180, "memory_before": 150},
+                 {"event": "end", "deepl_after": 250, "memory_billed": 50, "possibly_billed_twice_chars": 0}):
+        _append_line(parts / "part-001-of-002.audit.jsonl", line)
+    b = billing_summary(tmp_path, "deepl")
+    assert (b.deepl_chars, b.memory_chars, b.killed, b.attempts) == (300, 300, 1, 3)
+    assert b.warning("deepl") is None
+    # 30 characters more at DeepL (a request in flight at the kill): named, with both numbers.
+    _append_line(parts / "part-001-of-002.audit.jsonl", {"event": "start", "deepl_before": 330, "memory_before": 200})
+    _append_line(parts / "part-001-of-002.audit.jsonl", {"event": "end", "deepl_after": 330, "memory_billed": 0})
+    b = billing_summary(tmp_path, "deepl")
+    assert b.deepl_chars == 300 and b.memory_chars == 300  # the gap 300..330 was outside every attempt
+    _append_line(parts / "part-000-of-002.audit.jsonl", {"event": "start", "deepl_before": 330, "memory_before": 100})
+    _append_line(parts / "part-000-of-002.audit.jsonl", {"event": "end", "deepl_after": 370, "memory_billed": 10,
+                                                         "possibly_billed_twice_chars": 10})
+    b = billing_summary(tmp_path, "deepl")
+    assert (b.deepl_chars, b.memory_chars, b.possibly_twice_chars, b.unexplained) == (340, 310, 10, 20)
+    w = b.warning("deepl")
+    assert "DeepL counted 340" in w and "the memory 310" in w and "+20 characters unexplained" in w
