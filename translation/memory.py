@@ -36,6 +36,7 @@ import json
 import os
 import sqlite3
 import threading
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
