@@ -35,8 +35,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
