@@ -336,7 +336,7 @@ def _billing_summary(settings) -> None:
 
 @app.command()
 def translate(
-    engine: str = typer.Option(..., "--engine", "-e", help="Name of an engines.<name> table in the config."),
+    engine: str = typer.Option(..., "--engine", "-e", help="Name of an [engines.<name>] table in the config."),
     config: Path = ConfigOpt,
     dataset: list[str] = typer.Option(None, "--dataset", "-d", help="Only these datasets (repeatable).",),
     split: list[str] = typer.Option(None, "--split", "-s", help="Only these splits (repeatable)."),
@@ -684,6 +684,8 @@ def train_profile(config: Path, data: dict, overrides: dict, steps: int | None, 
     except ValidationError as e:
         _fail(f"{config} with the command-line overrides: " + "; ".join(
             f"[{'.'.join(map(str, x['loc']))}] {x['msg']}" for x in e.errors()))
+    _check_model(settings)  # before anything is written: a typo in --bridge leaves no trace
+    _check_writable(settings.root)
     dest = settings.root / "train" / settings.training.run_name / "profile.toml"
     write_text_atomic(dest, text)
     return dest

@@ -156,7 +156,12 @@ def test_two_processes_share_one_dag_through_luigid(luigid, tmp_path: Path) -> N
     twice = {task: n for task, n in runs.items() if n > 1}
     assert not twice, f"tasks run more than once: {twice}"
     ran = [_ran(out) for out in outputs]
-    assert sum(ran) == len(runs) and min(ran) >= 1, f"tasks run by each process: {ran}"
+    # Each process's own list of what it ran: no task id in both (ids are the same on both machines, as
+    # they come from the profile's content).  The history's count is not compared exactly: once, on a
+    # heavily loaded machine, two runs reported by the processes had no RUNNING event in luigid's history.
+    ran_ids = [line.strip() for out in outputs for line in out.splitlines() if line.strip().startswith("ran ")]
+    assert len(ran_ids) == sum(ran) and len(set(ran_ids)) == len(ran_ids), f"a task ran in both: {ran_ids}"
+    assert min(ran) >= 1 and sum(ran) >= len(runs), f"tasks run by each process: {ran}; history: {sorted(runs)}"
 
     # The same profile in one process: the same tasks, and the same shards, byte for byte.
     shutil.move(tmp_path / "run", tmp_path / "shared-run")

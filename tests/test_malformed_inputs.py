@@ -21,6 +21,8 @@ from pipeline.readers.vqa import read_vqav2
 GOOD = b"a dog on a beach\thttp://example.com/a.jpg\n"
 MB = 1 << 20
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _rows(r) -> list[tuple[int, str]]:
     return [(q["line"], q["reason"]) for q in r.quarantine.to_pylist()]
@@ -388,14 +390,13 @@ def test_run_until_segments_on_the_full_profile_needs_no_engine(tmp_path: Path, 
 
     from pipeline.cli import app
     from pipeline.sample.write import write_sample
-    from pipeline.settings import REPO_ROOT
 
     monkeypatch.delenv("DEEPL_AUTH_KEY", raising=False)
     root = tmp_path / "run"
     write_sample(root / "sources", n_train=6, n_val=3, n_coco=4, n_dialogs=2, n_vqa=2, image_size=16)
     for d in ("cc3m", "coco", "visdial", "vqav2"):  # the official files are "fetched"
         (root / "sources" / d / "_FETCHED.json").write_text("{}")
-    text = (REPO_ROOT / "configs" / "full.toml").read_text().replace('root = "runs/full"', f'root = "{root}"')
+    text = (REPO / "configs" / "full.toml").read_text().replace('root = "runs/full"', f'root = "{root}"')
     config = tmp_path / "full.toml"
     config.write_text(text)
     runner = CliRunner()

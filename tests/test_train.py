@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from training import checkpoint as ckpt
 from training.config import ModelConfig, RunConfig, TrainConfig, read_run_toml, to_toml
 from training.data import BatchPlan, concat_partners
 from training.train import NonFiniteLoss, load_run, lr_lambda, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -226,11 +229,11 @@ def test_train_overrides_go_to_the_run_folder_not_beside_the_profile(tmp_path):
     import tomllib
 
     from pipeline.cli import train_profile
-    from pipeline.settings import REPO_ROOT, load_settings
+    from pipeline.settings import load_settings
 
     conf = tmp_path / "conf"
     conf.mkdir()
-    text = (REPO_ROOT / "configs" / "sample.toml").read_text()
+    text = (REPO / "configs" / "sample.toml").read_text()
     text = text.replace('root = "runs/sample"', f'root = "{tmp_path / "root"}"')
     (conf / "sample.toml").write_text(text)
     os.chmod(conf, stat.S_IRUSR | stat.S_IXUSR)
