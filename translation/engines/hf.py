@@ -42,6 +42,11 @@ class HFSettings(BaseModel):
     )
     batch_size: int = Field(default=32, ge=1, description="Sentences per generate call (sorted by length).")
     num_beams: int = Field(default=1, ge=1, description="1 = greedy.")
+    call_size: int = Field(
+        default=1024, ge=1,
+        description="Texts per engine call, stored as one chunk (a kill loses at most one); sorted by "
+        "length inside the call, then cut into batch_size generate calls.",
+    )
     max_input_length: int = Field(default=256, ge=2)
     max_decoding_length: int = Field(default=256, ge=1, description="New tokens, language prefix included.")
 
