@@ -59,7 +59,9 @@ PARQUET_SCHEMA = pa.schema(
         ("text_en", pa.string()),
         ("context", pa.string()),  # null unless the engine's context policy uses context
         ("text_pt", pa.string()),
-        ("score", pa.float32()),  # engine log-probability where it gives one, else null
+        # engine log-probability where it gives one, else null; float64 as stored (a float32 round trip
+        # could move a score across the low_score threshold)
+        ("score", pa.float64()),
         ("billed_chars", pa.int64()),  # characters the provider charged for this text (0 for local engines)
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]

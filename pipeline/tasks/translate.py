@@ -506,7 +506,7 @@ class Translate(PtvlTask):
             pl.col("text_hash").replace_strict({h: r.text_pt for h, r in found.items()}, default=None,
                                                return_dtype=pl.String).alias("text_pt"),
             pl.col("text_hash").replace_strict({h: r.score for h, r in found.items()}, default=None,
-                                               return_dtype=pl.Float32).alias("score"),
+                                               return_dtype=pl.Float64).alias("score"),
         )
         flagged = flag_table(table, self.settings.quality)
         stats = {"rows": rows.height, "unique": len(found), "billed_chars": sum(r.billed_chars for r in found.values()),
