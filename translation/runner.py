@@ -212,7 +212,8 @@ def _translate_and_store(engine: Engine, memory: TranslationMemory, hashes: list
     if len(results) != len(texts):
         raise EngineError(f"{engine.engine_id} returned {len(results)} results for {len(texts)} texts")
     rows = [
-        MemoryRow(h, t, r.text, r.score, r.billed_chars, wanted[h][1])
+        MemoryRow(h, t, r.text, r.score, r.billed_chars, wanted[h][1],
+                  input_truncated=getattr(r, "input_truncated", None))
         for h, t, r in zip(hashes, texts, results, strict=True)
     ]
     memory.put_batch(engine.engine_id, rows)  # durable before the next request goes out

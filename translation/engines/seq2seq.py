@@ -51,7 +51,7 @@ class Translation:
     output_capped: bool
 
     def result(self) -> Result:
-        return Result(text=self.text, score=self.score, billed_chars=0)
+        return Result(text=self.text, score=self.score, billed_chars=0, input_truncated=self.input_truncated)
 
 
 class Seq2SeqEngine:
