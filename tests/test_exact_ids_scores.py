@@ -1,4 +1,5 @@
-"""Item 5 of issue 11: hub engine ids name the resolved snapshot; memory exports keep scores exact."""
+"""Issue 11 items 4-5: hub engine ids name the resolved snapshot; memory exports keep scores exact and the
+per-text input_truncated flag (also in files made before the column existed)."""
 from __future__ import annotations
 
 import pytest
@@ -48,3 +49,35 @@ def test_memory_parquet_round_trip_keeps_scores_exact_at_the_low_score_threshold
         back = other.lookup("e:1", [memory_key(text)])[memory_key(text)].score
     assert back == score
     assert (detect_low_score(back, th) is None) == (detect_low_score(score, th) is None)
+
+
+OLD_SCHEMA = """CREATE TABLE memory (engine_id TEXT NOT NULL, text_hash TEXT NOT NULL, text_en TEXT NOT NULL,
+    context TEXT, text_pt TEXT NOT NULL, score REAL, billed_chars INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL, PRIMARY KEY (engine_id, text_hash)) WITHOUT ROWID"""
+
+
+def test_input_truncated_round_trips_and_old_files_read_as_unknown(tmp_path):
+    import sqlite3
+
+    from translation.memory import MemoryStack
+
+    # A memory written before the column existed (a colleague's file, an earlier run).
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:
+        db.execute(OLD_SCHEMA)
+        db.execute("INSERT INTO memory VALUES ('e', ?, 'old', NULL, 'velho', -0.5, 0, 0)", [memory_key("old")])
+    with TranslationMemory(old, read_only=True) as ro:  # read-only: no migration, the flag is unknown
+        assert ro.lookup("e", [memory_key("old")])[memory_key("old")].input_truncated is None
+    texts = {"cut": True, "whole": False, "deepl": None}
+    with TranslationMemory(tmp_path / "new.sqlite") as new:
+        new.put_batch("e", [MemoryRow(memory_key(t), t, t.upper(), input_truncated=v) for t, v in texts.items()])
+        with MemoryStack(new, [TranslationMemory(old, read_only=True)]) as stack:
+            assert stack.export_parquet(tmp_path / "all.parquet", "e") == 4
+    with TranslationMemory(old) as migrated:  # opened for writing: the column is added, old rows stay unknown
+        migrated.put_batch("e", [MemoryRow(memory_key("x"), "x", "X", input_truncated=True)])
+        got = migrated.lookup("e", [memory_key("old"), memory_key("x")])
+        assert (got[memory_key("old")].input_truncated, got[memory_key("x")].input_truncated) == (None, True)
+    with TranslationMemory(tmp_path / "back.sqlite") as back:
+        assert back.import_parquet(tmp_path / "all.parquet", "e").inserted == 4
+        rows = back.lookup("e", [memory_key(t) for t in [*texts, "old"]])
+    assert {r.text_en: r.input_truncated for r in rows.values()} == {**texts, "old": None}
