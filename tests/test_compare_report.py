@@ -53,7 +53,8 @@ def report(engines, tmp_path_factory):
     scores = {e: score_against_gold(translated[e]["text_pt"].to_list(), gold["pt_pt"].to_list()) for e in translated}
     paths = render_comparison(
         out, translated=translated, token_stats=stats, gold_scores=scores,
-        billing={"good": {"chars": 1_234_567, "eur": 24.69}, "bad": {"chars": 0, "eur": 0.0}},
+        billing={"good": {"chars": 1_234_567, "deepl_chars": 1_234_600, "twice_chars": 33, "eur": 24.69},
+                 "bad": {"chars": 0, "eur": 0.0}},
         throughput={"good": 12.5, "bad": 310.25}, seed=3, n_random=4, n_worst=6,
     )
     return paths, stats, scores, out
@@ -121,7 +122,8 @@ def test_numbers_in_tables(report):
     assert _md_row(gold_section, "good")[1:3] == ["100.00", "100.00"]
     assert float(_md_row(gold_section, "bad")[1]) == pytest.approx(scores["bad"]["chrf"], abs=0.01)
     assert float(_md_row(gold_section, "bad")[1]) < 90
-    assert _md_row(md, "good")[1:] == ["1,234,567", "24.69"] or "| good | 1,234,567 | 24.69 |" in md
+    # billed (memory), billed (DeepL), possibly billed twice, cost; "n/a" for an engine DeepL did not bill
+    assert "| good | 1,234,567 | 1,234,600 | 33 | 24.69 |" in md and "| bad | 0 | n/a | 0 | 0.00 |" in md
     assert "| bad | 310.2 |" in md or "| bad | 310.3 |" in md
     assert "sacrebleu signatures: `nrefs:1|" in md
 

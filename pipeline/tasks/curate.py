@@ -8,7 +8,7 @@ import polars as pl
 
 from pipeline.io import write_parquet_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
-from pipeline.tasks.translate import Translate, TranslatePart, memory_view
+from pipeline.tasks.translate import Translate, latest_parts, memory_view
 
 # The comparison's gold-score row for the gold set's own PT-BR side (not an engine; see CompareTranslators).
 GOLD_PT_BR_ROW = "(yardstick) gold PT-BR variant"
@@ -84,8 +84,7 @@ class CompareTranslators(PtvlTask):
                                       "unique": sum(c.get("unique", 0) for c in cut)}
             entry = s.engines[engine]
             engine_id = stats[0]["engine_id"]
-            parts = [json.loads(open(t.output().path).read())
-                     for t in (TranslatePart(config=self.config, engine=engine, part=i) for i in range(s.translate.parts))]
+            parts = latest_parts(self.root, engine, s.translate.parts)
             with memory_view(self.root, engine) as mem:
                 # The gold set is in every translating engine's unique-string table, so its parts
                 # translated (and billed) it once with everything else; here it is only looked up.

@@ -303,6 +303,19 @@ class UniqueStrings(PtvlTask):
         write_parquet_atomic(self.output().path, table.to_arrow())
 
 
+def latest_parts(root: Path, engine: str, parts: int) -> list[dict]:
+    """The newest stats of each of the engine's `parts` parts, whatever table fingerprint made them (a
+    finished join needs no rerun when, say, `[curate] gold` changes; its parts' stats are still these)."""
+    out = []
+    for i in range(parts):
+        found = sorted(part_stem(root / "translated" / engine, i, parts).parent.glob(
+            f"part-{i:03d}-of-{parts:03d}-*.json"), key=lambda p: p.stat().st_mtime_ns)
+        if not found:
+            raise FileNotFoundError(f"{engine}: part {i + 1}/{parts} has not run; run `ptvl translate`")
+        out.append(json.loads(found[-1].read_text()))
+    return out
+
+
 def part_of(hashes: pl.Series, part: int, parts: int) -> pl.Series:
     """Stable split by hash: the same string always lands in the same part, whatever else changes."""
     return hashes.str.slice(0, 8).str.to_integer(base=16) % parts == part
@@ -421,7 +434,10 @@ class TranslatePart(PtvlTask):
             set_aside += [(h, r, "context") for h, r in stats_ctx.set_aside.items()]
         out = {
             "engine_id": engines[0].engine_id,
-            "context_engine_id": engines[1].engine_id if len(engines) > 1 else None,
+            # The built engine's id (a glossary name resolved to its id); from the settings when this part
+            # holds no dialog text at all.
+            "context_engine_id": engines[1].engine_id if len(engines) > 1 else context_engine_id(self.settings, name),
+            "context_rows": ctx.height,
             "part": i, "parts": n,
             "unique": mine.height,
             "hits": stats_plain.hits + (stats_ctx.hits if stats_ctx else 0),
@@ -485,7 +501,9 @@ class Translate(PtvlTask):
             stats["set_aside"] = dict(aside["text_hash"].replace_strict(set_aside, return_dtype=pl.String)
                                       .value_counts().rows()) if aside.height else {}
             if self.with_context:
-                stats["context"] = self._write_context(mem, parts[0]["context_engine_id"], set_aside)
+                ctx_id = next((p["context_engine_id"] for p in parts if p.get("context_rows")),
+                              parts[0]["context_engine_id"])
+                stats["context"] = self._write_context(mem, ctx_id, set_aside)
         write_json_atomic(out_dir / f"_{self.split}.stats.json", stats)
         # The segments table is the target, so it is written last (after the context table).
         write_parquet_atomic(self.output().path, flagged.to_arrow(), TRANSLATED)
