@@ -11,9 +11,9 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup java run test lint bench clean
+.PHONY: setup java chromium run test lint bench clean
 
-setup: $(STAMP) java
+setup: $(STAMP) java chromium
 
 # torch first, pinned exactly (pyproject keeps ranges for users with other CUDA builds); then the
 # project with every other dependency pinned by constraints.txt.
@@ -28,6 +28,13 @@ $(STAMP): pyproject.toml constraints.txt
 java:
 	@command -v java >/dev/null 2>&1 || { echo "java not found: installing default-jre-headless"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; }
+
+# Chromium runs tests/test_browser.py (every HTML page, rendered). Optional: when it cannot be installed
+# (no apt, no root, no network) setup goes on and that test is skipped, saying why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium not found: trying apt-get install chromium"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "chromium could not be installed: tests/test_browser.py will be skipped"; }
 
 run: setup
 	$(VENV)/bin/ptvl run --config $(CONFIG)

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from eval.common_subset import ITEMS_NAME
 from eval.runners import (
     CaptionedImage,
     Dialog,
@@ -148,13 +149,17 @@ def evaluate(
     cache = out_dir / "index"
     n = settings.qualitative_examples
     metrics: dict[str, object] = {}
+    scored_items: dict = {}
     with torch.no_grad():
         if benchmark in ("cc3m-val", "coco"):
-            items = [CaptionedImage(i, tuple(c)) for i, c in zip(rows["image_id"], rows["captions"], strict=True)]
+            sources = rows["captions_en"].to_list() if "captions_en" in rows.columns else [None] * rows.height
+            items = [CaptionedImage(i, tuple(c), tuple(en) if en is not None else None)
+                     for i, c, en in zip(rows["image_id"], rows["captions"], sources, strict=True)]
             ret = run_retrieval(model, features_for, items, settings=settings, cache_dir=cache, model_key=key,
                                 progress=progress)
             cap = run_captioning(model, features_for, items, settings=settings, progress=progress)
             metrics = {**ret.metrics, **cap.metrics}
+            scored_items = ret.items()
             qualitative.retrieval_page(ret, images.get, out_dir / "retrieval.html", n=n)
             qualitative.captions_page(cap, images.get, out_dir / "captions.html", n=n)
             _write_json(out_dir / "captions.json", cap.captions)
@@ -175,6 +180,7 @@ def evaluate(
             vd = run_visdial(model, features_for, dialogs, settings=settings, cache_dir=cache, model_key=key,
                              progress=progress)
             metrics = dict(vd.metrics)
+            scored_items = vd.items()
             qualitative.visdial_page(vd, dialogs, images.get, out_dir / "visdial.html", n=n)
         else:
             questions = [
@@ -183,21 +189,31 @@ def evaluate(
             ]
             vqa = run_vqa(model, features_for, questions, settings=settings, progress=progress)
             metrics = dict(vqa.metrics)
+            scored_items = vqa.items()
+            qualitative.vqa_page(vqa, questions, images.get, out_dir / "vqa.html", n=n)
+    labels = settings.scoring_labels()
+    scoring = ({k: labels[k] for k in ("vqa_mode", "vqa_rule")} if benchmark == "vqav2"
+               else {"tie_rule": labels["tie_rule"]})
     result = {**run_info(run_dir, engine), "benchmark": benchmark, "shards": str(shard_dir),
-              "images": len(images), "metrics": metrics}
+              "images": len(images), "scoring": scoring, "metrics": metrics}
+    # Per-item scores first, metrics.json last: metrics.json marks a complete evaluation.
+    _write_json(out_dir / ITEMS_NAME, scored_items)
     _write_json(out_dir / "metrics.json", result)
+    from training.modelcard import refresh_model_card
+
+    refresh_model_card(run_dir)  # the card's Results section now includes this benchmark
     return result
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from ptvl_io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
 
 
 def collect_runs(run_dirs: Sequence[Path]) -> list[dict]:
-    """One table row per run: {llm, engine, bridge, layer, k, metrics: {benchmark: {...}}} from every
-    run's eval/<benchmark>/metrics.json."""
+    """One table row per run: {llm, engine, bridge, layer, k, metrics: {benchmark: {...}}, scoring:
+    {benchmark: labels}, eval_dirs: {benchmark: folder}} from every run's eval/<benchmark>/metrics.json."""
     runs = []
     for run_dir in run_dirs:
         found = sorted(Path(run_dir).glob("eval/*/metrics.json"))
@@ -205,5 +221,7 @@ def collect_runs(run_dirs: Sequence[Path]) -> list[dict]:
             raise FileNotFoundError(f"{run_dir}: no eval/<benchmark>/metrics.json; run `ptvl eval` first")
         rows = [json.loads(p.read_text()) for p in found]
         head = {k: rows[0][k] for k in ("run", "llm", "engine", "bridge", "layer", "k")}
-        runs.append({**head, "metrics": {r["benchmark"]: r["metrics"] for r in rows}})
+        runs.append({**head, "metrics": {r["benchmark"]: r["metrics"] for r in rows},
+                     "scoring": {r["benchmark"]: r.get("scoring", {}) for r in rows},
+                     "eval_dirs": {r["benchmark"]: str(p.parent) for r, p in zip(rows, found, strict=True)}})
     return runs

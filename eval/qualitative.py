@@ -1,4 +1,4 @@
-"""Self-contained HTML pages of examples (images inlined as base64 JPEG): captions, retrieval top-5, VisDial.
+"""Self-contained HTML pages of examples (images inlined as base64 JPEG): captions, retrieval top-5, VisDial, VQA.
 
 Mirrors thesis figure 5.2 and tables 6.5/6.6: people would rather look at examples than read numbers.
 Images come from an `image_bytes(image_id) -> bytes | None` callable (e.g. the shards' JPEG bytes);
@@ -10,20 +10,19 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from eval.runners import CaptioningResult, Dialog, RetrievalResult, VisDialResult
+from eval.runners import CaptioningResult, Dialog, RetrievalResult, VisDialResult, VQAQuestion, VQAResult
 
 ImageBytes = Callable[[str], bytes | None]
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-.ex{display:flex;gap:1.2em;margin:1em 0;padding:1em;border-bottom:1px solid #ddd}
+.ex{display:flex;align-items:flex-start;gap:1.2em;margin:1em 0;padding:1em;border-bottom:1px solid #ddd}
+img{flex:none;align-self:flex-start;width:auto;height:auto;object-fit:contain}
 .ex img{max-width:224px;max-height:224px;border-radius:4px}
 .small img{max-width:96px;max-height:96px}
 .hit{color:#0a7d2c;font-weight:600}.miss{color:#555}
@@ -60,17 +59,10 @@ def _page(title: str, body: str) -> str:
 
 
 def write_page(path: Path, title: str, body: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_page(title, body))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ptvl_io import write_text_atomic
+
+    write_text_atomic(path, _page(title, body))
+    return Path(path)
 
 
 def captions_page(result: CaptioningResult, image_bytes: ImageBytes, path: Path, *, n: int = 24,
@@ -124,4 +116,34 @@ def visdial_page(result: VisDialResult, dialogs: Sequence[Dialog], image_bytes: 
         parts.append(f'<div class="ex">{_img(image_bytes, d.image_id)}<div><b>{html.escape(d.caption)}</b>'
                      f"<table><tr><th>#</th><th>question</th><th>answer</th><th>model</th></tr>{''.join(rows)}"
                      f"</table><p>T2I top-5: {top}</p></div></div>")
+    return write_page(path, title, "\n".join(parts))
+
+
+def vqa_page(result: VQAResult, questions: Sequence[VQAQuestion], image_bytes: ImageBytes, path: Path, *,
+             n: int = 24, title: str = "VQAv2: generated answers") -> Path:
+    """Each image with its questions: the generated answer, what it was scored as, its VQA accuracy and the
+    ten human answers (most frequent first)."""
+    from collections import Counter
+
+    scored = {s.question_id: s for s in result.scored}
+    by_image: dict[str, list[VQAQuestion]] = {}
+    for q in questions:
+        by_image.setdefault(q.image_id, []).append(q)
+    parts = []
+    for image_id, qs in list(by_image.items())[:n]:
+        rows = []
+        for q in qs:
+            sc = scored.get(q.question_id)
+            acc = sc.accuracy if sc else 0.0
+            cls = "hit" if acc >= 1.0 else "miss"
+            gen = html.escape(sc.answer) if sc and sc.answer else "<i>(empty)</i>"
+            as_ = html.escape(sc.scored_as) if sc else ""
+            humans = ", ".join(f"{html.escape(a)} ×{c}" if c > 1 else html.escape(a)
+                               for a, c in Counter(q.answers).most_common())
+            rows.append(f"<tr><td>{html.escape(q.question)}</td><td>{html.escape(q.answer_type)}</td>"
+                        f'<td class="{cls}"><span class="gen">{gen}</span> <small>({as_})</small></td>'
+                        f"<td>{acc:.2f}</td><td>{humans}</td></tr>")
+        parts.append(f'<div class="ex">{_img(image_bytes, image_id)}<div><b>{html.escape(image_id)}</b>'
+                     "<table><tr><th>question</th><th>type</th><th>model (scored as)</th><th>accuracy</th>"
+                     f"<th>human answers</th></tr>{''.join(rows)}</table></div></div>")
     return write_page(path, title, "\n".join(parts))

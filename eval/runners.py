@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ from torch import Tensor
 
 from eval.metrics.caption import caption_scores
 from eval.metrics.retrieval import retrieval_metrics_from_embeddings
-from eval.metrics.visdial import visdial_metrics
+from eval.metrics.visdial import gt_standing, ndcg_per_round, translation_collisions, visdial_metrics
 from eval.metrics.vqa import VQAScored, vqa_metrics
 from eval.settings import EvalSettings
 
@@ -79,6 +77,20 @@ class CaptionedImage:
 
     image_id: str
     captions: tuple[str, ...]
+    captions_en: tuple[str, ...] | None = None  # the sources: what identifies a reference across engines
+
+
+def caption_keys(row: CaptionedImage) -> list[str]:
+    """Engine-independent key of each reference: image id + English source (+ #n when an image repeats a
+    source), or image id + position without sources. Common-subset comparisons match on it."""
+    if row.captions_en is None or len(row.captions_en) != len(row.captions):
+        return [f"{row.image_id}#{n}" for n in range(len(row.captions))]
+    seen: dict[str, int] = {}
+    keys = []
+    for en in row.captions_en:
+        seen[en] = seen.get(en, 0) + 1
+        keys.append(f"{row.image_id}\t{en}" + (f"#{seen[en]}" if seen[en] > 1 else ""))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -120,15 +132,10 @@ def _digest(items: Sequence[str]) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ptvl_io import atomic_write
+
+    with atomic_write(path, mode, encoding="utf-8" if "b" not in mode else None) as f:
+        write(f)
 
 
 def cached_embeddings(cache_dir: Path | None, name: str, keys: Sequence[str],
@@ -174,6 +181,13 @@ class RetrievalResult:
     text_to_image: np.ndarray
     image_emb: np.ndarray = field(repr=False)
     text_emb: np.ndarray = field(repr=False)
+    text_keys: list[str] = field(default_factory=list)  # caption_keys of every text, in order
+    text_rows: list[int] = field(default_factory=list)  # row of every text in the (distinct) text index
+
+    def items(self) -> dict:
+        """What eval.common_subset needs to re-score a subset (with the cached index)."""
+        return {"image_ids": self.image_ids, "text_keys": self.text_keys,
+                "text_to_image": self.text_to_image.tolist(), "text_rows": self.text_rows}
 
     def top_texts(self, image: int, k: int = 5) -> list[tuple[str, float, bool]]:
         """The k best texts for image #image: (text, similarity, is one of its captions)."""
@@ -225,15 +239,19 @@ def run_retrieval(model: EvalModel, features_for: FeaturesFor, rows: Sequence[Ca
     for i, r in enumerate(rows):
         if not r.captions:
             raise BenchmarkInputError(f"image {r.image_id!r} has no caption")
-        for n, c in enumerate(r.captions):
-            texts.append(c)
-            t2i.append(i)
-            keys.append(f"{r.image_id}#{n}")
+        texts += r.captions
+        t2i += [i] * len(r.captions)
+        keys += caption_keys(r)
     img = _image_index(model, features_for, image_ids, cache_dir, settings, model_key, progress)
-    txt = _text_index(model, texts, keys, "texts", cache_dir, settings, model_key, progress)
+    # Each distinct text is embedded once: equal PT captions get one embedding, so they tie exactly.
+    distinct = list(dict.fromkeys(texts))
+    txt = _text_index(model, distinct, distinct, "texts", cache_dir, settings, model_key, progress)
+    row_of = {t: n for n, t in enumerate(distinct)}
+    rows_idx = [row_of[t] for t in texts]
+    txt = txt[rows_idx]
     t2i_arr = np.asarray(t2i, dtype=np.int64)
     metrics = retrieval_metrics_from_embeddings(img, txt, t2i_arr, chunk=settings.retrieval_chunk)
-    return RetrievalResult(metrics, image_ids, texts, t2i_arr, img, txt)
+    return RetrievalResult(metrics, image_ids, texts, t2i_arr, img, txt, keys, rows_idx)
 
 
 # ---------------------------------------------------------------------- captioning
@@ -307,10 +325,38 @@ def _check_dialog(d: Dialog) -> None:
 
 @dataclass
 class VisDialResult:
-    metrics: dict[str, float]  # it2t_* (r1, r5, r10, mean_rank, mrr, ndcg) and t2i_r1/r5/r10
-    losses: dict[str, np.ndarray]  # image id -> (n_rounds, n_options) summed answer-token losses
+    metrics: dict[str, float]  # it2t_* (r1, r5, r10, mean_rank, mrr, ndcg, _pess twins, collisions), t2i_*
+    losses: dict[str, np.ndarray]  # image id -> (n_rounds, n_options) losses (equal option texts share one)
     chosen: dict[str, list[str]]  # image id -> the lowest-loss option of every round
     t2i_top: dict[str, list[str]]  # image id -> its dialog's 5 best images
+    # What a common-subset comparison re-scores: per round (image id, 1-based round, a, w) of the ground
+    # truth; per dense dialog its NDCG (None: no relevant option); the T2I candidates and queries.
+    round_standings: list[tuple[str, int, int, int]] = field(default_factory=list)
+    dense_ndcg: dict[str, float | None] = field(default_factory=dict)
+    candidates: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)  # T2I queries (dialog image ids), in index order
+    image_emb: np.ndarray | None = field(default=None, repr=False)
+    dialog_emb: np.ndarray | None = field(default=None, repr=False)
+
+    def items(self) -> dict:
+        """What eval.common_subset needs to re-score a subset (with the cached indexes)."""
+        return {"rounds": [list(r) for r in self.round_standings], "dense_ndcg": self.dense_ndcg,
+                "dialogs": self.dialogs, "candidates": self.candidates}
+
+
+def share_equal_options(losses: np.ndarray, options: Sequence[Sequence[str]]) -> np.ndarray:
+    """Every option of a round gets the mean loss of the options with the same (stripped) text: two EN
+    options translated to one PT string are one answer, and must tie exactly whatever their positions
+    (batched scoring need not give equal strings bit-equal losses)."""
+    out = losses.copy()
+    for r, opts in enumerate(options):
+        groups: dict[str, list[int]] = {}
+        for i, o in enumerate(opts):
+            groups.setdefault(o.strip(), []).append(i)
+        for idx in groups.values():
+            if len(idx) > 1:
+                out[r, idx] = losses[r, idx].mean()
+    return out
 
 
 def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[Dialog], *,
@@ -340,6 +386,7 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
         if arr.shape != (len(d.rounds), len(d.rounds[0].options)):
             raise RuntimeError(f"option_losses returned shape {arr.shape} for {len(d.rounds)} rounds x "
                                f"{len(d.rounds[0].options)} options")
+        arr = share_equal_options(arr, [r.options for r in d.rounds])
         losses[d.image_id] = arr
         chosen[d.image_id] = [r.options[int(np.argmin(a))] for r, a in zip(d.rounds, arr, strict=True)]
         all_scores.append(arr)
@@ -353,6 +400,14 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
                            dense_scores=np.stack(dense_scores) if dense_scores else None,
                            dense_relevance=np.asarray(dense_rel) if dense_rel else None)
     metrics = {f"it2t_{k}": v for k, v in it2t.items()}
+    metrics["it2t_translation_collisions"] = float(translation_collisions(
+        [r.options for d in dialogs for r in d.rounds], all_gt))
+    standing = gt_standing(np.concatenate(all_scores), torch.as_tensor(all_gt), higher_is_better=False)
+    round_ids = [(d.image_id, k) for d in dialogs for k in range(1, len(d.rounds) + 1)]
+    round_standings = [(i, k, int(a), int(w)) for (i, k), (a, w, _) in zip(round_ids, standing.tolist(), strict=True)]
+    dense_ids = [d.image_id for d in dialogs if d.dense_round is not None and d.dense_relevance is not None]
+    dense_ndcg = dict(zip(dense_ids, ndcg_per_round(np.stack(dense_scores), np.asarray(dense_rel),
+                                                    higher_is_better=False), strict=True)) if dense_ids else {}
 
     candidates = list(image_ids) if image_ids is not None else [d.image_id for d in dialogs]
     _unique_ids(candidates, "candidate image")
@@ -369,7 +424,8 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
     metrics.update({k: v for k, v in ret.items() if k.startswith("t2i_")})
     top = np.argsort(-(txt @ img.T), axis=1, kind="stable")[:, :5]
     t2i_top = {d.image_id: [candidates[j] for j in row] for d, row in zip(dialogs, top, strict=True)}
-    return VisDialResult(metrics, losses, chosen, t2i_top)
+    return VisDialResult(metrics, losses, chosen, t2i_top, round_standings, dense_ndcg, candidates,
+                         [d.image_id for d in dialogs], img, txt)
 
 
 # ---------------------------------------------------------------------- VQA
@@ -379,11 +435,17 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
 class VQAResult:
     metrics: dict[str, float]  # overall, yes/no, number, other (fractions), n
     scored: list[VQAScored]
+    mode: str = "official"  # EvalSettings.vqa_mode it was scored with
+
+    def items(self) -> dict:
+        """What eval.common_subset needs to re-score a subset."""
+        return {"vqa_mode": self.mode, "questions": [[s.question_id, s.answer_type, s.accuracy] for s in self.scored]}
 
 
 def run_vqa(model: EvalModel, features_for: FeaturesFor, questions: Sequence[VQAQuestion], *,
             settings: EvalSettings | None = None, progress: Progress | None = None) -> VQAResult:
-    """Answer each question greedily after [image] + prompt; official VQAv2 accuracy per answer type."""
+    """Answer each question greedily after [image] + prompt; VQAv2 accuracy per answer type, answers matched
+    as `settings.vqa_mode` says (official vqaEval.py or the Portuguese mode)."""
     settings = settings or EvalSettings()
     if not questions:
         raise BenchmarkInputError("no questions to evaluate")
@@ -396,5 +458,5 @@ def run_vqa(model: EvalModel, features_for: FeaturesFor, questions: Sequence[VQA
         if progress:
             progress("vqa", n + 1, len(questions))
     metrics, scored = vqa_metrics(predictions, {q.question_id: list(q.answers) for q in questions},
-                                  {q.question_id: q.answer_type for q in questions})
-    return VQAResult(metrics, scored)
+                                  {q.question_id: q.answer_type for q in questions}, mode=settings.vqa_mode)
+    return VQAResult(metrics, scored, settings.vqa_mode)

@@ -5,6 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from eval.metrics.retrieval import TIE_RULE_LABEL
+from eval.metrics.vqa import VQA_MODE_LABELS
+
 
 class EvalSettings(BaseModel):
     """How `eval.runners` evaluates a model. Embeddable in the pipeline's TOML settings."""
@@ -23,8 +26,15 @@ class EvalSettings(BaseModel):
     retrieval_chunk: int = Field(1024, ge=1, description="similarity rows computed at once")
     visdial_question_tag: str = Field("Q:", description="tag before each question in the dialogue prompt")
     visdial_answer_tag: str = Field("A:", description="tag before each answer in the dialogue prompt")
+    vqa_mode: Literal["official", "pt"] = Field(
+        "pt", description="VQA answer matching: official (vqaEval.py, 2021 revision: agreeing references compared "
+        "verbatim) or pt (Portuguese mode: both sides normalised, PT articles, contractions, numbers, decimal comma)")
     vqa_prompt: str = Field("Q: {question} A:", description="VQA prompt after the image; must contain {question}")
     qualitative_examples: int = Field(24, ge=0, description="examples shown on each qualitative HTML page")
+
+    def scoring_labels(self) -> dict[str, str]:
+        """How answers and ties were scored, in words: stored beside the metrics and shown under every table."""
+        return {"vqa_mode": self.vqa_mode, "vqa_rule": VQA_MODE_LABELS[self.vqa_mode], "tie_rule": TIE_RULE_LABEL}
 
     @field_validator("vqa_prompt")
     @classmethod

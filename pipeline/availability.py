@@ -7,6 +7,7 @@ files (contract AVAILABILITY) and work unchanged at CC3M scale: they only count 
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -130,6 +131,11 @@ def is_transient(reason: str, reasons: Iterable[str] = TRANSIENT_REASONS) -> boo
 
 
 Source = Path | str | pl.DataFrame
+# A split's reader losses: the read_stats.json IngestSegments writes beside items.parquet (or its dict):
+# {"original": every image unit of the source split, "lost": {reason: units the reader could not use}}.
+Read = Path | str | Mapping
+READ_STATS = "read_stats.json"
+READ_PREFIX = "read:"  # reader losses show in the breakdown as read:<quarantine reason>
 
 
 def _load(src: Source) -> pl.DataFrame:
@@ -141,14 +147,34 @@ def _load(src: Source) -> pl.DataFrame:
     return pl.read_parquet(path, columns=["status", "reason"])
 
 
-def availability_counts(per_split: Mapping[str, Source]) -> pl.DataFrame:
-    """One row per split plus `total`: original, available, lost, loss_pct (numbers, for code)."""
+def _read_losses(src: Read | None) -> tuple[int | None, dict[str, int]]:
+    """(original, lost by reason) from a read_stats.json (or its dict); (None, {}) when there is none
+    (a run ingested before reader losses were recorded: the table then starts from the URLs)."""
+    if src is None:
+        return None, {}
+    if not isinstance(src, Mapping):
+        path = Path(src)
+        if path.is_dir():
+            path = path / READ_STATS
+        if not path.exists():
+            return None, {}
+        src = json.loads(path.read_text())
+    return int(src["original"]), {str(k): int(v) for k, v in src.get("lost", {}).items() if v}
+
+
+def availability_counts(
+    per_split: Mapping[str, Source], reads: Mapping[str, Read] | None = None
+) -> pl.DataFrame:
+    """One row per split plus `total`: original, available, lost, loss_pct (numbers, for code).
+
+    `original` is the source's own count when the split's reader losses are given (`reads`: CC3M's
+    every TSV line, blank and malformed ones included, as Table 4.1 counts them), else the URLs."""
     rows = []
     for split, src in per_split.items():
         df = _load(src)
-        original = df.height
+        original, _ = _read_losses((reads or {}).get(split))
         available = df.filter(pl.col("status") == "success").height
-        rows.append({"split": split, "original": original, "available": available})
+        rows.append({"split": split, "original": df.height if original is None else original, "available": available})
     counts = pl.DataFrame(rows, schema={"split": pl.Utf8, "original": pl.Int64, "available": pl.Int64})
     total = counts.select(pl.lit("total").alias("split"), pl.col("original").sum(), pl.col("available").sum())
     counts = pl.concat([counts, total])
@@ -161,40 +187,49 @@ def availability_counts(per_split: Mapping[str, Source]) -> pl.DataFrame:
     )
 
 
-def availability_table(per_split: Mapping[str, Source]) -> pl.DataFrame:
+def availability_table(per_split: Mapping[str, Source], reads: Mapping[str, Read] | None = None) -> pl.DataFrame:
     """Thesis Table 4.1 layout: rows original / available / loss, a column per split and `total`.
 
     Cells are formatted as in the thesis ("3,318,333", "18.4%"); use `availability_counts` for numbers.
     """
-    counts = availability_counts(per_split)
+    counts = availability_counts(per_split, reads)
     data: dict[str, list[str]] = {"": ["original", "available", "loss"]}
     for r in counts.iter_rows(named=True):
         data[r["split"]] = [f"{r['original']:,}", f"{r['available']:,}", f"{r['loss_pct']:.1f}%"]
     return pl.DataFrame(data)
 
 
-def reason_breakdown(per_split: Mapping[str, Source]) -> pl.DataFrame:
-    """Long table: split, reason, count, share (% of that split's URLs); `total` rows included.
+def reason_breakdown(per_split: Mapping[str, Source], reads: Mapping[str, Read] | None = None) -> pl.DataFrame:
+    """Long table: split, reason, count, share (% of that split's original count); `total` rows included.
 
-    Sorted by split (input order, total last), then count descending.
+    Download reasons (`ok` for the available images) plus the reader's losses as ``read:<reason>``, so
+    a split's counts add up to its `original`.  Sorted by split (input order, total last), then count
+    descending.
     """
+    schema = {"split": pl.Utf8, "reason": pl.Utf8, "count": pl.Int64}
     parts = []
     order = list(per_split) + ["total"]
     for split, src in per_split.items():
-        parts.append(_load(src).select(pl.lit(split).alias("split"), pl.col("reason")))
+        counts = _load(src).group_by("reason").agg(pl.len().cast(pl.Int64).alias("count"))
+        parts.append(counts.select(pl.lit(split).alias("split"), "reason", "count"))
+        _, lost = _read_losses((reads or {}).get(split))
+        if lost:
+            parts.append(pl.DataFrame({"split": [split] * len(lost), "reason": [READ_PREFIX + r for r in lost],
+                                       "count": list(lost.values())}, schema=schema))
     if not parts:
-        return pl.DataFrame(schema={"split": pl.Utf8, "reason": pl.Utf8, "count": pl.Int64, "share": pl.Float64})
-    allrows = pl.concat(parts)
-    allrows = pl.concat([allrows, allrows.with_columns(pl.lit("total").alias("split"))])
-    out = allrows.group_by("split", "reason").agg(pl.len().cast(pl.Int64).alias("count"))
+        return pl.DataFrame(schema={**schema, "share": pl.Float64})
+    per = pl.concat(parts)
+    total = per.group_by("reason").agg(pl.col("count").sum()).select(pl.lit("total").alias("split"), "reason", "count")
+    out = pl.concat([per, total])
     out = out.with_columns((100.0 * pl.col("count") / pl.col("count").sum().over("split")).alias("share"))
     rank = pl.col("split").replace_strict(order, list(range(len(order))), return_dtype=pl.Int64)
     return out.sort(rank, -pl.col("count"), pl.col("reason")).select("split", "reason", "count", "share")
 
 
-def reason_table(per_split: Mapping[str, Source]) -> pl.DataFrame:
-    """Breakdown in report layout: a row per reason, a column per split and `total`, cells "n (x.x%)"."""
-    long = reason_breakdown(per_split)
+def reason_table(per_split: Mapping[str, Source], reads: Mapping[str, Read] | None = None) -> pl.DataFrame:
+    """The losses in report layout: a row per reason (download reasons and ``read:<reason>``; not `ok`),
+    a column per split and `total`, cells "n (x.x%)" of the split's original count."""
+    long = reason_breakdown(per_split, reads).filter(pl.col("reason") != OK)
     splits = list(per_split) + ["total"]
     totals = long.filter(pl.col("split") == "total").sort(-pl.col("count"), pl.col("reason"))
     reasons = totals["reason"].to_list()
@@ -202,7 +237,7 @@ def reason_table(per_split: Mapping[str, Source]) -> pl.DataFrame:
     data: dict[str, list[str]] = {"reason": reasons}
     for s in splits:
         data[s] = [cell.get((s, reason), "0 (0.0%)") for reason in reasons]
-    return pl.DataFrame(data)
+    return pl.DataFrame(data, schema={"reason": pl.Utf8, **{s: pl.Utf8 for s in splits}})
 
 
 def render_markdown(table: pl.DataFrame) -> str:
@@ -225,11 +260,26 @@ def render_markdown(table: pl.DataFrame) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def render_report(per_split: Mapping[str, Source]) -> str:
-    """Markdown report: Table 4.1 then the reason breakdown."""
+def render_report(per_split: Mapping[str, Source], reads: Mapping[str, Read] | None = None) -> str:
+    """Markdown report: Table 4.1 then the losses by reason."""
+    note = (
+        "\n`original` counts the source itself (for CC3M every line of the TSV); `read:<reason>` rows are "
+        "the lines or records the reader quarantined (`sources/<dataset>/<split>/quarantine.parquet`), the "
+        "others the URLs that failed to download (`images/<dataset>/<split>/availability.parquet`).\n"
+        if reads else ""
+    )
     return (
         "## Image availability (thesis Table 4.1)\n\n"
-        + render_markdown(availability_table(per_split))
-        + "\n## Lost URLs by reason\n\n"
-        + render_markdown(reason_table(per_split))
+        + render_markdown(availability_table(per_split, reads))
+        + note
+        + "\n## Lost images by reason\n\n"
+        + render_markdown(reason_table(per_split, reads))
     )
+
+
+def run_report(root: Path, keys: Iterable[str]) -> str:
+    """render_report for the `<dataset>/<split>` keys of a run root: images/<key>/availability.parquet with
+    the reader losses of sources/<key>/read_stats.json."""
+    keys = list(keys)
+    return render_report({k: root / "images" / k / "availability.parquet" for k in keys},
+                         {k: root / "sources" / k / READ_STATS for k in keys})

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline.io import write_text_atomic
 
 LICENCE_NOTES = {
@@ -21,6 +24,35 @@ LICENCE_NOTES = {
 }
 
 
+def split_note(dataset: str, split: str, fold_restval: bool) -> str | None:
+    """What a reader of the card must know about how this split was drawn from the source, or None."""
+    if dataset != "coco":
+        return None
+    if split == "train" and fold_restval:
+        return ("Karpathy `train` **plus `restval`** (113,287 images in the full file), the training set of "
+                "FROMAGe and the thesis; `[datasets.coco] fold_restval = false` keeps restval apart.")
+    if split == "train":
+        return ("Karpathy `train` only (82,783 images in the full file): restval is kept apart "
+                "(`[datasets.coco] fold_restval = false`).")
+    if split == "restval":
+        return "Karpathy `restval` on its own (`[datasets.coco] fold_restval = false`)."
+    return None
+
+
+def type_name(t: pa.DataType) -> str:
+    """A pyarrow type as a reader of the card would write it: list<string>, struct<question: string, ...>."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{f.name}: {type_name(f.type)}" for f in t) + ">"
+    return str(t)
+
+
+def columns_section(schema: pa.Schema) -> list[str]:
+    """The Markdown table of a shard schema's columns and their Arrow types."""
+    return ["| column | type |", "|---|---|"] + [f"| `{f.name}` | `{type_name(f.type)}` |" for f in schema]
+
+
 def write_dataset_card(
     out_dir: Path,
     *,
@@ -32,8 +64,16 @@ def write_dataset_card(
     policy: list[str] | None,
     stats: dict,
     availability_md: str | None,
+    source_note: str | None = None,
+    schema: pa.Schema | None = None,
 ) -> Path:
-    """Write out_dir/README.md describing one shard folder."""
+    """Write out_dir/README.md describing one shard folder.  `source_note` (split_note) says how the
+    split was drawn from the source when that is not obvious.  `schema` is the shard contract the parts
+    were cast to (training.shards); by default it is read from the first part file, which holds exactly
+    that contract since the writer casts every table to it."""
+    if schema is None:
+        parts = sorted(Path(out_dir).glob("part-*.parquet"))
+        schema = pq.read_schema(parts[0]) if parts else None
     dropped = {k: v for k, v in stats.items() if k.startswith("dropped_")}
     lines = [
         f"# {dataset}/{split} in European Portuguese ({engine})",
@@ -44,19 +84,24 @@ def write_dataset_card(
         "| | |",
         "|---|---|",
         f"| source dataset | {dataset} (split `{split}`) |",
+        *([f"| split drawn as | {source_note} |"] if source_note else []),
         f"| translation engine | `{engine}` (`{engine_id}`) |",
         f"| layout | {layout} |",
         f"| filter policy | {'drop rows flagged ' + ', '.join(f'`{p}`' for p in policy) if policy else 'none (all rows kept)'} |",
-        f"| rows considered | {stats.get('total', 0)} |",
-        f"| rows kept | {stats.get('kept', 0)} |",
-        f"| images | {stats.get('images', 0)} |",
+        f"| rows considered | {stats.get('total', 0):,} |",
+        f"| rows kept | {stats.get('kept', 0):,} |",
+        f"| images | {stats.get('images', 0):,} |",
         f"| files | {', '.join(stats.get('files', []))} |",
+        "",
+        "## Columns",
+        "",
+        *(columns_section(schema) if schema is not None else ["No part file was written (no row kept)."]),
         "",
         "## Dropped, by reason",
         "",
     ]
     if dropped:
-        lines += ["| reason | rows |", "|---|---|"] + [f"| {k[8:]} | {v} |" for k, v in sorted(dropped.items())]
+        lines += ["| reason | rows |", "|---|---|"] + [f"| {k[8:]} | {v:,} |" for k, v in sorted(dropped.items())]
     else:
         lines.append("Nothing was dropped.")
     if availability_md:

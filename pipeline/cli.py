@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from pipeline.settings import ConfigError, load_settings
 
@@ -30,25 +31,39 @@ app = typer.Typer(
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="TOML run profile (configs/*.toml).")
 
+# Our own loggers; INFO from anything else (open_clip logs on the root logger, matplotlib, tensorboard)
+# is detail for `-v`, not console output.
+OWN_LOGGERS = ("ptvl", "pipeline", "translation", "training", "eval")
+
+
+class _QuietThirdParty(logging.Filter):
+    """Without -v: our INFO lines and everyone's warnings; third-party INFO/DEBUG only with -v."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.name.split(".")[0] in OWN_LOGGERS
+
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    if not verbose:
+        handler.addFilter(_QuietThirdParty())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[handler], force=True)
     # Luigi's own INFO lines are noise next to our progress bars.
     logging.getLogger("luigi").setLevel(logging.WARNING)
     logging.getLogger("luigi-interface").setLevel(logging.WARNING)
+    # The Java tools' stderr (PTBTokenizer's "tokenized N tokens", "Untokenizable: ...", METEOR's start-up)
+    # is relayed by eval.metrics.caption at DEBUG: shown with -v only.
+    if not verbose:  # transformers' "Loading weights" / "Writing model shards" bars (read at its import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # The deepl client logs every request at INFO (~136k lines for CC3M): keep it to real problems.
     logging.getLogger("deepl").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(msg: str) -> None:
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(msg)}")
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
 
 
@@ -57,6 +72,39 @@ def _load(config: Path):
         return load_settings(config)
     except ConfigError as e:
         _fail(str(e))
+
+
+def _check_writable(folder: Path, what: str = "run root") -> None:
+    """Fail in one line, before any work, when outputs could not be written under `folder` (a read-only
+    disk, a folder without write permission, a file in the way).  Nothing is created: the probe file
+    goes into the nearest folder that exists, and is removed at once."""
+    from ptvl_io import temp_beside
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        _fail(f"{what} {folder} cannot be created: {probe} is a file, not a folder")
+    try:
+        fd, tmp = temp_beside(probe / ".ptvl-write-check")
+        os.close(fd)
+        tmp.unlink()
+    except OSError as e:
+        _fail(f"{what} {folder} is not writable ({probe}: {e.strerror or e})")
+
+
+def _check_model(settings) -> None:
+    """The bridge name and its settings, checked before any stage runs (not after every upstream stage)."""
+    from training.bridges import BRIDGES
+
+    m = settings.model
+    if m.bridge not in BRIDGES:
+        _fail(f"unknown bridge {m.bridge!r} ([model] bridge or --bridge); known: {', '.join(sorted(BRIDGES))}")
+    unknown = sorted(set(m.bridge_kwargs) - set(BRIDGES[m.bridge].settings))
+    if unknown:
+        _fail(f"bridge {m.bridge!r} has no setting(s) {', '.join(unknown)} ([model] bridge_kwargs); "
+              f"it accepts: {', '.join(BRIDGES[m.bridge].settings) or 'none'}")
 
 
 def _check_engines(settings) -> None:
@@ -87,8 +135,10 @@ def run(
     scheduler_host: str = typer.Option(
         None,
         "--scheduler-host",
-        help="Use the central `luigid` scheduler on this host (several machines sharing one run root). "
-        "Default: a local scheduler in this process.",
+        help="Share the DAG through the central `luigid` on this host: start `ptvl run` with the same "
+        "profile on as many machines as wanted (sharing the run root); each runs its share of the tasks, "
+        "none runs a task twice, and each exits 0 once the whole DAG is complete. Default: a local "
+        "scheduler in this process.",
     ),
     scheduler_port: int = typer.Option(8082, "--scheduler-port", help="Port of `luigid`."),
     allow_partial: bool = typer.Option(
@@ -99,35 +149,64 @@ def run(
 ) -> None:
     """Build the DAG up to STAGE: sources -> segments -> images -> translate -> curate -> shards ->
     features -> train -> eval -> report.  Finished tasks are skipped, so a rerun resumes."""
-    import luigi
-
     from pipeline.tasks import STAGES
+    from pipeline.tasks.scheduling import run_dag
 
     settings = _load(config)
     names = list(STAGES)
     stage = until or names[-1]
     if stage not in STAGES:
         _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
-    _check_engines(settings)
-    tasks = STAGES[stage][1](str(config.resolve()), settings)
-    console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root {settings.root}")
-    # Keep our logging (rich) instead of Luigi's own handler, which would print the summary twice.
-    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
-    kwargs = {"workers": workers, "detailed_summary": True}
+    if names.index(stage) >= names.index("translate"):  # stages before translate need no engine
+        _check_engines(settings)
+    if names.index(stage) >= names.index("train"):
+        _check_model(settings)
+    _check_writable(settings.root)
     if scheduler_host:
-        kwargs.update(scheduler_host=scheduler_host, scheduler_port=scheduler_port)
-    else:
-        kwargs["local_scheduler"] = True
-    if names.index(stage) >= names.index("translate"):
-        _preflight_deepl(settings, str(config.resolve()), settings.translate.engines, allow_partial, kwargs)
-    result = luigi.build(tasks, **kwargs)
-    console.print(result.summary_text)
+        _check_luigid(scheduler_host, scheduler_port)
+    tasks = STAGES[stage][1](str(config.resolve()), settings)
+    where = f"luigid {scheduler_host}:{scheduler_port}" if scheduler_host else "local scheduler"
+    console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root "
+                  f"{settings.root}, profile {settings.fingerprint()}, {where}")
+    if names.index(stage) >= names.index("translate"):  # the DeepL key and quota, before any request
+        where_kw = ({"scheduler_host": scheduler_host, "scheduler_port": scheduler_port} if scheduler_host
+                    else {"local_scheduler": True})
+        _preflight_deepl(settings, str(config.resolve()), settings.translate.engines, allow_partial,
+                         {"workers": workers, **where_kw})
+    outcome = run_dag(tasks, workers=workers, scheduler_host=scheduler_host, scheduler_port=scheduler_port)
+    if not scheduler_host or not outcome.complete:
+        # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
+        # once the DAG is complete the line below says what happened instead.
+        console.print(outcome.summary_text)
     _billing_summary(settings)
-    if not result.scheduling_succeeded or result.status.name not in ("SUCCESS", "SUCCESS_WITH_RETRY"):
-        _fail(f"run did not finish ({result.status.name}); fix the error above and rerun: finished tasks are kept")
+    if not outcome.complete:
+        if outcome.failed_here:
+            _fail(f"run did not finish: {', '.join(outcome.failed_here)} failed (error above); fix it and "
+                  "rerun: finished tasks are kept")
+        _fail(f"run did not finish: {', '.join(outcome.incomplete)} incomplete"
+              + (f"; a task failed on another machine (see luigid at http://{scheduler_host}:{scheduler_port})"
+                 if scheduler_host else "") + "; rerun to resume: finished tasks are kept")
+    console.print(f"stage {stage} complete: {len(outcome.ran_here)} tasks run by this process, "
+                  f"{outcome.already_done} already done"
+                  + (", the rest by other workers of the same luigid" if scheduler_host else ""))
+    for task_id in outcome.ran_here if scheduler_host else []:
+        console.print(f"  ran {task_id}")
     final = settings.root / "reports" / "README.md"
     if final.exists():
         console.print(f"report: {final}")
+
+
+def _check_luigid(host: str, port: int) -> None:
+    """A scheduler that cannot be reached is a one-line error before any task, not Luigi's RPC retries
+    (minutes) ending in a traceback."""
+    import urllib.request
+
+    url = f"http://{host}:{port}/api/task_list?data=%7B%7D"
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+    except OSError as e:
+        _fail(f"cannot reach luigid at {host}:{port} ({getattr(e, 'reason', e)}); start it first "
+              "(README, Scale-out) or drop --scheduler-host to use a local scheduler")
 
 
 @app.command()
@@ -295,6 +374,7 @@ def translate(
         context_entry(settings, engine)
     except ConfigurationError as e:
         _fail(str(e))
+    _check_writable(settings.root)
     if dry_run:
         _dry_run(settings, cfg, engine, targets, allow_partial)
         return
@@ -396,11 +476,12 @@ def download(
     from pipeline.tasks.acquire import AvailabilityReport
 
     settings = _load(config)
+    _check_writable(settings.root)
     cfg = str(config.resolve())
     if not retry_failed:
         _build([AvailabilityReport(config=cfg)])
         return
-    from pipeline.availability import render_report
+    from pipeline.availability import run_report
     from pipeline.images import manifest_path
     from pipeline.images import retry_failed as retry
     from pipeline.io import write_text_atomic
@@ -415,11 +496,9 @@ def download(
         s = settings.download.model_copy(update={"timeout": timeout}) if timeout else None
         m = retry(out, s, progress=lambda msg, label=f"{d}/{sp}": console.print(f"{label}: {msg}"))
         console.print(f"{d}/{sp}: {m.available:,} of {m.urls:,} available after {len(m.attempts)} attempt(s)")
-    all_splits = {
-        f"{d}/{sp}": settings.root / "images" / d / sp / "availability.parquet"
-        for d, sp in settings.datasets.splits()
-    }
-    report = render_report({k: v for k, v in all_splits.items() if v.exists()})
+    done = [f"{d}/{sp}" for d, sp in settings.datasets.splits()
+            if (settings.root / "images" / d / sp / "availability.parquet").exists()]
+    report = run_report(settings.root, done)
     write_text_atomic(settings.root / "reports" / "availability.md", report)
     console.print(report)
 
@@ -441,11 +520,44 @@ def convert_model_cmd(
 
     if kind not in ("madlad", "narrativa"):
         _fail(f"kind must be madlad or narrativa, not {kind!r}")
+    _check_source_checkpoint(source)
+    _check_writable(dest.parent, "--to folder")
     try:
         out = convert_model(kind, source, dest, quantization=quantization, force=force)
     except ConversionError as e:
         _fail(str(e))
-    console.print(f"converted {source} -> {out}; point [engines.{kind}] model_dir at it")
+    console.print(escape(f"converted {source} -> {out}; point [engines.{kind}] model_dir at it"))
+
+
+def _check_source_checkpoint(source: str) -> None:
+    """`convert-model --from`: a local folder must exist and hold a config.json; a hub id must be
+    reachable (or cached, offline).  One line now instead of a long trace from inside the converter."""
+    path = Path(source).expanduser()
+    looks_local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1 or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            _fail(f"--from {source}: no such folder (give a local checkpoint folder or a Hugging Face id)")
+        if not (path / "config.json").is_file():
+            _fail(f"--from {source}: the folder has no config.json, so it is not a Hugging Face checkpoint")
+        return
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        cached = huggingface_hub.try_to_load_from_cache(source, "config.json")
+        if not isinstance(cached, str):
+            _fail(f"--from {source}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+                  "downloading it (unset it, or pass a local folder)")
+        return
+    try:
+        huggingface_hub.HfApi().model_info(source, timeout=15)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        _fail(f"--from {source}: no such model on the Hugging Face hub (or it is private: log in with `hf auth login`)")
+    except huggingface_hub.errors.GatedRepoError:
+        _fail(f"--from {source}: a gated model; accept its terms on the hub and log in with `hf auth login`")
+    except Exception as e:  # noqa: BLE001  connection refused, DNS, timeout, proxy: all mean "unreachable"
+        reason = " ".join(str(e).split())[:200]
+        _fail(f"--from {source}: the Hugging Face hub cannot be reached ({type(e).__name__}: {reason})")
 
 
 memory_app = typer.Typer(help="Share translation memories: export and import Parquet files.", no_args_is_help=True)
@@ -462,6 +574,9 @@ def memory_export(
     from pipeline.tasks.translate import memory_view
 
     settings = _load(config)
+    if not (settings.root / "memory").is_dir():
+        _fail(f"no translation memory under {settings.root / 'memory'}: nothing to export (run `ptvl translate` first)")
+    _check_writable(out.parent, "output folder")
     with memory_view(settings.root) as mem:  # the shared memory and every part file, merged
         n = mem.export_parquet(out, engine_id=engine_id)
     console.print(f"exported {n:,} translations to {out}")
@@ -477,6 +592,9 @@ def memory_import(
     from pipeline.tasks.translate import memory_path, open_memory
 
     settings = _load(config)
+    if not path.is_file():
+        _fail(f"{path}: no such file" if not path.exists() else f"{path} is a folder, not a Parquet file")
+    _check_writable(Path(memory_path(settings.root)).parent, "memory folder")
     with open_memory(memory_path(settings.root)) as mem:  # the shared memory, read by every part
         stats = mem.import_parquet(path, engine_id=engine_id)
     console.print(f"{stats.rows:,} rows: {stats.inserted:,} new, {stats.already_present:,} already present")
@@ -490,6 +608,7 @@ def compare(config: Path = ConfigOpt, workers: int = typer.Option(1, "--workers"
 
     settings = _load(config)
     _check_engines(settings)
+    _check_writable(settings.root)
     _build([CompareTranslators(config=str(config.resolve()))], workers)
     console.print(f"report: {settings.root / 'reports' / 'compare' / 'comparison.html'}")
 
@@ -501,62 +620,199 @@ def train_cmd(
     bridge: str = typer.Option(None, "--bridge", help="cls, l4l, l2l, l2lx2, comp, grouped, regions, wavg, crossattn, mlp."),
     k: int = typer.Option(None, "--k", help="Visual tokens (bridges that take k)."),
     layer: int = typer.Option(None, "--layer", help="ViT layer: -1 = last (L), -2 = L-1, ..."),
+    recipe: str = typer.Option(None, "--recipe", help="thesis-eq or fromage (README: training recipes); with a "
+                               "run.toml, the recipe's preset replaces the recorded loss weights and lengths."),
     steps: int = typer.Option(None, "--steps", help="Optimizer steps."),
     run_name: str = typer.Option(None, "--run-name", help="Folder under train/ (default: [training] run_name)."),
 ) -> None:
     """Train V-Glória (the `train` stage and what it needs), with command-line overrides of the profile.
 
-    The run folder gets run.toml (reproduces it), a model card, TensorBoard logs and checkpoints; rerunning
-    resumes from the newest checkpoint.  Several GPUs: `torchrun --nproc_per_node N -m pipeline.cli train ...`."""
+    The run folder gets run.toml, a model card, TensorBoard logs and checkpoints; rerunning resumes from the
+    newest checkpoint.  `--config <run>/run.toml` reruns a finished run from that file alone (its shards,
+    features, seed and resolved settings), into the folder `--run-name` names beside it (default: the same
+    folder, i.e. resume).  Several GPUs: `torchrun --nproc_per_node N -m pipeline.cli train ...`."""
     import tomllib
 
+    overrides = {"llm": llm, "bridge": bridge, "k": k, "layer": layer, "recipe": recipe}
+    overrides = {key: v for key, v in overrides.items() if v is not None}
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        _fail(f"{config}: {e}")
+    if "inputs" in data:  # a run.toml
+        _train_from_run_toml(config, overrides, steps, run_name)
+        return
     from pipeline.tasks.model import Train
 
     _load(config)
-    data = tomllib.loads(config.read_text())
+    profile = train_profile(config, data, overrides, steps, run_name)
+    settings = _load(profile)
+    _check_model(settings)
+    _check_writable(settings.root)
+    _build([Train(config=str(profile))])
+    console.print(f"run: {settings.root / 'train' / settings.training.run_name}")
+
+
+def train_profile(config: Path, data: dict, overrides: dict, steps: int | None, run_name: str | None) -> Path:
+    """The profile `ptvl train` runs: the user's file itself when nothing is overridden, else the profile with
+    the overrides written into the run folder it names (train/<run>/profile.toml), never beside the user's
+    file: two runs with different overrides must not overwrite each other, and a read-only config folder
+    must work."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from pipeline.io import write_text_atomic
+    from pipeline.settings import Settings
+    from training.config import to_toml
+
+    if not overrides and steps is None and run_name is None:
+        return config.resolve()
     model = data.setdefault("model", {})
-    for key, value in (("llm", llm), ("bridge", bridge), ("k", k), ("layer", layer)):
-        if value is not None:
-            model[key] = value
+    model.update(overrides)
     if steps is not None:
         data.setdefault("train", {})["steps"] = steps
-    if run_name is not None or any(v is not None for v in (llm, bridge, k, layer)):
+    if run_name is not None or {"llm", "bridge", "k", "layer"} & set(overrides):
         name = run_name or "-".join(str(x) for x in (Path(model.get("llm", "llm")).name, model.get("bridge", "cls"),
                                                       f"k{model.get('k', 1)}", f"l{model.get('layer', -1)}"))
         data.setdefault("training", {})["run_name"] = name
-    resolved = config.resolve().with_name(f".{config.stem}.train.toml")
-    from training.config import to_toml
+    # The profile's own root, made absolute: the copy lives in the run folder, not where the user ran from.
+    data.setdefault("run", {})["root"] = str(_load(config).root)
+    text = to_toml(data, header=f"{config.resolve()} with the overrides of `ptvl train`")
+    try:  # validated in memory: where it goes depends on the settings (root, run name)
+        settings = Settings.model_validate({**tomllib.loads(text), "config_path": config.resolve()})
+    except ValidationError as e:
+        _fail(f"{config} with the command-line overrides: " + "; ".join(
+            f"[{'.'.join(map(str, x['loc']))}] {x['msg']}" for x in e.errors()))
+    dest = settings.root / "train" / settings.training.run_name / "profile.toml"
+    write_text_atomic(dest, text)
+    return dest
 
-    resolved.write_text(to_toml(data, header=f"{config} with the overrides of `ptvl train`"))
+
+def _train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_name: str | None) -> None:
+    """Rerun (or resume) a run from its run.toml alone: no profile, no DAG; the shards must be as they were."""
+    from pydantic import ValidationError
+
+    from pipeline.io import write_json_atomic
+    from training.config import read_run_toml
+    from training.train import train
+
+    try:
+        cfg = read_run_toml(path)
+    except ValidationError as e:
+        _fail(f"{path}: not a valid run.toml: {e}")
+    inp = cfg.inputs
+    for i, shard in enumerate(inp.shards):
+        p = Path(shard)
+        if not p.is_file():
+            _fail(f"{path}: shard file {shard} is missing")
+        if inp.shard_bytes and p.stat().st_size != inp.shard_bytes[i]:
+            _fail(f"{path}: shard file {shard} has changed since the run ({p.stat().st_size:,} bytes, "
+                  f"recorded {inp.shard_bytes[i]:,}): a rerun would not reproduce it")
+    if inp.features is not None and not Path(inp.features).is_dir():
+        _fail(f"{path}: feature cache {inp.features} is missing")
+    model_cfg = cfg.model
+    if overrides:
+        from training.config import RECIPES, ModelConfig
+
+        resolved = cfg.model.model_dump(mode="json")
+        if "recipe" in overrides:  # run.toml holds the old recipe's values: take the new recipe's preset
+            resolved = {key: v for key, v in resolved.items() if key not in RECIPES.get(overrides["recipe"], {})}
+        try:
+            model_cfg = ModelConfig.model_validate({**resolved, **overrides})
+        except ValueError as e:
+            _fail(f"{path} with the command-line overrides: {e}")
+    train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
+    run_dir = Path(inp.run_dir) if run_name is None else Path(inp.run_dir).parent / run_name
+    try:
+        res = train(model_cfg, train_cfg, [Path(s) for s in inp.shards], run_dir,
+                    features_dir=Path(inp.features) if inp.features else None, progress=True, device=inp.device,
+                    root=Path(inp.root) if inp.root else None, profile=path.resolve())
+    except ValueError as e:
+        _fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes
+        return
+    losses = res.losses
+    first, last = (losses[min(losses)], losses[max(losses)]) if losses else (None, None)
+    write_json_atomic(run_dir / "_DONE.json", {"steps": res.step, "trainable_params": res.trainable_params,
+                                               "loss_first": first, "loss_last": last,
+                                               "checkpoint": str(res.checkpoint), "from": str(path.resolve())})
+    console.print(f"run: {run_dir}")
+
+
+@app.command()
+def retrain(
+    llm: str = typer.Option(..., "--llm", help="Hugging Face causal LM id or folder to train the bridge on."),
+    config: Path = ConfigOpt,
+    bridge: str = typer.Option(None, "--bridge", help="Bridge (default: the profile's [model] bridge)."),
+    k: int = typer.Option(None, "--k", help="Visual tokens (bridges that take k)."),
+    layer: int = typer.Option(None, "--layer", help="ViT layer: -1 = last (L), -2 = L-1, ..."),
+    steps: int = typer.Option(None, "--steps", help="Optimizer steps (default: the profile's [train] steps)."),
+    run_name: str = typer.Option(None, "--run-name", help="Folder under train/ (default: <llm>-<bridge>-k<k>-l<layer>)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1),
+    out: Path = typer.Option(None, "--out", help="Also write the tables (Markdown) here."),
+) -> None:
+    """Retrain with a new LLM in one command: train, evaluate every benchmark of the profile's [eval]
+    benchmarks, and print the thesis-layout tables with this run beside every earlier run under the
+    same root (train/*), rows labelled by LLM, bridge and layer.
+
+    Finished steps are kept: rerunning resumes training and skips finished evaluations."""
+    import tomllib
+
+    from eval.benchmarks import collect_runs
+    from pipeline.tasks.model import Evaluate, Train
+
+    _load(config)
+    data = tomllib.loads(config.read_text(encoding="utf-8"))
+    overrides = {key: v for key, v in {"llm": llm, "bridge": bridge, "k": k, "layer": layer}.items() if v is not None}
+    resolved = train_profile(config, data, overrides, steps, run_name)
     settings = _load(resolved)
-    _build([Train(config=str(resolved))])
-    console.print(f"run: {settings.root / 'train' / settings.training.run_name}")
+    _check_model(settings)
+    _check_writable(settings.root)
+    run_dir = Train(config=str(resolved)).run_dir()
+    _build([Evaluate(config=str(resolved), benchmark=b) for b in settings.eval.benchmarks], workers)
+    from training.modelcard import refresh_model_card
+
+    refresh_model_card(run_dir)  # with every benchmark, also when evaluations ran side by side
+    runs = [d for d in sorted((settings.root / "train").iterdir()) if any(d.glob("eval/*/metrics.json"))]
+    runs = [d for d in runs if d != run_dir] + [run_dir]  # this run last, under the earlier ones
+    console.print(f"run: {run_dir} ({len(runs) - 1} earlier run(s) under {settings.root / 'train'})")
+    _print_tables(collect_runs(runs), out, labels=("bridge", "layer"))
 
 
 @app.command("eval")
 def eval_cmd(
     run: Path = typer.Option(..., "--run", help="A run folder (train/<run>) with run.toml and checkpoints."),
-    benchmark: str = typer.Option(..., "--benchmark", help="cc3m-val, coco, visdial or vqav2."),
+    benchmark: str = typer.Option(..., "--benchmark", help="cc3m-val, coco, visdial, vqav2, or all."),
     config: Path = ConfigOpt,
     engine: str = typer.Option(None, "--engine", help="Whose translated shards (default: [training] engine)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
-    """Evaluate a trained run on one benchmark: metrics.json, qualitative HTML pages (run/eval/<benchmark>/)."""
+    """Evaluate a trained run on one benchmark (or all): metrics.json, qualitative HTML pages
+    (run/eval/<benchmark>/), and the run's model card rewritten with the results."""
     from eval.benchmarks import BENCHMARKS, evaluate, shard_folder
+    from eval.tables import format_metric
 
     settings = _load(config)
-    if benchmark not in BENCHMARKS:
-        _fail(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    if benchmark != "all" and benchmark not in BENCHMARKS:
+        _fail(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)} or all")
+    if not (run / "run.toml").is_file():
+        _fail(f"--run {run}: no run.toml there, so it is not a trained run folder")
+    _check_writable(run / "eval", "eval folder")
     engine = engine or settings.training.engine
+    chosen = list(settings.eval.benchmarks) if benchmark == "all" else [benchmark]
     try:
-        shards = shard_folder(settings.root / "shards", engine, benchmark)
+        shards = {b: shard_folder(settings.root / "shards", engine, b) for b in chosen}
     except FileNotFoundError as e:
         _fail(str(e))
-    out = run / "eval" / benchmark
-    result = evaluate(run, benchmark, shards, out, engine=engine, settings=settings.eval.settings, device=device)
-    for key, value in result["metrics"].items():
-        console.print(f"{key:>12} {value:.4f}" if isinstance(value, float) else f"{key:>12} {value}")
-    console.print(f"written: {out / 'metrics.json'}")
+    for b in chosen:
+        out = run / "eval" / b
+        with _progress_bar(f"eval {b}") as progress:
+            result = evaluate(run, b, shards[b], out, engine=engine, settings=settings.eval.settings,
+                              device=device, progress=progress)
+        for key, value in result["metrics"].items():
+            console.print(f"{key:>16} {format_metric(key, value, 4)}")
+        console.print(f"written: {out / 'metrics.json'}")
 
 
 @app.command()
@@ -564,23 +820,45 @@ def table(
     runs: list[Path] = typer.Argument(..., help="Run folders whose eval/<benchmark>/metrics.json to compare."),
     out: Path = typer.Option(None, "--out", help="Also write the Markdown here."),
 ) -> None:
-    """Thesis-layout tables (5.3 retrieval, 5.4 captioning, 5.5 VisDial, and the ablation layout) over
-    several runs: retrain with a new LLM and get the comparison with the old ones in one command."""
+    """Thesis-layout tables (5.3 retrieval, 5.4 captioning, 5.5 VisDial, VQAv2, and the ablation layout) over
+    several runs: retrain with a new LLM and get the comparison with the old ones in one command. Every table
+    names its tie rule and VQA mode. Runs of different translation engines are also re-scored on the
+    common subset of evaluation items they all have, in a second, labelled set of tables."""
     from eval.benchmarks import collect_runs
-    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5
 
     try:
         rows = collect_runs(runs)
     except FileNotFoundError as e:
         _fail(str(e))
+    _print_tables(rows, out)
+
+
+def _print_tables(rows: list[dict], out: Path | None, labels: tuple[str, ...] = ()) -> None:
+    """Tables 5.3-5.5 and the COCO ablation layout, on stdout (and in `out`).  Rows are labelled by
+    LLM and engine, plus `labels` and whichever of bridge, layer and k differ between the runs."""
+    from eval.common_subset import CommonSubsetError, common_subset_runs
+    from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5, table_vqa
+
     parts = []
-    for render in (table_5_3, table_5_4, table_5_5):
+    renders = (table_5_3, table_5_4, table_5_5, table_vqa)
+    for render in renders:
         try:
-            parts.append(render(rows))
+            parts.append(render(rows, labels=labels))
         except (KeyError, ValueError) as e:
             parts.append(f"<!-- {render.__name__}: {e} -->")
     if any("coco" in r["metrics"] for r in rows):
         parts.append(ablation_table(rows, "coco", "captioning"))
+    try:
+        common = common_subset_runs(rows)
+    except CommonSubsetError as e:
+        common = []
+        parts.append(f"<!-- common subset: {e} -->")
+    if common:
+        parts.append("## Common subset of all engines")
+        present = {b for r in common for b in r["metrics"]}
+        for render, needs in ((table_5_3, {"cc3m-val", "coco"}), (table_5_5, {"visdial"}), (table_vqa, {"vqav2"})):
+            if present & needs:
+                parts.append(render(common))
     text = "\n\n".join(parts) + "\n"
     print(text)
     if out:
@@ -589,15 +867,44 @@ def table(
         write_text_atomic(out, text)
 
 
+def _progress_bar(label: str):
+    from ptvl_io.progress import stage_progress
+
+    return stage_progress(label, console=console)
+
+
+def _escape_help(typer_app: typer.Typer, seen: set[int] | None = None) -> None:
+    """Help texts name config tables ("[engines.<name>]", "[model] llm"); typer renders help as Rich
+    markup, which would eat every [...] as a style tag.  Escape every command's and option's help once,
+    here, instead of in each string (a new option cannot forget it)."""
+    import inspect
+
+    seen = set() if seen is None else seen  # an option object shared by commands (ConfigOpt): once
+    for info in typer_app.registered_commands:
+        cb = info.callback
+        if info.help:
+            info.help = escape(info.help)
+        elif cb is not None and cb.__doc__:
+            cb.__doc__ = escape(inspect.cleandoc(cb.__doc__))
+        for param in inspect.signature(cb).parameters.values() if cb is not None else ():
+            default = param.default
+            if isinstance(default, typer.models.ParameterInfo) and default.help and id(default) not in seen:
+                seen.add(id(default))
+                default.help = escape(default.help)
+    for group in typer_app.registered_groups:
+        _escape_help(group.typer_instance, seen)
+
+
+_escape_help(app)
+
+
 def main() -> None:
     """Console-script entry point (`ptvl`).  img2dataset starts workers with spawn, which re-imports the
     main module: this function is only called under the console script's own __main__ guard."""
     try:
         app()
     except ConfigError as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -1,6 +1,10 @@
 """The pipeline's data contracts, defined once as pyarrow schemas (tests check every writer against them).
 
-Stable ids (see ARCHITECTURE.md):
+The shard schemas (what BuildShards writes, the trainer and evaluators read) live in
+training/shards.py, since `training` and `eval` do not import `pipeline`; each dataset card lists
+its folder's columns and types from them.
+
+Stable ids, the keys every stage joins on (defined here, nowhere else):
 - CC3M: item/image id ``cc3m/<split>/<row>`` (row = 0-based line number in the TSV); its caption
   segment id is ``cc3m/<split>/<row>``, field ``caption``.
 - COCO: image id ``coco/<cocoid>``; caption segment id ``coco/<cocoid>/<n>`` (n = position in the

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from pipeline.io import atomic_write
 from pipeline.manifests import FileEntry, Manifest, ZipMember
 
 log = logging.getLogger(__name__)
@@ -466,16 +466,8 @@ def _extract_members(zip_path: Path, entry: FileEntry, dest_dir: Path) -> list[s
 
 @contextmanager
 def _atomic_open(target: Path) -> Iterator[IO[bytes]]:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target, "wb") as fh:
+        yield fh
 
 
 def _write_json_atomic(target: Path, payload: Any) -> None:

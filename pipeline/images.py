@@ -24,7 +24,9 @@ import os
 import re
 import shutil
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -33,10 +35,12 @@ from typing import Literal
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.availability import OK, TRANSIENT_REASONS, classify, is_transient
 from pipeline.contracts import AVAILABILITY
+from pipeline.image_fixes import counts as fix_counts
+from pipeline.image_fixes import fix_attempt, fixes_path
 from pipeline.io import write_json_atomic, write_parquet_atomic
 
 MANIFEST_NAME = "_MANIFEST.json"
@@ -77,10 +81,20 @@ class DownloadSettings(BaseModel):
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = Field(95, ge=1, le=100)
     retries: int = Field(0, ge=0, description="img2dataset's immediate per-URL retries; see retry_failed")
-    timeout: int = Field(10, ge=1, description="seconds per request")
+    # img2dataset passes this to urllib: it bounds each socket operation (connect, every read), NOT the
+    # whole request.  A server that trickles a byte every few seconds keeps a download thread busy for
+    # as long as it keeps trickling; thread_count bounds how many such slots one process can lose.
+    timeout: int = Field(10, ge=1, description="seconds of socket inactivity (connect or any read) before a "
+                                               "URL fails as `timeout`; not a whole-request deadline")
     number_sample_per_shard: int = Field(10_000, ge=1)
     distributor: Literal["multiprocessing", "pyspark"] = "multiprocessing"
     subjob_size: int = Field(1000, ge=1, description="shards per Spark job (pyspark only)")
+    # pyspark only (pipeline/spark.py): the cluster to attach to when no SparkSession is active
+    # (spark://host:7077, yarn, k8s://...; None: local[processes_count]) and its Spark settings.
+    spark_master: str | None = None
+    spark_conf: dict[str, str] = {}
+    # Dead image hosts often answer with a 1x1 or tiny placeholder that decodes fine; configs/full.toml
+    # sets 64 px.  0 (the library default) keeps every size.
     min_image_size: int = Field(0, ge=0, description="smaller side below this -> too_small (0: keep all)")
     max_aspect_ratio: float | None = Field(None, gt=0, description="None: no limit")
     # "extend" is not offered: it renumbers shards and would break the URL -> shard mapping.
@@ -90,11 +104,23 @@ class DownloadSettings(BaseModel):
     disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
     user_agent_token: str | None = None
     compute_hash: Literal["md5", "sha256", "sha512"] | None = "sha256"
-    extract_exif: bool = False  # costs CPU per image and nothing downstream reads it
+    # EXIF tags are what tells a sideways-stored portrait photo (read by fix_orientation).
+    extract_exif: bool = True
+    # img2dataset ignores EXIF orientation and turns 16-bit PNGs white; these re-encode the few affected
+    # images after each attempt (pipeline/image_fixes.py).
+    fix_orientation: bool = True
+    fix_16bit: bool = True
     oom_shard_count: int = Field(5, ge=1, description="digits of the shard number in file names")
     # img2dataset reports HTML pages and corrupt JPEGs alike as "Image decoding error"; when True the
     # first bytes of those URLs are fetched again to tell not_an_image from decode_error.
     sniff_undecodable: bool = True
+
+    @model_validator(mode="after")
+    def _exif_for_orientation(self) -> DownloadSettings:
+        if self.fix_orientation and not self.extract_exif:
+            raise ValueError("fix_orientation reads the EXIF tags img2dataset stores: set extract_exif = true, "
+                             "or fix_orientation = false to keep photos as their pixels are stored")
+        return self
 
 
 class ShardSummary(BaseModel):
@@ -127,6 +153,8 @@ class DownloadManifest(BaseModel):
     failed: int
     by_status: dict[str, int]
     by_reason: dict[str, int]
+    # images re-encoded after download, by fix (exif_orientation, 16bit); see pipeline/image_fixes.py
+    fixed: dict[str, int] = {}
     attempts: list[AttemptSummary]
     settings: DownloadSettings
     created_at: str
@@ -275,6 +303,51 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
     if n == 0:
         output_folder.mkdir(parents=True, exist_ok=True)
         return
+    session = nullcontext()
+    if s.distributor == "pyspark":
+        from pipeline.spark import spark_session
+
+        session = spark_session(s.spark_master, s.spark_conf, s.processes_count)
+    with session, _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n):
+        _download(img2dataset, url_list, output_folder, s)
+
+
+class _DownloadProgress:
+    """URLs covered so far (from the shards' *_stats.json, as the resume logic counts them), polled in a
+    thread while img2dataset runs: a bar on a terminal, a log line every 30 s without one."""
+
+    def __init__(self, label: str, shards_dir: Path, total: int, poll_s: float = 1.0) -> None:
+        self.label, self.shards_dir, self.total, self.poll_s = label, shards_dir, total, poll_s
+
+    def __enter__(self) -> _DownloadProgress:
+        import threading
+
+        from ptvl_io.progress import ProgressReporter
+
+        self.bar = ProgressReporter(self.label, self.total, unit="URLs", completed=self._done())
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _done(self) -> int:
+        try:
+            return _stats_total(self.shards_dir) if self.shards_dir.exists() else 0
+        except (OSError, ValueError, KeyError):  # a stats file being written: count it next time
+            return self.bar.completed if hasattr(self, "bar") else 0
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.poll_s):
+            self.bar.update(self._done())
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.bar.update(self._done())
+        self.bar.close()
+
+
+def _download(img2dataset, url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
     img2dataset.download(
         url_list=str(url_list),
         input_format="parquet",
@@ -343,7 +416,8 @@ def _stats_total(shards_dir: Path) -> int:
 
 
 def _finish_attempt(out_dir: Path, attempt: int, urls: pa.Table, s: DownloadSettings) -> None:
-    """Check that img2dataset covered every URL of the attempt, then refine undecodable reasons."""
+    """Check that img2dataset covered every URL of the attempt, re-encode the images it decoded wrongly,
+    then refine undecodable reasons."""
     adir = _attempt_dir(out_dir, attempt)
     rows, _ = _read_shards(adir / SHARDS)
     missing = set(urls.column("image_id").to_pylist()) - set(rows["image_id"].to_list())
@@ -352,6 +426,8 @@ def _finish_attempt(out_dir: Path, attempt: int, urls: pa.Table, s: DownloadSett
             f"{adir / SHARDS}: {len(missing)} URLs are in no complete shard (a shard failed more than "
             f"max_shard_retry={s.max_shard_retry} times); rerun to resume, complete shards are kept"
         )
+    if s.fix_orientation or s.fix_16bit:
+        fix_attempt(adir, adir / SHARDS, s)
     sniff_file = adir / "sniff.parquet"
     if not s.sniff_undecodable or sniff_file.exists():
         return
@@ -446,6 +522,9 @@ def _rebuild(out_dir: Path, items: str, digest: str, s: DownloadSettings) -> Dow
             )
         )
     available = latest.filter(pl.col("status") == "success").height
+    fixed: Counter[str] = Counter()
+    for attempt in [0, *_retry_rounds(out_dir)]:
+        fixed.update(fix_counts(fixes_path(_attempt_dir(out_dir, attempt))))
     manifest = DownloadManifest(
         items=items,
         input_sha256=digest,
@@ -454,6 +533,7 @@ def _rebuild(out_dir: Path, items: str, digest: str, s: DownloadSettings) -> Dow
         failed=latest.height - available,
         by_status=_counts(latest, "status"),
         by_reason=_counts(latest, "reason"),
+        fixed=dict(sorted(fixed.items())),
         attempts=attempts,
         settings=s,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -485,6 +565,7 @@ def _clear(out_dir: Path) -> None:
     for name in ("urls.parquet", "_input.json", "attempts.parquet", "availability.parquet", MANIFEST_NAME):
         (out_dir / name).unlink(missing_ok=True)
     (out_dir / "sniff.parquet").unlink(missing_ok=True)
+    fixes_path(out_dir).unlink(missing_ok=True)
     shutil.rmtree(out_dir / SHARDS, ignore_errors=True)
     for p in out_dir.iterdir():
         if p.is_dir() and _RETRY_DIR.match(p.name):

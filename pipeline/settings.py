@@ -6,6 +6,8 @@ quality, model, training); this module composes them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -22,16 +24,15 @@ from training.config import ModelConfig, TrainConfig
 from training.features.settings import FeatureSettings
 from translation.quality import QualityThresholds
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RunSection(Strict):
-    """Where a run writes: every stage writes under `root` (relative paths resolve against the config's
-    repository root, so `make run` from a fresh clone writes to ./runs/sample)."""
+    """Where a run writes: every stage writes under `root`.  A relative root is relative to the working
+    directory `ptvl` starts in (so `make run` in a clone writes ./runs/sample), resolved once when the
+    profile is loaded; never relative to where the package is installed."""
 
     name: str = "sample"
     root: Path = Path("runs/sample")
@@ -58,8 +59,11 @@ class CC3MSection(Strict):
 
 class COCOSection(Strict):
     enabled: bool = True
-    # Karpathy splits to ingest: the benchmark uses val/test (5k each); train/restval for training.
+    # Karpathy splits to ingest: the benchmark uses val/test (5k each); train for training.
     splits: list[Literal["train", "restval", "val", "test"]] = ["val", "test"]
+    # Karpathy's restval (30,504 images) is read as part of train, as FROMAGe and the thesis train on
+    # train + restval (113,287 images).  False keeps restval a split of its own (list it in `splits`).
+    fold_restval: bool = True
     # Where images live: "{url_base}/{filepath}/{filename}" (official COCO host or a local mirror).
     url_base: str = "http://images.cocodataset.org"
 
@@ -90,6 +94,21 @@ class DatasetsSection(Strict):
     coco: COCOSection = COCOSection()
     visdial: VisDialSection = VisDialSection()
     vqav2: VQAv2Section = VQAv2Section()
+    # A caption, question or answer longer than this is quarantined as `too_long` (real ones are under
+    # 300 characters; a 1 MB "caption" is a broken record that would fill a translation request).
+    max_text_chars: int = Field(2000, ge=1)
+    # file:// URLs *read from a source file* (a CC3M TSV line, a COCO coco_url) make img2dataset read
+    # local files: refused (`local_file_refused`) unless the profile allows it.  Unset: allowed only
+    # when [sample] is enabled (ptvl wrote those files itself).  URLs the profile itself builds
+    # (coco.url_base, the VisDial / VQAv2 templates) are trusted either way.
+    allow_local_files: bool | None = None
+
+    @model_validator(mode="after")
+    def _restval(self) -> DatasetsSection:
+        if self.coco.fold_restval and "restval" in self.coco.splits:
+            raise ValueError("datasets.coco.splits lists 'restval', but fold_restval = true reads restval as "
+                             "part of train; drop 'restval' from splits, or set fold_restval = false")
+        return self
 
     def enabled(self) -> dict[str, list[str]]:
         """dataset -> splits, for the datasets switched on."""
@@ -248,10 +267,25 @@ class Settings(Strict):
         return self
 
     @property
+    def local_files_allowed(self) -> bool:
+        """Whether source files may name file:// URLs ([datasets] allow_local_files; unset: the sample only)."""
+        allowed = self.datasets.allow_local_files
+        return self.sample.enabled if allowed is None else allowed
+
+    @property
     def root(self) -> Path:
-        """The run root as an absolute path."""
+        """The run root as an absolute path (load_settings already made it absolute)."""
         root = self.run.root
-        return root if root.is_absolute() else (REPO_ROOT / root).resolve()
+        return root if root.is_absolute() else (Path.cwd() / root).resolve()
+
+    def fingerprint(self) -> str:
+        """A hash of the resolved settings (run root made absolute; the profile's own path left out):
+        the identity of the run's Luigi tasks, equal on every machine that reads this profile's content,
+        wherever the file is mounted."""
+        data = self.model_dump(mode="json")
+        data["run"]["root"] = str(self.root)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def _format_errors(err: ValidationError, path: Path) -> str:
@@ -270,14 +304,21 @@ def load_settings(path: str | Path) -> Settings:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"settings file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; --config takes a TOML profile file (e.g. configs/sample.toml)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        return Settings.model_validate({**data, "config_path": path.resolve()})
+        settings = Settings.model_validate({**data, "config_path": path.resolve()})
     except ValidationError as e:
         raise ConfigError(_format_errors(e, path)) from None
+    # Fix a relative root to the working directory now, so every later use (and every worker forked
+    # from here) sees one absolute folder.
+    return settings.model_copy(update={"run": settings.run.model_copy(update={"root": settings.root})})
 
 
 @lru_cache(maxsize=8)

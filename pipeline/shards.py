@@ -96,6 +96,14 @@ def _finish(writer: _RollingWriter, stats: ShardStats, missing_bytes: int) -> Sh
     return stats
 
 
+def _in_order(batch: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """One img2dataset shard's images in key order.  Inside a shard img2dataset stores images in the
+    order its threads finish them, which changes from run to run; its keys follow the URL list's order
+    (shard number, then position), so sorting by them makes every shard file, and everything trained
+    on it, the same on every run.  Batches themselves come in shard-file name order."""
+    return sorted(batch.items())
+
+
 def _policy_reason(flags: list[str] | None, policy: FilterPolicy) -> str | None:
     for flag in policy.drop:
         if flags and flag in flags:
@@ -150,7 +158,7 @@ def build_caption_shards(
     writer = _RollingWriter(out_dir, schema, rows_per_shard)
     seen: set[str] = set()
     for batch in iter_image_batches(images_dir):
-        for key, jpg in batch.items():
+        for key, jpg in _in_order(batch):
             rows = by_key.get(key)
             if not rows or key in seen:
                 continue
@@ -277,7 +285,7 @@ def build_visdial_shards(
         }
     writer = _RollingWriter(out_dir, VISDIAL_SHARD, rows_per_shard)
     for batch in iter_image_batches(images_dir):
-        for key, jpg in batch.items():
+        for key, jpg in _in_order(batch):
             row = by_key.pop(key, None)
             if row is not None:
                 stats.kept += 1
@@ -333,7 +341,7 @@ def build_vqa_shards(
         )
     writer = _RollingWriter(out_dir, VQA_SHARD, rows_per_shard)
     for batch in iter_image_batches(images_dir):
-        for key, jpg in batch.items():
+        for key, jpg in _in_order(batch):
             rows = by_key.pop(key, None)
             if rows is None:
                 continue

@@ -21,17 +21,21 @@ def _expand(template: str, sources: Path) -> str:
 def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
     """Run the right reader for one split of `dataset`."""
     sources = settings.root / "sources"
+    ds = settings.datasets
     if dataset == "cc3m":
         from pipeline.readers.cc3m import read_cc3m_tsv
 
-        return read_cc3m_tsv(sources / "cc3m" / CC3M_FILES[split], split)
+        return read_cc3m_tsv(sources / "cc3m" / CC3M_FILES[split], split, max_chars=ds.max_text_chars,
+                             allow_local_files=settings.local_files_allowed)
     if dataset == "coco":
         from pipeline.readers.coco import read_karpathy
 
         return read_karpathy(
             sources / "coco" / "dataset_coco.json",
             splits=(split,),
-            url_base=_expand(settings.datasets.coco.url_base, sources),
+            url_base=_expand(ds.coco.url_base, sources),
+            fold_restval=ds.coco.fold_restval,
+            max_chars=ds.max_text_chars,
         )
     if dataset == "visdial":
         from pipeline.readers.visdial import read_visdial
@@ -42,7 +46,7 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
             from pipeline.readers.coco import coco_urls_by_id
 
             annotations = [sources / "coco" / "annotations" / f"captions_{s}2014.json" for s in ("train", "val")]
-            url_of = coco_urls_by_id(annotations).__getitem__
+            url_of = coco_urls_by_id(annotations, allow_local_files=settings.local_files_allowed).__getitem__
         else:
             url_of = _expand(template, sources)
         return read_visdial(
@@ -50,6 +54,7 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
             split,
             dense_path=dense if dense.exists() else None,
             image_url_template=url_of,
+            max_chars=ds.max_text_chars,
         )
     if dataset == "vqav2":
         from pipeline.readers.vqa import read_vqav2
@@ -58,6 +63,7 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
             sources / "vqav2" / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
             sources / "vqav2" / f"v2_mscoco_{split}2014_annotations.json",
             split,
-            image_url_template=_expand(settings.datasets.vqav2.image_url_template, sources),
+            image_url_template=_expand(ds.vqav2.image_url_template, sources),
+            max_chars=ds.max_text_chars,
         )
     raise ValueError(f"unknown dataset {dataset!r}: expected cc3m, coco, visdial or vqav2")

@@ -1,6 +1,7 @@
 """Reason classes for the error messages img2dataset really writes, and the Table 4.1 / breakdown reports."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +22,7 @@ from pipeline.availability import (
     render_report,
 )
 from pipeline.contracts import AVAILABILITY
+from pipeline.readers.cc3m import read_cc3m_tsv
 
 # Messages copied from img2dataset 1.47 `error_message` values observed against the local faulty
 # server (tests/test_images.py) and the host's resolver, plus the stdlib's own wording for the
@@ -144,12 +146,48 @@ def test_reports_read_availability_files(tmp_path: Path) -> None:
     }
     assert total["share"].sum() == pytest.approx(100.0)
     wide = reason_table({"train": train, "validation": val})
-    assert wide.row(1) == ("http_404", "2 (20.0%)", "1 (25.0%)", "3 (21.4%)")
-    assert wide.row(2)[2] == "0 (0.0%)"  # a reason a split never saw
+    assert wide["reason"].to_list() == ["http_404", "not_an_image", "timeout"]  # losses only: no `ok` row
+    assert wide.row(0) == ("http_404", "2 (20.0%)", "1 (25.0%)", "3 (21.4%)")
+    assert wide.row(1)[2] == "0 (0.0%)"  # a reason a split never saw
     report = render_report({"train": train, "validation": val})
+    assert "| ok |" not in report
     assert "| original | 10 | 4 | 14 |" in report and "| http_404 | 2 (20.0%) | 1 (25.0%) | 3 (21.4%) |" in report
 
 
 def test_empty_split_has_zero_loss() -> None:
     counts = availability_counts({"train": _frame(0, {})})
     assert counts.row(0) == ("train", 0, 0, 0, 0.0)
+
+
+def test_table_41_adds_up_from_the_tsv_line_count(tmp_path: Path) -> None:
+    """`original` is the TSV's own line count (blank and malformed lines included); every line is an
+    available image, a failed URL or a reader loss with its own reason."""
+    lines = [f"caption {i}\thttp://h/{i}.jpg" for i in range(12)]
+    lines[2] = ""  # blank
+    lines[5] = "no tab here"  # missing_field
+    lines[7] = "a\tb\tc"  # too_many_fields
+    lines[9] = "bad url\tftp://h/9.jpg"  # bad_url
+    tsv = tmp_path / "Train_GCC-training.tsv"
+    tsv.write_bytes(("\n".join(lines) + "\n").encode() + b"caf\xe9\thttp://h/12.jpg\n")
+    n_lines = tsv.read_bytes().count(b"\n")
+    assert n_lines == 13
+    read = read_cc3m_tsv(tsv, "train")
+    stats = tmp_path / "read"
+    stats.mkdir()
+    (stats / "read_stats.json").write_text(json.dumps(read.read_stats()))
+    # the download: every URL the reader kept, three of them lost (404, timeout, too_small)
+    urls = read.items.num_rows
+    reasons = ["ok"] * (urls - 3) + ["http_404", "timeout", "too_small"]
+    images = _write(tmp_path / "images", pl.DataFrame(
+        {"status": ["success" if r == "ok" else "failed" for r in reasons], "reason": reasons}))
+    counts = availability_counts({"train": images}, {"train": stats})
+    assert counts.row(0) == ("train", n_lines, urls - 3, n_lines - urls + 3, pytest.approx(100 * 8 / 13))
+    long = reason_breakdown({"train": images}, {"train": stats}).filter(pl.col("split") == "train")
+    got = dict(zip(long["reason"], long["count"], strict=True))
+    assert got == {"ok": 5, "http_404": 1, "timeout": 1, "too_small": 1, "read:blank_line": 1,
+                   "read:missing_field": 1, "read:too_many_fields": 1, "read:bad_url": 1, "read:bad_utf8": 1}
+    assert sum(got.values()) == n_lines and long["share"].sum() == pytest.approx(100.0)
+    report = render_report({"train": images}, {"train": stats})
+    assert "| original | 13 | 13 |" in report and "| read:blank_line | 1 (7.7%) | 1 (7.7%) |" in report
+    # without the reader's stats (a run ingested before they were written) the URLs are the original
+    assert availability_counts({"train": images}, {"train": tmp_path / "absent"}).row(0)[1] == urls

@@ -252,7 +252,7 @@ def test_runaway_output_of_a_short_source_is_repetitive():
     # source under 40 chars, so short captions and VisDial answers could run away unflagged.
     reason = detect_repetitive("yes", "sim, há um homem de pé ao lado de uma mulher que está sentada num banco "
                                       "perto de uma árvore grande no parque da cidade")
-    assert reason is not None and "chars for a 3-char source (> 2.5 x 40)" in reason
+    assert reason is not None and "chars for a 3-char source (> 2.5 x 20)" in reason
     assert detect_repetitive("ok", "está bem") is None
     assert detect_repetitive("is there any juice?", "há sumo?") is None
     assert detect_repetitive("a red star", "uma estrela vermelha") is None

@@ -73,7 +73,11 @@ def test_coco_benchmark_from_shards(run, tmp_path):
     for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "bleu4", "meteor_pt", "cider_d"):
         assert 0.0 <= m[key] <= (10.0 if key == "cider_d" else 1.0), (key, m[key])
     assert m["i2t_r1"] <= m["i2t_r5"] <= m["i2t_r10"] and m["t2i_r1"] <= m["t2i_r5"] <= m["t2i_r10"]
-    assert json.loads((out / "metrics.json").read_text())["bridge"] == "cls"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["bridge"] == "cls" and "expected value" in written["scoring"]["tie_rule"]
+    assert m["i2t_r1_pess"] <= m["i2t_r1"] and m["t2i_medr"] >= 1.0
+    items = json.loads((out / "items.json").read_text())
+    assert len(items["text_keys"]) == 60 and items["text_keys"][0].startswith(world.heldout_ids[0] + "\t")
     generated = json.loads((out / "captions.json").read_text())
     assert set(generated) == set(world.heldout_ids[:12]) and all(isinstance(c, str) for c in generated.values())
     assert (out / "retrieval.html").exists() and (out / "captions.html").exists()
@@ -92,7 +96,8 @@ def test_visdial_benchmark_ranks_the_right_option_first(run, tmp_path):
     assert 0.0 <= m["t2i_r1"] <= 1.0
     runs = collect_runs([run_dir])
     assert set(runs[0]["metrics"]) >= {"visdial"}
-    assert "VisDial" in table_5_5(runs)
+    assert "VisDial" in table_5_5(runs) and "Ties: R@k = expected value" in table_5_5(runs)
+    assert m["it2t_translation_collisions"] == 0 and runs[0]["scoring"]["visdial"]["tie_rule"]
 
 
 def test_tables_from_several_runs(run, tmp_path):

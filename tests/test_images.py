@@ -40,6 +40,39 @@ GOOD = _jpeg((48, 40))
 SMALL = _jpeg((8, 8))
 
 
+def _two_colour(size: tuple[int, int], exif_orientation: int | None = None) -> bytes:
+    """A landscape JPEG, left half red and right half blue, optionally tagged with an EXIF orientation."""
+    w, h = size
+    im = Image.new("RGB", size, (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, w // 2, h))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if exif_orientation is not None:
+        exif[0x0112] = exif_orientation
+    im.save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+def _png16(size: tuple[int, int], bgr16: tuple[int, int, int], alpha: int | None = None) -> bytes:
+    """A 16-bit-per-channel PNG (what img2dataset's decoder turns white)."""
+    import cv2
+    import numpy as np
+
+    channels = [*bgr16, alpha] if alpha is not None else list(bgr16)
+    arr = np.zeros((size[1], size[0], len(channels)), np.uint16)
+    arr[:] = channels
+    ok, png = cv2.imencode(".png", arr)
+    assert ok
+    return png.tobytes()
+
+
+EXIF_ROTATED = _two_colour((60, 40), exif_orientation=6)  # "Rotated 90 CW": a portrait photo stored sideways
+PNG16 = _png16((60, 40), (0x2000, 0x8000, 0xC000))  # BGR: a light orange-ish colour, 16 bits per sample
+PNG16_ALPHA = _png16((60, 40), (0x0000, 0x0000, 0xFFFF), alpha=0x8000)  # half-transparent red over white
+WHITE = _jpeg((60, 40), (255, 255, 255))  # a genuinely white 8-bit image: must stay as it is
+TRICKLE_S = 0.6  # per chunk: under the 1 s timeout, yet the whole body takes ~2.4 s
+
+
 class FaultServer(ThreadingHTTPServer):
     """Loopback server with one route per failure mode; counts requests per path."""
 
@@ -88,6 +121,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(GOOD[:16])
             self.wfile.flush()
             time.sleep(SLOW_S)
+            return
+        if path == "/exif.jpg":
+            return self._send(200, EXIF_ROTATED, "image/jpeg")
+        if path == "/png16.png":
+            return self._send(200, PNG16, "image/png")
+        if path == "/png16a.png":
+            return self._send(200, PNG16_ALPHA, "image/png")
+        if path == "/white.jpg":
+            return self._send(200, WHITE, "image/jpeg")
+        if path == "/trickle.jpg":  # the body in 4 chunks, each within the timeout of the last
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(GOOD)))
+            self.end_headers()
+            step = len(GOOD) // 4 + 1
+            for i in range(0, len(GOOD), step):
+                self.wfile.write(GOOD[i:i + step])
+                self.wfile.flush()
+                time.sleep(TRICKLE_S)
             return
         if path == "/html":
             return self._send(200, b"<html><body>moved</body></html>", "text/html")
@@ -143,7 +195,7 @@ def _items(path: Path, urls: list[str], split: str = "train") -> Path:
 def _settings(**kw: object) -> DownloadSettings:
     base = dict(
         processes_count=1, thread_count=4, image_size=32, timeout=1, min_image_size=16,
-        number_sample_per_shard=5, extract_exif=False,
+        number_sample_per_shard=5,
     )
     base.update(kw)
     return DownloadSettings(**base)
@@ -336,3 +388,63 @@ def test_pyspark_distributor_local_mode(server: FaultServer, tmp_path: Path, mon
         spark.stop()
     assert manifest.by_reason == {"ok": 1, "http_404": 1, "http_500": 1}
     assert _availability(tmp_path / "out")["reason"].to_list() == [r for _, r in rows]
+
+
+def _decoded(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_exif_orientation_and_16bit_pngs_are_fixed_after_download(server: FaultServer, tmp_path: Path) -> None:
+    """img2dataset stores an EXIF-rotated photo sideways and a 16-bit PNG white; the fixes file
+    corrects both, image_store serves the corrected bytes, a real white image is left alone, and the
+    timeout is per read: a body trickled over ~2.4 s with a 1 s timeout arrives."""
+    from pipeline.image_fixes import FIXES_NAME
+    from pipeline.image_store import iter_image_batches
+
+    b = server.base
+    urls = [f"{b}/exif.jpg", f"{b}/png16.png", f"{b}/png16a.png", f"{b}/white.jpg", f"{b}/img/9.jpg",
+            f"{b}/trickle.jpg"]
+    items = _items(tmp_path / "items.parquet", urls)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    manifest = download_images(items, out, _settings(number_sample_per_shard=10))
+    av = _availability(out)
+    assert av["status"].to_list() == ["success"] * 6, av
+    assert time.monotonic() - started > 4 * TRICKLE_S - 0.5  # the trickled body did take longer than the timeout
+    assert manifest.fixed == {"16bit": 2, "exif_orientation": 1}
+    keys = dict(zip(av["image_id"], av["key"], strict=True))
+
+    raw = next(iter(iter_image_batches(out, fixed=False)))
+    fixed = next(iter(iter_image_batches(out)))
+    addr = {i: f"shards/{keys[f'cc3m/train/{i}']}" for i in range(6)}
+
+    # what img2dataset stored: the portrait photo sideways (48 x 32), the 16-bit PNG white, the one
+    # with alpha saturated to pure red
+    assert _decoded(raw[addr[0]]).size == (48, 32)
+    assert min(_decoded(raw[addr[1]]).getpixel((10, 10))) >= 250
+    red = _decoded(raw[addr[2]]).getpixel((10, 10))
+    assert red[0] >= 250 and max(red[1:]) <= 5
+    # fixed: portrait (32 x 48), the red half on top (orientation 6 = rotate 90 degrees clockwise)
+    portrait = _decoded(fixed[addr[0]])
+    assert portrait.size == (32, 48)
+    top, bottom = portrait.getpixel((16, 6)), portrait.getpixel((16, 42))
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+    # fixed: the 16-bit colours scaled to 8 bits (RGB = 0xC0, 0x80, 0x20), alpha over white
+    assert all(abs(c - e) <= 4 for c, e in zip(_decoded(fixed[addr[1]]).getpixel((10, 10)), (0xC0, 0x80, 0x20),
+                                                strict=True))
+    assert all(abs(c - e) <= 4 for c, e in zip(_decoded(fixed[addr[2]]).getpixel((10, 10)), (255, 128, 128),
+                                                strict=True))
+    # the white JPEG, the plain image and the trickled one are img2dataset's bytes
+    for i in (3, 4, 5):
+        assert fixed[addr[i]] == raw[addr[i]]
+    assert server.counts["/white.jpg"] == 2  # fetched again to check its depth, then left alone
+    # a rerun recomputes nothing and gives the same manifest
+    before = (out / FIXES_NAME).stat().st_mtime_ns
+    again = download_images(items, out, _settings(number_sample_per_shard=10))
+    assert (out / FIXES_NAME).stat().st_mtime_ns == before and again.fixed == manifest.fixed
+
+
+def test_orientation_fix_needs_exif() -> None:
+    with pytest.raises(ValueError, match="set extract_exif = true"):
+        DownloadSettings(extract_exif=False)
+    assert DownloadSettings(extract_exif=False, fix_orientation=False).fix_16bit

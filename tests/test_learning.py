@@ -4,7 +4,8 @@ above chance, and the same model with an untrained (zero-step) bridge does not.
 The world: 600 training scenes (3,000 PT captions) and 50 held-out scenes, a tiny open_clip ViT briefly
 trained (300 contrastive steps) on the training scenes' English captions, and a tiny PT GPT-Neo
 pretrained on packed documents of each image's captions (training/lm_pretrain.py says why). Settings are those of
-configs/sample.toml; the test counts steps, not seconds.
+configs/sample.toml; the test counts steps, not seconds. It runs under both training recipes (thesis-eq and
+fromage; training/config.py RECIPES).
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_trained_bridge_retrieves_and_captions_heldout_scenes(world, tmp_path):
-    mc = ModelConfig(llm=str(world.lm), clip=str(world.clip), clip_pretrained="", **MODEL)
+@pytest.mark.parametrize("recipe", ["thesis-eq", "fromage"])
+def test_trained_bridge_retrieves_and_captions_heldout_scenes(world, tmp_path, recipe):
+    mc = ModelConfig(llm=str(world.lm), clip=str(world.clip), clip_pretrained="", recipe=recipe, **MODEL)
     tc = TrainConfig(**TRAIN)
     store = FeatureStore(world.features)
     untrained = vgloria(mc, "cpu", vis_dim=store.width, n_tokens=store.n_tokens, load_visual=False, seed=tc.seed)
@@ -52,6 +54,6 @@ def test_trained_bridge_retrieves_and_captions_heldout_scenes(world, tmp_path):
 
     res = train(mc, tc, world.train_shards, tmp_path / "run", features_dir=world.features, progress=False)
     after = evaluate_sample(res.model, world)
-    print(f"\nheld-out (50 scenes) before: {before}\nafter {tc.steps} steps: {after}")
+    print(f"\n{recipe}: held-out (50 scenes) before: {before}\nafter {tc.steps} steps: {after}")
     assert after["t2i_r1"] >= 0.3, after
     assert after["colour_shape"] >= 0.3, after

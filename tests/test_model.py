@@ -159,3 +159,60 @@ def test_generation_greedy_and_beam(lms):
 def test_unknown_setting_is_an_error():
     with pytest.raises(ValueError):
         ModelConfig(llm="x", bridg="cls")
+
+
+def test_fp16_is_refused_with_a_clear_message():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="fp16 training needs a GradScaler"):
+        ModelConfig(llm="x", dtype="fp16")
+
+
+def test_captions_never_emit_ret_but_answers_may(lms):
+    model = build(lms["llama"])  # untied: its [RET] output row is free to set
+    f = feats(1)
+    vis = model.visual_tokens(f)[0]
+    prefix = model._prefix(vis, [])
+    h, _ = model._step(prefix, None)
+    with torch.no_grad():  # [RET] now wins the first step by a logit margin of ~1000
+        model.ret_out.copy_(h[0] * 1000 / h[0].pow(2).sum())
+    assert model.generate_ids(prefix, 5) == [model.ret_id]  # allowed: stops at once
+    assert model.answer(f, "").endswith("[RET]")
+    expected = int(model.logits(h)[0, : model.vocab].argmax())
+    for beams in (1, 3):
+        ids = model.generate_ids(prefix, 5, num_beams=beams, allow_ret=False)
+        assert ids and model.ret_id not in ids
+    assert model.generate_ids(prefix, 5, allow_ret=False)[0] == expected
+    caption = model.caption(f, max_new_tokens=5)[0]
+    assert caption and "[RET]" not in caption
+
+
+def test_decoded_text_has_no_special_tokens(lms):
+    model = build(lms["gpt_neo"])
+    tok = model.tokenizer
+    words = model.tokenize(["duas estrelas azuis"])[0]
+    ids = [tok.pad_token_id] + words + [tok.pad_token_id, model.eos_id, model.ret_id]
+    assert tok.decode(ids).count("<pad>") == 2  # the tokenizer alone would keep them
+    assert model.decode(ids) == "duas estrelas azuis"
+
+
+def test_w_t_takes_each_layer_width_opt_350m_style(tmp_path, lms):
+    """OPT-350m projects its 1024-d states to 512-d embeddings: the last hidden state is 512 wide, the
+    intermediate ones 1024. W_t must be built per chosen layer, not with the embedding width."""
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(lms["gpt_neo"])
+    cfg = OPTConfig(vocab_size=len(tok), hidden_size=48, word_embed_proj_dim=32, num_hidden_layers=2,
+                    num_attention_heads=4, ffn_dim=64, max_position_embeddings=128, do_layer_norm_before=False,
+                    bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    OPTForCausalLM(cfg).save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
+    model = build(str(tmp_path / "opt"), text_emb_layers=[-1, 1])
+    assert model.d == 32 and [fc.in_features for fc in model.text_fc] == [32, 48]
+    losses = model(feats(4), model.tokenize(CAPS), [1, None, None, 2])
+    losses.total.backward()
+    assert all(fc.weight.grad.abs().sum() > 0 for fc in model.text_fc)
+    assert model.text_embeddings(CAPS).shape == (4, model.cfg.q)
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        build(str(tmp_path / "opt"), text_emb_layers=[7])

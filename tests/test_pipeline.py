@@ -116,7 +116,10 @@ def test_dag_until_shards_writes_every_contract(small_run: Path) -> None:
     assert 3 <= lost.height <= 9
     assert set(lost["reason"]) <= {"file_not_found", "not_an_image", "decode_error", "too_small"}
     report = (root / "reports" / "availability.md").read_text()
-    assert "| original | 60 |" in report.replace("  ", " ")
+    # original: every line of the TSV (60 rows + the 6 malformed lines the sample inserts), the reader's
+    # losses as read:<reason> rows beside the download reasons
+    assert "| original | 66 |" in report.replace("  ", " ")
+    assert "| read:bad_utf8 | 1 (1.5%) |" in report and "| ok |" not in report
 
     # Training shards: one row per kept caption whose image downloaded, JPEG bytes included.
     shard = pl.read_parquet(root / "shards" / "reference" / "cc3m" / "train" / "part-00000.parquet")

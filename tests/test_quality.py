@@ -171,3 +171,165 @@ def test_flag_table_and_rates():
     assert b["any_flag"] == 1.0
     with pytest.raises(ValueError, match="flags"):
         flag_rates(df)
+
+
+# --- issue #13: precision on cases the detectors were not tuned on ------------------------------------------
+
+@pytest.mark.parametrize("word", ["animal", "hospital", "banana", "normal", "chocolate", "zebra", "frisbee", "metal"])
+def test_words_that_are_portuguese_too_are_not_untranslated(word):
+    assert q.is_portuguese_word(word)
+    assert flag_row(word, word) == []
+
+
+@pytest.mark.parametrize("word", ["dog", "green", "the", "horse", "sitting"])
+def test_english_words_copied_are_untranslated(word):
+    assert not q.is_portuguese_word(word)
+    assert flag_row(word, word) == ["untranslated"]
+
+
+def test_wordfreq_thresholds_are_settings():
+    # with no margin, 'frisbee' (pt 2.24 / en 2.96) is English
+    th = QualityThresholds(portuguese_zipf_margin=0.0)
+    assert flag_row("frisbee", "frisbee", thresholds=th) == ["untranslated"]
+    assert q.zipf("animal", "pt") > 4 and q.zipf("xqzv", "pt") == 0.0
+
+
+def test_wordfreq_loads_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    q._zipf_table.cache_clear()
+    assert q.zipf("hospital", "pt") > 4.5
+    q._zipf_table.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("en", "pt"),
+    [("no no no", "não não não"), ("very very very tall", "muito muito muito alto"), ("hahaha", "hahaha"),
+     ("no no", "não não não")],
+)
+def test_repetition_present_in_the_source_is_faithful(en, pt):
+    assert q.detect_repetitive(en, pt) is None
+
+
+def test_repetition_beyond_the_source_and_hallucinated_replies():
+    assert "'não' x3+ in a row" in q.detect_repetitive("no no", "não não não não não")
+    assert "x3+ in a row inside a word" in q.detect_repetitive("haha", "ha" * 12)
+    reply = "sim, é um dia de sol e há muitas pessoas na praia a apanhar banhos de sol junto ao mar"
+    assert q.detect_repetitive("yes", reply) == f"repetitive: {len(reply)} chars for a 3-char source (> 2.5 x 20)"
+    assert q.detect_repetitive("usa", "Estados Unidos da América") is None
+
+
+@pytest.mark.parametrize(
+    ("en", "pt"),
+    [("42", "quarenta e dois"), ("at 10:30", "às 10h30"), ("1,000 people", "1000 pessoas"),
+     ("1,000,000 visitors", "um milhão de visitantes"), ("2.5 kg", "2,5 kg"), ("the 3rd floor", "o 3.º andar"),
+     ("at 8pm", "às 20h"), ("22 people", "vinte e duas pessoas"), ("1,200 runners", "mil e duzentos corredores"),
+     ("at 7:00 am", "às 7h da manhã"), ("1.000 items", "1.000 artigos")],
+)
+def test_numbers_rendered_differently_are_not_truncation(en, pt):
+    assert q.missing_source_numbers(en, pt) == []
+    assert q.detect_truncated(en, pt) is None
+
+
+def test_numbers_really_missing_are_truncation():
+    assert q.missing_source_numbers("the meeting starts at 9:30", "a reunião começa às 9h") == ["9:30"]
+    assert q.missing_source_numbers("4 cats on a sofa", "gatos num sofá") == ["4"]
+    assert q.missing_source_numbers("at 8pm", "às 8h") == []  # 8 o'clock is stated; am/pm is not checked
+    assert q.missing_source_numbers("at 8pm", "às 21h") == ["8"]
+
+
+@pytest.mark.parametrize(
+    ("en", "pt", "evidence"),
+    [("there is a cat on the sofa", "tem um gato no sofá", "tem for 'there is' (PT-PT há)"),
+     ("are there any people?", "tem alguma pessoa?", "tem for 'there is'"),
+     ("a dog in the garden", "um cachorro no jardim", "cachorro (PT-PT cão)"),
+     ("i will call you", "vou te ligar", "vou te ligar (PT-PT enclisis"),
+     ("a boy with a ball", "um garoto com uma bola", "garoto (PT-PT rapaz"),
+     ("a penalty and a goal", "um pênalti e um gol", "gol (PT-PT golo)")],
+)
+def test_brazilian_misses_from_issue_13(en, pt, evidence):
+    assert evidence in flag_details(en, pt)["brazilian"]
+
+
+@pytest.mark.parametrize(
+    ("en", "pt"),
+    [("a time-lapse of the clouds", "o time-lapse das nuvens"), ("the Trem Azul restaurant", "o restaurante Trem Azul"),
+     ("a hot dog stand", "uma banca de cachorros-quentes"), ("he has a cat", "ele tem um gato"),
+     ("there is a cat", "há um gato que tem fome")],
+)
+def test_brazilian_false_alarms_from_issue_13(en, pt):
+    assert "brazilian" not in flag_row(en, pt)
+
+
+# --- issue #11: the vectorised flag_table gives the per-row reference's results --------------------------------
+
+def _bench_rows(n: int) -> pl.DataFrame:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "flags_bench.py"
+    spec = importlib.util.spec_from_file_location("flags_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.synthetic_rows(n, seed=3)
+
+
+def _mixed_rows() -> pl.DataFrame:
+    from translation.gold import FLAG_TUNING_PATH, load_flag_cases, load_gold
+
+    gold = load_gold()
+    cases = pl.concat([load_flag_cases(), load_flag_cases(FLAG_TUNING_PATH)])
+    pairs = (list(zip(gold["en"], gold["pt_pt"], strict=True)) + list(zip(gold["en"], gold["pt_br"], strict=True))
+             + [(e, e) for e in gold["en"]] + list(zip(cases["en"], cases["pt"], strict=True)))
+    edge = [
+        ("people waiting for the bus", "pessoas esperando o o\u0302nibus"),  # NFD: only NFC shows 'ônibus'
+        ("the big street", "a rua GROSSE STRAßE"), ("1st place", "1º lugar"), ("x²", "x²"),
+        ("a dog \U0001f436", "um cão \U0001f436"), ("a dog", "um\x1ccão"), ("a bus", "um ÔNIBUS"),
+        (None, "um cão"), ("a dog", None), ("a dog", "  "), ("a dog", ""), ("the Time", "o Time"),
+        ("a bird on a branch", "um pássaro num ramo ramoramoramoramo"), ("ﬁsh", "ﬁsh"), ("ok", "OK"),
+        ("a truck", "um caminhão caminhão caminhão caminhão"), ("is it sunny?", "está sol? está sol? está sol?"),
+    ]
+    rows = [(e, p, None) for e, p in pairs + edge]
+    rows += [("a dog", "um cão", -2.0), ("a dog", "um cão", float("nan")), ("a dog", "um cão", -0.1)]
+    df = pl.DataFrame(rows, schema={"text_en": pl.String, "text_pt": pl.String, "score": pl.Float32}, orient="row")
+    synth = _bench_rows(1500).select("text_en", "text_pt", "score")
+    df = pl.concat([df, synth, df.head(50)])  # repeated rows too
+    return df.with_columns(segment_id=pl.format("s{}", pl.int_range(pl.len())))
+
+
+@pytest.fixture(scope="module")
+def mixed_with_reference() -> tuple[pl.DataFrame, list[list[str]]]:
+    df = _mixed_rows()
+    return df, [list(flag_details(e or "", p, s).values()) for e, p, s in df.select("text_en", "text_pt", "score").rows()]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_flag_table_equals_per_row_reference(monkeypatch, mixed_with_reference, parallel):
+    df, per_row = mixed_with_reference
+    if parallel:  # force the process pool on this small set
+        monkeypatch.setattr(q, "PARALLEL_MIN_ROWS", 100)
+    timings: dict[str, float] = {}
+    fast = flag_table(df, workers=2 if parallel else 1, timings=timings)
+    assert fast["segment_id"].to_list() == df["segment_id"].to_list()
+    assert fast["flag_reasons"].to_list() == per_row
+    assert fast["flags"].to_list() == [[r.split(":")[0] for r in reasons] for reasons in per_row]
+    if not parallel:
+        ref = q.flag_table_reference(df.head(400))
+        assert ref.columns == fast.columns and ref["flag_reasons"].to_list() == per_row[:400]
+    # every kind of flag occurs in the set, so each pre-filter branch is exercised
+    assert set(q.FLAG_NAMES) <= {f for fl in fast["flags"].to_list() for f in fl}
+    # and the pre-filter does its job: most synthetic rows never reach the per-row detectors
+    candidates = int(next(k for k in timings if k.startswith("detectors on")).split()[2].replace(",", ""))
+    assert candidates < 0.5 * df.height
+
+
+def test_flag_table_thresholds_reach_the_prefilter():
+    # a stricter repetition threshold is honoured by the vectorised path too (not just the per-row one)
+    df = pl.DataFrame({"text_en": ["a dog on the grass"], "text_pt": ["um cão cão na relva"]})
+    th = QualityThresholds(tandem_copies=2)
+    assert flag_table(df, th)["flags"].to_list() == [["repetitive"]] == [flag_row("a dog on the grass",
+                                                                                  "um cão cão na relva", None, th)]
+    assert flag_table(df)["flags"].to_list() == [[]]

@@ -27,7 +27,7 @@ BAD_TSV = b"".join(
         b"a red bus\tftp://example.com/d.jpg\n",  # 9 bad_url
         b"  padded caption  \t  HTTPS://example.com/e.jpg  \r\n",  # 10 ok, CRLF, upper-case scheme
         b"   \n",  # 11 blank (whitespace only)
-        "última fotografia\tfile:///data/x.jpg".encode(),  # 12 ok, no final newline
+        "última fotografia\tfile:///data/x.jpg".encode(),  # 12 local_file_refused (ok where local files are allowed), no final newline
     ]
 )
 
@@ -50,19 +50,24 @@ def test_each_bad_row_is_quarantined_with_its_line_and_reason(bad_tsv):
         (8, "too_many_fields"),
         (9, "empty_url"),
         (10, "bad_url"),
+        (13, "local_file_refused"),
     ]
     bad_utf8 = r.quarantine.to_pylist()[3]
     assert "0xe9" in bad_utf8["detail"] and bad_utf8["raw"].startswith("caf\ufffd in paris")
     assert {row["source_file"] for row in r.quarantine.to_pylist()} == {str(bad_tsv)}
     assert r.stats == {
-        "lines": 13, "blank_lines": 2, "rows_ok": 4, "quarantined": 7,
+        "lines": 13, "blank_lines": 2, "rows_ok": 3, "quarantined": 8,
         "quarantined_bad_url": 1, "quarantined_bad_utf8": 1, "quarantined_empty_caption": 2,
-        "quarantined_empty_url": 1, "quarantined_missing_field": 1, "quarantined_too_many_fields": 1,
+        "quarantined_empty_url": 1, "quarantined_local_file_refused": 1, "quarantined_missing_field": 1,
+        "quarantined_too_many_fields": 1,
     }
+    # Table 4.1 counts every line of the file; each one is an item or a loss with its reason
+    assert r.original == 13 == r.items.num_rows + sum(r.lost.values())
+    assert r.lost["blank_line"] == 2 and r.lost["bad_utf8"] == 1
 
 
 def test_good_rows_keep_quotes_and_line_index_ids(bad_tsv):
-    r = read_cc3m_tsv(bad_tsv, "train")
+    r = read_cc3m_tsv(bad_tsv, "train", allow_local_files=True)
     seg = r.segments.to_pylist()
     assert [s["segment_id"] for s in seg] == ["cc3m/train/0", "cc3m/train/3", "cc3m/train/10", "cc3m/train/12"]
     assert [s["text_en"] for s in seg] == ["a dog on a beach", QUOTED, "padded caption", "última fotografia"]
@@ -97,11 +102,11 @@ def test_small_blocks_and_batches_give_the_same_tables(bad_tsv, tmp_path, monkey
     """Block and batch boundaries (including a bad UTF-8 line split across reads) change nothing."""
     big = tmp_path / "big.tsv"
     big.write_bytes((BAD_TSV + b"\n") * 6)
-    whole = read_cc3m_tsv(big, "train")
+    whole = read_cc3m_tsv(big, "train", allow_local_files=True)
     monkeypatch.setattr(cc3m, "BLOCK_BYTES", 7)
     monkeypatch.setattr(cc3m, "BATCH_ROWS", 3)
     calls = []
-    pieces = read_cc3m_tsv(big, "train", progress=calls.append)
+    pieces = read_cc3m_tsv(big, "train", progress=calls.append, allow_local_files=True)
     assert pieces.segments.equals(whole.segments) and pieces.items.equals(whole.items)
     assert pieces.quarantine.equals(whole.quarantine) and pieces.stats == whole.stats
     assert whole.stats["rows_ok"] == 4 * 6 and whole.stats["quarantined"] == 7 * 6
@@ -114,8 +119,8 @@ def test_utf8_bom_and_empty_file(tmp_path):
     assert read_cc3m_tsv(bom, "train").segments["text_en"].to_pylist() == ["a cat"]
     empty = tmp_path / "empty.tsv"
     empty.write_bytes(b"")
-    r = read_cc3m_tsv(empty, "train")
-    assert r.segments.num_rows == 0 and r.segments.schema == SEGMENTS and r.stats["lines"] == 0
+    with pytest.raises(SourceFormatError, match=r"empty.tsv: no data lines: the file is empty"):
+        read_cc3m_tsv(empty, "train")
 
 
 def test_missing_file_is_a_source_format_error(tmp_path):
@@ -126,11 +131,11 @@ def test_missing_file_is_a_source_format_error(tmp_path):
 def test_sample_tsvs(tmp_path):
     layout = small_sample(tmp_path)
     truth = json.loads(layout.truth.read_text())["cc3m"]
-    train = read_cc3m_tsv(layout.cc3m_train_tsv, "train")
+    train = read_cc3m_tsv(layout.cc3m_train_tsv, "train", allow_local_files=True)
     expected = sorted((int(i) + 1, reason) for i, reason in truth["train"]["malformed"].items() if reason != "blank")
     assert [(q["line"], q["reason"]) for q in train.quarantine.to_pylist()] == expected
     assert train.stats["rows_ok"] == 60 and train.stats["blank_lines"] == 1
     assert all(u.startswith("file:///") for u in train.items["url"].to_pylist())
-    val = read_cc3m_tsv(layout.cc3m_validation_tsv, "validation")
+    val = read_cc3m_tsv(layout.cc3m_validation_tsv, "validation", allow_local_files=True)
     assert val.stats["rows_ok"] == 20 and val.quarantine.num_rows == 0
     assert val.segments["segment_id"].to_pylist() == [f"cc3m/validation/{i}" for i in range(20)]

@@ -63,7 +63,7 @@ def test_karpathy_bad_records_are_quarantined_and_the_rest_kept(tmp_path):
         {"filepath": "val2014", "filename": "x.jpg", "split": "val", "sentences": []},  # no cocoid
         _image(2, "test", ["  ", "a bird", 7]),  # empty and non-string sentences
         _image(1, "val", ["again"]),  # duplicate cocoid
-        _image(3, "nonsense", ["odd split"]),  # unknown split is not a requested one: skipped
+        _image(3, "nonsense", ["odd split"]),  # unknown split: quarantined in every read
         "not an object",
         _image(4, "train", ["a train image"]),
     ]
@@ -75,8 +75,12 @@ def test_karpathy_bad_records_are_quarantined_and_the_rest_kept(tmp_path):
         "file:///mirror/coco/val2014/COCO_val2014_000000000002.jpg",
     ]
     got = [(q["line"], q["reason"]) for q in r.quarantine.to_pylist()]
-    assert got == [(1, "bad_record"), (2, "empty_caption"), (2, "bad_caption"), (3, "duplicate_id"), (5, "bad_record")]
+    assert got == [(1, "bad_record"), (2, "empty_caption"), (2, "bad_caption"), (3, "duplicate_id"),
+                   (4, "unknown_split"), (5, "bad_record")]
     assert "missing key 'cocoid'" in r.quarantine["detail"][0].as_py()
+    # Table 4.1: val/test records (the object without a split and "nonsense" belong to no split)
+    assert (r.original, r.lost) == (4, {"bad_record": 1, "duplicate_id": 1})
+    assert r.original == r.items.num_rows + sum(r.lost.values())
 
 
 def test_truncated_json_names_the_file_and_position(tmp_path):
@@ -138,3 +142,39 @@ def test_official_captions(tmp_path):
     _write(path, {"images": []})
     with pytest.raises(SourceFormatError, match="missing key 'annotations'"):
         read_coco_captions(path, "val")
+
+
+def test_karpathy_train_is_train_plus_restval(tmp_path):
+    """FROMAGe and the thesis train on train + restval (113,287 images in the real file)."""
+    images = [_image(i, "train", [f"train {i}"], "train2014") for i in range(1, 6)]
+    images += [_image(i, "restval", [f"restval {i}", f"again {i}"]) for i in range(10, 13)]
+    images += [_image(20, "val", ["val"]), _image(30, "test", ["test"])]
+    path = _write(tmp_path / "dataset_coco.json", {"images": images})
+    only_train = read_karpathy(path, splits=("train",), fold_restval=False)
+    restval = read_karpathy(path, splits=("restval",), fold_restval=False)
+    folded = read_karpathy(path, splits=("train",))
+    assert (only_train.items.num_rows, restval.items.num_rows) == (5, 3)
+    assert folded.items.num_rows == only_train.items.num_rows + restval.items.num_rows == 8
+    assert folded.segments.num_rows == 5 + 6 and set(folded.segments["split"].to_pylist()) == {"train"}
+    assert set(folded.items["split"].to_pylist()) == {"train"} and folded.stats["records_restval_in_train"] == 3
+    assert folded.original == 8 and folded.quarantine.num_rows == 0
+    # restval URLs keep their own folder (restval images are COCO val2014 images)
+    assert "val2014/COCO_val2014_000000000010.jpg" in folded.items["url"].to_pylist()[5]
+    with pytest.raises(ValueError, match="restval is read as part of train"):
+        read_karpathy(path, splits=("restval",))
+
+
+def test_restval_setting_is_checked_and_said_in_the_card(tmp_path):
+    from pipeline.cards import split_note, write_dataset_card
+    from pipeline.settings import Settings
+
+    with pytest.raises(ValueError, match="fold_restval = true reads restval as part of train"):
+        Settings.model_validate({"datasets": {"coco": {"splits": ["train", "restval"]}}})
+    apart = Settings.model_validate({"datasets": {"coco": {"splits": ["train", "restval"], "fold_restval": False}}})
+    assert apart.datasets.splits()[2:4] == [("coco", "train"), ("coco", "restval")]
+    card = write_dataset_card(tmp_path, dataset="coco", split="train", engine="deepl", engine_id="deepl:x",
+                              layout="caption rows", policy=None, stats={}, availability_md=None,
+                              source_note=split_note("coco", "train", fold_restval=True))
+    assert "Karpathy `train` **plus `restval`** (113,287 images" in card.read_text()
+    assert "restval is kept apart" in split_note("coco", "train", fold_restval=False)
+    assert split_note("coco", "val", fold_restval=True) is None and split_note("cc3m", "train", True) is None

@@ -149,3 +149,33 @@ def test_train_and_test_splits(tmp_path):
     last = r.dialogs.to_pylist()[0]["rounds"][-1]
     assert r.quarantine.num_rows == 0 and last["answer"] is None and last["gt_index"] is None
     assert r.items["url"].to_pylist() == ["file:///t/000000000009.jpg"]
+
+
+def test_official_test_layout(tmp_path):
+    """visdial_1.0_test.json as released: dialogs stop at `round_id`; the rounds before it have a question
+    and an answer and no options; only the last round has the 100 answer_options (and no answer)."""
+    def dialog(image_id: int, n: int) -> dict:
+        rounds = [{"question": k, "answer": k + 1} for k in range(n - 1)]
+        rounds.append({"question": n - 1, "answer_options": list(range(100, 200))})
+        return {"image_id": image_id, "caption": f"a scene {image_id}", "round_id": n, "dialog": rounds}
+
+    data = {"questions": [f"question {i}?" for i in range(10)], "answers": [f"answer {i}" for i in range(200)],
+            "dialogs": [dialog(1, 1), dialog(2, 4), dialog(3, 10)]}
+    bad = dialog(4, 3)
+    del bad["dialog"][-1]["answer_options"]  # the last round must carry the options
+    wrong_count = dialog(5, 3) | {"round_id": 5}
+    data["dialogs"] += [bad, wrong_count]
+    path = _write(tmp_path / "visdial_1.0_test.json", {"version": "1.0", "split": "test2018", "data": data})
+    r = read_visdial(path, "test")
+    assert r.dialogs["visdial_image_id"].to_pylist() == [1, 2, 3]
+    assert [(q["line"], q["reason"]) for q in r.quarantine.to_pylist()] == [(3, "bad_dialog"), (4, "bad_dialog")]
+    assert "round 3: answer_options should be a list of 100" in r.quarantine["detail"][0].as_py()
+    assert "round_id 5 but 3 rounds" in r.quarantine["detail"][1].as_py()
+    rounds = r.dialogs.to_pylist()[1]["rounds"]
+    assert [x["answer"] for x in rounds] == [1, 2, 3, None]
+    assert [x["answer_options"] is None for x in rounds] == [True, True, True, False]
+    assert all(x["gt_index"] is None for x in rounds)
+    text = rebuild_dialog(r.dialogs.to_pylist()[1], data["questions"], data["answers"])
+    assert text[0] == ("question 0?", "answer 1", []) and text[-1][1] is None and len(text[-1][2]) == 100
+    # the default image location is the official zip's layout, extracted beside the JSON
+    assert r.items["url"].to_pylist()[0].endswith("VisualDialog_test2018/VisualDialog_test2018_000000000001.jpg")

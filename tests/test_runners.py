@@ -156,20 +156,63 @@ def test_run_visdial_it2t_and_t2i_by_hand(tmp_path):
     assert prefixes[0] == "um quadrado vermelho Q: que cor tem? A:"
     assert prefixes[2].endswith("Q: quantas? A: duas Q: é um desenho? A:")
     assert options[0] == [" vermelho", " azul claro", " verde-escuro", " sim"]
-    # gt ranks by option length (shortest first; ties by index): d1 rounds 2, 3 ('três' and 'duas' both 4
-    # characters, index order), 4; d2 round 1: 'não' and 'sim' both 3 characters, 'não' first -> 2.
+    # gt ranks by option length (shortest first): d1 round 1 rank 2; round 2 'duas' ties 'três' (4
+    # characters) behind 'uma': rank 2 or 3 (pessimistic 3); round 3 rank 4; d2: 'sim' ties 'não' (3
+    # characters): rank 1 or 2 (pessimistic 2). Expected values average over the tie orders.
     m = res.metrics
-    assert m["it2t_r1"] == 0.0
-    assert m["it2t_mean_rank"] == pytest.approx((2 + 3 + 4 + 2) / 4)
-    assert m["it2t_mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 2) / 4)
-    assert m["it2t_r5"] == 1.0
-    # NDCG on d1's round 2: relevant options 'duas' (1.0) and 'uma' (0.5), so k = 2.
-    # Model order 'uma', 'três', 'duas', ... -> top-2 relevances 0.5, 0: DCG 0.5 / log2(2).
-    assert m["it2t_ndcg"] == pytest.approx(0.5 / (1.0 + 0.5 / np.log2(3)))
+    assert m["it2t_r1"] == pytest.approx(0.5 / 4) and m["it2t_r1_pess"] == 0.0
+    assert m["it2t_mean_rank"] == pytest.approx((2 + 2.5 + 4 + 1.5) / 4)
+    assert m["it2t_mean_rank_pess"] == pytest.approx((2 + 3 + 4 + 2) / 4)
+    assert m["it2t_mrr"] == pytest.approx((1 / 2 + (1 / 2 + 1 / 3) / 2 + 1 / 4 + (1 + 1 / 2) / 2) / 4)
+    assert m["it2t_mrr_pess"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 2) / 4)
+    assert m["it2t_r5"] == 1.0 and m["it2t_tied_rounds"] == 2 and m["it2t_translation_collisions"] == 0
+    # NDCG on d1's round 2: relevant options 'duas' (1.0) and 'uma' (0.5), so k = 2. Model order 'uma',
+    # then 'três'/'duas' tied (mean relevance 0.5): expected DCG 0.5 / log2(2) + 0.5 / log2(3).
+    assert m["it2t_ndcg"] == pytest.approx((0.5 + 0.5 / np.log2(3)) / (1.0 + 0.5 / np.log2(3)))
     assert m["t2i_r1"] == pytest.approx(0.5) and m["t2i_r5"] == 1.0
     assert res.chosen["img1"] == ["sim", "uma", "sim"]
     assert res.t2i_top["img1"][:2] == ["img3", "img1"]
     assert res.losses["img2"].shape == (1, 4)
+    items = res.items()
+    assert items["rounds"][:2] == [["img1", 1, 1, 0], ["img1", 2, 1, 1]] and items["candidates"] == ["img1", "img2", "img3"]
+    assert set(items["dense_ndcg"]) == {"img1"} and items["dialogs"] == ["img1", "img2"]
+
+
+class PositionModel(TableModel):
+    """Losses that depend on an option's POSITION as well as its text (as batched scoring can): length +
+    0.001 x index."""
+
+    def option_losses(self, feats, prefix_texts, options):
+        return torch.tensor([[len(o) + 0.001 * i for i, o in enumerate(opts)] for opts in options])
+
+
+def test_visdial_equal_pt_options_tie_whatever_their_position():
+    # 'yes' and 'yeah' both became 'sim': gt 0 collides with option 2. The model's losses depend on
+    # position, so without sharing one loss the gt would rank 1st here and 2nd with the options reversed.
+    opts = ("sim", "talvez", "sim ", "não sei", "nunca mais")
+    d = Dialog("img1", "um gato", (DialogRound("é um gato?", "sim", opts, 0),))
+    moved = Dialog("img1", "um gato", (DialogRound("é um gato?", "sim", tuple(reversed(opts)), 4),))
+    images, texts = {"img1": E[0]}, {dialog_text(d): E[0]}
+    a = run_visdial(PositionModel(images, texts), features_for, [d])
+    b = run_visdial(PositionModel(images, texts), features_for, [moved])
+    assert a.metrics["it2t_translation_collisions"] == 1
+    assert a.metrics["it2t_r1"] == pytest.approx(0.5) and a.metrics["it2t_r1_pess"] == 0.0
+    assert a.metrics == pytest.approx(b.metrics)
+    assert a.losses["img1"][0, 0] == a.losses["img1"][0, 2] == pytest.approx(4.001)  # " sim": 4 + 0.001 * 1
+
+
+def test_retrieval_embeds_each_distinct_text_once_and_keys_references_by_source():
+    # Two images share one PT caption (two EN captions translated alike): one embedding, an exact tie.
+    rows = [CaptionedImage("a", ("um cão", "um cão a correr"), ("a dog", "a dog running")),
+            CaptionedImage("b", ("um cão",), ("one dog",))]
+    texts = {"um cão": E[0] + E[1], "um cão a correr": E[0]}
+    model = TableModel({"a": E[0], "b": E[1]}, texts)
+    res = run_retrieval(model, features_for, rows)
+    assert res.text_keys == ["a\ta dog", "a\ta dog running", "b\tone dog"] and res.text_rows == [0, 1, 0]
+    assert model.calls["text_embeddings"] == 1
+    # Image b: its caption 'um cão' ties the identical caption of image a -> rank 1 or 2.
+    assert res.metrics["i2t_r1"] == pytest.approx((1 + 0.5) / 2) and res.metrics["i2t_r1_pess"] == 0.5
+    assert res.metrics["i2t_tied"] == 1
 
 
 def test_run_visdial_rejects_a_gt_index_outside_the_options():
@@ -186,7 +229,21 @@ def test_run_vqa_prompts_and_scores():
           VQAQuestion("2", "i2", "How many?", ("2",) * 3 + ("3",) * 7, "number"),
           VQAQuestion("3", "i1", "What shape?", ("square",) * 10, "other")]
     model = TableModel({}, {}, answers={"i1": "yes it is [RET]", "i2": "two shapes"})
-    res = run_vqa(model, features_for, qs, settings=EvalSettings(vqa_prompt="Pergunta: {question} Resposta:"))
+    res = run_vqa(model, features_for, qs, settings=EvalSettings(vqa_prompt="Pergunta: {question} Resposta:",
+                                                                  vqa_mode="official"))  # English answers
     assert model.prompts[0] == "Pergunta: Is it red? Resposta:"
     assert res.metrics["yes/no"] == 1.0 and res.metrics["number"] == pytest.approx(0.9)
     assert res.metrics["other"] == 0.0 and res.metrics["overall"] == pytest.approx(1.9 / 3)
+    assert res.mode == "official" and res.items()["questions"][1] == ["2", "number", pytest.approx(0.9)]
+
+
+def test_run_vqa_mode_comes_from_the_settings():
+    qs = [VQAQuestion("1", "i1", "É vermelho?", ("Sim",) * 10, "yes/no"),
+          VQAQuestion("2", "i1", "Quantos?", ("dois",) * 10, "number")]
+    model = TableModel({}, {}, answers={"i1": "sim"})
+    pt = run_vqa(model, features_for, qs, settings=EvalSettings(vqa_mode="pt"))
+    official = run_vqa(model, features_for, qs, settings=EvalSettings(vqa_mode="official"))
+    assert pt.metrics["yes/no"] == 1.0 and official.metrics["yes/no"] == 0.0  # case: agreeing refs verbatim
+    assert official.mode == "official" and pt.mode == "pt"
+    with pytest.raises(ValueError, match="vqa_mode"):
+        EvalSettings(vqa_mode="en")

@@ -120,7 +120,7 @@ def test_cc3m_broken_rows_are_about_ten_percent(sample):
     truth = json.loads(sample.truth.read_text())["cc3m"]
     kinds_seen = set()
     for split, tsv in (("train", sample.cc3m_train_tsv), ("validation", sample.cc3m_validation_tsv)):
-        r = read_cc3m_tsv(tsv, split)
+        r = read_cc3m_tsv(tsv, split, allow_local_files=True)
         broken = {}
         for seg_id, url in zip(r.items["image_id"].to_pylist(), r.items["url"].to_pylist(), strict=True):
             path, line = _path(url), int(seg_id.rsplit("/", 1)[1])
@@ -151,8 +151,8 @@ def test_reference_memory_covers_every_segment(sample):
     assert all(r["text_hash"] == text_hash(r["text_en"]) and r["text_pt"] for r in rows)
     memory = {r["text_hash"] for r in rows}
     results = [
-        read_cc3m_tsv(sample.cc3m_train_tsv, "train"),
-        read_cc3m_tsv(sample.cc3m_validation_tsv, "validation"),
+        read_cc3m_tsv(sample.cc3m_train_tsv, "train", allow_local_files=True),
+        read_cc3m_tsv(sample.cc3m_validation_tsv, "validation", allow_local_files=True),
         read_karpathy(sample.coco_karpathy_json, url_base=sample.coco_url_base),
         read_visdial(sample.visdial_val_json, "val", sample.visdial_val_dense_json),
         read_vqav2(sample.vqav2_questions_json, sample.vqav2_annotations_json, "val", sample.vqav2_image_url_template),

@@ -11,7 +11,16 @@ from PIL import Image
 
 from eval.qualitative import captions_page, retrieval_page, thumbnail_data_uri, visdial_page
 from eval.runners import CaptioningResult, Dialog, DialogRound, RetrievalResult, VisDialResult
-from eval.tables import TableInputError, ablation_table, layer_label, table_5_3, table_5_4, table_5_5
+from eval.settings import EvalSettings
+from eval.tables import (
+    TableInputError,
+    ablation_table,
+    layer_label,
+    table_5_3,
+    table_5_4,
+    table_5_5,
+    table_vqa,
+)
 
 RUNS = [
     {"llm": "Glória 1.3B", "engine": "deepl", "bridge": "cls", "layer": -1, "k": 1,
@@ -59,6 +68,64 @@ def test_ablation_rows_are_labelled_by_what_varies():
         ablation_table([{"metrics": {"coco": {}}}], "coco", "captioning")
     with pytest.raises(ValueError, match="kind"):
         ablation_table(RUNS, "coco", "speed")
+
+
+LABELS = EvalSettings().scoring_labels()
+
+
+def _labelled(run: dict, vqa_mode: str = "pt") -> dict:
+    vqa = EvalSettings(vqa_mode=vqa_mode).scoring_labels()
+    return {**run, "scoring": {b: ({"vqa_mode": vqa["vqa_mode"], "vqa_rule": vqa["vqa_rule"]} if b == "vqav2"
+                                   else {"tie_rule": LABELS["tie_rule"]}) for b in run["metrics"]}}
+
+
+def test_ranked_cells_show_the_pessimistic_figure_beside_and_tables_name_the_rules():
+    runs = [_labelled(r) for r in RUNS]
+    runs[0]["metrics"]["cc3m-val"] = {**runs[0]["metrics"]["cc3m-val"], "i2t_r5_pess": 0.2, "i2t_r10_pess": 0.459}
+    md = table_5_3(runs)
+    # Expected 23.4 (the headline, bold as the best), pessimistic 20.0 beside it; equal figures print once.
+    assert _cells(md, "CC3M")[3:5] == ["**23.4** (20.0)", "**45.9**"]
+    assert "Ties: R@k = expected value under random tie-breaking (headline); _pess = pessimistic" in md
+    assert "floor(median)+1 (vsepp)" in md and "no scoring labels" not in md
+    runs[1]["metrics"]["visdial"] = {**runs[1]["metrics"]["visdial"], "it2t_translation_collisions": 7.0}
+    md = table_5_5(runs)
+    assert "Translation collisions (rounds whose ground-truth PT option equals another option): " \
+           "PT-PT MADLAD-400 7." in md and "Ties:" in md
+    # Metrics written before the labels existed are called out, not passed off as labelled.
+    assert "carry no scoring labels" in table_5_3(RUNS)
+
+
+def test_vqa_table_labels_every_row_with_its_mode():
+    runs = [_labelled({"llm": "Glória 1.3B", "engine": "deepl",
+                       "metrics": {"vqav2": {"overall": 0.4512, "yes/no": 0.7, "number": 0.2, "other": 0.3}}}),
+            _labelled({"llm": "Glória 1.3B", "engine": "deepl",
+                       "metrics": {"vqav2": {"overall": 0.3, "yes/no": 0.6, "number": float("nan"), "other": 0.1}}},
+                      vqa_mode="official")]
+    md = table_vqa(runs)
+    assert _cells(md, "Glória 1.3B") == ["Glória 1.3B", "PT-PT DeepL", "pt", "**45.12**", "**70.00**", "20.00",
+                                         "**30.00**"]
+    assert "| Glória 1.3B | PT-PT DeepL | official | 30.00 | 60.00 | – | 10.00 |" in md
+    assert "VQA answers: official vqaEval.py (2021 revision" in md and "VQA answers: Portuguese mode" in md
+    assert "VQA answers: Portuguese mode" in ablation_table([{**r, "bridge": "cls", "layer": -1, "k": n}
+                                                             for n, r in enumerate(runs)], "vqav2", "vqa")
+
+
+def test_comparison_report_states_the_evaluation_scoring_rules(tmp_path):
+    import polars as pl
+
+    from pipeline.reports.compare import render_comparison
+    from translation.tokstats import token_stats
+
+    df = pl.DataFrame({"segment_id": ["s1", "s2"], "dataset": "cc3m", "split": "validation", "item_id": ["s1", "s2"],
+                       "field": "caption", "text_en": ["a red square", "a blue circle"], "text_hash": "h",
+                       "engine": "e", "engine_id": "e:test", "text_pt": ["um quadrado vermelho", "um círculo azul"],
+                       "score": pl.Series([None, None], dtype=pl.Float32)})
+    paths = render_comparison(tmp_path, translated={"e": df}, token_stats=token_stats([df.lazy()]), gold_scores={},
+                              billing={}, throughput={}, scoring=LABELS)
+    md, page = paths.markdown.read_text(), paths.html.read_text()
+    assert "## Evaluation scoring rules" in md and "- VQA answers (pt): Portuguese mode" in md
+    assert "- Retrieval and VisDial ties: R@k = expected value under random tie-breaking" in md
+    assert "<h2>Evaluation scoring rules</h2>" in page and "expected value under random tie-breaking" in page
 
 
 def _jpeg(colour: str) -> bytes:

@@ -76,7 +76,13 @@ def test_checkpoint_holds_only_trainable_weights_and_run_folder_is_complete(worl
     assert all(t.dtype == torch.float32 for t in state["trainable"].values())  # fp32 masters
     assert state["step"] == 4 and state["data_position"]["step"] == 4
     # run.toml reproduces the run; the model card names the parts; TensorBoard got events
-    assert read_run_toml(tmp_path / "run.toml") == RunConfig(model=mc, train=tc)
+    back = read_run_toml(tmp_path / "run.toml")
+    # resolved as run on this CPU (compile and the fused pass off), inputs recorded with absolute paths
+    assert back.model == mc.model_copy(update={"compile": False, "fused_pass": False})
+    assert back.train == tc
+    assert back.inputs.shards == [str(world.train_shards[0].resolve())]
+    assert back.inputs.shard_bytes == [world.train_shards[0].stat().st_size]
+    assert back.inputs.features == str(world.features.resolve()) and back.inputs.run_dir == str(tmp_path.resolve())
     card = (tmp_path / "README.md").read_text()
     assert str(world.lm) in card and "`cls`" in card and f"{res.trainable_params:,}" in card
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -177,3 +183,102 @@ def test_feature_standardisation_statistics_are_fixed_and_saved(world, tmp_path)
     torch.testing.assert_close(normed.std(0), torch.ones(cls.shape[1]), rtol=1e-4, atol=1e-4)
     reloaded = load_run(tmp_path, load_visual=False, vis_dim=store.width, n_tokens=store.n_tokens)
     torch.testing.assert_close(reloaded.feature_stats["cls"][-1][1], std)
+
+
+def test_run_toml_alone_reruns_the_run_with_the_same_losses(world, tmp_path):
+    """`ptvl train --config <run>/run.toml` needs no profile: shards, features, seed and resolved settings are in
+    the file. The rerun (into a sibling folder) gives the same losses and bit-identical weights."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    shards = tmp_path / "shards"
+    shutil.copytree(world.train_shards[0].parent, shards)
+    mc, tc = cfgs(world, steps=3, ckpt_every=10)
+    first = train(mc, tc, sorted(shards.glob("*.parquet")), tmp_path / "root" / "train" / "a",
+                  features_dir=world.features, progress=False, root=tmp_path / "root")
+    run_toml = tmp_path / "root" / "train" / "a" / "run.toml"
+    assert read_run_toml(run_toml).inputs.root == str((tmp_path / "root").resolve())
+    out = CliRunner().invoke(app, ["train", "--config", str(run_toml), "--run-name", "b"])
+    assert out.exit_code == 0, out.output
+    done = json.loads((tmp_path / "root" / "train" / "b" / "_DONE.json").read_text())
+    assert done["steps"] == 3 and done["loss_first"] == first.losses[1] and done["loss_last"] == first.losses[3]
+    a = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "root" / "train" / "a"))["trainable"]
+    b = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "root" / "train" / "b"))["trainable"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_run_toml(tmp_path / "root" / "train" / "b" / "run.toml").inputs.run_dir == str(
+        (tmp_path / "root" / "train" / "b").resolve())
+    # a shard that changed since the run cannot reproduce it: a one-line refusal before any training
+    with open(sorted(shards.glob("*.parquet"))[0], "ab") as f:
+        f.write(b"x")
+    out = CliRunner().invoke(app, ["train", "--config", str(run_toml), "--run-name", "c"])
+    assert out.exit_code == 2 and "has changed since the run" in out.output
+    assert not (tmp_path / "root" / "train" / "c").exists()
+
+
+def test_train_overrides_go_to_the_run_folder_not_beside_the_profile(tmp_path):
+    """Two `ptvl train` runs from one profile with different overrides must not overwrite each other's resolved
+    profile, and a read-only config folder must work: the profile goes to train/<run>/profile.toml."""
+    import os
+    import stat
+    import tomllib
+
+    from pipeline.cli import train_profile
+    from pipeline.settings import REPO_ROOT, load_settings
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    text = (REPO_ROOT / "configs" / "sample.toml").read_text()
+    text = text.replace('root = "runs/sample"', f'root = "{tmp_path / "root"}"')
+    (conf / "sample.toml").write_text(text)
+    os.chmod(conf, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        a = train_profile(conf / "sample.toml", tomllib.loads(text), {"k": 4, "recipe": "fromage"}, 7, "a")
+        b = train_profile(conf / "sample.toml", tomllib.loads(text), {"k": 2}, None, "b")
+        assert sorted(p.name for p in conf.iterdir()) == ["sample.toml"]  # nothing written beside it
+    finally:
+        os.chmod(conf, stat.S_IRWXU)
+    assert a == tmp_path / "root" / "train" / "a" / "profile.toml"
+    assert b == tmp_path / "root" / "train" / "b" / "profile.toml"
+    sa, sb = load_settings(a), load_settings(b)
+    assert (sa.model.k, sa.model.recipe, sa.model.max_caption_tokens, sa.train.steps) == (4, "fromage", 24, 7)
+    assert (sb.model.k, sb.model.recipe, sb.train.steps, sb.training.run_name) == (2, "thesis-eq", 500, "b")
+    # no override at all: the user's profile itself, nothing written
+    assert train_profile(conf / "sample.toml", tomllib.loads(text), {}, None, None) == (conf / "sample.toml").resolve()
+
+
+def test_checkpoint_rename_is_followed_by_a_folder_fsync(tmp_path, monkeypatch):
+    """The new checkpoint's directory entry is flushed before older checkpoints are pruned."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_unlink = os.fsync, os.replace, type(tmp_path).unlink
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync-dir" if stat_isdir(st.st_mode) else "fsync-file", str(st.st_ino)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+
+    def unlink(self, missing_ok=False):
+        events.append(("unlink", str(self)))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    from stat import S_ISDIR as stat_isdir
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(type(tmp_path), "unlink", unlink)
+    ckpt.save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, keep=1)
+    events.clear()
+    path = ckpt.save_checkpoint(tmp_path, 2, {"x": torch.ones(2)}, keep=1)
+    folder_ino = str(os.stat(path.parent).st_ino)
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync-file", "replace", "fsync-dir", "unlink"], events
+    assert events[2][1] == folder_ino and events[3][1].endswith("step-00000001.pt")
+    assert torch.equal(ckpt.load_checkpoint(path)["x"], torch.ones(2))

@@ -47,8 +47,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int = 2) -> Path:
-    """Write step-XXXXXXXX.pt atomically (temp file, fsync, rename), then drop all but the newest `keep`.
-    A crash mid-write leaves only a stray .tmp; the previous checkpoint is untouched."""
+    """Write step-XXXXXXXX.pt atomically (temp file, fsync, rename, fsync the folder), then drop all but the
+    newest `keep`. A crash mid-write leaves only a stray .tmp; the previous checkpoint is untouched."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -57,9 +57,23 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    # The rename lives in the folder's entries: without this a power loss can forget it even though the
+    # file's bytes are on disk. Done before pruning, so the old checkpoints go only once the new one is durable.
+    fsync_dir(path.parent)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk. POSIX only: Windows cannot open a folder."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

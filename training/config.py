@@ -7,11 +7,37 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+Recipe = Literal["thesis-eq", "fromage"]
+
+# What each training recipe sets when the profile does not set the key itself. The mechanics that are not
+# numbers (concatenation, sequence layout, [RET] row renormalisation) follow `recipe` alone:
+# - "thesis-eq": the thesis' equation, ptvl's behaviour before recipes were named. Caption rows
+#   [BOS] [VIS*k] cap EOS (EOS is a target); each example draws its own concatenation coin and is joined by
+#   the next example, which also keeps its own row (second captions count twice); [RET] rows train freely.
+# - "fromage": what V-GlorIA's args.json ran (FROMAGe's code). Caption rows [VIS*k] [BOS] cap with no EOS
+#   target (BOS is a target, predicted from the visual prefix, as FROMAGe's labels start at BOS); one coin
+#   per step concatenates fixed pairs (0,1), (2,3)... into B/2 rows, each caption used once;
+#   max_caption_tokens counts the whole tokenised caption [BOS] cap [RET], as FROMAGe's max_len; after each
+#   optimizer step the [RET] input (and untied output) row is rescaled to the frozen rows' mean norm.
+RECIPES: dict[str, dict[str, Any]] = {
+    "thesis-eq": {"caption_loss_weight": 0.5, "ret_ce_weight": 0.5, "retrieval_loss_weight": 0.5,
+                  "max_caption_tokens": 32, "concat_prob": 0.5},
+    "fromage": {"caption_loss_weight": 1.0, "ret_ce_weight": 1.0, "retrieval_loss_weight": 0.5,
+                "max_caption_tokens": 24, "concat_prob": 0.5},
+}
+
 
 class ModelConfig(BaseModel):
     """What the model is: which frozen LLM and CLIP, which bridge, and the FROMAGe losses."""
 
     model_config = ConfigDict(extra="forbid")
+
+    recipe: Recipe = Field(
+        "thesis-eq",
+        description="training recipe: 'thesis-eq' (the thesis' equation) or 'fromage' (the code that produced "
+        "the thesis tables); sets the loss weights, max_caption_tokens and concat_prob a profile leaves unset, "
+        "and the concatenation, layout and [RET] renormalisation mechanics (training/config.py RECIPES)",
+    )
 
     llm: str = Field("NOVA-vision-language/GlorIA-1.3B", description="HF causal LM id or local folder")
     clip: str = Field("ViT-L-14", description="open_clip model name or local open_clip folder")
@@ -34,15 +60,19 @@ class ModelConfig(BaseModel):
     )
     q: int = Field(256, ge=1, description="shared retrieval embedding size")
     max_caption_tokens: int = Field(
-        32, ge=2, description="caption tokens kept, counting the closing EOS / [RET]; truncation keeps it last"
+        32, ge=2, description="caption tokens kept, counting the closing EOS / [RET] (and, in the fromage "
+        "recipe, the BOS); truncation keeps it last"
     )
     concat_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of [img1 cap1 img2 cap2]")
     caption_loss_weight: float = Field(0.5, ge=0.0, description="weight of the captioning CE")
     retrieval_loss_weight: float = Field(0.5, ge=0.0, description="weight of (i2t + t2i) InfoNCE")
     ret_ce_weight: float = Field(0.5, ge=0.0, description="weight of the retrieval-pass CE (emitting [RET])")
     logit_scale_init: float = Field(1 / 0.07, gt=0, description="initial InfoNCE inverse temperature (CLIP)")
-    logit_scale_max: float = Field(100.0, gt=0, description="clamp of the inverse temperature (CLIP)")
-    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the frozen LLM and CLIP")
+    logit_scale_max: float = Field(
+        100.0, gt=1, description="clamp of the inverse temperature, applied to the parameter in place after "
+        "each optimizer step (as CLIP), so a scale above it still has a gradient and can come back down")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="dtype of the frozen LLM and CLIP ('fp16' is refused: it needs loss scaling)")
     compile: bool | None = Field(None, description="torch.compile the LLM (None: on for CUDA)")
     fused_pass: bool | None = Field(
         None,
@@ -52,10 +82,22 @@ class ModelConfig(BaseModel):
     )
     attn_implementation: str | None = Field(None, description="HF attention backend (None: model default)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            recipe = data.get("recipe", "thesis-eq")
+            if recipe in RECIPES:  # an unknown name is reported by the field's own validation
+                data = {**RECIPES[recipe], **data}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if not self.text_emb_layers:
             raise ValueError("text_emb_layers must name at least one LLM layer")
+        if self.dtype == "fp16":  # the loop runs bf16 autocast and has no GradScaler: fp16 would underflow
+            raise ValueError("dtype 'fp16' is not supported: fp16 training needs a GradScaler, which ptvl does "
+                             "not use; use 'bf16' (GPUs since Ampere) or 'fp32'")
         return self
 
 
@@ -93,13 +135,36 @@ class TrainConfig(BaseModel):
         return self
 
 
+class RunInputs(BaseModel):
+    """What a run read and where it wrote. With the resolved [model] and [train] (seed included), this makes
+    run.toml self-contained: `ptvl train --config run.toml` reruns it without the profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: list[str] = Field(description="CAPTION_SHARD files, absolute paths, in training order")
+    shard_bytes: list[int] = Field(default_factory=list, description="their sizes when the run started (checked)")
+    features: str | None = Field(None, description="CLIP feature cache folder (None: the encoder runs online)")
+    device: str | None = Field(None, description="device the run trained on (None: cuda if available, else cpu)")
+    run_dir: str = Field(description="the run folder this file was written in")
+    root: str | None = Field(None, description="the pipeline run root the run belongs to (None: outside one)")
+    profile: str | None = Field(None, description="the profile that started the run (for the record)")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunInputs:
+        if self.shard_bytes and len(self.shard_bytes) != len(self.shards):
+            raise ValueError("inputs.shard_bytes must give one size per shard file")
+        return self
+
+
 class RunConfig(BaseModel):
-    """A run: model + training. Written as run.toml beside every run; reading it back reproduces it."""
+    """A run: model + training (+ its inputs). Written as run.toml beside every run; reading it back
+    reproduces it."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    inputs: RunInputs | None = None
 
 
 # ---------------------------------------------------------------- TOML (tomllib reads; this writes)
@@ -128,6 +193,8 @@ def to_toml(data: dict[str, Any], header: str = "") -> str:
     (TOML has no null), which round-trips because every optional setting defaults to None."""
     lines = [f"# {line}" for line in header.splitlines()]
     for table, values in data.items():
+        if values is None:  # an optional table that is not set
+            continue
         lines += ["", f"[{table}]"]
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
     return "\n".join(lines) + "\n"
@@ -148,6 +215,17 @@ def read_run_toml(path: Path) -> RunConfig:
     """Read a run.toml (or any TOML with [model] and [train] tables); unknown keys are errors."""
     with open(path, "rb") as f:
         return RunConfig.model_validate(tomllib.load(f))
+
+
+# Switches that change speed, not the maths: a run may resume with them resolved differently (another device).
+PERFORMANCE_ONLY = ("compile", "fused_pass")
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two dumped [model] tables train the same model (recipe defaults filled in on both sides, so a
+    checkpoint written before a key existed still compares equal; performance switches ignored)."""
+    da, db = (ModelConfig.model_validate(x).model_dump(mode="json", exclude=set(PERFORMANCE_ONLY)) for x in (a, b))
+    return da == db
 
 
 # ---------------------------------------------------------------- presets (thesis configurations)

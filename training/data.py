@@ -112,6 +112,17 @@ def concat_partners(n: int, prob: float, seed: int, step: int, rank: int, micro:
     return [(i + 1) % n if draw[i] < prob else None for i in range(n)]
 
 
+def concat_pairs(n: int, prob: float, seed: int, step: int) -> list[int | None]:
+    """The fromage recipe's concatenation: one coin per optimizer step (the same on every rank and
+    micro-batch, seeded by (seed, step) so resume replays it); heads, fixed pairs (0, 1), (2, 3)... share a
+    row, each caption used once: example 2i is followed by 2i + 1, which gets no row of its own."""
+    if prob == 0 or np.random.default_rng([seed, step, 11]).random() >= prob:
+        return [None] * n
+    if n % 2:
+        raise ValueError(f"the fromage recipe pairs captions: micro-batch of {n} is odd")
+    return [i + 1 if i % 2 == 0 else None for i in range(n)]
+
+
 @dataclass
 class MicroBatch:
     """What the model's forward needs, before features are attached."""
@@ -129,7 +140,7 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, data: CaptionData, plan: BatchPlan, *, start: int, steps: int, rank: int = 0,
                  world: int = 1, micro_batch_size: int | None = None, concat_prob: float = 0.0, seed: int = 0,
-                 preprocess: Callable[[Any], torch.Tensor] | None = None) -> None:
+                 preprocess: Callable[[Any], torch.Tensor] | None = None, recipe: str = "thesis-eq") -> None:
         if plan.batch_size % world:
             raise ValueError(f"batch size {plan.batch_size} is not divisible by {world} ranks")
         local = plan.batch_size // world
@@ -139,6 +150,10 @@ class StepBatches(torch.utils.data.Dataset):
         self.data, self.plan, self.start, self.steps = data, plan, start, steps
         self.rank, self.local, self.concat_prob, self.seed = rank, local, concat_prob, seed
         self.preprocess = preprocess
+        self.recipe = recipe
+        if recipe == "fromage" and concat_prob > 0 and self.micro % 2:
+            raise ValueError(f"the fromage recipe concatenates fixed pairs of captions: the per-rank micro-batch "
+                             f"({self.micro}) must be even")
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
@@ -157,10 +172,15 @@ class StepBatches(torch.utils.data.Dataset):
             out.append(MicroBatch(
                 index=index, image_ids=[self.data.image_ids[j] for j in index],
                 caps=[self.data.tokens[j] for j in index],
-                partner=concat_partners(len(index), self.concat_prob, self.seed, step, self.rank, m),
+                partner=self._partners(len(index), step, m),
                 pixels=pixels,
             ))
         return out
+
+    def _partners(self, n: int, step: int, micro: int) -> list[int | None]:
+        if self.recipe == "fromage":
+            return concat_pairs(n, self.concat_prob, self.seed, step)
+        return concat_partners(n, self.concat_prob, self.seed, step, self.rank, micro)
 
 
 def step_loader(dataset: StepBatches, num_workers: int = 0) -> torch.utils.data.DataLoader:

@@ -7,6 +7,17 @@ generation API (captions, answers, retrieval, VisDial option scoring), then the 
 for untied heads, its output row) are trainable parameters spliced in explicitly. Nothing is resized, so
 the frozen LLM and its tokenizer stay byte-identical and we do not depend on `resize_token_embeddings`
 side effects (transformers PR 26865 changed how new rows are initialised).
+
+Virtual rows must behave exactly as real resized vocabulary rows, in every LLM family, without a list of
+family quirks. So both ends go through the family's own code (`tests/test_llm_families.py` checks this
+against the full Hugging Face forward of a resized model, for every causal-LM family transformers ships):
+- input: the [RET] row and the visual tokens go through the embedding module's own forward, as rows of
+  the table (Gemma's sqrt(d) scaling inside the embedding module under transformers 5; a plain
+  nn.Embedding is a lookup, so they are spliced in directly);
+- output: logits come from the causal-LM class's own forward, run on our hidden states with its body
+  skipped, while a forward hook adds the [RET] column to the output layer. Whatever the family does after
+  the body (Gemma-2's soft-capping, Cohere's logit_scale, Granite's logits_scaling, a head bias, BERT's
+  transform before the decoder) applies to [RET] as to any real token.
 """
 from __future__ import annotations
 
@@ -52,6 +63,49 @@ def take_feats(feats: Feats, index: Tensor | list[int]) -> Feats:
     return {kind: {layer: t[index] for layer, t in d.items()} for kind, d in feats.items()}
 
 
+class _BodyOutput(tuple):
+    """What the causal-LM forward reads from its body, when `logits` skips the body: the given hidden states
+    as `last_hidden_state` / `[0]`; every other field (cache, router logits, attentions) is absent (None)."""
+
+    def __new__(cls, hidden: Tensor) -> _BodyOutput:
+        return super().__new__(cls, (hidden,))
+
+    @property
+    def last_hidden_state(self) -> Tensor:
+        return self[0]
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
+class _SkipBody:
+    """Stands in for the transformer body: returns its `inputs_embeds` (our final hidden states) unchanged.
+    A sub-module of the body is skipped too (wrappers call `self.model.decoder(...)`); any other attribute is
+    the body's own (Falcon-H1 scales its logits by `self.model.lm_head_multiplier`)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        self._body = body
+
+    def __call__(self, *args: Any, inputs_embeds: Tensor | None = None, **kw: Any) -> _BodyOutput:
+        if inputs_embeds is None:
+            raise TypeError("the causal-LM forward did not pass inputs_embeds to its body")
+        return _BodyOutput(inputs_embeds)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._body, name)
+        return self if isinstance(value, nn.Module) else value
+
+
+class _HeadOnly:
+    """`self` for the causal-LM class's own forward: the LM, except that its body is `_SkipBody`."""
+
+    def __init__(self, lm: nn.Module, body_name: str) -> None:
+        self._lm, self._body_name, self._skip = lm, body_name, _SkipBody(getattr(lm, body_name))
+
+    def __getattr__(self, name: str) -> Any:
+        return self._skip if name == self._body_name else getattr(self._lm, name)
+
+
 def _cache_of(out: Any) -> Any:
     """The KV cache of a model output (`cache` in transformers >= 5.2x, `past_key_values` before)."""
     return out.cache if "cache" in out else out.past_key_values
@@ -78,16 +132,29 @@ class VGloria(nn.Module):
         self.lm = lm.eval().requires_grad_(False)  # eval: no dropout in the frozen LLM
         self.visual = visual  # training.features.VisualEncoder (frozen, not an nn.Module) or None
         self.bridge = bridge
-        emb_in = lm.get_input_embeddings().weight
-        emb_out = lm.get_output_embeddings().weight
+        table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
+        self._check_llm(lm, table, head)
+        emb_in, emb_out = table.weight, head.weight
         self.vocab = emb_in.shape[0]  # V; [RET] gets id V
         self.ret_id = self.vocab
         self.d = emb_in.shape[1]
         self.tied = emb_in.data_ptr() == emb_out.data_ptr()
+        # nn.Embedding.forward is a lookup: virtual rows can be spliced in as they are (fast path). Any other
+        # embedding forward (a scale, a norm) must see them as table rows (see embed()).
+        self._lookup = type(table).forward is nn.Embedding.forward and table.max_norm is None
         # New rows start at the mean embedding (a neutral point of the frozen distribution), fp32 masters.
         self.ret_in = nn.Parameter(emb_in.detach().float().mean(0).clone())
         self.ret_out = None if self.tied else nn.Parameter(emb_out.detach().float().mean(0).clone())
-        self.text_fc = nn.ModuleList(nn.Linear(self.d, cfg.q) for _ in cfg.text_emb_layers)  # W_t
+        # A head with a bias gives [RET] the mean bias, fixed (derived from frozen weights: not checkpointed).
+        bias = getattr(head, "bias", None)
+        self.register_buffer("ret_bias", None if bias is None else bias.detach().float().mean().reshape(1),
+                             persistent=False)
+        self._head_only = _HeadOnly(lm, lm.base_model_prefix)
+        self.body = self.lm.base_model  # the transformer without its head
+        self._check_inputs_embeds(tokenizer)
+        # W_t: one map per chosen layer, each as wide as that layer's hidden state (OPT-350m: the last
+        # state is projected to the 512-d embedding width, the intermediate ones are 1024 wide).
+        self.text_fc = nn.ModuleList(nn.Linear(w, cfg.q) for w in self._layer_widths(cfg.text_emb_layers))
         self.image_fc = nn.Linear(bridge.retrieval_dim, cfg.q)  # W_i
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         self.eos_id = tokenizer.eos_token_id
@@ -96,14 +163,66 @@ class VGloria(nn.Module):
         ids = tokenizer("a")["input_ids"]
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and ids[:1] == [
             tokenizer.bos_token_id] else []  # LLaMA-style tokenizers start every sequence with BOS
-        self.body = self.lm.base_model  # the transformer without its head
+        # Training recipe (training/config.py RECIPES). bench/ builds cfg without pydantic: default thesis-eq.
+        self.recipe = getattr(cfg, "recipe", "thesis-eq")
+        # fromage: [VIS*k] [BOS] cap, with the tokenizer's BOS even where it adds none itself (GPT-style).
+        self.lead = [tokenizer.bos_token_id] if self.recipe == "fromage" and tokenizer.bos_token_id is not None \
+            else self.bos
+        # The frozen rows' mean norms: the fromage recipe rescales the [RET] rows to them after every step.
+        self.frozen_in_norm = float(emb_in.detach().float().norm(dim=1).mean())
+        self.frozen_out_norm = float(emb_out.detach().float().norm(dim=1).mean())
         self._body_fwd = self.body  # replaced by a compiled version when cfg.compile resolves on
-        self.softcap = getattr(lm.config, "final_logit_softcapping", None)
         self.need_layers = any(i != -1 for i in cfg.text_emb_layers)
         self.feature_stats: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # cfg.feature_norm statistics
         # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
         params = inspect.signature(self.body.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @staticmethod
+    def _check_llm(lm: nn.Module, table: Any, head: Any) -> None:
+        """Refuse, in one line, an LLM whose embedding, head or body this model cannot address."""
+        name = type(lm).__name__
+        if not isinstance(table, nn.Embedding):
+            raise ValueError(f"{name}: the input embeddings are {type(table).__name__}, not an nn.Embedding "
+                             "table, so [RET] and visual tokens cannot be added as rows")
+        if not isinstance(head, nn.Linear) or head.weight.shape != table.weight.shape:
+            raise ValueError(f"{name}: the output layer is not a linear map over the {table.weight.shape[0]} "
+                             "input tokens, so [RET] cannot be added as an output row")
+        if getattr(lm, lm.base_model_prefix, None) is not lm.base_model:
+            raise ValueError(f"{name}: no body at `{lm.base_model_prefix}`: cannot run the head on its own")
+
+    @torch.no_grad()
+    def _check_inputs_embeds(self, tokenizer: Any) -> None:
+        """ptvl feeds every sequence as inputs_embeds. Refuse a body whose input_ids path does more than
+        look the ids up (Falcon-H1 multiplies by embedding_multiplier only there): virtual rows, and in
+        fact every token, would then be fed differently from real tokens."""
+        weight = self.lm.get_input_embeddings().weight
+        special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+        ids = torch.tensor([[t for t in range(self.vocab) if t not in special][:4]], device=weight.device)
+        by_ids = self.body(input_ids=ids, use_cache=False).last_hidden_state
+        by_emb = self.body(inputs_embeds=self.lm.get_input_embeddings()(ids), use_cache=False).last_hidden_state
+        if not torch.allclose(by_ids.float(), by_emb.float(), rtol=1e-3, atol=1e-3 * float(by_ids.abs().max())):
+            raise ValueError(f"{type(self.lm).__name__}: its body treats input_ids beyond an embedding lookup "
+                             "(e.g. a multiplier applied only to input_ids), so input embeddings cannot be fed "
+                             "as real tokens are")
+
+    @torch.no_grad()
+    def _layer_widths(self, layers: list[int]) -> list[int]:
+        """Width of the hidden state at each chosen layer (-1: the last hidden state), from a 1-token probe."""
+        probe = torch.zeros(1, 1, self.d, dtype=self.lm.get_input_embeddings().weight.dtype,
+                            device=self.lm.get_input_embeddings().weight.device)
+        out = self.body(inputs_embeds=probe, output_hidden_states=True, use_cache=False)
+        hidden = out.hidden_states
+        widths = []
+        for layer in layers:
+            if layer == -1:
+                widths.append(out.last_hidden_state.shape[-1])
+            elif -len(hidden) <= layer < len(hidden):
+                widths.append(hidden[layer].shape[-1])
+            else:
+                raise ValueError(f"text_emb_layers: layer {layer} does not exist; the LLM gives {len(hidden)} "
+                                 f"hidden states (0 = embeddings, -1 = last)")
+        return widths
 
     # ------------------------------------------------------------------ parameters
 
@@ -122,6 +241,14 @@ class VGloria(nn.Module):
             for n, p in own.items():
                 p.copy_(state[n])
 
+    @torch.no_grad()
+    def renorm_ret_rows(self) -> None:
+        """Rescale the [RET] input row (and the untied output row) to the frozen rows' mean norm, as FROMAGe
+        does after each optimizer step (the fromage recipe)."""
+        self.ret_in.mul_(self.frozen_in_norm / self.ret_in.norm())
+        if self.ret_out is not None:
+            self.ret_out.mul_(self.frozen_out_norm / self.ret_out.norm())
+
     def enable_compile(self) -> None:
         """torch.compile the frozen transformer body (dynamic shapes: bucketed batches vary in length)."""
         self._body_fwd = torch.compile(self.body, dynamic=True)
@@ -133,22 +260,44 @@ class VGloria(nn.Module):
 
     def embed(self, ids: Tensor, vis: Tensor | None = None) -> Tensor:
         """Input embeddings of `ids` (B, T): token rows, the trainable [RET] row, and visual tokens
-        (vis: (n_slots, d) in row-major slot order) scattered into the VIS slots."""
+        (vis: (n_slots, d) in row-major slot order) in the VIS slots, each fed as a table row would be."""
         table = self.lm.get_input_embeddings()
-        emb = table(ids.clamp(0, self.vocab - 1))
-        emb = torch.where((ids == self.ret_id).unsqueeze(-1), self.ret_in.to(emb.dtype), emb)
+        is_ret, is_vis = ids == self.ret_id, ids == VIS
+        if not (is_ret.any() or (vis is not None and is_vis.any())):
+            return table(ids)
+        dtype = table.weight.dtype
+        if self._lookup:
+            emb = table(ids.clamp(0, self.vocab - 1))
+            emb = torch.where(is_ret.unsqueeze(-1), self.ret_in.to(dtype), emb)
+            if vis is not None:
+                emb = emb.masked_scatter(is_vis.unsqueeze(-1), vis.to(dtype))
+            return emb
+        # The module's own forward over the table extended by [RET] (row V) and the visual tokens (V+1...):
+        # exactly what a resized vocabulary would give. Costs one copy of the table per call.
+        rows = [table.weight, self.ret_in.to(dtype).unsqueeze(0)]
         if vis is not None:
-            emb = emb.masked_scatter((ids == VIS).unsqueeze(-1), vis.to(emb.dtype))
-        return emb
+            rows.append(vis.to(dtype))
+            ids = ids.masked_scatter(is_vis, torch.arange(self.vocab + 1, self.vocab + 1 + len(vis),
+                                                          device=ids.device))
+        return torch.func.functional_call(table, {"weight": torch.cat(rows)}, (ids,))
+
+    def _ret_column(self, module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        """Forward hook on the output layer: append the [RET] logit, as a resized head row would."""
+        row = (self.ret_in if self.tied else self.ret_out).to(args[0].dtype)
+        bias = None if self.ret_bias is None else self.ret_bias.to(args[0].dtype)
+        return torch.cat([out, F.linear(args[0], row.unsqueeze(0), bias).to(out.dtype)], dim=-1)
 
     def logits(self, h: Tensor) -> Tensor:
-        """(…, d) final hidden states -> (…, V + 1) logits; the last column is [RET]."""
-        head = self.lm.get_output_embeddings()
-        ret_row = self.ret_in if self.tied else self.ret_out
-        out = torch.cat([head(h), (h @ ret_row.to(h.dtype)).unsqueeze(-1)], dim=-1)
-        if self.softcap:  # Gemma-2 style final logit soft-capping
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
+        """(…, d) final hidden states -> (…, V + 1) logits; the last column is [RET].
+
+        Runs the causal-LM class's own forward with the body skipped, so every post-processing of the
+        family applies, to the [RET] column too (module docstring)."""
+        hook = self.lm.get_output_embeddings().register_forward_hook(self._ret_column)
+        try:
+            out = type(self.lm).forward(self._head_only, inputs_embeds=h.reshape(1, -1, h.shape[-1]))
+        finally:
+            hook.remove()
+        return out.logits.reshape(*h.shape[:-1], out.logits.shape[-1])
 
     def set_feature_stats(self, stats: dict[str, dict[int, tuple[Tensor, Tensor]]]) -> None:
         """Fix the (mean, std) per feature kind and layer used by cfg.feature_norm = "standardize"."""
@@ -186,6 +335,8 @@ class VGloria(nn.Module):
     def caption_rows(self, caps: list[list[int]], partner: list[int | None]) -> tuple[list[list[int]], list[int]]:
         """Caption pass: [BOS] [VIS*k] cap EOS, or with a partner j: [BOS] [VIS*k] cap_i EOS [VIS*k] cap_j EOS.
         Returns the rows and the image index of every VIS block in row-major order."""
+        if self.recipe == "fromage":
+            return self._fromage_caption_rows(caps, partner)
         k, n = self.bridge.n_out, self.cfg.max_caption_tokens - 1
         rows, images = [], []
         for i, j in enumerate(partner):
@@ -197,8 +348,33 @@ class VGloria(nn.Module):
             rows.append(row)
         return rows, images
 
+    def _fromage_caption_rows(self, caps: list[list[int]],
+                              partner: list[int | None]) -> tuple[list[list[int]], list[int]]:
+        """fromage recipe: [VIS*k] [BOS] cap_i, with a partner j: [VIS*k] [BOS] cap_i [VIS*k] [BOS] cap_j; no
+        EOS. A caption that is another row's partner gets no row of its own (each caption used once)."""
+        k, n = self.bridge.n_out, self._fromage_cap_len()
+        taken = {j for j in partner if j is not None}
+        rows, images = [], []
+        for i, j in enumerate(partner):
+            if i in taken:
+                continue
+            row = [VIS] * k + self.lead + caps[i][:n]
+            images.append(i)
+            if j is not None:
+                row += [VIS] * k + self.lead + caps[j][:n]
+                images.append(j)
+            rows.append(row)
+        return rows, images
+
+    def _fromage_cap_len(self) -> int:
+        # FROMAGe's max_len counts the tokenised caption [BOS] cap [RET].
+        return max(0, self.cfg.max_caption_tokens - len(self.lead) - 1)
+
     def retrieval_rows(self, caps: list[list[int]]) -> list[list[int]]:
         """Retrieval pass: [BOS] cap [RET]; truncation keeps [RET] last."""
+        if self.recipe == "fromage":
+            n = self._fromage_cap_len()
+            return [self.lead + c[:n] + [self.ret_id] for c in caps]
         n = self.cfg.max_caption_tokens - 1
         return [self.bos + c[:n] + [self.ret_id] for c in caps]
 
@@ -236,7 +412,8 @@ class VGloria(nn.Module):
 
     def forward(self, feats: Feats, caps: list[list[int]], partner: list[int | None]) -> Losses:
         """Losses of one (micro-)batch: feats of B images, their B tokenised captions (no special tokens),
-        and for each caption the index of the caption concatenated after it (None for none)."""
+        and for each caption the index of the caption concatenated after it (None for none; in the fromage
+        recipe a partner has no caption row of its own, so there may be fewer caption rows than B)."""
         device = self.ret_in.device
         b = len(caps)
         vis = self.visual_tokens(feats)  # (B, k, d)
@@ -249,7 +426,8 @@ class VGloria(nn.Module):
             ids = self.pad(cap_rows + ret_rows, device)
             lengths = torch.tensor([len(r) for r in cap_rows + ret_rows], device=device)
             last, hidden = self.run_body(self.embed(ids, vis_slots))
-            cap_sl, ret_sl = slice(0, b), slice(b, 2 * b)
+            nc = len(cap_rows)
+            cap_sl, ret_sl = slice(0, nc), slice(nc, nc + b)
             cap_ids, ret_ids = ids[cap_sl], ids[ret_sl]
             cap_len, ret_len = lengths[cap_sl], lengths[ret_sl]
             cap_last, ret_last = last[cap_sl], last[ret_sl]
@@ -269,7 +447,9 @@ class VGloria(nn.Module):
         txt = F.normalize(self.text_state(ret_last, ret_hidden, rows, ret_len - 1).float(), dim=-1)
         img = self.image_embeddings(feats)
         txt, img = gather_with_grad(txt), gather_with_grad(img)
-        scale = self.logit_scale.clamp(max=math.log(self.cfg.logit_scale_max)).exp()
+        # Not clamped here: a clamp in the graph kills the gradient above the bound, so the scale could never
+        # come back down. The train loop clamps the parameter in place after each step, as CLIP does.
+        scale = self.logit_scale.exp()
         sim = scale * img @ txt.t()  # (B_global, B_global), i2t
         labels = torch.arange(sim.shape[0], device=device)
         i2t, t2i = F.cross_entropy(sim, labels), F.cross_entropy(sim.t(), labels)
@@ -287,8 +467,12 @@ class VGloria(nn.Module):
     # ------------------------------------------------------------------ inference API
 
     def _prefix(self, vis: Tensor, text: list[int]) -> Tensor:
-        """(1, P, d) embeddings of [BOS] [VIS*k] text for one image's visual tokens vis (k, d)."""
-        ids = torch.tensor([self.bos + [VIS] * vis.shape[0] + text], device=vis.device)
+        """(1, P, d) embeddings of [BOS] [VIS*k] text (fromage recipe: [VIS*k] [BOS] text) for one image's
+        visual tokens vis (k, d)."""
+        if self.recipe == "fromage":
+            ids = torch.tensor([[VIS] * vis.shape[0] + self.lead + text], device=vis.device)
+        else:
+            ids = torch.tensor([self.bos + [VIS] * vis.shape[0] + text], device=vis.device)
         return self.embed(ids, vis)
 
     def _step(self, emb: Tensor, cache: Any) -> tuple[Tensor, Any]:
@@ -296,26 +480,34 @@ class VGloria(nn.Module):
         return out.last_hidden_state[:, -1], _cache_of(out)
 
     @torch.no_grad()
-    def generate_ids(self, prefix: Tensor, max_new_tokens: int, num_beams: int = 1) -> list[int]:
+    def _next_logits(self, h: Tensor, allow_ret: bool) -> Tensor:
+        logits = self.logits(h)
+        if not allow_ret:  # captioning (FROMAGe): [RET] is never generated, so it cannot cut a caption short
+            logits[..., self.ret_id] = float("-inf")
+        return logits
+
+    @torch.no_grad()
+    def generate_ids(self, prefix: Tensor, max_new_tokens: int, num_beams: int = 1, allow_ret: bool = True) -> list[int]:
         """Greedy (num_beams=1) or beam search continuation of one prefix (1, P, d); stops at EOS or [RET]
-        (the stop token is kept at the end of the returned ids)."""
+        (the stop token is kept at the end of the returned ids). allow_ret=False never emits [RET]."""
         h, cache = self._step(prefix, None)
         if num_beams == 1:
             out: list[int] = []
             for _ in range(max_new_tokens):
-                tok = int(self.logits(h).argmax(-1)[0])
+                tok = int(self._next_logits(h, allow_ret).argmax(-1)[0])
                 out.append(tok)
                 if tok in (self.eos_id, self.ret_id):
                     break
                 h, cache = self._step(self.embed(torch.tensor([[tok]], device=prefix.device)), cache)
             return out
-        return self._beam(h, cache, max_new_tokens, num_beams, prefix.device)
+        return self._beam(h, cache, max_new_tokens, num_beams, prefix.device, allow_ret)
 
-    def _beam(self, h: Tensor, cache: Any, max_new: int, nb: int, device: torch.device) -> list[int]:
+    def _beam(self, h: Tensor, cache: Any, max_new: int, nb: int, device: torch.device,
+              allow_ret: bool) -> list[int]:
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         done: list[tuple[list[int], float]] = []
         for _ in range(max_new):
-            logp = F.log_softmax(self.logits(h).float(), -1)  # (n_live, V+1)
+            logp = F.log_softmax(self._next_logits(h, allow_ret).float(), -1)  # (n_live, V+1)
             scores = torch.tensor([s for _, s in beams], device=device).unsqueeze(1) + logp
             top = scores.flatten().topk(min(nb * 2, scores.numel()))
             nxt, keep = [], []
@@ -339,13 +531,15 @@ class VGloria(nn.Module):
         return max(done, key=lambda x: x[1])[0]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([t for t in ids if t < self.vocab and t != self.eos_id]).strip()
+        """Text of generated ids: no [RET], no EOS, no other special token of the tokenizer."""
+        return self.tokenizer.decode([t for t in ids if t < self.vocab], skip_special_tokens=True).strip()
 
     @torch.no_grad()
     def caption(self, images_or_feats: Tensor | Feats, max_new_tokens: int = 30, num_beams: int = 1) -> list[str]:
-        """Caption each image (greedy or beam search)."""
+        """Caption each image (greedy or beam search); [RET] is suppressed, as in FROMAGe."""
         vis = self.visual_tokens(self._feats(images_or_feats))
-        return [self.decode(self.generate_ids(self._prefix(v, []), max_new_tokens, num_beams)) for v in vis]
+        return [self.decode(self.generate_ids(self._prefix(v, []), max_new_tokens, num_beams, allow_ret=False))
+                for v in vis]
 
     @torch.no_grad()
     def answer(self, feats: Tensor | Feats, prompt: str, max_new_tokens: int = 30) -> str:

@@ -11,9 +11,9 @@ import torch
 
 from training import checkpoint as ckpt
 from training import distributed
-from training.config import ModelConfig, RunConfig, TrainConfig, write_run_toml
+from training.config import ModelConfig, RunConfig, RunInputs, TrainConfig, same_model, write_run_toml
 from training.data import BatchPlan, CaptionData, MicroBatch, StepBatches, step_loader
-from training.model import Feats, VGloria, vgloria
+from training.model import Feats, VGloria, resolve_compile, vgloria
 
 EvalFn = Callable[[VGloria, int], dict[str, float]]
 
@@ -56,6 +56,16 @@ def expected_trainable(model: VGloria) -> int:
     return n + 1  # logit scale
 
 
+@torch.no_grad()
+def after_step(model: VGloria, model_cfg: ModelConfig) -> None:
+    """What follows each optimizer step: the logit scale clamped in place to [0, log max] (as CLIP: inside
+    the forward a clamp would zero its gradient above the bound, and it could never come back down), and in
+    the fromage recipe the [RET] rows rescaled to the frozen rows' mean norm."""
+    model.logit_scale.clamp_(0.0, math.log(model_cfg.logit_scale_max))
+    if model_cfg.recipe == "fromage":
+        model.renorm_ret_rows()
+
+
 def feature_source(model: VGloria, features_dir: Path | None, use_cache: bool,
                    device: torch.device) -> tuple[Callable[[MicroBatch], Feats], bool]:
     """Cached features when the cache serves the bridge's needs, else the frozen encoder online.
@@ -78,12 +88,24 @@ def feature_source(model: VGloria, features_dir: Path | None, use_cache: bool,
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path], run_dir: Path,
           features_dir: Path | None = None, progress: bool = True, *, device: str | None = None,
-          eval_fn: EvalFn | None = None, data_note: str = "") -> TrainResult:
-    """Train (or resume, if run_dir holds checkpoints) a V-Glória bridge. Rank 0 writes everything."""
+          eval_fn: EvalFn | None = None, data_note: str = "", root: Path | None = None,
+          profile: Path | None = None) -> TrainResult:
+    """Train (or resume, if run_dir holds checkpoints) a V-Glória bridge. Rank 0 writes everything.
+    `root` and `profile` (the pipeline run root and profile, when there is one) are recorded in run.toml."""
     run_dir = Path(run_dir)
     d = distributed.setup(device)
     torch.manual_seed(train_cfg.seed)
-    cfg = RunConfig(model=model_cfg, train=train_cfg)
+    # run.toml records the settings as resolved on this device, so a rerun from it does the same.
+    model_cfg = model_cfg.model_copy(update={
+        "compile": resolve_compile(model_cfg, d.device),
+        "fused_pass": model_cfg.fused_pass if model_cfg.fused_pass is not None else d.device.type == "cuda"})
+    shard_paths = [Path(s).resolve() for s in shards]
+    inputs = RunInputs(shards=[str(s) for s in shard_paths], shard_bytes=[s.stat().st_size for s in shard_paths],
+                       features=str(Path(features_dir).resolve()) if features_dir is not None else None,
+                       device=device, run_dir=str(run_dir.resolve()),
+                       root=str(Path(root).resolve()) if root is not None else None,
+                       profile=str(profile) if profile is not None else None)
+    cfg = RunConfig(model=model_cfg, train=train_cfg, inputs=inputs)
 
     # ---- model: frozen LLM (+ CLIP unless every feature comes from the cache)
     store = None
@@ -118,7 +140,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
         state = ckpt.load_checkpoint(last)
         if state.get("feature_stats"):
             model.set_feature_stats(state["feature_stats"])
-        if state["config"]["model"] != cfg.model_dump(mode="json")["model"]:
+        if not same_model(state["config"]["model"], cfg.model_dump(mode="json")["model"]):
             raise ValueError(f"{last}: checkpoint was trained with a different model config; use a new run folder")
         model.load_trainable_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
@@ -128,7 +150,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
 
     dataset = StepBatches(data, plan, start=start, steps=train_cfg.steps, rank=d.rank, world=d.world,
                           micro_batch_size=train_cfg.micro_batch_size, concat_prob=model_cfg.concat_prob,
-                          seed=train_cfg.seed, preprocess=preprocess)
+                          seed=train_cfg.seed, preprocess=preprocess, recipe=model_cfg.recipe)
 
     net: torch.nn.Module = model
     if d.world > 1:
@@ -182,6 +204,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
                 raise NonFiniteLoss(f"non-finite loss or gradient at step {step + 1} "
                                     f"(loss {parts['total']}); last good checkpoint: {result.checkpoint}")
             optimizer.step()
+            after_step(model, model_cfg)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
@@ -281,30 +304,29 @@ class _null:
 
 
 class _Progress:
-    """rich progress bar with loss, lr and steps/s (no-op when disabled, e.g. on ranks > 0 or in tests)."""
+    """Train progress with loss, lr and steps/s: a bar on a terminal, periodic log lines without one
+    (ptvl_io.progress); a no-op when disabled (ranks > 0, tests)."""
 
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self.p = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from ptvl_io.progress import ProgressReporter
 
-            self.p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
-                                         "{task.fields[rate]:.2f} steps/s"), TimeRemainingColumn())
-            self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"), lr=0.0, rate=0.0)
-            self.p.start()
+            self.p = ProgressReporter("train", total, completed=start, unit="steps",
+                                      fields_fmt="loss {loss:.4f} lr {lr:.2e} {rate:.2f} steps/s",
+                                      fields={"loss": float("nan"), "lr": 0.0, "rate": 0.0})
             self.t, self.last = time.perf_counter(), start
 
     def update(self, step: int, loss: float, lr: float) -> None:
         if self.p is not None:
             now = time.perf_counter()
             rate = (step - self.last) / max(now - self.t, 1e-9)
-            self.p.update(self.task, completed=step, loss=loss, lr=lr, rate=rate)
+            self.p.update(step, loss=loss, lr=lr, rate=rate)
             self.t, self.last = now, step
 
     def close(self) -> None:
         if self.p is not None:
-            self.p.stop()
+            self.p.close()
 
 
 def load_run(run_dir: Path, device: str = "cpu", *, load_visual: bool = True, vis_dim: int | None = None,

@@ -45,3 +45,47 @@ def load_gold(path: str | Path | None = None) -> pl.DataFrame:
             seen.add(fields[0])
             rows.append(fields)
     return pl.DataFrame(rows, schema=list(GOLD_COLUMNS), orient="row")
+
+
+# --- labelled flag cases (data_manifests/gold/flags_tuning.tsv and flags_heldout.tsv) ---------------------
+
+FLAG_CASE_COLUMNS = ("id", "flag", "label", "en", "pt", "kind")
+# The flags the case files measure (empty and low_score are exact checks with nothing to estimate).
+FLAG_CASE_FLAGS = ("untranslated", "repetitive", "truncated", "brazilian")
+GOLD_DIR = DEFAULT_GOLD_PATH.parent
+FLAG_TUNING_PATH = GOLD_DIR / "flags_tuning.tsv"
+FLAG_HELDOUT_PATH = GOLD_DIR / "flags_heldout.tsv"
+
+
+def load_flag_cases(path: str | Path | None = None) -> pl.DataFrame:
+    """Labelled (en, pt) cases for one flag each: columns id, flag, label (bool: the flag should fire), en,
+    pt, kind.  Default: the held-out part.  Raises GoldFormatError naming the file and line on a wrong
+    header, field count, empty id/en/pt, unknown flag, label other than 0/1 or a duplicate id."""
+    path = Path(path) if path is not None else FLAG_HELDOUT_PATH
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or tuple(header) != FLAG_CASE_COLUMNS:
+            raise GoldFormatError(f"{path}:1: header must be {'<TAB>'.join(FLAG_CASE_COLUMNS)}, got {header!r}")
+        rows: list[tuple] = []
+        seen: set[str] = set()
+        for lineno, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) != len(FLAG_CASE_COLUMNS):
+                raise GoldFormatError(f"{path}:{lineno}: expected {len(FLAG_CASE_COLUMNS)} fields, got {len(fields)}")
+            case_id, flag, label, en, pt, kind = (x.strip() for x in fields)
+            empty = [c for c, x in (("id", case_id), ("en", en), ("pt", pt)) if not x]
+            if empty:
+                raise GoldFormatError(f"{path}:{lineno}: empty field(s) {', '.join(empty)}")
+            if flag not in FLAG_CASE_FLAGS:
+                raise GoldFormatError(f"{path}:{lineno}: unknown flag {flag!r} (expected one of {FLAG_CASE_FLAGS})")
+            if label not in ("0", "1"):
+                raise GoldFormatError(f"{path}:{lineno}: label must be 0 or 1, got {label!r}")
+            if case_id in seen:
+                raise GoldFormatError(f"{path}:{lineno}: duplicate id {case_id!r}")
+            seen.add(case_id)
+            rows.append((case_id, flag, label == "1", en, pt, kind))
+    schema = {"id": pl.String, "flag": pl.String, "label": pl.Boolean, "en": pl.String, "pt": pl.String,
+              "kind": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")

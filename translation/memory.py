@@ -319,13 +319,11 @@ class TranslationMemory:
     def export_parquet(self, path: str | os.PathLike[str], engine_id: str | None = None,
                        *, rows_per_group: int = 100_000) -> int:
         """Write the memory (one engine, or all) as `PARQUET_SCHEMA` Parquet, atomically. Returns rows."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from ptvl_io import atomic_path
+
         where, params = ("WHERE engine_id = ?", [engine_id]) if engine_id is not None else ("", [])
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         total = 0
-        try:
+        with atomic_path(path) as tmp:
             with self._lock, pq.ParquetWriter(tmp, PARQUET_SCHEMA, compression="zstd") as writer:
                 cur = self._db.execute(
                     f"SELECT {self._columns_sql()} FROM memory {where} ORDER BY engine_id, text_hash", params
@@ -337,10 +335,6 @@ class TranslationMemory:
                     arrays.append(pa.array(cols[-1], type=pa.int64()).cast(PARQUET_SCHEMA.field("created_at").type))
                     writer.write_table(pa.Table.from_arrays(arrays, schema=PARQUET_SCHEMA))
                     total += len(batch)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return total
 
     def import_parquet(self, path: str | os.PathLike[str], engine_id: str) -> ImportStats:

@@ -64,3 +64,18 @@ def flag_precision_recall(gold: pl.DataFrame, thresholds: QualityThresholds | No
             [(en, en) for en, _ in distinct], [(en, pp) for en, pp in distinct],
         ),
     }
+
+
+def flag_case_precision_recall(cases: pl.DataFrame, thresholds: QualityThresholds | None = None) -> dict[str, dict]:
+    """Per flag of labelled cases (translation.gold.load_flag_cases): precision, recall and counts of
+    `flag in flag_row(en, pt)` against `label`.  Flags in the order they first appear."""
+    th = thresholds or QualityThresholds()
+    out: dict[str, dict] = {}
+    for flag in dict.fromkeys(cases["flag"].to_list()):
+        sub = cases.filter(pl.col("flag") == flag)
+        pairs = list(zip(sub["en"].to_list(), sub["pt"].to_list(), sub["label"].to_list(), strict=True))
+        out[flag] = precision_recall(
+            lambda pair, f=flag: f in flag_row(pair[0], pair[1], None, th),
+            [(e, p) for e, p, lab in pairs if lab], [(e, p) for e, p, lab in pairs if not lab],
+        )
+    return out

@@ -11,6 +11,7 @@ deadline on every read and write: pycocoevalcap's wrapper blocks forever when th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import subprocess
@@ -21,10 +22,33 @@ from pathlib import Path
 from typing import Literal
 
 import pycocoevalcap.meteor.meteor as _coco_meteor
+import pycocoevalcap.tokenizer.ptbtokenizer as _coco_ptb
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class _JavaStderrToLog(subprocess.Popen):
+    """pycocoevalcap's PTBTokenizer starts its JVM with our stderr, so "PTBTokenizer tokenized N tokens"
+    and "Untokenizable: ..." reach the console on every evaluation.  This Popen captures the JVM's stderr
+    and relays it at DEBUG (`ptvl -v` shows it); the tokenizer's own code runs unchanged."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        super().__init__(*args, **kwargs)
+
+    def communicate(self, *args, **kwargs):
+        out, err = super().communicate(*args, **kwargs)
+        for line in (err or b"").decode("utf-8", "replace").splitlines():
+            log.debug("PTBTokenizer: %s", line)
+        return out, err
+
+
+# The tokenizer module looks `subprocess.Popen` up at call time: give it the capturing one.
+_coco_ptb.subprocess = type("_Subprocess", (), {"Popen": _JavaStderrToLog, "PIPE": subprocess.PIPE})
 
 MeteorMode = Literal["en", "pt"]
 METEOR_JAR = Path(_coco_meteor.__file__).parent / "meteor-1.5.jar"  # the jar pycocoevalcap bundles

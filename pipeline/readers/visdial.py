@@ -1,11 +1,18 @@
 """VisDial v1.0 reader: global question/answer lists as segments (each string translated once), dialogs
 kept as indices into them, dense relevance annotations joined by image id.
 
-A dialog with a missing key, an index out of range or a gt_index that does not point at its answer
-is quarantined (line = its index in data.dialogs); the rest of the file is kept.
+A dialog with a missing key, an index that is not an integer (JSON `true` included) or is out of
+range, or a gt_index that does not point at its answer is quarantined (line = its index in
+data.dialogs); the rest of the file is kept.
+
+The official test file differs from train and val: a dialog stops at its `round_id`, every round
+before the last has a question and an answer, and only the last round has the 100 answer_options
+(and no answer or gt_index).
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +21,11 @@ import pyarrow as pa
 
 from pipeline.contracts import DIALOGS
 from pipeline.readers.common import (
+    MAX_TEXT_CHARS,
     Quarantine,
     ReadResult,
     SourceFormatError,
+    check_text,
     is_fetchable_url,
     items_table,
     load_json,
@@ -53,45 +62,63 @@ def _url_function(path: Path, split: str, template: ImageUrl | None) -> Callable
     return lambda image_id: template.format(image_id=image_id)
 
 
-def _global_list(strings: list[Any], kind: str, q: Quarantine) -> tuple[list[int], list[str], set[int]]:
-    """Indices and stripped texts of the usable entries of data.questions / data.answers, and the set of
-    indices a dialog may point at (any string, even an empty one: only non-strings break a rebuild)."""
+def _global_list(
+    strings: list[Any], kind: str, q: Quarantine, max_chars: int
+) -> tuple[list[int], list[str], set[int]]:
+    """Indices and clean texts of the usable entries of data.questions / data.answers, and the set of
+    indices a dialog may point at (a usable string or an empty one, which rebuilds as ""; a dialog
+    pointing at a non-string, a lone surrogate or an over-long string is quarantined)."""
     idx, texts, valid = [], [], set()
     for i, s in enumerate(strings):
         if not isinstance(s, str):
             q.add(i, f"bad_{kind}", f"data.{kind}s[{i}] is {type(s).__name__}, not a string", s)
             continue
+        text, reason, detail, cleaned = check_text(s, max_chars)
+        if reason is not None:
+            q.add(i, reason, f"data.{kind}s[{i}]: {detail}", s)
+            continue
         valid.add(i)
-        text = s.strip()
         if not text:
             q.add(i, f"empty_{kind}", f"data.{kind}s[{i}] is empty; not a segment", s)
             continue
+        if cleaned:
+            q.cleaned.append(i)
         idx.append(i)
         texts.append(text)
     return idx, texts, valid
 
 
+def _index(v: Any, valid: set[int]) -> bool:
+    """An index into a global list: an int (type(), since JSON `true` is a bool and so an int) in `valid`."""
+    return type(v) is int and v in valid
+
+
 def _check_round(
-    r: Any, k: int, split: str, valid_q: set[int], valid_a: set[int]
+    r: Any, k: int, split: str, valid_q: set[int], valid_a: set[int], last: bool
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """A round as a DIALOG_ROUND dict, or (None, why it is unusable)."""
+    """A round as a DIALOG_ROUND dict, or (None, why it is unusable).
+
+    Train / val: every round has question, answer, 100 answer_options and gt_index.  Test: the rounds
+    before the last have question and answer only; the last has question and answer_options only.
+    """
     if not isinstance(r, dict):
         return None, f"round {k} is {type(r).__name__}"
-    need_answer = split != "test"
+    test = split == "test"
     q_i, a_i, opts, gt = r.get("question"), r.get("answer"), r.get("answer_options"), r.get("gt_index")
-    if not isinstance(q_i, int) or q_i not in valid_q:
-        return None, f"round {k}: question index {q_i!r} missing or out of range"
-    if not isinstance(opts, list) or len(opts) != OPTIONS:
-        return None, f"round {k}: answer_options should be a list of {OPTIONS}, found {_describe(opts)}"
-    bad = [o for o in opts if type(o) is not int or o not in valid_a]  # type(): a bool is not an index
-    if bad:
-        return None, f"round {k}: answer option {bad[0]!r} out of range"
-    if need_answer or a_i is not None:
-        if not isinstance(a_i, int) or a_i not in valid_a:
-            return None, f"round {k}: answer index {a_i!r} missing or out of range"
-    if need_answer or gt is not None:
-        if not isinstance(gt, int) or not 0 <= gt < len(opts):
-            return None, f"round {k}: gt_index {gt!r} missing or out of range"
+    if not _index(q_i, valid_q):
+        return None, f"round {k}: question index {q_i!r} missing, not an integer, out of range or quarantined"
+    if not test or last or opts is not None:
+        if not isinstance(opts, list) or len(opts) != OPTIONS:
+            return None, f"round {k}: answer_options should be a list of {OPTIONS}, found {_describe(opts)}"
+        bad = [o for o in opts if not _index(o, valid_a)]
+        if bad:
+            return None, f"round {k}: answer option {bad[0]!r} not an integer, out of range or quarantined"
+    if not test or not last or a_i is not None:
+        if not _index(a_i, valid_a):
+            return None, f"round {k}: answer index {a_i!r} missing, not an integer, out of range or quarantined"
+    if not test or gt is not None:
+        if type(gt) is not int or opts is None or not 0 <= gt < len(opts):
+            return None, f"round {k}: gt_index {gt!r} missing, not an integer or out of range"
         if opts[gt] != a_i:
             return None, f"round {k}: answer_options[gt_index={gt}] is {opts[gt]}, not the answer {a_i}"
     return {"question": q_i, "answer": a_i, "answer_options": opts, "gt_index": gt}, None
@@ -114,7 +141,7 @@ def _read_dense(
         image_id = rec.get("image_id") if isinstance(rec, dict) else None
         round_id = rec.get("round_id") if isinstance(rec, dict) else None
         problem = None
-        if not isinstance(image_id, int) or not isinstance(round_id, int):
+        if type(image_id) is not int or type(round_id) is not int:
             problem = "missing or non-integer image_id / round_id"
         elif image_id not in known:
             problem = f"image_id {image_id} has no usable dialog"
@@ -124,6 +151,9 @@ def _read_dense(
             isinstance(x, int | float) and not isinstance(x, bool) for x in rel
         ):
             problem = f"gt_relevance should be {OPTIONS} numbers, found {_describe(rel)}"
+        elif not all(math.isfinite(x) for x in rel):  # json reads NaN / Infinity literals
+            bad = next(j for j, x in enumerate(rel) if not math.isfinite(x))
+            problem = f"gt_relevance[{bad}] is {rel[bad]} (relevance must be a finite number)"
         elif image_id in dense:
             problem = f"second dense record for image_id {image_id}"
         if problem is not None:
@@ -138,6 +168,8 @@ def read_visdial(
     split: str,
     dense_path: str | Path | None = None,
     image_url_template: ImageUrl | None = None,
+    *,
+    max_chars: int = MAX_TEXT_CHARS,
 ) -> ReadResult:
     """Read a VisDial v1.0 JSON (train, val or test) and optionally its dense annotations.
 
@@ -158,8 +190,9 @@ def read_visdial(
         raise SourceFormatError(path, f"file is split {file_split!r}, but was read as {split!r}")
 
     q = Quarantine("visdial", split, path)
-    q_idx, q_texts, valid_q = _global_list(questions, "question", q)
-    a_idx, a_texts, valid_a = _global_list(answers, "answer", q)
+    q_idx, q_texts, valid_q = _global_list(questions, "question", q, max_chars)
+    a_idx, a_texts, valid_a = _global_list(answers, "answer", q, max_chars)
+    lost: Counter = Counter()
 
     rows: list[dict[str, Any]] = []
     cap_ids, cap_items, cap_texts = [], [], []
@@ -169,7 +202,7 @@ def read_visdial(
         problem, reason = None, "bad_dialog"
         if not isinstance(dia, dict):
             problem = f"dialog is {type(dia).__name__}"
-        elif not isinstance(dia.get("image_id"), int) or isinstance(dia.get("image_id"), bool):
+        elif type(dia.get("image_id")) is not int:
             problem = "missing or non-integer image_id"
         elif not isinstance(dia.get("caption"), str):
             problem = "missing caption"
@@ -177,14 +210,25 @@ def read_visdial(
             problem = "missing or empty dialog"
         elif split != "test" and len(dia["dialog"]) != ROUNDS:
             problem = f"{len(dia['dialog'])} rounds, expected {ROUNDS}"
+        elif split == "test" and "round_id" in dia and dia["round_id"] != len(dia["dialog"]):
+            problem = f"round_id {dia['round_id']!r} but {len(dia['dialog'])} rounds"
         elif dia["image_id"] in known:
             problem, reason = f"image_id {dia['image_id']} seen before", "duplicate_id"
-        elif not dia["caption"].strip():
-            problem, reason = "caption is empty", "empty_caption"
+        caption = None
+        if problem is None:
+            caption, reason, detail, cleaned = check_text(dia["caption"], max_chars)
+            if reason is None and not caption:
+                reason, detail = "empty_caption", "caption is empty"
+            if reason is not None:
+                problem = f"caption: {detail}" if reason != "empty_caption" else detail
+            elif cleaned:
+                q.cleaned.append(d_i)
+            reason = reason or "bad_dialog"
         rounds: list[dict[str, Any]] = []
         if problem is None:
+            n_rounds = len(dia["dialog"])
             for k, r in enumerate(dia["dialog"], 1):
-                checked, problem = _check_round(r, k, split, valid_q, valid_a)
+                checked, problem = _check_round(r, k, split, valid_q, valid_a, last=k == n_rounds)
                 if checked is None:
                     break
                 rounds.append(checked)
@@ -199,13 +243,14 @@ def read_visdial(
                     problem, reason = f"image URL {url!r} is not http(s):// or file://", "bad_url"
         if problem is not None:
             q.add(d_i, reason, f"data.dialogs[{d_i}]: {problem}", dia)
+            lost[reason] += 1
             continue
         image_id = dia["image_id"]
         known[image_id] = len(rounds)
         cap_id = f"visdial/{split}/caption/{image_id}"
         cap_ids.append(cap_id)
         cap_items.append(f"visdial/{image_id}")
-        cap_texts.append(dia["caption"].strip())
+        cap_texts.append(caption)
         item_ids.append(f"visdial/{image_id}")
         urls.append(url)
         source_paths.append(_official_image(split, image_id) if split in ("val", "test") else None)
@@ -249,12 +294,15 @@ def read_visdial(
         "quarantined": len(q.rows),
         **q.counts(),
     }
+    q.log_cleaned()
     return ReadResult(
         segments,
         items_table(item_ids, "visdial", split, urls, source_paths),
         q.table(),
         pa.Table.from_pylist(rows, schema=DIALOGS),
         stats,
+        original=len(dialogs),
+        lost=dict(lost),
     )
 
 
@@ -265,7 +313,7 @@ def rebuild_dialog(row: dict[str, Any], questions: list[str], answers: list[str]
         (
             questions[r["question"]],
             answers[r["answer"]] if r["answer"] is not None else None,
-            [answers[o] for o in r["answer_options"]],
+            [answers[o] for o in r["answer_options"] or []],  # test: only the last round has options
         )
         for r in row["rounds"]
     ]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from pipeline.io import write_text_atomic  # noqa: E402
 from translation.quality import FLAG_NAMES, QualityThresholds, flag_rates, flag_table  # noqa: E402
 from translation.tokstats import render_table_5_2  # noqa: E402
 
@@ -202,15 +201,30 @@ th{background:#f0f0f0}td.flagged{background:#fff1f0}
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
+
+
+def _scoring_lines(scoring: dict[str, str] | None) -> list[str]:
+    if not scoring:
+        return []
+    lines = []
+    if "vqa_rule" in scoring:
+        lines.append(f"VQA answers ({scoring.get('vqa_mode', '?')}): {scoring['vqa_rule']}")
+    if "tie_rule" in scoring:
+        lines.append(f"Retrieval and VisDial ties: {scoring['tie_rule']}")
+    return lines
+
+
+def _flag_heldout_table(thresholds: QualityThresholds | None) -> _Table:
+    # The flags' own precision/recall on labelled cases nobody tuned on (data_manifests/gold/), under the
+    # run's thresholds: how far each flag rate above can be trusted.
+    from translation.gold import load_flag_cases
+    from translation.scoring import flag_case_precision_recall
+
+    figures = flag_case_precision_recall(load_flag_cases(), thresholds)
+    return _Table("Quality flags on the held-out labelled cases", ["flag", "precision", "recall", "cases"],
+                  [[f, f"{r['precision']:.2f}", f"{r['recall']:.2f}", str(r["positives"] + r["negatives"])]
+                   for f, r in figures.items()])
 
 
 def render_comparison(
@@ -226,6 +240,7 @@ def render_comparison(
     n_worst: int = 5,
     thresholds: QualityThresholds | None = None,
     truncation: dict[str, dict] | None = None,
+    scoring: dict[str, str] | None = None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
 
@@ -237,7 +252,8 @@ def render_comparison(
     truncation: engine -> {"rows": int, "truncated": int, "unique": int} (sources cut at the engine's
     max_input_length, summed over the splits' stats; engines that do not tokenize are left out).
     The random examples are drawn with `seed`; the worst cases are the segments with the most flags
-    summed over engines (ties by segment id).
+    summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
+    compares the engines' models (VQA mode, tie rule), stated in a section of its own.
     """
     if not translated:
         raise ValueError("render_comparison: no engines given")
@@ -270,6 +286,7 @@ def render_comparison(
         _Table("Inputs cut at max_input_length", ["engine", "rows", "truncated rows", "share", "distinct strings"],
                [[e, f"{t['rows']:,}", f"{t['truncated']:,}", f"{100 * t['truncated'] / max(t['rows'], 1):.2f}%",
                  f"{t['unique']:,}"] for e, t in sorted((truncation or {}).items())]),
+        _flag_heldout_table(thresholds),
     ]
     table_5_2 = render_table_5_2(token_stats)
     signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}
@@ -280,6 +297,9 @@ def render_comparison(
     md += [_markdown(t) for t in tables[2:]]
     if signatures:
         md += ["sacrebleu signatures: " + "; ".join(f"`{s}`" for s in signatures), ""]
+    rules = _scoring_lines(scoring)
+    if rules:
+        md += ["## Evaluation scoring rules", "", *[f"- {line}" for line in rules], ""]
 
     plots = _plots(all_rows, engines, rates)
     parts = [f"<h1>Translator comparison</h1><p>Engines: {html.escape(', '.join(engines))}</p>"]
@@ -288,6 +308,9 @@ def render_comparison(
     parts += [_html_table(t) for t in tables[2:]]
     if signatures:
         parts.append("<p>sacrebleu signatures: " + "; ".join(f"<code>{html.escape(s)}</code>" for s in signatures) + "</p>")
+    if rules:
+        parts.append("<h2>Evaluation scoring rules</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in rules)
+                     + "</ul>")
     for title, b64 in plots.items():
         parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Translator comparison</title>"

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.io import write_bytes_atomic, write_json_atomic, write_parquet_atomic
+from pipeline.io import atomic_write, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.sample.dialogs import Pair, answer_universe, relevance, sample_dialog
 from pipeline.sample.scenes import Scene, captions, render, sample_scene
 from pipeline.sample.vqa import sample_answers, sample_questions
@@ -102,11 +100,8 @@ def _truncated(jpeg: bytes) -> bytes:
 def _write_image(path: Path, data: bytes) -> None:
     """Temp file + rename, without fsync: images are cheap to rewrite and the run's marker file is
     written only after write_sample returns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path, "wb", fsync=False) as f:
         f.write(data)
-    os.replace(tmp, path)
 
 
 def _cc3m_split(

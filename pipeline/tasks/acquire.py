@@ -78,6 +78,7 @@ class IngestSegments(PtvlTask):
             write_parquet_atomic(side / "dialogs.parquet", result.dialogs, DIALOGS)
         if result.extra is not None:  # VQAv2: questions with their 10 answers and answer type
             write_parquet_atomic(side / "questions.parquet", result.extra, VQA_QUESTIONS)
+        write_json_atomic(side / "read_stats.json", result.read_stats())  # Table 4.1's original and reader losses
         if result.quarantine.num_rows:
             log.warning(
                 "%s/%s: %d rows quarantined (see %s)",
@@ -119,7 +120,6 @@ class AvailabilityReport(PtvlTask):
         return self.target("reports", "availability.md")
 
     def run(self) -> None:
-        from pipeline.availability import render_report
+        from pipeline.availability import run_report
 
-        per_split = {key: self.root / "images" / key / "availability.parquet" for key in self.requires()}
-        write_text_atomic(self.output().path, render_report(per_split))
+        write_text_atomic(self.output().path, run_report(self.root, self.requires()))

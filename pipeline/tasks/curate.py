@@ -119,4 +119,5 @@ class CompareTranslators(PtvlTask):
             seed=s.curate.seed,
             thresholds=s.quality,
             truncation=truncation,
+            scoring=s.eval.settings.scoring_labels(),
         )

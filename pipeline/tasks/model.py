@@ -49,6 +49,7 @@ class PrepareSampleModels(PtvlTask):
         return self.target("models", "_READY.json")
 
     def run(self) -> None:
+        from ptvl_io.progress import ProgressReporter
         from training.features.tiny import build_tiny_clip, pretrain_tiny_clip
         from training.lm_pretrain import pretrain_tiny_lm
 
@@ -67,10 +68,13 @@ class PrepareSampleModels(PtvlTask):
             # captions (never on evaluation images), so its features hold shape as well as colour.
             per_image = shards.group_by("image_id", maintain_order=True).agg(pl.col("image").first(),
                                                                              pl.col("caption_en"))
-            clip_losses = pretrain_tiny_clip(
-                models / "tiny-clip", list(zip(per_image["image"].to_list(), per_image["caption_en"].to_list(),
-                                               strict=True)),
-                steps=sm.clip_steps, lr=sm.clip_lr, seed=self.settings.sample.seed)
+            with ProgressReporter("sample CLIP pretraining", sm.clip_steps, unit="steps",
+                                  fields_fmt="loss {loss:.3f}") as bar:
+                clip_losses = pretrain_tiny_clip(
+                    models / "tiny-clip", list(zip(per_image["image"].to_list(), per_image["caption_en"].to_list(),
+                                                   strict=True)),
+                    steps=sm.clip_steps, lr=sm.clip_lr, seed=self.settings.sample.seed,
+                    progress=lambda step, loss: bar.update(step, loss=loss))
             log.info("tiny CLIP: %d images, contrastive loss %.2f -> %.2f over %d steps", per_image.height,
                      clip_losses[0], clip_losses[-1], len(clip_losses))
         captions: list[str] = shards["caption"].to_list()
@@ -78,10 +82,15 @@ class PrepareSampleModels(PtvlTask):
         n = sm.doc_captions
         docs = [captions[i:i + n] for i in range(0, len(captions), n)]
         losses: list[float] = []
-        pretrain_tiny_lm(docs, models / "tiny-lm", hidden=sm.lm_hidden, layers=sm.lm_layers, heads=sm.lm_heads,
-                         vocab_size=sm.lm_vocab, seq_len=sm.lm_seq_len, max_positions=sm.lm_max_positions,
-                         steps=sm.lm_steps, lr=sm.lm_lr,
-                         seed=self.settings.sample.seed, progress=lambda step, loss: losses.append(loss))
+
+        def lm_progress(step: int, loss: float) -> None:
+            losses.append(loss)
+            bar.update(step, loss=loss)
+
+        with ProgressReporter("sample LM pretraining", sm.lm_steps, unit="steps", fields_fmt="loss {loss:.3f}") as bar:
+            pretrain_tiny_lm(docs, models / "tiny-lm", hidden=sm.lm_hidden, layers=sm.lm_layers, heads=sm.lm_heads,
+                             vocab_size=sm.lm_vocab, seq_len=sm.lm_seq_len, max_positions=sm.lm_max_positions,
+                             steps=sm.lm_steps, lr=sm.lm_lr, seed=self.settings.sample.seed, progress=lm_progress)
         log.info("tiny PT LM: %d captions, loss %.2f -> %.2f over %d steps", len(captions), losses[0], losses[-1],
                  len(losses))
         write_json_atomic(self.output().path, {"clip": str(models / "tiny-clip"), "lm": str(models / "tiny-lm"),
@@ -166,7 +175,8 @@ class Train(PtvlTask):
                                      split=sets[0][1]).folder()
         res = train(model_config(self), s.train, shards, self.run_dir(), features_dir=features, progress=True,
                     device=s.training.device, data_note=f"{', '.join(s.training.data)} translated by "
-                    f"`{s.training.engine}` ({len(shards)} shard files)")
+                    f"`{s.training.engine}` ({len(shards)} shard file{'' if len(shards) == 1 else 's'})",
+                    root=self.root, profile=Path(self.config))
         losses = res.losses  # step -> loss of the steps run in this call
         first, last = (losses[min(losses)], losses[max(losses)]) if losses else (None, None)
         write_json_atomic(self.output().path, {"steps": res.step, "trainable_params": res.trainable_params,
@@ -203,12 +213,15 @@ class Evaluate(PtvlTask):
 
     def run(self) -> None:
         from eval.benchmarks import evaluate
+        from ptvl_io.progress import stage_progress
 
         s = self.settings
         dataset, split = self._dataset_split()
         engine = s.training.engine
         req = self.requires()
-        evaluate(req["train"].run_dir(), str(self.benchmark), shard_dir(self.root, engine, dataset, split),
-                 Path(self.output().path).parent, engine=engine, settings=s.eval.settings,
-                 features_dir=req["features"].folder() if "features" in req else None, device=s.training.device)
+        with stage_progress(f"eval {self.benchmark}") as progress:
+            evaluate(req["train"].run_dir(), str(self.benchmark), shard_dir(self.root, engine, dataset, split),
+                     Path(self.output().path).parent, engine=engine, settings=s.eval.settings,
+                     features_dir=req["features"].folder() if "features" in req else None,
+                     device=s.training.device, progress=progress)
 

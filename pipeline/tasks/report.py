@@ -43,6 +43,42 @@ def training_curves(run_dir: Path) -> tuple[bytes, dict[str, list[tuple[int, flo
     return buf.getvalue(), series
 
 
+def write_quarantine_report(root: Path, splits: list[tuple[str, str]], dest: Path, examples: int = 5) -> int:
+    """reports/quarantine.md: the source rows each reader set aside (sources/<dataset>/<split>/quarantine.parquet),
+    counted by reason, with a few examples each.  Returns the number of rows; writes nothing when no split
+    has a quarantine file (so the report links it only when it exists)."""
+    import polars as pl
+
+    from eval.tables import format_metric
+
+    found = [(d, sp, root / "sources" / d / sp / "quarantine.parquet") for d, sp in splits]
+    found = [(d, sp, p) for d, sp, p in found if p.exists()]
+    if not found:
+        return 0
+    total = 0
+    lines = ["# Source rows set aside by the readers", "",
+             "Each row a reader could not use is kept with its reason in "
+             "`sources/<dataset>/<split>/quarantine.parquet` (line = 1-based TSV line or JSON record index). "
+             "The run goes on without them.", ""]
+    for d, sp, path in found:
+        q = pl.read_parquet(path)
+        total += q.height
+        lines += [f"## {d}/{sp}: {format_metric('n', q.height)} rows", ""]
+        if q.height == 0:
+            lines += ["Nothing was quarantined.", ""]
+            continue
+        counts = q.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+        lines += ["| reason | rows | examples (line: detail) |", "|---|---|---|"]
+        for reason, n in counts.iter_rows():
+            ex = q.filter(pl.col("reason") == reason).sort("line").head(examples)
+            shown = "; ".join(f"{line}: {' '.join((detail or '').split()).replace('|', '/')[:80]}" for line, detail in
+                              ex.select("line", "detail").iter_rows())
+            lines.append(f"| {reason} | {n:,} | {shown} |")
+        lines.append("")
+    write_text_atomic(dest, "\n".join(lines))
+    return total
+
+
 class FinalReport(PtvlTask):
     """reports/README.md: availability, translator comparison, token statistics, shards, training, evaluation."""
 
@@ -58,21 +94,46 @@ class FinalReport(PtvlTask):
 
     def run(self) -> None:
         from eval.benchmarks import collect_runs
-        from eval.tables import ablation_table, table_5_3, table_5_4, table_5_5
+        from eval.tables import ablation_table, format_metric, table_5_3, table_5_4, table_5_5, table_vqa
 
         s = self.settings
         reports = self.root / "reports"
         train = self.requires()["train"]
         run_dir = train.run_dir()
+        from training.modelcard import refresh_model_card
+
+        # Evaluations running side by side each rewrite the card; the last one may not have seen the
+        # others' metrics.json yet.  Once all are done, write it once more with all of them.
+        refresh_model_card(run_dir)
         png, series = training_curves(run_dir)
         write_bytes_atomic(reports / "training_curves.png", png)
         done = json.loads(Path(train.output().path).read_text())
         runs = collect_runs([run_dir])
         metrics = runs[0]["metrics"]
 
-        def rel(p: Path) -> str:
-            return str(Path(p).relative_to(self.root.resolve()) if Path(p).is_absolute() else p)
+        # Link only what this run actually wrote: a profile without COCO val has no coco/val card.
+        def link(label: str, path: Path) -> str | None:
+            return f"[{label}]({path.relative_to(reports).as_posix()})" if path.exists() else None
 
+        def link_up(label: str, path: Path) -> str | None:
+            return f"[{label}](../{path.relative_to(self.root).as_posix()})" if path.exists() else None
+
+        quarantine = write_quarantine_report(self.root, s.datasets.splits(), reports / "quarantine.md")
+        data_links = [
+            link("Image availability (thesis Table 4.1) and lost URLs by reason", reports / "availability.md"),
+            " — ".join(x for x in (link("Translator comparison (HTML, self-contained)",
+                                        reports / "compare" / "comparison.html"),
+                                   link("Markdown", reports / "compare" / "comparison.md")) if x) or None,
+            link("Token statistics (thesis Table 5.2)", reports / "token_stats.md"),
+            link(f"Source rows the readers quarantined ({quarantine:,}), by reason", reports / "quarantine.md"),
+        ]
+        cards = [link_up(f"{e}/{d}/{sp}", self.root / "shards" / e / d / sp / "README.md")
+                 for e in s.translate.engines for d, sp in s.datasets.splits()]
+        cards = [c for c in cards if c]
+        if cards:
+            data_links.append("Dataset cards: " + ", ".join(cards))
+        run_rel = run_dir.relative_to(self.root).as_posix()
+        card = link_up("model card", run_dir / "README.md")
         lines = [
             f"# ptvl run `{s.run.name}`",
             "",
@@ -80,21 +141,12 @@ class FinalReport(PtvlTask):
             "",
             "## Data",
             "",
-            "- [Image availability (thesis Table 4.1) and lost URLs by reason](availability.md)",
-            "- [Translator comparison (HTML, self-contained)](compare/comparison.html) — "
-            "[Markdown](compare/comparison.md)",
-            "- [Token statistics (thesis Table 5.2)](token_stats.md)",
-            "- Dataset cards: "
-            + ", ".join(
-                f"[{e}/{d}/{sp}](../shards/{e}/{d}/{sp}/README.md)"
-                for e in s.translate.engines
-                for d, sp in s.datasets.splits()
-            ),
+            *[f"- {x}" for x in data_links if x],
             "",
             "## Training",
             "",
-            f"Run folder `{rel(run_dir)}` ([model card](../{rel(run_dir)}/README.md), `run.toml` reproduces it). "
-            f"{done['steps']} steps, {done['trainable_params']:,} trainable parameters; "
+            f"Run folder `{run_rel}` ({card + ', ' if card else ''}`run.toml` reproduces it). "
+            f"{done['steps']:,} steps, {done['trainable_params']:,} trainable parameters; "
             f"loss {done['loss_first']:.3f} (first step) -> {done['loss_last']:.3f} (last).",
             "",
             "![training curves](training_curves.png)",
@@ -103,10 +155,10 @@ class FinalReport(PtvlTask):
             "",
         ]
         for bench, m in sorted(metrics.items()):
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
-            lines.append(f"- **{bench}**: {shown} ([metrics](../{rel(run_dir)}/eval/{bench}/metrics.json))")
+            shown = ", ".join(f"{k} {format_metric(k, v)}" for k, v in m.items() if isinstance(v, int | float))
+            lines.append(f"- **{bench}**: {shown} ({link_up('metrics', run_dir / 'eval' / bench / 'metrics.json')})")
         lines.append("")
-        for render in (table_5_3, table_5_4, table_5_5):
+        for render in (table_5_3, table_5_4, table_5_5, table_vqa):
             try:
                 lines += [render(runs), ""]
             except (KeyError, ValueError):  # a table needs a benchmark this profile did not run
@@ -116,10 +168,11 @@ class FinalReport(PtvlTask):
                 lines += [ablation_table(runs, bench, kind), ""]
         pages = sorted((run_dir / "eval").glob("*/*.html"))
         if pages:
-            lines += ["Qualitative pages: " + ", ".join(f"[{p.parent.name}/{p.name}](../{rel(p)})" for p in pages), ""]
+            lines += ["Qualitative pages: " + ", ".join(link_up(f"{p.parent.name}/{p.name}", p) for p in pages), ""]
         lines += [
             "Numbers are fractions in the list above and x100 in the tables. METEOR `en` is `-l en -norm` "
-            "(comparable with the thesis), `pt` is `-l pt -lower`.",
+            "(comparable with the thesis), `pt` is `-l pt -lower`. Each table names its tie rule (R@k: expected "
+            "value under random tie-breaking, pessimistic value in parentheses) and VQA answer-matching mode.",
             "",
         ]
         write_text_atomic(self.output().path, "\n".join(lines))

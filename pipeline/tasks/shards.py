@@ -45,7 +45,7 @@ class BuildShards(PtvlTask):
             return json.load(f).get("visdial_context", False) == self.settings.translate.visdial_context
 
     def run(self) -> None:
-        from pipeline.cards import write_dataset_card
+        from pipeline.cards import split_note, write_dataset_card
         from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 
         engine, dataset, split = str(self.engine), str(self.dataset), str(self.split)
@@ -103,7 +103,8 @@ class BuildShards(PtvlTask):
         availability_md = (self.root / "reports" / "availability.md").read_text()
         write_dataset_card(out, dataset=dataset, split=split, engine=engine,
                            engine_id=translated["engine_id"][0] if translated.height else engine, layout=layout,
-                           policy=policy, stats=summary, availability_md=availability_md)
+                           policy=policy, stats=summary, availability_md=availability_md,
+                           source_note=split_note(dataset, split, self.settings.datasets.coco.fold_restval))
         write_json_atomic(self.output().path, summary)
 
 
