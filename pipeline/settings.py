@@ -129,9 +129,10 @@ class TranslateSection(Strict):
 
     # Names of [engines.<name>] tables to run; the sample runs only the imported reference.
     engines: list[str] = ["reference"]
-    # Texts per engine call for local engines.  DeepL ignores it and fills each request to its own
-    # limits (<= 50 texts, <= 128 KiB), so no 50 + 14 split.  Each stored batch is durable before
-    # the next is sent, so this (or one DeepL request) is also the most a kill -9 can lose.
+    # Texts per engine call for engines without their own call size (the reference import).  Each
+    # engine entry sets its own: DeepL fills each request to its limits (<= 50 texts, <= 128 KiB), the
+    # CTranslate2 / transformers engines take `call_size` texts (thousands) per call.  Each call's
+    # results are stored as one durable chunk before the next call, so one call is the most a kill loses.
     batch_size: int = Field(64, ge=1)
     # Shard groups per split: several workers (or machines under luigid) translate disjoint parts of
     # a split into the shared memory; one task per group keeps the Luigi graph small.

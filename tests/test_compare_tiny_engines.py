@@ -71,6 +71,7 @@ model_dir = "{narrativa}"
 compute_type = "int8"
 intra_threads = 1
 max_decoding_length = 48
+max_input_length = 12    # cuts the longer sample captions: truncation is counted in stats and report
 
 [engines.madlad]
 engine = "madlad"
@@ -224,7 +225,8 @@ def test_translated_parquet_names_the_ct2_engine(run):
         df = pl.read_parquet(path)
         assert df.height == N_VAL and set(df["engine"]) == {engine}
         (engine_id,) = set(df["engine_id"])
-        assert engine_id.startswith(f"ct2-{engine}:ct2-{engine}@") and engine_id.endswith(":int8:beam1:in256:dec48")
+        limit = 12 if engine == "narrativa" else 256
+        assert engine_id.startswith(f"ct2-{engine}:ct2-{engine}@") and engine_id.endswith(f":int8:beam1:in{limit}:dec48")
         assert df["text_pt"].str.len_chars().min() > 0 and df["score"].null_count() == 0
         # Untrained: the outputs have nothing to do with the sources (reference's PT-PT side).
         reference = _translated(run, "reference").select("segment_id", pl.col("text_pt").alias("ref"))
@@ -271,3 +273,29 @@ def test_gold_set_stays_clean_under_the_repetitive_detector():
     for column in ("pt_pt", "pt_br"):
         flagged = [(en, pt) for en, pt in gold.select("en", column).iter_rows() if detect_repetitive(en, pt)]
         assert flagged == [], column
+
+
+def test_truncated_inputs_are_stored_counted_and_reported(run):
+    """Sources cut at max_input_length are a memory column, summed in _<split>.stats.json and shown in
+    the report, and the count equals an independent tokenization of the segments."""
+    from pipeline.tasks.translate import memory_view
+    from translation.engines.seq2seq import encode, load_tokenizer
+
+    root = run["root"]
+    table = _section(run["md"], "Inputs cut at max_input_length")
+    assert "reference" not in table
+    for engine, limit in (("narrativa", 12), ("madlad", 256)):
+        seg = pl.read_parquet(root / "segments" / "cc3m" / "validation.parquet")
+        model_dir = root.parent / f"ct2-{engine}"
+        lengths = [len(i) for i in encode(load_tokenizer(model_dir, engine), engine, seg["text_en"].to_list(),
+                                          max_input_length=10_000).ids]
+        expected = sum(n > limit for n in lengths)
+        stats = json.loads((root / "translated" / engine / "cc3m" / "_validation.stats.json").read_text())
+        assert stats["input_truncated"] == {
+            "rows": expected, "unique": len({t for t, n in zip(seg["text_en"], lengths, strict=True) if n > limit})}
+        with memory_view(root, engine) as mem:
+            rows = mem.lookup(stats["engine_id"], seg["text_hash"].to_list())
+        assert sum(rows[h].input_truncated for h in seg["text_hash"]) == expected
+        assert all(r.input_truncated is not None for r in rows.values())
+        assert table[engine][:2] == [f"{N_VAL:,}", f"{expected:,}"]
+    assert 0 < int(table["narrativa"][1].replace(",", "")) < N_VAL and table["madlad"][1] == "0"

@@ -230,3 +230,93 @@ def test_token_batches_cover_every_input_once_within_the_token_budget():
     for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1
     assert [len(b) for b in token_batches(lengths, max_tokens=10**9, max_examples=64)] == [64, 64, 64, 9]
+
+
+CALL_SIZE_SCRIPT = """
+import json, os, signal, sys
+from pathlib import Path
+from translation.engines.ct2 import CT2Settings, NarrativaEngine
+from translation.memory import TranslationMemory
+from translation.runner import translate_missing
+
+model_dir, mem_path, texts_path, calls_path, call_size, kill_at = sys.argv[1:7]
+inner = NarrativaEngine(CT2Settings(model_dir=model_dir, compute_type="float32", intra_threads=1,
+                                    max_input_length=64, max_decoding_length=8, call_size=int(call_size)))
+
+class KilledMidCall:  # the real engine; the process dies after call `kill_at` translated, before it is stored
+    engine_id = inner.engine_id
+    call_size = inner.call_size
+    n = 0
+    def translate(self, texts):
+        out = inner.translate(texts)
+        KilledMidCall.n += 1
+        with open(calls_path, "a") as f:
+            f.write(f"{len(texts)}\\n")
+        if KilledMidCall.n == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+texts = json.loads(Path(texts_path).read_text())
+with TranslationMemory(mem_path) as mem:
+    translate_missing(texts, KilledMidCall(), mem, batch_size=50)
+"""
+
+
+def many_texts(n: int) -> list[str]:
+    """`n` distinct short captions made of the tiny tokenizer's vocabulary."""
+    words = sorted({w for t in sample_texts(200) for w in t.split()})
+    rng = random.Random(5)
+    out: set[str] = set()
+    while len(out) < n:
+        out.add(" ".join(rng.choice(words) for _ in range(rng.randint(2, 6))))
+    return sorted(out)
+
+
+class CallRecorder:
+    """A real engine, with the size of every call it gets recorded."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+        self.engine_id, self.call_size = inner.engine_id, inner.call_size
+
+    def translate(self, texts):
+        self.calls.append(len(texts))
+        return self.inner.translate(texts)
+
+
+def test_ct2_calls_carry_thousands_of_texts_and_a_kill_loses_at_most_one_chunk(models, tmp_path):
+    """`[translate] batch_size = 50` (DeepL's request size) no longer caps a CTranslate2 call: the engine's
+    own call_size does.  And with a smaller call_size, kill -9 during a call loses only that call's chunk."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from translation.memory import TranslationMemory
+    from translation.runner import translate_missing, translations_for
+
+    texts = many_texts(1200)
+    engine = CallRecorder(ct2_engine(models, "narrativa", max_decoding_length=8))
+    assert engine.call_size == 4096  # the default
+    with TranslationMemory(tmp_path / "whole.sqlite") as mem:
+        stats = translate_missing(texts + texts[:100], engine, mem, batch_size=50)
+        assert engine.calls == [1200] and stats.requests == 1 and stats.sent == 1200
+        whole = {r.text_en: r.text_pt for r in translations_for(texts, engine.engine_id, mem)}
+
+    # kill -9 in the third call of 300 (translated, not yet stored): the first two chunks are kept.
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    calls_path, mem_path = tmp_path / "calls.txt", tmp_path / "killed.sqlite"
+    proc = subprocess.run(
+        [sys.executable, "-c", CALL_SIZE_SCRIPT, str(models["ct2"][("narrativa", "float32")]), str(mem_path),
+         str(tmp_path / "texts.json"), str(calls_path), "300", "3"],
+        env={**os.environ, "PYTHONPATH": str(root)}, cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert calls_path.read_text().split() == ["300", "300", "300"]
+    small = CallRecorder(ct2_engine(models, "narrativa", max_decoding_length=8, call_size=300))
+    with TranslationMemory(mem_path) as mem:
+        assert mem.stats(small.engine_id).rows == 600  # exactly the two stored chunks
+        stats = translate_missing(texts, small, mem, batch_size=50)  # the rerun
+        assert stats.hits == 600 and stats.sent == 600 and small.calls == [300, 300]
+        resumed = {r.text_en: r.text_pt for r in translations_for(texts, small.engine_id, mem)}
+    assert resumed == whole  # same call-size-independent result as the uninterrupted run

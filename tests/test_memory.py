@@ -151,7 +151,7 @@ def test_memory_stack_reads_all_files_writes_one(tmp_path):
         shared.put_batch("e", [MemoryRow(text_hash("a"), "a", "A0", billed_chars=1), MemoryRow(text_hash("b"), "b", "B", billed_chars=1)])
     readers = [TranslationMemory(tmp_path / "shared.sqlite", read_only=True)]
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        readers[0]._insert([("e", text_hash("z"), "z", None, "Z", None, 0, 0)])
+        readers[0]._insert([("e", text_hash("z"), "z", None, "Z", None, 0, None, 0)])
     with MemoryStack(TranslationMemory(tmp_path / "part.sqlite", journal="delete"), readers) as mem:
         assert mem.missing("e", [text_hash(t) for t in "abc"]) == [text_hash("c")]
         mem.put_batch("e", [MemoryRow(text_hash("c"), "c", "C", billed_chars=1),

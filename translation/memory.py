@@ -59,8 +59,13 @@ PARQUET_SCHEMA = pa.schema(
         ("text_en", pa.string()),
         ("context", pa.string()),  # null unless the engine's context policy uses context
         ("text_pt", pa.string()),
-        ("score", pa.float32()),  # engine log-probability where it gives one, else null
+        # engine log-probability where it gives one, else null; float64 as stored (a float32 round trip
+        # could move a score across the low_score threshold)
+        ("score", pa.float64()),
         ("billed_chars", pa.int64()),  # characters the provider charged for this text (0 for local engines)
+        # the source was cut at the engine's max_input_length before translating; null where the engine
+        # does not tokenize (DeepL, imports) or the row predates the column
+        ("input_truncated", pa.bool_()),
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -78,11 +83,14 @@ CREATE TABLE IF NOT EXISTS memory (
     text_pt      TEXT    NOT NULL,
     score        REAL,
     billed_chars INTEGER NOT NULL DEFAULT 0,
+    input_truncated INTEGER,  -- 0/1, null when unknown (see PARQUET_SCHEMA)
     created_at   INTEGER NOT NULL,  -- microseconds since the Unix epoch, UTC
     PRIMARY KEY (engine_id, text_hash)
 ) WITHOUT ROWID
 """
-_COLUMNS = ("engine_id", "text_hash", "text_en", "context", "text_pt", "score", "billed_chars", "created_at")
+# Same order as PARQUET_SCHEMA (export builds its arrays from these in order).
+_COLUMNS = ("engine_id", "text_hash", "text_en", "context", "text_pt", "score", "billed_chars", "input_truncated",
+            "created_at")
 
 
 def memory_key(text: str, context: str | None = None) -> str:
@@ -107,6 +115,7 @@ class MemoryRow:
     billed_chars: int = 0
     context: str | None = None
     created_at: datetime | None = None  # set by the memory when stored
+    input_truncated: bool | None = None  # cut at the engine's max_input_length (None: not known)
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,7 @@ class TranslationMemory:
             self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
                                        isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            self._has_truncated = self._column_exists("input_truncated")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
@@ -174,6 +184,17 @@ class TranslationMemory:
         self._db.execute("PRAGMA synchronous=FULL")  # fsync at every COMMIT: durable when put returns
         with self._write():
             self._db.execute(_SCHEMA_SQL)
+            if not self._column_exists("input_truncated"):  # a file made before the column existed
+                self._db.execute("ALTER TABLE memory ADD COLUMN input_truncated INTEGER")
+        self._has_truncated = True
+
+    def _column_exists(self, name: str) -> bool:
+        return any(r[1] == name for r in self._db.execute("PRAGMA table_info(memory)"))
+
+    def _columns_sql(self) -> str:
+        """`_COLUMNS` as a SELECT list; an old read-only file without input_truncated reads it as null."""
+        return ", ".join(c if c != "input_truncated" or self._has_truncated else "NULL AS input_truncated"
+                         for c in _COLUMNS)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -230,9 +251,11 @@ class TranslationMemory:
     def lookup(self, engine_id: str, hashes: Sequence[str]) -> dict[str, MemoryRow]:
         """The stored rows among `hashes` for `engine_id`, by hash (absent hashes are not in the dict)."""
         out: dict[str, MemoryRow] = {}
-        cols = "text_hash, text_en, text_pt, score, billed_chars, context, created_at"
-        for h, en, pt, score, billed, ctx, created in self._select(engine_id, hashes, cols):
-            out[h] = MemoryRow(h, en, pt, score, billed, ctx, _to_datetime(created))
+        cut = "input_truncated" if self._has_truncated else "NULL"
+        cols = f"text_hash, text_en, text_pt, score, billed_chars, context, created_at, {cut}"
+        for h, en, pt, score, billed, ctx, created, trunc in self._select(engine_id, hashes, cols):
+            out[h] = MemoryRow(h, en, pt, score, billed, ctx, _to_datetime(created),
+                               None if trunc is None else bool(trunc))
         return out
 
     def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
@@ -275,7 +298,8 @@ class TranslationMemory:
                 raise MemoryIntegrityError(f"put_batch row {i} (text_hash {r.text_hash}): text_pt is null")
         now = _now_us()
         values = [
-            (engine_id, r.text_hash, r.text_en, r.context, r.text_pt, r.score, int(r.billed_chars), now)
+            (engine_id, r.text_hash, r.text_en, r.context, r.text_pt, r.score, int(r.billed_chars),
+             None if r.input_truncated is None else int(r.input_truncated), now)
             for r in rows
         ]
         return self._insert(values)
@@ -302,10 +326,11 @@ class TranslationMemory:
         with atomic_path(path) as tmp:
             with self._lock, pq.ParquetWriter(tmp, PARQUET_SCHEMA, compression="zstd") as writer:
                 cur = self._db.execute(
-                    f"SELECT {', '.join(_COLUMNS)} FROM memory {where} ORDER BY engine_id, text_hash", params
+                    f"SELECT {self._columns_sql()} FROM memory {where} ORDER BY engine_id, text_hash", params
                 )
                 while batch := cur.fetchmany(rows_per_group):
                     cols = list(zip(*batch, strict=True))
+                    cols[-2] = [None if v is None else bool(v) for v in cols[-2]]  # input_truncated 0/1
                     arrays = [pa.array(c, type=f.type) for c, f in zip(cols[:-1], PARQUET_SCHEMA, strict=False)]
                     arrays.append(pa.array(cols[-1], type=pa.int64()).cast(PARQUET_SCHEMA.field("created_at").type))
                     writer.write_table(pa.Table.from_arrays(arrays, schema=PARQUET_SCHEMA))
@@ -315,8 +340,8 @@ class TranslationMemory:
     def import_parquet(self, path: str | os.PathLike[str], engine_id: str) -> ImportStats:
         """Import a Parquet memory into `engine_id`, in one transaction (all rows or none).
 
-        The file needs ``text_hash, text_en, text_pt``; ``context, score, billed_chars, created_at`` are
-        used when present (else null, null, 0, now). An ``engine_id`` column, if present, must equal
+        The file needs ``text_hash, text_en, text_pt``; ``context, score, billed_chars, input_truncated,
+        created_at`` are used when present (else null, null, 0, null, now). An ``engine_id`` column, if present, must equal
         `engine_id` on every row. Every key is re-checked against its text: a mismatch raises
         MemoryIntegrityError naming the file, row and hash.
         """
@@ -342,6 +367,7 @@ class TranslationMemory:
         contexts = col.get("context", [None] * n)
         scores = col.get("score", [None] * n)
         billed = col.get("billed_chars", [0] * n)
+        cut = col.get("input_truncated", [None] * n)
         now = _now_us()
         values = []
         for i in range(n):
@@ -351,7 +377,8 @@ class TranslationMemory:
                 raise MemoryIntegrityError(f"{where}: null text_hash, text_en or text_pt")
             _check_key(h, en, contexts[i], where=where)
             ts = now if created is None or created[i] is None else created[i]
-            values.append((engine_id, h, en, contexts[i], pt, scores[i], int(billed[i] or 0), ts))
+            values.append((engine_id, h, en, contexts[i], pt, scores[i], int(billed[i] or 0),
+                           None if cut[i] is None else int(cut[i]), ts))
         inserted = self._insert(values)
         return ImportStats(rows=n, inserted=inserted, already_present=n - inserted)
 
@@ -429,7 +456,7 @@ class MemoryStack:
                 for m in self.files:
                     where, params = ("WHERE engine_id = ?", [engine_id]) if engine_id is not None else ("", [])
                     with m._lock:
-                        values = m._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM memory {where}", params).fetchall()
+                        values = m._db.execute(f"SELECT {m._columns_sql()} FROM memory {where}", params).fetchall()
                     merged._insert(values)
                 return merged.export_parquet(path, engine_id)
 

@@ -66,10 +66,13 @@ def translate_missing(
     texts: any strings, duplicates allowed (each distinct one is sent at most once).
     contexts: optional per-text context (DeepL ``use_context``); the memory key then covers it.
     batch_size / max_batch_bytes: most texts / UTF-8 bytes of text per engine call, for engines that
-        batch freely (local models).  Engines that expose ``request_batches`` (DeepL) get each context
-        group whole and cut it to their own request limits (50 texts, 128 KiB), so a batch size that
-        is not a multiple of 50 never makes 50 + 14 requests.  Every request's results are stored
-        before the next request is sent.
+        batch freely and do not declare their own ``call_size``.  Engines with a ``call_size`` (the
+        CTranslate2 and transformers engines: thousands of texts, so CTranslate2's length sorting,
+        token batching and replicas see enough work) get calls of that many texts instead.  Engines
+        that expose ``request_batches`` (DeepL) get each context group whole and cut it to their own
+        request limits (50 texts, 128 KiB), so a batch size that is not a multiple of 50 never makes
+        50 + 14 requests.  Every call's results are stored (one chunk, one transaction) before the
+        next call is made, so a kill loses at most the call in flight.
     progress: called with the running stats after each stored batch.
 
     Never sent: empty and whitespace-only texts (stored as "" without a request), and texts with a
@@ -122,10 +125,11 @@ def translate_missing(
         by_context.setdefault(wanted[h][1], []).append(h)
 
     split = getattr(engine, "request_batches", None)
+    call_size = engine_call_size(engine, batch_size)
     try:
         for ctx, hashes in by_context.items():
             chunks = ([hashes] if split is not None
-                      else _chunks(hashes, wanted, batch_size, max_batch_bytes))
+                      else _chunks(hashes, wanted, call_size, max_batch_bytes))
             for chunk in chunks:
                 chunk_texts = [wanted[h][0] for h in chunk]
                 parts = split(chunk_texts, ctx) if split is not None else [slice(0, len(chunk))]
@@ -157,6 +161,16 @@ def translate_missing(
         log.warning("%s: %d texts set aside, never sent (%s)", engine_id, len(stats.set_aside),
                     ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
     return stats
+
+
+def engine_call_size(engine: Engine, batch_size: int) -> int:
+    """Texts per engine call: the engine's own ``call_size`` when it declares one, else `batch_size`."""
+    size = getattr(engine, "call_size", None)
+    if size is None:
+        return batch_size
+    if int(size) < 1:
+        raise ValueError(f"{engine.engine_id}: call_size must be >= 1, got {size}")
+    return int(size)
 
 
 def _send(engine: Engine, memory: TranslationMemory, hashes: list[str], texts: list[str], ctx: str | None,
@@ -198,7 +212,8 @@ def _translate_and_store(engine: Engine, memory: TranslationMemory, hashes: list
     if len(results) != len(texts):
         raise EngineError(f"{engine.engine_id} returned {len(results)} results for {len(texts)} texts")
     rows = [
-        MemoryRow(h, t, r.text, r.score, r.billed_chars, wanted[h][1])
+        MemoryRow(h, t, r.text, r.score, r.billed_chars, wanted[h][1],
+                  input_truncated=getattr(r, "input_truncated", None))
         for h, t, r in zip(hashes, texts, results, strict=True)
     ]
     memory.put_batch(engine.engine_id, rows)  # durable before the next request goes out

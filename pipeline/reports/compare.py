@@ -239,6 +239,7 @@ def render_comparison(
     n_random: int = 5,
     n_worst: int = 5,
     thresholds: QualityThresholds | None = None,
+    truncation: dict[str, dict] | None = None,
     scoring: dict[str, str] | None = None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
@@ -248,6 +249,8 @@ def render_comparison(
     billing: engine -> {"chars": int (billed, as the memory recorded), "deepl_chars": int | None (DeepL's own
     /v2/usage counter over the run's part attempts; None for engines that do not bill), "twice_chars":
     int (requests that timed out after they were sent, possibly billed twice), "eur": float}.  throughput: engine -> sentences per second.
+    truncation: engine -> {"rows": int, "truncated": int, "unique": int} (sources cut at the engine's
+    max_input_length, summed over the splits' stats; engines that do not tokenize are left out).
     The random examples are drawn with `seed`; the worst cases are the segments with the most flags
     summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
     compares the engines' models (VQA mode, tie rule), stated in a section of its own.
@@ -280,6 +283,9 @@ def render_comparison(
                  f"{int(b.get('twice_chars', 0)):,}", f"{float(b.get('eur', 0.0)):.2f}"]
                 for e, b in sorted(billing.items())]),
         _Table("Throughput", ["engine", "sentences/s"], [[e, f"{v:.1f}"] for e, v in sorted(throughput.items())]),
+        _Table("Inputs cut at max_input_length", ["engine", "rows", "truncated rows", "share", "distinct strings"],
+               [[e, f"{t['rows']:,}", f"{t['truncated']:,}", f"{100 * t['truncated'] / max(t['rows'], 1):.2f}%",
+                 f"{t['unique']:,}"] for e, t in sorted((truncation or {}).items())]),
         _flag_heldout_table(thresholds),
     ]
     table_5_2 = render_table_5_2(token_stats)

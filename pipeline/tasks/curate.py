@@ -75,8 +75,13 @@ class CompareTranslators(PtvlTask):
             run_stats.setdefault(engine, []).append(json.loads(side.read_text()))
 
         gold = load_gold() if s.curate.gold else None
-        gold_scores, billing, throughput = {}, {}, {}
+        gold_scores, billing, throughput, truncation = {}, {}, {}, {}
         for engine, stats in run_stats.items():
+            if not isinstance(s.engines[engine], ReferenceEntry):  # imports have no engine to cut; DeepL never cuts (0)
+                cut = [st.get("input_truncated") or {} for st in stats]
+                truncation[engine] = {"rows": sum(st["rows"] for st in stats),
+                                      "truncated": sum(c.get("rows", 0) for c in cut),
+                                      "unique": sum(c.get("unique", 0) for c in cut)}
             entry = s.engines[engine]
             engine_id = stats[0]["engine_id"]
             parts = latest_parts(self.root, engine, s.translate.parts)
@@ -113,5 +118,6 @@ class CompareTranslators(PtvlTask):
             throughput=throughput,
             seed=s.curate.seed,
             thresholds=s.quality,
+            truncation=truncation,
             scoring=s.eval.settings.scoring_labels(),
         )

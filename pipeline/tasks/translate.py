@@ -524,11 +524,14 @@ class Translate(PtvlTask):
             pl.col("text_hash").replace_strict({h: r.text_pt for h, r in found.items()}, default=None,
                                                return_dtype=pl.String).alias("text_pt"),
             pl.col("text_hash").replace_strict({h: r.score for h, r in found.items()}, default=None,
-                                               return_dtype=pl.Float32).alias("score"),
+                                               return_dtype=pl.Float64).alias("score"),
         )
         flagged = flag_table(table, self.settings.quality)
+        cut = [h for h, r in found.items() if r.input_truncated]
         stats = {"rows": rows.height, "unique": len(found), "billed_chars": sum(r.billed_chars for r in found.values()),
-                 "engine_id": engine_id, "flag_counts": _flag_counts(flagged)}
+                 "engine_id": engine_id, "flag_counts": _flag_counts(flagged),
+                 # sources cut at the engine's max_input_length: rows (duplicates counted) and distinct strings
+                 "input_truncated": {"rows": int(rows["text_hash"].is_in(cut).sum()), "unique": len(cut)}}
         log.info("%s/%s [%s] %s%s: %d rows, %d unique, %d chars billed", self.dataset, self.split,
                  self.engine, what, how, stats["rows"], stats["unique"], stats["billed_chars"])
         self._found = found

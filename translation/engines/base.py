@@ -12,11 +12,14 @@ class Result:
     score: mean token log-probability where the engine gives one (CTranslate2, HF), else None.
     billed_chars: characters the provider charges for this text (DeepL counts source characters);
     0 for local engines.
+    input_truncated: the source was cut at the engine's max_input_length (None: the engine does not
+    tokenize, e.g. DeepL).  Stored in the memory and summed in the split's stats.
     """
 
     text: str
     score: float | None = None
     billed_chars: int = 0
+    input_truncated: bool | None = None
 
 
 @runtime_checkable

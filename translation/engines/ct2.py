@@ -59,6 +59,12 @@ class CT2Settings(BaseModel):
         default=256, ge=1, description="Output tokens (language prefix and end token included); hits are counted.",
     )
     return_scores: bool = Field(default=True, description="Mean token log-probability in Result.score.")
+    call_size: int = Field(
+        default=4096, ge=1,
+        description="Texts per engine call, stored as one chunk (a kill loses at most one). Thousands, so "
+        "CTranslate2 sorts by length, fills max_batch_tokens batches and keeps every replica busy "
+        "(bench/RESULTS.md: 50-text calls leave replicas idle).",
+    )
 
 
 def _convert_hint(kind: str, model_dir: Path) -> str:

@@ -42,6 +42,11 @@ class HFSettings(BaseModel):
     )
     batch_size: int = Field(default=32, ge=1, description="Sentences per generate call (sorted by length).")
     num_beams: int = Field(default=1, ge=1, description="1 = greedy.")
+    call_size: int = Field(
+        default=1024, ge=1,
+        description="Texts per engine call, stored as one chunk (a kill loses at most one); sorted by "
+        "length inside the call, then cut into batch_size generate calls.",
+    )
     max_input_length: int = Field(default=256, ge=2)
     max_decoding_length: int = Field(default=256, ge=1, description="New tokens, language prefix included.")
 
@@ -52,6 +57,23 @@ class HFSettings(BaseModel):
 
         torch.device(value)  # raises on a malformed device string
         return value
+
+
+def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> str:
+    """The commit hash of the snapshot of `repo_id` that loading uses: the folder name under
+    ``snapshots/`` that the cache resolves ``config.json`` to (transformers 5 no longer sets
+    ``config._commit_hash``, so every revision used to get the same engine id).
+
+    Raises EngineConfigError when the model is not in the local cache (it is after `from_pretrained`)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    if not isinstance(found, str):
+        raise EngineConfigError(f"{repo_id}: no config.json in the Hugging Face cache, so its revision is unknown")
+    snapshot = Path(found).parent
+    if snapshot.parent.name != "snapshots":
+        raise EngineConfigError(f"{repo_id}: {found} is not inside a cache snapshot folder")
+    return snapshot.name
 
 
 class HFEngine(Seq2SeqEngine):
@@ -97,8 +119,7 @@ class HFEngine(Seq2SeqEngine):
             names = ["config.json", *TOKENIZER_FILES, *(p.name for p in path.glob("*.safetensors")),
                      *(p.name for p in path.glob("*.bin"))]
             return f"{path.resolve().name}@{folder_digest(path, names)}"
-        revision = getattr(self.model.config, "_commit_hash", None) or "unknown-revision"
-        return f"{self.settings.model}@{revision[:12]}"
+        return f"{self.settings.model}@{hub_snapshot(self.settings.model)[:12]}"
 
     def translate_detailed(self, texts: list[str]) -> list[Translation]:
         """Translate `texts` (order kept) with token counts and length-limit flags; updates `stats`."""

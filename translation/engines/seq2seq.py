@@ -11,10 +11,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from translation.engines.base import Result
 from translation.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the settings modules import this one
+    from translation.engines.ct2 import CT2Settings
+    from translation.engines.hf import HFSettings
 
 ModelKind = Literal["madlad", "narrativa"]
 
@@ -47,7 +51,7 @@ class Translation:
     output_capped: bool
 
     def result(self) -> Result:
-        return Result(text=self.text, score=self.score, billed_chars=0)
+        return Result(text=self.text, score=self.score, billed_chars=0, input_truncated=self.input_truncated)
 
 
 class Seq2SeqEngine:
@@ -58,10 +62,16 @@ class Seq2SeqEngine:
 
     _engine_id: str
     stats: EngineStats
+    settings: CT2Settings | HFSettings
 
     @property
     def engine_id(self) -> str:
         return self._engine_id
+
+    @property
+    def call_size(self) -> int:
+        """Texts per `translate` call that `translation.runner` makes (and stores as one chunk)."""
+        return self.settings.call_size
 
     def translate(self, texts: list[str]) -> list[Result]:
         return [t.result() for t in self.translate_detailed(texts)]

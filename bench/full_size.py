@@ -1,0 +1,322 @@
+"""The text half of the DAG at the real sizes: synthetic CC3M / VisDial / Karpathy sources through Luigi.
+
+Generates sources in the official formats at `--scale` x the real sizes (scale 1: a CC3M train TSV of
+3,318,333 rows with a realistic caption-length distribution and ~3% repeats; VisDial v1.0 train-size
+JSON, 123,287 dialogs x 10 rounds x 100 options over ~376k questions and ~337k answers; a Karpathy
+dataset_coco.json of 123,287 images x 5 captions), then runs each stage as its own Luigi build in a
+child process (so each stage's peak RSS is its own, read from `os.wait4`):
+
+    segments -> reference memory (a deterministic "[pt] " + text export, written from the segments)
+    -> import -> unique strings -> translate parts (all memory hits) -> translate join + flags
+
+and prints wall time, peak RSS and rows/s per stage, plus the row accounting (segments = translated =
+flagged per split).  Curate and shards (which need images) are not part of it yet.
+
+    .venv/bin/python bench/full_size.py --scale 0.05          # ~166k CC3M rows
+    .venv/bin/python bench/full_size.py --scale 1 --root /data/ptvl-fullsize
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CC3M_TRAIN_ROWS = 3_318_333
+VISDIAL_TRAIN_DIALOGS = 123_287
+VISDIAL_QUESTIONS = 376_082
+VISDIAL_ANSWERS = 337_527
+KARPATHY_IMAGES = 123_287
+KARPATHY_SPLITS = {"val": 5_000, "test": 5_000, "restval": 30_504}  # the rest is train
+REPEAT_SHARE = 0.03
+
+WORDS = ("a the man woman person dog cat car bus tree house street city beach sea sky cloud mountain river "
+         "field road building window door table chair room kitchen food plate cup glass bottle phone book "
+         "picture portrait view sunset night day morning winter summer snow rain light water boat bridge "
+         "train station crowd player team game ball stadium stage concert artist actor model dress shirt "
+         "hat flower garden park bench child children family friends couple wedding party birthday cake "
+         "red blue green yellow white black old young small large beautiful happy smiling standing sitting "
+         "walking running playing holding looking at on in with of and near by under over during against "
+         "front behind background vector illustration isolated icon logo pattern design style modern "
+         "vintage abstract texture wooden stone metal glass floor wall roof top bottom side close up").split()
+
+
+@dataclass
+class Sizes:
+    cc3m: int
+    dialogs: int
+    questions: int
+    answers: int
+    coco: int
+
+
+def sizes(scale: float) -> Sizes:
+    def n(x: int) -> int:
+        return max(1, round(x * scale))
+    return Sizes(n(CC3M_TRAIN_ROWS), n(VISDIAL_TRAIN_DIALOGS), n(VISDIAL_QUESTIONS), n(VISDIAL_ANSWERS),
+                 max(len(KARPATHY_SPLITS) + 1, n(KARPATHY_IMAGES)))
+
+
+def _phrase(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choices(WORDS, k=n_words))
+
+
+def cc3m_caption_words(rng: random.Random) -> int:
+    """CC3M caption lengths: mean ~10 words, long right tail (gamma 4 x 2.6, cut to 1..60)."""
+    return min(60, max(1, round(rng.gammavariate(4.0, 2.6))))
+
+
+def write_cc3m(path: Path, rows: int, seed: int) -> int:
+    """Train TSV (caption<TAB>url, no header); ~3% of rows repeat an earlier caption.  Returns distinct captions."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen: list[str] = []
+    distinct: set[str] = set()
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            if seen and rng.random() < REPEAT_SHARE:
+                cap = seen[rng.randrange(len(seen))]
+            else:
+                cap = _phrase(rng, cc3m_caption_words(rng))
+                if len(seen) < 200_000:
+                    seen.append(cap)
+            distinct.add(cap)
+            f.write(f"{cap}\thttps://images.example.org/cc3m/{i}.jpg\n")
+    return len(distinct)
+
+
+def write_visdial(path: Path, s: Sizes, seed: int) -> None:
+    """VisDial v1.0 train JSON (official layout), streamed: 10 rounds of 100 answer options per dialog."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    questions = list(dict.fromkeys(_phrase(rng, rng.randint(3, 9)) + "?" for _ in range(s.questions)))
+    answers = list(dict.fromkeys(_phrase(rng, rng.randint(1, 7)) for _ in range(s.answers)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"version": "1.0", "split": "train2018", "data": {"questions": ')
+        f.write(json.dumps(questions))
+        f.write(', "answers": ')
+        f.write(json.dumps(answers))
+        f.write(', "dialogs": [')
+        for d in range(s.dialogs):
+            opts = nrng.integers(0, len(answers), size=(10, 100))
+            gts = nrng.integers(0, 100, size=10)
+            qs = nrng.integers(0, len(questions), size=10)
+            rounds = ",".join(
+                f'{{"question": {int(qs[r])}, "answer": {int(opts[r, gts[r]])}, "gt_index": {int(gts[r])}, '
+                f'"answer_options": [{",".join(map(str, opts[r].tolist()))}]}}' for r in range(10))
+            caption = json.dumps(_phrase(rng, rng.randint(6, 14)))
+            f.write(("," if d else "") + f'{{"image_id": {d + 1}, "caption": {caption}, "dialog": [{rounds}]}}')
+        f.write("]}}")
+
+
+def write_karpathy(path: Path, n: int, seed: int) -> None:
+    """dataset_coco.json with Karpathy's split sizes (scaled), 5 captions per image."""
+    rng = random.Random(seed)
+    quota = {k: max(1, round(v * n / KARPATHY_IMAGES)) for k, v in KARPATHY_SPLITS.items()}
+    images, sentid = [], 0
+    for imgid in range(n):
+        split = next((k for k, lo in _bounds(quota) if imgid < lo), "train")
+        sentences = []
+        for _ in range(5):
+            raw = _phrase(rng, rng.randint(8, 16)).capitalize() + "."
+            sentences.append({"tokens": raw.lower().rstrip(".").split(), "raw": raw, "imgid": imgid, "sentid": sentid})
+            sentid += 1
+        images.append({"filepath": "val2014", "sentids": [x["sentid"] for x in sentences],
+                       "filename": f"COCO_val2014_{imgid + 1:012d}.jpg", "imgid": imgid, "split": split,
+                       "sentences": sentences, "cocoid": imgid + 1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+
+
+def _bounds(quota: dict[str, int]) -> list[tuple[str, int]]:
+    out, at = [], 0
+    for k, v in quota.items():
+        at += v
+        out.append((k, at))
+    return out
+
+
+CONFIG = """
+[run]
+name = "fullsize"
+root = "{run}"
+
+[datasets.cc3m]
+splits = ["train"]
+[datasets.coco]
+splits = ["train", "restval", "val", "test"]
+url_base = "file://{{sources}}/coco"
+[datasets.visdial]
+splits = ["train"]
+image_url_template = {{ train = "file://{{sources}}/visdial/img/{{image_id:012d}}.jpg", val = "file://{{sources}}/visdial/img/{{image_id:012d}}.jpg" }}
+[datasets.vqav2]
+enabled = false
+
+[translate]
+engines = ["reference"]
+parts = {parts}
+
+[engines.reference]
+engine = "reference"
+
+[curate]
+gold = false
+"""
+
+
+def write_sources(run: Path, s: Sizes, seed: int) -> dict:
+    src = run / "sources"
+    t0 = time.perf_counter()
+    distinct = write_cc3m(src / "cc3m" / "Train_GCC-training.tsv", s.cc3m, seed)
+    write_visdial(src / "visdial" / "visdial_1.0_train.json", s, seed + 1)
+    write_karpathy(src / "coco" / "dataset_coco.json", s.coco, seed + 2)
+    for d in ("cc3m", "visdial", "coco"):  # the files are in place: nothing to fetch
+        (src / d / "_FETCHED.json").write_text(json.dumps({"dataset": d, "source": "bench/full_size.py"}))
+    return {"seconds": time.perf_counter() - t0, "cc3m_distinct": distinct}
+
+
+def write_reference_memory(run: Path) -> int:
+    """A deterministic "translation" of every distinct segment text, as a memory export to import."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    seg = pl.scan_parquet(str(run / "segments" / "*" / "*.parquet")).select("text_hash", "text_en").unique("text_hash")
+    table = seg.with_columns(pl.concat_str(pl.lit("[pt] "), pl.col("text_en")).alias("text_pt")).collect()
+    pq.write_table(table.to_arrow(), run / "sources" / "reference_memory.parquet")
+    return table.height
+
+
+def stage_tasks(cfg: str, stage: str) -> list:
+    """The Luigi tasks of one stage (their dependencies are done by then)."""
+    from pipeline.settings import load_settings
+    from pipeline.tasks.acquire import IngestSegments
+    from pipeline.tasks.translate import ImportReferenceMemory, Translate, TranslatePart, UniqueStrings
+
+    s = load_settings(cfg)
+    if stage == "segments":
+        return [IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in s.datasets.splits()]
+    if stage == "import":
+        return [ImportReferenceMemory(config=cfg, engine="reference")]
+    if stage == "unique":
+        return [UniqueStrings(config=cfg, engine="reference")]
+    if stage == "translate parts":
+        return [TranslatePart(config=cfg, engine="reference", part=i) for i in range(s.translate.parts)]
+    return [Translate(config=cfg, dataset=d, split=sp, engine="reference") for d, sp in s.datasets.splits()]
+
+
+def build_stage(cfg: str, stage: str, workers: int) -> None:
+    import luigi
+
+    if not luigi.build(stage_tasks(cfg, stage), local_scheduler=True, workers=workers, log_level="WARNING"):
+        raise SystemExit(f"stage {stage!r} failed")
+
+
+STAGE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[4])
+from bench.full_size import build_stage
+build_stage(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
+
+
+def run_stage(cfg: Path, stage: str, workers: int, in_process: bool = False) -> tuple[float, int | None]:
+    """(wall seconds, peak RSS bytes) of one stage's Luigi build in a child process (its own peak RSS),
+    or in this process (no per-stage RSS; saves the child's start-up on a small run)."""
+    if in_process:
+        t0 = time.perf_counter()
+        build_stage(str(cfg), stage, workers)
+        return time.perf_counter() - t0, None
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, str(cfg), stage, str(workers), str(ROOT)],
+                            env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {stage!r} failed (exit {proc.returncode})")
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def accounting(run: Path) -> list[dict]:
+    """Per split: segments, translated, flagged (flags list present) and set-aside rows."""
+    import polars as pl
+
+    out = []
+    for seg_path in sorted((run / "segments").glob("*/*.parquet")):
+        dataset, split = seg_path.parent.name, seg_path.stem
+        tr_dir = run / "translated" / "reference" / dataset
+        tr = pl.read_parquet(tr_dir / f"{split}.parquet", columns=["flags"])
+        aside = pl.read_parquet(tr_dir / f"{split}.set_aside.parquet")
+        stats = json.loads((tr_dir / f"_{split}.stats.json").read_text())
+        out.append({"split": f"{dataset}/{split}", "segments": pl.scan_parquet(seg_path).select(pl.len()).collect().item(),
+                    "translated": tr.height, "flagged": int(tr["flags"].is_not_null().sum()),
+                    "set_aside": aside.height, "stats_rows": stats["rows"]})
+    return out
+
+
+def bench(root: Path, scale: float, seed: int = 0, parts: int = 2, workers: int = 1,
+          in_process: bool = False) -> dict:
+    """Generate, run every stage, return the figures (also used by tests/test_full_size_small.py)."""
+    run = root / "run"
+    s = sizes(scale)
+    gen = write_sources(run, s, seed)
+    cfg = root / "fullsize.toml"
+    cfg.write_text(CONFIG.format(run=run, parts=parts))
+    stages = []
+    segments_rows = None
+    for stage in ("segments", "reference memory", "import", "unique", "translate parts", "translate join + flags"):
+        if stage == "reference memory":
+            t0 = time.perf_counter()
+            n = write_reference_memory(run)
+            stages.append({"stage": stage, "seconds": time.perf_counter() - t0, "peak_rss": None, "rows": n})
+            continue
+        seconds, rss = run_stage(cfg, stage, workers, in_process)
+        if stage == "segments":
+            import polars as pl
+
+            segments_rows = pl.scan_parquet(str(run / "segments" / "*" / "*.parquet")).select(pl.len()).collect().item()
+        stages.append({"stage": stage, "seconds": seconds, "peak_rss": rss, "rows": segments_rows})
+    return {"scale": scale, "sizes": asdict(s), "generate": gen, "stages": stages, "accounting": accounting(run)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", type=float, default=1.0, help="share of the real sizes (1 = 3,318,333 CC3M rows)")
+    p.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary one, removed)")
+    p.add_argument("--parts", type=int, default=2, help="[translate] parts")
+    p.add_argument("--workers", type=int, default=1, help="Luigi workers per stage")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--in-process", action="store_true", help="stages in this process (no per-stage peak RSS)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        res = bench(root, args.scale, parts=args.parts, workers=args.workers, in_process=args.in_process)
+    print(f"scale {args.scale}: {res['sizes']}; sources written in {res['generate']['seconds']:.1f}s; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'stage':<26}{'wall s':>9}{'peak RSS MB':>13}{'rows/s':>12}")
+    for st in res["stages"]:
+        rss = f"{st['peak_rss'] / 2**20:.0f}" if st["peak_rss"] else "-"
+        rate = f"{st['rows'] / st['seconds']:,.0f}" if st["rows"] else "-"
+        print(f"{st['stage']:<26}{st['seconds']:>9.1f}{rss:>13}{rate:>12}")
+    print(f"{'split':<22}{'segments':>10}{'translated':>12}{'flagged':>10}{'set aside':>11}")
+    for a in res["accounting"]:
+        print(f"{a['split']:<22}{a['segments']:>10}{a['translated']:>12}{a['flagged']:>10}{a['set_aside']:>11}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
