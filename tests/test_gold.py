@@ -181,11 +181,22 @@ def test_load_flag_cases_errors(tmp_path, content, message):
 def test_comparison_report_shows_held_out_figures():
     from pipeline.reports.compare import _flag_heldout_table, _markdown
 
+    from translation.gold import load_flag_cases
+
     figures = _figures()
     table = _flag_heldout_table(QualityThresholds())
-    assert table.cells == [[f, f"{r['precision']:.2f}", f"{r['recall']:.2f}", str(r["positives"] + r["negatives"])]
-                           for f, r in figures.items()]
+    assert [c[:4] for c in table.cells] == [
+        [f, f"{r['precision']:.2f}", f"{r['recall']:.2f}", str(r["positives"] + r["negatives"])]
+        for f, r in figures.items()]
     assert "| brazilian | 0.73 | 0.85 | 55 |" in _markdown(table)
+    # What limits a flag is shown: its first false alarms (label 0 cases it flags) and misses (label 1 it
+    # does not), as "en -> pt"; a flag without any shows "-".
+    cases = load_flag_cases()
+    row = next(c for c in table.cells if c[0] == "brazilian")
+    negatives = cases.filter((pl.col("flag") == "brazilian") & ~pl.col("label"))
+    shown = row[4].split("; ")
+    assert len(shown) == 3 and all(x.split(" -> ")[1] in {p[:40] for p in negatives["pt"].to_list()} for x in shown)
+    assert next(c for c in table.cells if c[0] == "repetitive")[4] == "-"  # precision 1.00: no false alarm
     # the run's thresholds are the ones measured: no wordfreq margin makes 'frisbee'-like answers English
     strict = _flag_heldout_table(QualityThresholds(portuguese_zipf_margin=0.0, portuguese_zipf=9.0))
     assert strict.cells[0][0] == "untranslated" and float(strict.cells[0][1]) < float(table.cells[0][1])

@@ -31,17 +31,24 @@ def score_against_gold(hyps: Sequence[str], refs: Sequence[str]) -> dict:
     }
 
 
-def precision_recall(predict: Callable[[str], bool], positives: Sequence[str], negatives: Sequence[str]) -> dict:
-    """Precision, recall and the confusion counts of a binary detector on labelled examples."""
-    tp = sum(bool(predict(x)) for x in positives)
-    fp = sum(bool(predict(x)) for x in negatives)
+def precision_recall(predict: Callable[[str], bool], positives: Sequence[str], negatives: Sequence[str],
+                     examples: int = 0) -> dict:
+    """Precision, recall and the confusion counts of a binary detector on labelled examples; with
+    `examples` > 0 also the first false alarms and misses (what limits the figures)."""
+    hits = [bool(predict(x)) for x in positives]
+    alarms = [bool(predict(x)) for x in negatives]
+    tp, fp = sum(hits), sum(alarms)
     fn = len(positives) - tp
-    return {
+    out = {
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / len(positives) if positives else 0.0,
         "tp": tp, "fp": fp, "fn": fn, "tn": len(negatives) - fp,
         "positives": len(positives), "negatives": len(negatives),
     }
+    if examples:
+        out["false_alarms"] = [x for x, a in zip(negatives, alarms, strict=True) if a][:examples]
+        out["misses"] = [x for x, h in zip(positives, hits, strict=True) if not h][:examples]
+    return out
 
 
 def flag_precision_recall(gold: pl.DataFrame, thresholds: QualityThresholds | None = None) -> dict[str, dict]:
@@ -66,9 +73,11 @@ def flag_precision_recall(gold: pl.DataFrame, thresholds: QualityThresholds | No
     }
 
 
-def flag_case_precision_recall(cases: pl.DataFrame, thresholds: QualityThresholds | None = None) -> dict[str, dict]:
+def flag_case_precision_recall(cases: pl.DataFrame, thresholds: QualityThresholds | None = None,
+                               examples: int = 0) -> dict[str, dict]:
     """Per flag of labelled cases (translation.gold.load_flag_cases): precision, recall and counts of
-    `flag in flag_row(en, pt)` against `label`.  Flags in the order they first appear."""
+    `flag in flag_row(en, pt)` against `label` (and up to `examples` (en, pt) false alarms and misses).
+    Flags in the order they first appear."""
     th = thresholds or QualityThresholds()
     out: dict[str, dict] = {}
     for flag in dict.fromkeys(cases["flag"].to_list()):
@@ -76,6 +85,6 @@ def flag_case_precision_recall(cases: pl.DataFrame, thresholds: QualityThreshold
         pairs = list(zip(sub["en"].to_list(), sub["pt"].to_list(), sub["label"].to_list(), strict=True))
         out[flag] = precision_recall(
             lambda pair, f=flag: f in flag_row(pair[0], pair[1], None, th),
-            [(e, p) for e, p, lab in pairs if lab], [(e, p) for e, p, lab in pairs if not lab],
+            [(e, p) for e, p, lab in pairs if lab], [(e, p) for e, p, lab in pairs if not lab], examples,
         )
     return out
