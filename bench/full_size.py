@@ -156,7 +156,7 @@ root = "{run}"
 [datasets.cc3m]
 splits = ["train"]
 [datasets.coco]
-splits = ["train", "restval", "val", "test"]
+splits = ["train", "val", "test"]  # restval is read as part of train (fold_restval, as FROMAGe)
 url_base = "file://{{sources}}/coco"
 [datasets.visdial]
 splits = ["train"]

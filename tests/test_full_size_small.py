@@ -16,7 +16,7 @@ def test_scaled_down_full_size_run_keeps_every_row(tmp_path):
     s = sizes(SCALE)
     assert s.cc3m == 20_000 and s.dialogs == 743 and s.coco == 743
     acc = {a["split"]: a for a in res["accounting"]}
-    assert sorted(acc) == ["cc3m/train", "coco/restval", "coco/test", "coco/train", "coco/val", "visdial/train"]
+    assert sorted(acc) == ["cc3m/train", "coco/test", "coco/train", "coco/val", "visdial/train"]
     # Every generated row is a segment: the TSV has no broken row, Karpathy has 5 captions per image.
     assert acc["cc3m/train"]["segments"] == s.cc3m
     assert sum(acc[k]["segments"] for k in acc if k.startswith("coco/")) == 5 * s.coco

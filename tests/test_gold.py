@@ -180,7 +180,6 @@ def test_load_flag_cases_errors(tmp_path, content, message):
 
 def test_comparison_report_shows_held_out_figures():
     from pipeline.reports.compare import _flag_heldout_table, _markdown
-
     from translation.gold import load_flag_cases
 
     figures = _figures()
