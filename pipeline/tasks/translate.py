@@ -63,6 +63,12 @@ def memory_path(root) -> str:
     return str(root / "memory" / "memory.sqlite")
 
 
+def human_overlay_path(root) -> Path:
+    """The run's human-review overlay (`translation.overlay.HumanOverlay`): people's corrections, flag
+    verdicts and gold rows, beside the machine memory, never inside it."""
+    return Path(root) / "memory" / "human.sqlite"
+
+
 def engine_memory_dir(root: Path, engine: str) -> Path:
     return root / "memory" / engine
 
