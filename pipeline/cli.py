@@ -613,6 +613,72 @@ def compare(config: Path = ConfigOpt, workers: int = typer.Option(1, "--workers"
     console.print(f"report: {settings.root / 'reports' / 'compare' / 'comparison.html'}")
 
 
+@app.command()
+def review(
+    config: Path = ConfigOpt,
+    engine: str = typer.Option(None, "--engine", "-e",
+                               help="Engine whose translations you correct (default: [training] engine)."),
+    port: int = typer.Option(8765, "--port", "-p", min=1, max=65535, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to bind. The default serves this machine only; anything else (0.0.0.0) "
+                             "lets anyone who can reach the port write corrections: there is no login."),
+    reviewer: str = typer.Option(None, "--reviewer",
+                                 help="Name stored with every correction (default: your login name)."),
+    queue_size: int = typer.Option(500, "--queue-size", min=1,
+                                   help="Rows in the worst, disagree and sample queues (flag queues hold all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random-sample queue (the same seed, the same rows)."),
+) -> None:
+    """Correct translations in the browser: a local web app over the run root's translated tables.
+
+    Open http://127.0.0.1:8765/ (the port you chose). Queues, each with reviewed / total:
+    flag:<name> (every row raising that quality flag), worst (lowest engine scores), disagree (lowest chrF
+    between the engines' outputs for the same source string; needs two engines), sample (random rows, a
+    fixed seed). A row shows the EN source, every engine's PT side by side with the flags and their
+    evidence, the image (CC3M, COCO) or the dialog around it (VisDial).
+
+    Keys: j/k next/previous row, a accept the engine's output, 1-9 accept engine N's output, e edit
+    (Ctrl+Enter saves), f/c mark the first open flag a false alarm/confirmed, g add to the gold set,
+    ? help.
+
+    Corrections never overwrite the machine output: they are appended to memory/human.sqlite as a human
+    overlay (who, when, the text they replace; two tabs on one row: the last write wins, both are kept and
+    the override is logged). Rebuild the shards afterwards with `ptvl run --config ... --until shards`:
+    they use the human text, and each dataset card counts the human-corrected rows. Share the overlay
+    with `ptvl memory export` / `ptvl memory import`."""
+    import getpass
+
+    import uvicorn
+
+    from pipeline.review.app import create_app
+    from pipeline.review.tables import NoTranslations, RunTables
+    from pipeline.tasks.translate import human_overlay_path
+    from translation.overlay import HumanOverlay
+
+    settings = _load(config)
+    engine = engine or settings.training.engine
+    if engine not in settings.engines:
+        _fail(f"no [engines.{engine}] table in {config}; configured: {', '.join(settings.engines)}")
+    engines = list(dict.fromkeys([engine, *settings.translate.engines]))
+    try:
+        tables = RunTables(settings.root, engines, settings.datasets.splits(), engine)
+    except NoTranslations as e:
+        _fail(str(e))
+    _check_writable(settings.root / "memory", "memory folder")
+    who = reviewer or os.environ.get("USER") or getpass.getuser()
+    overlay = HumanOverlay(human_overlay_path(settings.root))
+    web = create_app(settings.root, tables, overlay, who=who, queue_size=queue_size, seed=seed)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"[bold]ptvl review[/] {escape(str(settings.root))}: engine {engine} "
+                  f"({tables.chosen.rows.height:,} distinct strings; also {', '.join(n for n in tables.engines if n != engine) or 'no other engine'}), "
+                  f"reviewer {escape(who)}\n  open http://{shown}:{port}/  (Ctrl+C stops; every action is saved as it is made)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach this port can write corrections")
+    try:
+        uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        overlay.close()
+
+
 @app.command("train")
 def train_cmd(
     config: Path = ConfigOpt,
