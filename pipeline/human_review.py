@@ -27,6 +27,23 @@ def overlay_path(root: Path) -> Path:
     return human_overlay_path(root)
 
 
+def human_export_path(memory_export: Path) -> Path:
+    """Where `ptvl memory export OUT` writes the overlay beside OUT: mem.parquet -> mem.human.parquet."""
+    memory_export = Path(memory_export)
+    return memory_export.with_name(memory_export.stem + ".human.parquet")
+
+
+def is_overlay_export(path: Path) -> bool:
+    """Whether a Parquet file is a `HumanOverlay.export_parquet` file (not a translation memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return {"kind", "uid"} <= set(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException):  # not Parquet at all: the memory import says what is wrong
+        return False
+
+
 def digest_for(root: Path, engine_id: str | None) -> str:
     """The overlay digest of one engine id (None: the whole file, gold included); no file = empty overlay."""
     return overlay_digest(overlay_path(root), engine_id)
