@@ -53,6 +53,20 @@ def columns_section(schema: pa.Schema) -> list[str]:
     return ["| column | type |", "|---|---|"] + [f"| `{f.name}` | `{type_name(f.type)}` |" for f in schema]
 
 
+def _review_rows(stats: dict) -> list[str]:
+    """The card's lines on the human review (ptvl review) applied to the shards; none for stats written
+    before the overlay existed."""
+    if "human_corrected" not in stats:
+        return []
+    return [
+        f"| human-corrected rows | {stats['human_corrected']:,} (text from a person's correction in "
+        "`memory/human.sqlite`; the engine's output kept beside it where the layout has the columns) |",
+        f"| kept by review | {stats.get('kept_by_human_text', 0):,} rows whose machine text the filter policy "
+        f"would drop, corrected by a person; {stats.get('kept_by_false_alarm', 0):,} rows whose dropping flags "
+        "a person judged false alarms |",
+    ]
+
+
 def write_dataset_card(
     out_dir: Path,
     *,
@@ -90,6 +104,7 @@ def write_dataset_card(
         f"| filter policy | {'drop rows flagged ' + ', '.join(f'`{p}`' for p in policy) if policy else 'none (all rows kept)'} |",
         f"| rows considered | {stats.get('total', 0):,} |",
         f"| rows kept | {stats.get('kept', 0):,} |",
+        *_review_rows(stats),
         f"| images | {stats.get('images', 0):,} |",
         f"| files | {', '.join(stats.get('files', []))} |",
         "",

@@ -560,7 +560,11 @@ def _check_source_checkpoint(source: str) -> None:
         _fail(f"--from {source}: the Hugging Face hub cannot be reached ({type(e).__name__}: {reason})")
 
 
-memory_app = typer.Typer(help="Share translation memories: export and import Parquet files.", no_args_is_help=True)
+memory_app = typer.Typer(
+    help="Share translation memories and the human-review overlay (people's corrections, flag verdicts, "
+    "gold rows): export and import Parquet files.",
+    no_args_is_help=True,
+)
 app.add_typer(memory_app, name="memory")
 
 
@@ -569,9 +573,18 @@ def memory_export(
     out: Path = typer.Argument(..., help="Parquet file to write."),
     config: Path = ConfigOpt,
     engine_id: str = typer.Option(None, "--engine-id", help="Only this engine id (default: all)."),
+    human: bool = typer.Option(
+        True, "--human/--no-human",
+        help="Also write the run's human-review overlay (memory/human.sqlite: corrections, flag verdicts, "
+        "gold rows of every engine, with who and when) to OUT's name with .human.parquet "
+        "(mem.parquet -> mem.human.parquet), when the run has one.",
+    ),
 ) -> None:
-    """Export the run's translation memory (or one engine's part of it) as Parquet."""
+    """Export the run's translation memory (or one engine's part of it) as Parquet, and beside it the human
+    review overlay (`--no-human` leaves it out)."""
+    from pipeline.human_review import human_export_path, overlay_path
     from pipeline.tasks.translate import memory_view
+    from translation.overlay import HumanOverlay
 
     settings = _load(config)
     if not (settings.root / "memory").is_dir():
@@ -580,24 +593,56 @@ def memory_export(
     with memory_view(settings.root) as mem:  # the shared memory and every part file, merged
         n = mem.export_parquet(out, engine_id=engine_id)
     console.print(f"exported {n:,} translations to {out}")
+    if human and overlay_path(settings.root).exists():
+        dest = human_export_path(out)
+        with HumanOverlay(overlay_path(settings.root), read_only=True) as ov:
+            k = ov.export_parquet(dest)
+        console.print(f"exported {k:,} human-review rows (corrections, flag verdicts, gold) to {dest}")
 
 
 @memory_app.command("import")
 def memory_import(
-    path: Path = typer.Argument(..., help="Parquet export (or a text_hash, text_en, text_pt file)."),
-    engine_id: str = typer.Option(..., "--engine-id", help="Engine id the translations belong to."),
+    path: Path = typer.Argument(..., help="Parquet export (or a text_hash, text_en, text_pt file), or a "
+                                "human-review overlay export (*.human.parquet)."),
+    engine_id: str = typer.Option(None, "--engine-id", help="Engine id the translations belong to (required for "
+                                  "a translation memory file; an overlay export names its engines itself)."),
     config: Path = ConfigOpt,
+    human: bool = typer.Option(
+        True, "--human/--no-human",
+        help="Also import the human-review overlay export beside PATH (PATH's name with .human.parquet), "
+        "when there is one, into the run's memory/human.sqlite.",
+    ),
 ) -> None:
-    """Import translations into the run's memory; texts already stored are kept as they are."""
+    """Import translations into the run's memory; texts already stored are kept as they are.  The human
+    review overlay beside the file (or given as PATH) is appended to the run's overlay: rows already there
+    are skipped, and for each row the latest correction or verdict wins, by time."""
+    from pipeline.human_review import human_export_path, is_overlay_export, overlay_path
     from pipeline.tasks.translate import memory_path, open_memory
+    from translation.overlay import HumanOverlay
 
     settings = _load(config)
     if not path.is_file():
         _fail(f"{path}: no such file" if not path.exists() else f"{path} is a folder, not a Parquet file")
     _check_writable(Path(memory_path(settings.root)).parent, "memory folder")
-    with open_memory(memory_path(settings.root)) as mem:  # the shared memory, read by every part
-        stats = mem.import_parquet(path, engine_id=engine_id)
-    console.print(f"{stats.rows:,} rows: {stats.inserted:,} new, {stats.already_present:,} already present")
+    overlays = [path] if is_overlay_export(path) else []
+    if not overlays:
+        if not engine_id:
+            _fail(f"{path} is a translation memory: --engine-id is required (the engine id its translations "
+                  "belong to)")
+        with open_memory(memory_path(settings.root)) as mem:  # the shared memory, read by every part
+            stats = mem.import_parquet(path, engine_id=engine_id)
+        console.print(f"{stats.rows:,} rows: {stats.inserted:,} new, {stats.already_present:,} already present")
+        beside = human_export_path(path)
+        if human and beside.is_file():
+            overlays.append(beside)
+    for f in overlays:
+        try:
+            with HumanOverlay(overlay_path(settings.root)) as ov:
+                st = ov.import_parquet(f)
+        except ValueError as e:
+            _fail(f"human-review overlay not imported: {e}")
+        console.print(f"{f}: {st.rows:,} human-review rows: {st.inserted:,} new, {st.already_present:,} already "
+                      f"present (memory/human.sqlite)")
 
 
 @app.command()

@@ -3,6 +3,12 @@
 Contracts are training/shards.py (CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD, VQA_SHARD).
 Rows leave the training set for a recorded reason only (datatrove style: `total`, `kept`,
 `dropped_<reason>`), and those counts go into the dataset card beside the shards.
+
+Human review: the builders take the translated table with the review applied
+(`pipeline.human_review.apply_review`: ``text_source``, ``text_pt_machine``, ``flags_machine`` columns)
+and count the kept rows that carry a person's text (`human_corrected`) and the rows the filter policy
+would have dropped but the review kept (`kept_by_human_text`, `kept_by_false_alarm`).  Without those
+columns every text is the machine's.
 """
 from __future__ import annotations
 
@@ -51,6 +57,8 @@ class ShardStats:
     dropped: Counter = field(default_factory=Counter)
     files: list[str] = field(default_factory=list)
     images: int = 0
+    human_corrected: int = 0  # kept rows carrying at least one human-corrected text
+    kept_by_review: Counter = field(default_factory=Counter)  # "human_text" | "false_alarm" -> kept rows
 
     def as_dict(self) -> dict:
         return {
@@ -59,6 +67,9 @@ class ShardStats:
             **{f"dropped_{k}": v for k, v in sorted(self.dropped.items())},
             "images": self.images,
             "files": self.files,
+            "human_corrected": self.human_corrected,
+            "kept_by_human_text": self.kept_by_review["human_text"],
+            "kept_by_false_alarm": self.kept_by_review["false_alarm"],
         }
 
 
@@ -111,6 +122,23 @@ def _policy_reason(flags: list[str] | None, policy: FilterPolicy) -> str | None:
     return None
 
 
+def _drop_reason(text_pt: str | None, flags: list[str] | None, policy: FilterPolicy) -> str | None:
+    if not (text_pt or "").strip():
+        return "flag_empty" if "empty" in policy.drop else None
+    return _policy_reason(flags, policy)
+
+
+def _human(row: dict) -> bool:
+    return row.get("text_source") == "human"
+
+
+def _human_ids(translated: pl.DataFrame, key: str) -> frozenset[str]:
+    """Values of `key` (segment_id or text_hash) of the rows carrying a human text (see apply_review)."""
+    if "text_source" not in translated.columns:
+        return frozenset()
+    return frozenset(translated.filter(pl.col("text_source") == "human")[key].to_list())
+
+
 def _available(availability: pl.DataFrame) -> dict[str, str]:
     """image_id -> image address (shards_dir/key) of every downloaded image."""
     ok = availability.filter(pl.col("status") == "success")
@@ -143,15 +171,15 @@ def build_caption_shards(
     key_of = _available(availability)
     by_key: dict[str, list[dict]] = {}
     for row in captions.iter_rows(named=True):
-        reason = None
-        if not (row["text_pt"] or "").strip():
-            reason = "flag_empty" if "empty" in policy.drop else None
-        reason = reason or _policy_reason(row.get("flags"), policy)
+        reason = _drop_reason(row["text_pt"], row.get("flags"), policy)
         if reason is None and row["item_id"] not in key_of:
             reason = "image_unavailable"
         if reason:
             stats.dropped[reason] += 1
             continue
+        # What the policy would have done to the machine text alone: a row it would drop is kept by review.
+        if "text_pt_machine" in row and _drop_reason(row["text_pt_machine"], row["flags_machine"], policy):
+            row["_kept_by"] = "human_text" if _human(row) else "false_alarm"
         by_key.setdefault(key_of[row["item_id"]], []).append(row)
 
     schema = EVAL_CAPTION_SHARD if group_by_image else CAPTION_SHARD
@@ -164,6 +192,8 @@ def build_caption_shards(
                 continue
             seen.add(key)
             stats.images += 1
+            stats.human_corrected += sum(_human(r) for r in rows)
+            stats.kept_by_review.update(r["_kept_by"] for r in rows if r.get("_kept_by"))
             if group_by_image:
                 stats.kept += len(rows)
                 writer.add(
@@ -191,6 +221,9 @@ def build_caption_shards(
                         "split": r["split"],
                         "engine": engine,
                         "flags": list(r.get("flags") or []),
+                        "text_source": r.get("text_source") or "machine",
+                        "caption_machine": r.get("text_pt_machine", r["text_pt"]),
+                        "flags_machine": list(r.get("flags_machine", r.get("flags")) or []),
                     }
                 )
     return _finish(writer, stats, sum(len(rows) for key, rows in by_key.items() if key not in seen))
@@ -232,6 +265,8 @@ def build_visdial_shards(
     stats = ShardStats(total=dialogs.height)
     pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list(), strict=False))
     en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list(), strict=False))
+    human = _human_ids(translated, "segment_id")
+    used_human = False  # whether the dialog being rebuilt uses a human-corrected string
     context_pt: dict[tuple[str, int, str], str] | None = None
     if context_translated is not None:
         context_pt = {
@@ -240,7 +275,9 @@ def build_visdial_shards(
         }
 
     def text(segment_id: str) -> str:
+        nonlocal used_human
         if segment_id in pt:
+            used_human = used_human or segment_id in human
             return pt[segment_id]
         if segment_id in empty_segments:
             return ""
@@ -265,6 +302,8 @@ def build_visdial_shards(
             stats.dropped["image_unavailable"] += 1
             continue
         base = "visdial/" + d["caption_segment_id"].split("/")[1]
+        used_human = False
+        caption = text(d["caption_segment_id"])
         rounds = [
             {
                 "question": history(d["image_id"], k, "question", r["question"], base),
@@ -276,7 +315,8 @@ def build_visdial_shards(
         ]
         by_key[key_of[d["image_id"]]] = {
             "image_id": d["image_id"],
-            "caption": pt[d["caption_segment_id"]],
+            "caption": caption,
+            "_human": used_human,
             "caption_en": en[d["caption_segment_id"]],
             "rounds": rounds,
             "dense_round": d["dense_round"],
@@ -290,6 +330,7 @@ def build_visdial_shards(
             if row is not None:
                 stats.kept += 1
                 stats.images += 1
+                stats.human_corrected += row.pop("_human")
                 writer.add({**row, "image": jpg})
     return _finish(writer, stats, len(by_key))
 
@@ -317,6 +358,8 @@ def build_vqa_shards(
     answers = translated.filter(pl.col("field") == "answer")
     answer_pt = dict(zip(answers["text_hash"].to_list(), answers["text_pt"].to_list(), strict=False))
     answer_pt[text_hash("")] = ""
+    human_questions = _human_ids(translated, "segment_id")
+    human_answers = _human_ids(answers, "text_hash")
     key_of = _available(availability)
     by_key: dict[str, list[dict]] = {}
     for q in questions.iter_rows(named=True):
@@ -337,6 +380,8 @@ def build_vqa_shards(
                 "answers_en": list(q["answers"]),
                 "answer_type": q["answer_type"],
                 "engine": engine,
+                "_human": q["question_segment_id"] in human_questions
+                or any(text_hash(a) in human_answers for a in q["answers"]),
             }
         )
     writer = _RollingWriter(out_dir, VQA_SHARD, rows_per_shard)
@@ -348,5 +393,6 @@ def build_vqa_shards(
             stats.images += 1
             for row in rows:
                 stats.kept += 1
+                stats.human_corrected += row.pop("_human")
                 writer.add({**row, "image": jpg})
     return _finish(writer, stats, sum(len(rows) for rows in by_key.values()))

@@ -47,6 +47,9 @@ def write_caption_shard(items: list[Scene], path: Path, split: str, prefix: str,
             rows["split"].append(split)
             rows["engine"].append("reference")
             rows["flags"].append([])
+            rows["text_source"].append("machine")
+            rows["caption_machine"].append(pt)
+            rows["flags_machine"].append([])
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(rows, schema=CAPTION_SHARD), path, compression="zstd")
     return path

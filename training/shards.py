@@ -20,7 +20,13 @@ CAPTION_SHARD = pa.schema(
         ("dataset", pa.string()),
         ("split", pa.string()),
         ("engine", pa.string()),
-        ("flags", pa.list_(pa.string())),  # quality flags raised on this caption (kept by policy)
+        ("flags", pa.list_(pa.string())),  # quality flags that hold for `caption` (kept by policy)
+        # Human review (ptvl review; pipeline.human_review): "machine" or "human" (a person's correction,
+        # which no machine flag drops).  The engine's own output and the flags raised on it stay beside it,
+        # for provenance; `flags` leaves out the flags a person judged false alarms.
+        ("text_source", pa.string()),
+        ("caption_machine", pa.string()),
+        ("flags_machine", pa.list_(pa.string())),
     ]
 )
 

@@ -561,13 +561,17 @@ def _digest_of(engine_id: str | None, parts: list[Any]) -> str:
     return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
 
 
+def empty_digest(engine_id: str | None = None) -> str:
+    """The digest of an overlay with nothing (for `engine_id`) in it."""
+    return _digest_of(engine_id, [(0, 0, 0)] * (2 if engine_id is not None else 3))
+
+
 def overlay_digest(path: str | os.PathLike[str], engine_id: str | None = None) -> str:
     """`HumanOverlay.digest` of the file at `path`, without creating it: a missing file has the digest of
     an empty overlay, so a run that never had a review does not re-run anything."""
     path = Path(path)
     if not path.exists():
-        n_tables = 2 if engine_id is not None else 3
-        return _digest_of(engine_id, [(0, 0, 0)] * n_tables)
+        return empty_digest(engine_id)
     with HumanOverlay(path, read_only=True) as ov:
         return ov.digest(engine_id)
 

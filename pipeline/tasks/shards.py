@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import luigi
@@ -38,14 +39,41 @@ class BuildShards(PtvlTask):
         return luigi.LocalTarget(str(shard_dir(self.root, str(self.engine), str(self.dataset), str(self.split)) / "_SHARDS.json"))
 
     def complete(self) -> bool:
-        # VisDial shards built under the other translate.visdial_context policy are rebuilt, not reused.
-        if not super().complete() or self.dataset != "visdial":
-            return super().complete()
+        if not super().complete():
+            return False
         with open(self.output().path) as f:
-            return json.load(f).get("visdial_context", False) == self.settings.translate.visdial_context
+            summary = json.load(f)
+        # VisDial shards built under the other translate.visdial_context policy are rebuilt, not reused.
+        if self.dataset == "visdial" and summary.get("visdial_context", False) != self.settings.translate.visdial_context:
+            return False
+        # A review since the build (a correction or flag verdict for this engine id) rebuilds the folder;
+        # other engines' shards are not touched.  A folder built before the overlay existed records no
+        # digest: it stays complete while the run has no review for it.
+        from pipeline.human_review import digest_for
+        from translation.overlay import empty_digest
+
+        recorded = summary.get("human_overlay")
+        engine_id = summary.get("engine_id")
+        if recorded is None or engine_id is None:
+            return digest_for(self.root, None) == empty_digest()
+        if recorded == digest_for(self.root, engine_id):
+            return True  # nothing reviewed for this engine since the build: the cheap, common answer
+        # Something was reviewed for this engine: rebuild only if it touches this folder's strings.
+        return summary.get("human_review") == self._review_fingerprint(engine_id)
+
+    def _review_fingerprint(self, engine_id: str) -> str:
+        from pipeline.human_review import load_review, review_fingerprint
+
+        path = self.requires()["translated"].output().path
+        if not os.path.exists(path):
+            return ""  # never equal to a recorded fingerprint: rebuild (after Translate) like a missing output
+        hashes = pl.read_parquet(path, columns=["text_hash"])["text_hash"]
+        corrections, verdicts = load_review(self.root, engine_id)
+        return review_fingerprint(corrections, verdicts, hashes.to_list())
 
     def run(self) -> None:
         from pipeline.cards import split_note, write_dataset_card
+        from pipeline.human_review import apply_review, digest_for, load_review, review_fingerprint
         from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 
         engine, dataset, split = str(self.engine), str(self.dataset), str(self.split)
@@ -54,6 +82,12 @@ class BuildShards(PtvlTask):
         for old in out.glob("part-*.parquet"):  # a rebuild replaces every part, never mixes runs
             old.unlink()
         translated = pl.read_parquet(self.requires()["translated"].output().path)
+        engine_id = translated["engine_id"][0] if translated.height else engine
+        # People's corrections and flag verdicts (ptvl review) for this engine id, applied by text_hash;
+        # the digest read before the table, so a review written meanwhile triggers another rebuild.
+        overlay_digest = digest_for(self.root, engine_id)
+        corrections, verdicts = load_review(self.root, engine_id)
+        translated = apply_review(translated, corrections, verdicts)
         images_dir = self.root / "images" / dataset / split
         availability = pl.read_parquet(images_dir / "availability.parquet")
         rows = self.settings.shards.rows_per_shard
@@ -96,13 +130,16 @@ class BuildShards(PtvlTask):
             stats.dropped[f"set_aside_{reason}"] += n
             stats.total += n
         summary = stats.as_dict()
+        summary["engine_id"] = engine_id
+        summary["human_overlay"] = overlay_digest
+        summary["human_review"] = review_fingerprint(corrections, verdicts, translated["text_hash"].to_list())
         if dataset == "visdial":
             summary["visdial_context"] = self.settings.translate.visdial_context
         log.info("shards %s/%s/%s: kept %d of %d (%s)", engine, dataset, split, stats.kept, stats.total,
                  ", ".join(f"{k} {v}" for k, v in summary.items() if k.startswith("dropped_")) or "none dropped")
         availability_md = (self.root / "reports" / "availability.md").read_text()
         write_dataset_card(out, dataset=dataset, split=split, engine=engine,
-                           engine_id=translated["engine_id"][0] if translated.height else engine, layout=layout,
+                           engine_id=engine_id, layout=layout,
                            policy=policy, stats=summary, availability_md=availability_md,
                            source_note=split_note(dataset, split, self.settings.datasets.coco.fold_restval))
         write_json_atomic(self.output().path, summary)
