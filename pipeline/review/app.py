@@ -319,6 +319,7 @@ def create_app(root: Path, tables: RunTables, overlay: HumanOverlay, *, who: str
         Route("/api/row/{text_hash}", api_row),
         Route("/image/{dataset}/{split}/{image_id:path}", image),
         Route("/static/{name}", static),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon; not a 404 in the log
         Route("/api/correct", correct, methods=["POST"]),
         Route("/api/verdict", verdict, methods=["POST"]),
         Route("/api/gold", gold, methods=["POST"]),
