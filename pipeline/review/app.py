@@ -67,7 +67,7 @@ class Review:
         """The queue's rows a person has acted on: a correction, a gold row, or a verdict (for a flag
         queue: a verdict on that flag)."""
         eid = self.tables.chosen.engine_id
-        done = set(self.overlay.corrections(eid, list(queue.hashes)))
+        done = set(self.overlay.corrections(eid))  # people correct thousands, queues may hold millions
         done |= {g.text_hash for g in self.overlay.gold()}
         done |= {h for (h, f) in self.overlay.verdicts(eid) if queue.flag is None or f == queue.flag}
         return done & set(queue.hashes)

@@ -44,8 +44,10 @@ def load_engine(root: Path, engine: str, splits: list[tuple[str, str]]) -> Engin
     scan = pl.scan_parquet(files).select("text_hash", *_DISTINCT)
     # Every occurrence of a string carries the same memory translation and flags (both depend on the
     # text alone), so the first occurrence speaks for all.
-    rows = (scan.group_by("text_hash", maintain_order=True)
-            .agg(*[pl.first(c) for c in _DISTINCT], pl.len().alias("uses"))
+    # (unique + a separate count: a group_by taking the first of nine columns is 20x slower at 1M rows)
+    uses = pl.scan_parquet(files).group_by("text_hash").agg(pl.len().alias("uses"))
+    rows = (scan.unique("text_hash", keep="first", maintain_order=True)
+            .join(uses, on="text_hash", how="left", maintain_order="left")
             .collect())
     engine_id = rows["engine_id"][0] if rows.height else engine
     return EngineTable(engine, engine_id, files, rows)
