@@ -173,6 +173,9 @@ def test_a_row_shows_every_engine_flags_image_and_dialog_context(run) -> None:
     assert len(dialog) == 1 and dialog[0]["caption"]["pt"] == "dois gatos num sofá"
     assert [(r["round"], r["marked"], r["question"]["en"], r["answer"]["pt"]) for r in dialog[0]["rounds"]] == [
         (1, False, "what color are they?", "pretos"), (2, True, "are they sleeping?", "sim")]
+    page = client.get("/q/flag:brazilian/1").text  # the same row's page (brazilian: the bus, then this one)
+    assert "Dialog context (VisDial)" in page and "dois gatos num sofá" in page
+    assert '<li value="2" class="marked">' in page and "<img" not in page
 
 
 def test_each_action_is_stored_with_provenance_and_counted(run) -> None:
