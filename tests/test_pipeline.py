@@ -211,3 +211,49 @@ def test_deepl_through_the_pipeline_pays_once(small_run: Path, tmp_path: Path) -
             assert key.encode() not in p.read_bytes(), p
     for text in (dry.stdout, dry.stderr, res.stdout, res.stderr):
         assert key not in text
+
+
+def test_review_rebuilds_only_the_shards_it_touches(small_run: Path) -> None:
+    """A correction recorded in the human overlay: `ptvl run --until shards` rebuilds exactly the folders
+    holding that string (by text_hash: a CC3M caption and a VisDial question), their rows carry the human
+    text, the cards count them, and the other folders are not touched.  Runs last: it adds an overlay to
+    the shared run."""
+    from pipeline.tasks.translate import human_overlay_path
+    from translation.overlay import HumanOverlay
+
+    root = small_run / "run"
+    folders = {p.parent.relative_to(root / "shards" / "reference").as_posix(): p.stat().st_mtime_ns
+               for p in (root / "shards" / "reference").glob("*/*/_SHARDS.json")}
+    caption = pl.read_parquet(root / "translated" / "reference" / "cc3m" / "train.parquet").row(0, named=True)
+    question = (pl.read_parquet(root / "translated" / "reference" / "visdial" / "val.parquet")
+                .filter(pl.col("field") == "question").row(0, named=True))
+    with HumanOverlay(human_overlay_path(root)) as ov:
+        for r in (caption, question):
+            ov.record_correction(engine_id=r["engine_id"], text_hash=r["text_hash"], text_en=r["text_en"],
+                                 text_pt="REVISTO: " + r["text_pt"], replaces=r["text_pt"], who="test")
+    touched = {f for f in folders
+               if caption["text_hash"] in set(pl.read_parquet(root / "translated" / "reference" / f"{f}.parquet",
+                                                              columns=["text_hash"])["text_hash"])} | {"visdial/val"}
+    res = ptvl("run", "--config", str(small_run / "small.toml"), "--until", "shards")
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = {f: (root / "shards" / "reference" / f / "_SHARDS.json").stat().st_mtime_ns for f in folders}
+    assert {f for f in folders if after[f] != folders[f]} == touched
+
+    train = pl.read_parquet(root / "shards" / "reference" / "cc3m" / "train" / "part-*.parquet")
+    row = train.filter(pl.col("sample_id") == caption["segment_id"]).row(0, named=True)
+    assert (row["caption"], row["text_source"], row["caption_machine"]) == (
+        "REVISTO: " + caption["text_pt"], "human", caption["text_pt"])
+    n_human = train.filter(pl.col("text_source") == "human").height
+    stats = json.loads((root / "shards" / "reference" / "cc3m" / "train" / "_SHARDS.json").read_text())
+    assert stats["human_corrected"] == n_human >= 1
+    assert f"| human-corrected rows | {n_human} (" in (root / "shards" / "reference" / "cc3m" / "train" / "README.md").read_text()
+
+    dialogs = pl.read_parquet(root / "shards" / "reference" / "visdial" / "val" / "part-*.parquet")
+    revised = "REVISTO: " + question["text_pt"]
+    uses = sum(any(r["question"] == revised for r in d) for d in dialogs["rounds"].to_list())
+    vd = json.loads((root / "shards" / "reference" / "visdial" / "val" / "_SHARDS.json").read_text())
+    assert uses >= 1 and vd["human_corrected"] == uses
+    assert question["text_pt"] not in {r["question"] for d in dialogs["rounds"].to_list() for r in d}
+
+    again = ptvl("run", "--config", str(small_run / "small.toml"), "--until", "shards")
+    assert again.returncode == 0 and "complete ones were encountered" in again.stderr + again.stdout

@@ -233,6 +233,33 @@ def _flag_heldout_table(thresholds: QualityThresholds | None) -> _Table:
                     shown(r["false_alarms"]), shown(r["misses"])] for f, r in figures.items()])
 
 
+def _review_tables(review: dict | None) -> list[_Table]:
+    """The human review's figures (pipeline.human_review.review_figures): each flag's precision as the
+    people judged the rows it raised, and the engines scored on the gold rows added in review.  Nothing
+    when nobody reviewed."""
+    if not review:
+        return []
+    tables = []
+    flags = review.get("flags") or {}
+    n = sum(r["reviewed"] for rows in flags.values() for r in rows)
+    if n:
+        tables.append(_Table(
+            f"Flag precision from human review ({n:,} verdicts)",
+            ["engine", "flag", "flagged strings", "reviewed", "confirmed", "false alarms",
+             "precision = confirmed / (confirmed + false alarms)"],
+            [[e, r["flag"], f"{r['flagged']:,}", f"{r['reviewed']:,}", f"{r['confirmed']:,}",
+              f"{r['false_alarms']:,}", f"{r['precision']:.2f}" if r["precision"] is not None else "n/a"]
+             for e, rows in sorted(flags.items()) for r in rows]))
+    gold = review.get("gold") or {}
+    if gold:
+        tables.append(_Table(
+            f"chrF and BLEU against the reviewed gold ({review.get('gold_rows', 0):,} rows added in review; "
+            "each engine's machine text against the approved PT-PT)",
+            ["engine", "chrF", "BLEU", "sentences"],
+            [[e, f"{s['chrf']:.2f}", f"{s['bleu']:.2f}", str(s["n"])] for e, s in sorted(gold.items())]))
+    return tables
+
+
 def render_comparison(
     out_dir: Path,
     *,
@@ -247,6 +274,7 @@ def render_comparison(
     thresholds: QualityThresholds | None = None,
     truncation: dict[str, dict] | None = None,
     scoring: dict[str, str] | None = None,
+    review: dict | None = None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
 
@@ -259,7 +287,9 @@ def render_comparison(
     max_input_length, summed over the splits' stats; engines that do not tokenize are left out).
     The random examples are drawn with `seed`; the worst cases are the segments with the most flags
     summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
-    compares the engines' models (VQA mode, tie rule), stated in a section of its own.
+    compares the engines' models (VQA mode, tie rule), stated in a section of its own.  review:
+    pipeline.human_review.review_figures (flag verdicts and reviewed gold from `ptvl review`), shown in
+    tables labelled as coming from human review; None or empty: no such tables.
     """
     if not translated:
         raise ValueError("render_comparison: no engines given")
@@ -293,6 +323,7 @@ def render_comparison(
                [[e, f"{t['rows']:,}", f"{t['truncated']:,}", f"{100 * t['truncated'] / max(t['rows'], 1):.2f}%",
                  f"{t['unique']:,}"] for e, t in sorted((truncation or {}).items())]),
         _flag_heldout_table(thresholds),
+        *_review_tables(review),
     ]
     table_5_2 = render_table_5_2(token_stats)
     signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}

@@ -6,7 +6,7 @@ import json
 import luigi
 import polars as pl
 
-from pipeline.io import write_parquet_atomic, write_text_atomic
+from pipeline.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
 from pipeline.tasks.translate import Translate, latest_parts, memory_view
 
@@ -58,8 +58,24 @@ class CompareTranslators(PtvlTask):
     def output(self) -> luigi.LocalTarget:
         return self.target("reports", "compare", "comparison.html")
 
+    def _review_record(self):
+        return self.root / "reports" / "compare" / "review.json"
+
+    def complete(self) -> bool:
+        # A review (ptvl review: flag verdicts, corrections, gold rows) since the report re-runs it; a report
+        # written before the overlay existed stays complete while the run has no review.
+        from pipeline.human_review import digest_for
+        from translation.overlay import empty_digest
+
+        if not super().complete():
+            return False
+        record = self._review_record()
+        recorded = json.loads(record.read_text())["digest"] if record.exists() else empty_digest()
+        return recorded == digest_for(self.root, None)
+
     def run(self) -> None:
         from pipeline.engines import ReferenceEntry, price_per_million
+        from pipeline.human_review import review_figures
         from pipeline.reports.compare import render_comparison
         from pipeline.spend import billing_summary
         from translation.gold import load_gold
@@ -109,9 +125,12 @@ class CompareTranslators(PtvlTask):
             # A yardstick row: the gold set's own PT-BR side scored as if it were a translator, i.e. what
             # a fluent translation in the wrong variety gets. Engines far below it are not just "Brazilian".
             gold_scores[GOLD_PT_BR_ROW] = score_against_gold(gold["pt_br"].to_list(), gold["pt_pt"].to_list())
+        tables = {e: pl.concat(f, how="vertical_relaxed") for e, f in translated.items()}
+        # Flag verdicts and reviewed gold rows, against the machine output and flags (never the human text).
+        review = review_figures(self.root, tables)
         render_comparison(
             self.root / "reports" / "compare",
-            translated={e: pl.concat(f, how="vertical_relaxed") for e, f in translated.items()},
+            translated=tables,
             token_stats=pl.read_parquet(self.root / "reports" / "token_stats.parquet"),
             gold_scores=gold_scores,
             billing=billing,
@@ -120,4 +139,7 @@ class CompareTranslators(PtvlTask):
             thresholds=s.quality,
             truncation=truncation,
             scoring=s.eval.settings.scoring_labels(),
+            review=review,
         )
+        # After the report: a kill in between leaves the old digest, so the next run redoes the report.
+        write_json_atomic(self._review_record(), review)
