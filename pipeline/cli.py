@@ -711,12 +711,14 @@ def review(
     _check_writable(settings.root / "memory", "memory folder")
     who = reviewer or os.environ.get("USER") or getpass.getuser()
     overlay = HumanOverlay(human_overlay_path(settings.root))
-    web = create_app(settings.root, tables, overlay, who=who, queue_size=queue_size, seed=seed)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    web = create_app(settings.root, tables, overlay, who=who, queue_size=queue_size, seed=seed,
+                     allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"[bold]ptvl review[/] {escape(str(settings.root))}: engine {engine} "
                   f"({tables.chosen.rows.height:,} distinct strings; also {', '.join(n for n in tables.engines if n != engine) or 'no other engine'}), "
                   f"reviewer {escape(who)}\n  open http://{shown}:{port}/  (Ctrl+C stops; every action is saved as it is made)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not loopback:
         console.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach this port can write corrections")
     try:
         uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)

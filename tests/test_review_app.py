@@ -331,3 +331,15 @@ def test_cli_review_fails_clearly_without_translations_and_its_help_teaches(tmp_
     text = " ".join(CliRunner().invoke(app, ["review", "--help"], env={"COLUMNS": "200"}).output.split())
     for needle in ("127.0.0.1", "flag:<name>", "disagree", "j/k", "memory/human.sqlite", "--until shards"):
         assert needle in text, needle
+
+
+def test_on_loopback_only_loopback_host_names_are_served(tmp_path) -> None:
+    """DNS rebinding: a page on evil.example that re-points its name at 127.0.0.1 sends Host: evil.example."""
+    root = build_root(tmp_path / "run")
+    app = create_app(root, RunTables(root, ["reference"], SPLITS, "reference"),
+                     HumanOverlay(root / "memory" / "human.sqlite"), who="ana",
+                     allowed_hosts=["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/api/queues").status_code == 200
+    r = TestClient(app, base_url="http://evil.example:8765").post(
+        "/api/correct", json={"text_hash": H["a red car"], "text_pt": "x", "replaces": "a red car"})
+    assert r.status_code == 400 and b"Invalid host" in r.content

@@ -26,6 +26,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -95,8 +97,10 @@ def _escape(s: str) -> str:
 
 
 def create_app(root: Path, tables: RunTables, overlay: HumanOverlay, *, who: str, queue_size: int = 500,
-               seed: int = 0) -> Starlette:
-    """The app over one run root; `tables.chosen` is the engine under review."""
+               seed: int = 0, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The app over one run root; `tables.chosen` is the engine under review.  `allowed_hosts`: the Host
+    headers served (None: any); on 127.0.0.1 the CLI passes the loopback names, so a web page that
+    rebinds its own domain name to 127.0.0.1 (DNS rebinding) is refused."""
     review = Review(root=root, tables=tables, queues=Queues(tables, size=queue_size, seed=seed), overlay=overlay,
                     images=ImageStore(root, tables.splits), dialogs=DialogIndex(root), who=who)
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
@@ -324,6 +328,7 @@ def create_app(root: Path, tables: RunTables, overlay: HumanOverlay, *, who: str
         Route("/api/verdict", verdict, methods=["POST"]),
         Route("/api/gold", gold, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error})
     app.state.review = review
     return app
