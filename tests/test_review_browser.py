@@ -173,3 +173,66 @@ def test_review_in_a_browser_then_the_shards_carry_the_human_text(reviewed_run) 
     card = (folder / "README.md").read_text()
     assert f"| human-corrected rows | {human_rows:,} " in card
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_flag_gold_engine_and_help_keys_in_a_browser(tmp_path: Path) -> None:
+    """The other shortcuts, on the small two-engine root of tests/test_review_app.py served in-process:
+    f marks the open flag a false alarm, g adds the row to the gold set, 2 accepts engine 2's output,
+    ? opens the help."""
+    import threading
+
+    import uvicorn
+
+    from pipeline.review.app import create_app
+    from pipeline.review.tables import RunTables
+    from tests.test_review_app import SPLITS, build_root
+
+    root = build_root(tmp_path / "run")
+    overlay = HumanOverlay(root / "memory" / "human.sqlite")
+    app = create_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"), overlay, who="keys",
+                     allowed_hosts=["127.0.0.1"])
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/")
+            page.click('a[data-queue="flag:untranslated"]')
+            page.wait_for_selector(".engine.reviewed .flag")
+            with page.expect_navigation():
+                page.keyboard.press("f")
+            assert page.locator("#status").inner_text() == "flag untranslated marked false alarm"
+            assert page.locator(".engine.reviewed .flag .verdict").inner_text() == "false alarm"
+            with page.expect_navigation():
+                page.keyboard.press("g")
+            assert page.locator("#status").inner_text() == "added to the gold set (style cc3m)"
+            with page.expect_navigation():  # the queue's only row: it reloads instead of moving on
+                page.keyboard.press("2")
+            assert page.locator("#current-text").inner_text() == "um carro vermelho"
+            assert page.locator("#progress").inner_text() == "1 / 1 reviewed"
+            page.keyboard.press("?")
+            assert page.evaluate("document.getElementById('help').open")
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    from translation.textkey import text_hash
+
+    h = text_hash("a red car")
+    assert overlay.verdicts("reference:v1") == {(h, "untranslated"): "false_alarm"}
+    assert [(g.text_hash, g.text_pt, g.who) for g in overlay.gold()] == [(h, "a red car", "keys")]
+    fix = overlay.corrections("reference:v1")[h]
+    assert (fix.text_pt, fix.action, fix.source_engine, fix.replaces) == ("um carro vermelho", "accept", "other:v1",
+                                                                         "a red car")
+    overlay.close()
