@@ -257,3 +257,27 @@ def test_review_rebuilds_only_the_shards_it_touches(small_run: Path) -> None:
 
     again = ptvl("run", "--config", str(small_run / "small.toml"), "--until", "shards")
     assert again.returncode == 0 and "complete ones were encountered" in again.stderr + again.stdout
+
+
+def test_comparison_reruns_after_a_review(small_run: Path) -> None:
+    """`ptvl compare` re-runs when the overlay changes (a reviewed gold row here) and shows the reviewed-gold
+    score; unchanged overlay, no re-run."""
+    from pipeline.tasks.translate import human_overlay_path
+    from translation.overlay import HumanOverlay
+
+    root, cfg = small_run / "run", str(small_run / "small.toml")
+    report = root / "reports" / "compare" / "comparison.md"
+    assert ptvl("compare", "--config", cfg).returncode == 0
+    before = report.stat().st_mtime_ns
+    row = pl.read_parquet(root / "translated" / "reference" / "cc3m" / "validation.parquet").row(0, named=True)
+    with HumanOverlay(human_overlay_path(root)) as ov:
+        ov.add_gold(text_hash=row["text_hash"], text_en=row["text_en"], text_pt=row["text_pt"], style="cc3m",
+                    who="test", from_engine=row["engine_id"])
+    res = ptvl("compare", "--config", cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert report.stat().st_mtime_ns != before
+    md = report.read_text()
+    assert "reviewed gold (1 rows added in review" in md
+    assert "| reference | 100.00 | 100.00 | 1 |" in md  # the approved text is the engine's own
+    after = report.stat().st_mtime_ns
+    assert ptvl("compare", "--config", cfg).returncode == 0 and report.stat().st_mtime_ns == after

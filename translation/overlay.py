@@ -103,6 +103,10 @@ _SCHEMA_SQL = (
         created_at  INTEGER NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS gold_key ON gold (text_hash)",
+    # MAX(created_at) at every write (HumanOverlay._next_time) is an index look-up, not a scan.
+    "CREATE INDEX IF NOT EXISTS corrections_time ON corrections (created_at)",
+    "CREATE INDEX IF NOT EXISTS verdicts_time ON verdicts (created_at)",
+    "CREATE INDEX IF NOT EXISTS gold_time ON gold (created_at)",
 )
 
 # The exchange format: every kind in one file; columns a kind does not use are null.
