@@ -81,35 +81,39 @@ def apply_review(translated: pl.DataFrame, corrections: Mapping[str, HumanRecord
     the flags that hold for the text as shipped: none for a human text (the person vouched for it, so no
     machine flag may drop it), and for a machine text its flags minus those judged ``false_alarm``.
     """
-    hashes = translated["text_hash"].to_list()
-    flags = translated["flags"].to_list() if "flags" in translated.columns else [None] * translated.height
-    reasons = (translated["flag_reasons"].to_list() if "flag_reasons" in translated.columns
-               else [None] * translated.height)
-    text_pt, source, new_flags, new_reasons = [], [], [], []
-    for h, pt, fl, rs in zip(hashes, translated["text_pt"].to_list(), flags, reasons, strict=True):
-        fix = corrections.get(h)
-        fl, rs = list(fl or []), list(rs or [])
-        if fix is not None:
-            text_pt.append(fix.text_pt)
-            source.append(HUMAN)
-            new_flags.append([])
-            new_reasons.append([])
-            continue
-        keep = [i for i, f in enumerate(fl) if verdicts.get((h, f)) != "false_alarm"]
-        text_pt.append(pt)
-        source.append(MACHINE)
-        new_flags.append([fl[i] for i in keep])
-        new_reasons.append([rs[i] for i in keep if i < len(rs)])
-    out = translated.with_columns(
-        pl.col("text_pt").alias("text_pt_machine"),
-        pl.Series("flags_machine", flags, dtype=pl.List(pl.String)),
-    )
-    return out.with_columns(
-        pl.Series("text_pt", text_pt, dtype=pl.String),
-        pl.Series("text_source", source, dtype=pl.String),
-        pl.Series("flags", new_flags, dtype=pl.List(pl.String)),
-        pl.Series("flag_reasons", new_reasons, dtype=pl.List(pl.String)),
-    )
+    # Vectorised (a run has millions of rows and a review touches a few hundred strings): the human texts
+    # join by text_hash; only rows with a verdict on one of their flags are filtered one by one.
+    if "flags" not in translated.columns:
+        translated = translated.with_columns(pl.lit(None, pl.List(pl.String)).alias("flags"))
+    if "flag_reasons" not in translated.columns:
+        translated = translated.with_columns(pl.lit(None, pl.List(pl.String)).alias("flag_reasons"))
+    fixes = pl.DataFrame({"text_hash": list(corrections), "_human": [r.text_pt for r in corrections.values()]},
+                         schema={"text_hash": pl.String, "_human": pl.String})
+    out = translated.with_columns(pl.col("text_pt").alias("text_pt_machine"), pl.col("flags").alias("flags_machine"))
+    out = out.join(fixes, on="text_hash", how="left", maintain_order="left")
+    human = pl.col("_human").is_not_null()
+    empty = pl.lit([], pl.List(pl.String))
+    out = out.with_columns(
+        pl.when(human).then(pl.col("_human")).otherwise(pl.col("text_pt")).alias("text_pt"),
+        pl.when(human).then(pl.lit(HUMAN)).otherwise(pl.lit(MACHINE)).alias("text_source"),
+        pl.when(human).then(empty).otherwise(pl.col("flags").fill_null(empty)).alias("flags"),
+        pl.when(human).then(empty).otherwise(pl.col("flag_reasons").fill_null(empty)).alias("flag_reasons"),
+    ).drop("_human")
+    false_alarms: dict[str, set[str]] = {}
+    for (h, f), v in verdicts.items():
+        if v == "false_alarm" and h not in corrections:
+            false_alarms.setdefault(h, set()).add(f)
+    if not false_alarms:
+        return out
+    # The few rows with a false alarm: drop those flags (and their reasons, same order).
+    idx = out.with_row_index("_i").filter(pl.col("text_hash").is_in(list(false_alarms)))
+    new_flags, new_reasons = out["flags"].to_list(), out["flag_reasons"].to_list()
+    for i, h, fl, rs in idx.select("_i", "text_hash", "flags", "flag_reasons").iter_rows():
+        keep = [j for j, f in enumerate(fl) if f not in false_alarms[h]]
+        new_flags[i] = [fl[j] for j in keep]
+        new_reasons[i] = [rs[j] for j in keep if j < len(rs)]
+    return out.with_columns(pl.Series("flags", new_flags, dtype=pl.List(pl.String)),
+                            pl.Series("flag_reasons", new_reasons, dtype=pl.List(pl.String)))
 
 
 # --- the comparison report ---------------------------------------------------------------------------
