@@ -267,11 +267,19 @@ def accounting(run: Path) -> list[dict]:
 
 
 def bench(root: Path, scale: float, seed: int = 0, parts: int = 2, workers: int = 1,
-          in_process: bool = False) -> dict:
-    """Generate, run every stage, return the figures (also used by tests/test_full_size_small.py)."""
+          in_process: bool = False, reuse: bool = False) -> dict:
+    """Generate, run every stage, return the figures (also used by tests/test_full_size_small.py).
+
+    reuse: keep the sources (and every finished Luigi output) of an earlier run in `root` at the same
+    scale; stages whose outputs exist are then skipped by Luigi and show only their start-up time."""
     run = root / "run"
     s = sizes(scale)
-    gen = write_sources(run, s, seed)
+    marker = run / "sources" / "_BENCH.json"
+    if reuse and marker.exists() and json.loads(marker.read_text())["sizes"] == asdict(s):
+        gen = json.loads(marker.read_text())["generate"]
+    else:
+        gen = write_sources(run, s, seed)
+        marker.write_text(json.dumps({"sizes": asdict(s), "generate": gen}))
     cfg = root / "fullsize.toml"
     cfg.write_text(CONFIG.format(run=run, parts=parts))
     stages = []
@@ -288,6 +296,8 @@ def bench(root: Path, scale: float, seed: int = 0, parts: int = 2, workers: int 
 
             segments_rows = pl.scan_parquet(str(run / "segments" / "*" / "*.parquet")).select(pl.len()).collect().item()
         stages.append({"stage": stage, "seconds": seconds, "peak_rss": rss, "rows": segments_rows})
+        print(f"[full_size] {stage}: {seconds:.1f} s, peak RSS {(rss or 0) / 2**20:.0f} MB, "
+              f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     return {"scale": scale, "sizes": asdict(s), "generate": gen, "stages": stages, "accounting": accounting(run)}
 
 
@@ -299,11 +309,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="Luigi workers per stage")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--in-process", action="store_true", help="stages in this process (no per-stage peak RSS)")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --root: keep the sources and finished stage outputs of an earlier run at this scale")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        res = bench(root, args.scale, parts=args.parts, workers=args.workers, in_process=args.in_process)
+        res = bench(root, args.scale, parts=args.parts, workers=args.workers, in_process=args.in_process,
+                    reuse=args.reuse)
     print(f"scale {args.scale}: {res['sizes']}; sources written in {res['generate']['seconds']:.1f}s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'stage':<26}{'wall s':>9}{'peak RSS MB':>13}{'rows/s':>12}")

@@ -72,6 +72,14 @@ PARQUET_SCHEMA = pa.schema(
 REQUIRED_IMPORT_COLUMNS = ("text_hash", "text_en", "text_pt")
 
 _SQL_CHUNK = 900  # host parameters per IN (...) query, well under SQLite's limit on every build
+# `lookup_table`: from this many wanted keys on, one streamed scan of the engine's rows (semi-joined in
+# Arrow, batch by batch) beats chunked `IN (...)` queries.  Measured on a 1M-row file, 800k keys: scan
+# 3.0 s, temp-table join 5.5 s, chunked IN 7.4 s; below ~100k keys the IN queries touch far fewer pages.
+_SCAN_FROM = 100_000
+_SCAN_BATCH = 200_000
+# Arrow types of the columns `lookup_table` can return (input_truncated as the stored 0/1/null).
+_LOOKUP_TYPES = {"text_hash": pa.string(), "text_en": pa.string(), "context": pa.string(), "text_pt": pa.string(),
+                 "score": pa.float64(), "billed_chars": pa.int64(), "input_truncated": pa.bool_()}
 _DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA_SQL = """
@@ -258,6 +266,18 @@ class TranslationMemory:
                                None if trunc is None else bool(trunc))
         return out
 
+    def lookup_table(self, engine_id: str, hashes: pa.Array | pa.ChunkedArray | Sequence[str],
+                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
+                     ) -> pa.Table:
+        """`lookup` for millions of keys, as an Arrow table with `columns` (text_hash first; types of
+        `PARQUET_SCHEMA`), one row per stored key among `hashes`, in no particular order.
+
+        No Python object per row beyond the SQLite fetch: many keys stream the engine's rows once and keep
+        those wanted (a semi-join per batch, so memory stays bounded by the wanted rows), few keys use
+        the chunked primary-key look-up.  Ask only for the columns needed: text_en of 3.3M captions is
+        ~200 MB that a join does not use."""
+        return _lookup_table(self, engine_id, hashes, columns)
+
     def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
         """The hashes (unique, in first-seen order) with no stored translation for `engine_id`."""
         present = {row[0] for row in self._select(engine_id, hashes, "text_hash")}
@@ -411,6 +431,24 @@ class MemoryStack:
             left = [h for h in left if h not in found]
         return out
 
+    def lookup_table(self, engine_id: str, hashes: pa.Array | pa.ChunkedArray | Sequence[str],
+                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
+                     ) -> pa.Table:
+        """`TranslationMemory.lookup_table` over the stack: a key stored in several files comes from the
+        first (the writer, then the readers in order), as in `lookup`."""
+        import polars as pl
+
+        left = pl.Series("text_hash", _as_strings(hashes), dtype=pl.String).unique()
+        parts = []
+        for m in self.files:
+            if not len(left):
+                break
+            got = m.lookup_table(engine_id, left.to_arrow(), columns)
+            parts.append(got)
+            left = left.to_frame().join(pl.from_arrow(got.select(["text_hash"])), on="text_hash",
+                                        how="anti").to_series()
+        return pa.concat_tables(parts) if parts else _empty_lookup(columns)
+
     def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
         left = list(dict.fromkeys(hashes))
         for m in self.files:
@@ -469,6 +507,47 @@ class MemoryStack:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _as_strings(hashes: pa.Array | pa.ChunkedArray | Sequence[str]) -> pa.Array | pa.ChunkedArray:
+    return hashes if isinstance(hashes, pa.Array | pa.ChunkedArray) else pa.array(list(hashes), pa.string())
+
+
+def _empty_lookup(columns: Sequence[str]) -> pa.Table:
+    return pa.schema([(c, _LOOKUP_TYPES[c]) for c in columns]).empty_table()
+
+
+def _lookup_table(mem: TranslationMemory, engine_id: str, hashes, columns: Sequence[str]) -> pa.Table:
+    import polars as pl
+
+    if list(columns[:1]) != ["text_hash"] or any(c not in _LOOKUP_TYPES for c in columns):
+        raise ValueError(f"columns must start with text_hash and be among {list(_LOOKUP_TYPES)}, not {columns!r}")
+    schema = pa.schema([(c, _LOOKUP_TYPES[c]) for c in columns])
+    want = pl.Series("text_hash", _as_strings(hashes), dtype=pl.String).unique()
+    select = ", ".join(c if c != "input_truncated" or mem._has_truncated else "NULL AS input_truncated"
+                       for c in columns)
+
+    def arrow(batch: list[tuple]) -> pa.Table:
+        cols = list(zip(*batch, strict=True))
+        if "input_truncated" in columns:  # stored 0/1
+            i = list(columns).index("input_truncated")
+            cols[i] = [None if v is None else bool(v) for v in cols[i]]
+        return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(cols, schema, strict=True)], schema=schema)
+
+    parts = []
+    with mem._lock:
+        if len(want) < _SCAN_FROM:
+            batch = list(mem._select(engine_id, want.to_list(), select))
+            if batch:
+                parts.append(arrow(batch))
+        else:
+            wanted = want.to_frame()
+            cur = mem._db.execute(f"SELECT {select} FROM memory WHERE engine_id = ?", [engine_id])
+            while batch := cur.fetchmany(_SCAN_BATCH):
+                got = pl.from_arrow(arrow(batch)).join(wanted, on="text_hash", how="semi")
+                if got.height:
+                    parts.append(got.to_arrow().cast(schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def _check_key(h: str, text_en: str, context: str | None, *, where: str) -> None:
