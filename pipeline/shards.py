@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,11 +64,15 @@ class ShardStats:
 
 
 class _RollingWriter:
-    """Parquet part files of at most `rows_per_shard` rows, each renamed into place when complete."""
+    """Parquet part files of exactly `rows_per_shard` rows (the last one fewer), each renamed into place
+    when complete.  Rows come one dict at a time (`add`) or as Arrow tables (`add_table`, the vectorised
+    caption builder); a writer takes one kind only, and both cut the same files."""
 
     def __init__(self, out_dir: Path, schema: pa.Schema, rows_per_shard: int):
         self.out_dir, self.schema, self.rows_per_shard = out_dir, schema, rows_per_shard
         self.buffer: list[dict] = []
+        self.tables: list[pa.Table] = []
+        self.buffered = 0
         self.files: list[str] = []
 
     def add(self, row: dict) -> None:
@@ -75,15 +80,28 @@ class _RollingWriter:
         if len(self.buffer) >= self.rows_per_shard:
             self.flush()
 
+    def add_table(self, table: pa.Table) -> None:
+        self.tables.append(table.select(self.schema.names).cast(self.schema))
+        self.buffered += table.num_rows
+        while self.buffered >= self.rows_per_shard:
+            whole = pa.concat_tables(self.tables)
+            self._write(whole.slice(0, self.rows_per_shard))
+            rest = whole.slice(self.rows_per_shard)
+            self.tables, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
     def flush(self) -> None:
-        if not self.buffer:
-            return
+        if self.buffer:
+            self._write(pa.Table.from_pylist(self.buffer, schema=self.schema))
+            self.buffer = []
+        if self.buffered:
+            self._write(pa.concat_tables(self.tables))
+            self.tables, self.buffered = [], 0
+
+    def _write(self, table: pa.Table) -> None:
         dest = self.out_dir / f"part-{len(self.files):05d}.parquet"
-        table = pa.Table.from_pylist(self.buffer, schema=self.schema)
         with atomic_path(dest) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         self.files.append(dest.name)
-        self.buffer = []
 
 
 def _finish(writer: _RollingWriter, stats: ShardStats, missing_bytes: int) -> ShardStats:
@@ -120,6 +138,11 @@ def _available(availability: pl.DataFrame) -> dict[str, str]:
     }
 
 
+# What Python's str.strip() removes (str.isspace), so "empty" means the same here as in the per-row rule
+# `not text_pt.strip()`; polars' own whitespace set leaves out \x1c-\x1f.
+_PY_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+
+
 def build_caption_shards(
     translated: pl.DataFrame,
     availability: pl.DataFrame,
@@ -136,64 +159,74 @@ def build_caption_shards(
     group_by_image=False: training layout, one row per (image, caption) (CAPTION_SHARD).
     group_by_image=True: evaluation layout, one row per image with all its kept references
     (EVAL_CAPTION_SHARD; COCO keeps 5).
+
+    Rows are decided and gathered with polars/Arrow, never one Python dict per caption (3.3M CC3M rows):
+    a caption is dropped for the first of: empty output (when the policy drops "empty"), the policy's
+    flags in policy order, no downloaded image.  Kept rows go out in image order (img2dataset shards in
+    name order, keys sorted inside each), an image's captions in their order in `translated`; an
+    image met twice is written once.
     """
     stats = ShardStats()
-    captions = translated.filter(pl.col("field") == "caption")
+    captions = translated.filter(pl.col("field") == "caption").with_row_index("_row")
+    if "flags" not in captions.columns:
+        captions = captions.with_columns(pl.lit(None, pl.List(pl.String)).alias("flags"))
     stats.total = captions.height
-    key_of = _available(availability)
-    by_key: dict[str, list[dict]] = {}
-    for row in captions.iter_rows(named=True):
-        reason = None
-        if not (row["text_pt"] or "").strip():
-            reason = "flag_empty" if "empty" in policy.drop else None
-        reason = reason or _policy_reason(row.get("flags"), policy)
-        if reason is None and row["item_id"] not in key_of:
-            reason = "image_unavailable"
-        if reason:
-            stats.dropped[reason] += 1
-            continue
-        by_key.setdefault(key_of[row["item_id"]], []).append(row)
+    ok = availability.filter(pl.col("status") == "success")
+    # image_id -> address; the last row wins when an id repeats, as a dict built from the rows would.
+    address = ok.select(pl.col("image_id").alias("item_id"),
+                        (pl.col("shards_dir") + "/" + pl.col("key")).alias("_address")
+                        ).unique("item_id", keep="last", maintain_order=True)
+    reason = pl.lit(None, pl.String)
+    for flag in reversed(policy.drop):  # built inside out: the first flag of the policy wins
+        reason = pl.when(pl.col("flags").list.contains(flag)).then(pl.lit(f"flag_{flag}")).otherwise(reason)
+    if "empty" in policy.drop:
+        empty = pl.col("text_pt").fill_null("").str.strip_chars(_PY_WHITESPACE) == ""
+        reason = pl.when(empty).then(pl.lit("flag_empty")).otherwise(reason)
+    reason = pl.when(reason.is_null() & pl.col("_address").is_null()).then(pl.lit("image_unavailable")).otherwise(reason)
+    decided = captions.join(address, on="item_id", how="left", maintain_order="left").with_columns(
+        reason.alias("_reason"))
+    for r, n in decided.filter(pl.col("_reason").is_not_null()).group_by("_reason").len().iter_rows():
+        stats.dropped[r] += n
+    # Kept rows sorted by (address, row): an image's captions are one contiguous run, found by binary search.
+    kept = decided.filter(pl.col("_reason").is_null()).sort("_address", "_row").select(
+        "_address", "segment_id", "item_id", "text_pt", "text_en", "dataset", "split",
+        pl.col("flags").fill_null(pl.lit([], pl.List(pl.String))))
+    addresses = kept["_address"]
+    written = np.zeros(kept.height, dtype=bool)  # rows of an image already written (an image met twice)
 
     schema = EVAL_CAPTION_SHARD if group_by_image else CAPTION_SHARD
     writer = _RollingWriter(out_dir, schema, rows_per_shard)
-    seen: set[str] = set()
     for batch in iter_image_batches(images_dir):
-        for key, jpg in _in_order(batch):
-            rows = by_key.get(key)
-            if not rows or key in seen:
-                continue
-            seen.add(key)
-            stats.images += 1
-            if group_by_image:
-                stats.kept += len(rows)
-                writer.add(
-                    {
-                        "image_id": rows[0]["item_id"],
-                        "image": jpg,
-                        "captions": [r["text_pt"] for r in rows],
-                        "captions_en": [r["text_en"] for r in rows],
-                        "dataset": rows[0]["dataset"],
-                        "split": rows[0]["split"],
-                        "engine": engine,
-                    }
-                )
-                continue
-            for r in rows:
-                stats.kept += 1
-                writer.add(
-                    {
-                        "sample_id": r["segment_id"],
-                        "image_id": r["item_id"],
-                        "image": jpg,
-                        "caption": r["text_pt"],
-                        "caption_en": r["text_en"],
-                        "dataset": r["dataset"],
-                        "split": r["split"],
-                        "engine": engine,
-                        "flags": list(r.get("flags") or []),
-                    }
-                )
-    return _finish(writer, stats, sum(len(rows) for key, rows in by_key.items() if key not in seen))
+        if not batch or not kept.height:
+            continue
+        keys, jpgs = zip(*_in_order(batch), strict=True)
+        wanted = pl.Series(keys, dtype=pl.String)
+        lo = addresses.search_sorted(wanted, "left").to_numpy().astype(np.int64)
+        hi = addresses.search_sorted(wanted, "right").to_numpy().astype(np.int64)
+        use = (hi > lo) & ~written[np.minimum(lo, kept.height - 1)]
+        if not use.any():
+            continue
+        lo, hi, image = lo[use], hi[use], np.flatnonzero(use)
+        lengths = hi - lo
+        rows_idx = np.repeat(lo - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(lengths.sum())
+        written[rows_idx] = True
+        rows = kept[rows_idx].with_columns(pl.Series("_image", np.repeat(np.arange(len(image)), lengths)))
+        images = pa.array(jpgs, pa.binary()).take(pa.array(image))
+        stats.images += len(image)
+        stats.kept += rows.height
+        if group_by_image:
+            per_image = rows.group_by("_image", maintain_order=True).agg(
+                pl.col("item_id").first().alias("image_id"), pl.col("text_pt").alias("captions"),
+                pl.col("text_en").alias("captions_en"), pl.col("dataset").first(), pl.col("split").first())
+            table = per_image.with_columns(pl.lit(engine).alias("engine")).to_arrow().append_column("image", images)
+        else:
+            table = rows.select(
+                pl.col("segment_id").alias("sample_id"), pl.col("item_id").alias("image_id"),
+                pl.col("text_pt").alias("caption"), pl.col("text_en").alias("caption_en"), "dataset", "split",
+                pl.lit(engine).alias("engine"), "flags",
+            ).to_arrow().append_column("image", images.take(pa.array(rows["_image"].to_numpy())))
+        writer.add_table(table)
+    return _finish(writer, stats, int((~written).sum()))
 
 
 def build_visdial_shards(
