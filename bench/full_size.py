@@ -310,37 +310,51 @@ def stage_tasks(cfg: str, stage: str) -> list:
     return [Translate(config=cfg, dataset=d, split=sp, engine="reference") for d, sp in s.datasets.splits()]
 
 
-def build_stage(cfg: str, stage: str, workers: int) -> None:
+def build_stage(cfg: str, stage: str, workers: int) -> dict:
+    """Run one stage's Luigi build; {"build_s": the build without the process's imports, "tasks": {task:
+    seconds of its run()}} (Luigi's PROCESSING_TIME events)."""
     import luigi
 
+    tasks: dict[str, float] = {}
+
+    @luigi.Task.event_handler(luigi.Event.PROCESSING_TIME)
+    def _timed(task, seconds) -> None:
+        tasks[task.task_id.split("_")[0] + " " + " ".join(
+            str(v) for k, v in task.param_kwargs.items() if k in ("dataset", "split", "part"))] = seconds
+
+    t0 = time.perf_counter()
     if not luigi.build(stage_tasks(cfg, stage), local_scheduler=True, workers=workers, log_level="WARNING"):
         raise SystemExit(f"stage {stage!r} failed")
+    return {"build_s": time.perf_counter() - t0, "tasks": tasks}
 
 
 STAGE_SCRIPT = """
-import sys
+import json, sys
 sys.path.insert(0, sys.argv[4])
 from bench.full_size import build_stage
-build_stage(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+out = build_stage(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+open(sys.argv[5], "w").write(json.dumps(out))
 """
 
 
-def run_stage(cfg: Path, stage: str, workers: int, in_process: bool = False) -> tuple[float, int | None]:
-    """(wall seconds, peak RSS bytes) of one stage's Luigi build in a child process (its own peak RSS),
-    or in this process (no per-stage RSS; saves the child's start-up on a small run)."""
+def run_stage(cfg: Path, stage: str, workers: int, in_process: bool = False) -> tuple[float, int | None, dict]:
+    """(wall seconds, peak RSS bytes, `build_stage`'s timings) of one stage's Luigi build in a child
+    process (its own peak RSS), or in this process (no per-stage RSS; saves the child's start-up)."""
     if in_process:
         t0 = time.perf_counter()
-        build_stage(str(cfg), stage, workers)
-        return time.perf_counter() - t0, None
+        timings = build_stage(str(cfg), stage, workers)
+        return time.perf_counter() - t0, None, timings
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, str(cfg), stage, str(workers), str(ROOT)],
-                            env=env, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {stage!r} failed (exit {proc.returncode})")
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "timings.json"
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, str(cfg), stage, str(workers), str(ROOT), str(out)],
+                                env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"stage {stage!r} failed (exit {proc.returncode})")
+        return time.perf_counter() - t0, usage.ru_maxrss * 1024, json.loads(out.read_text())
 
 
 def accounting(run: Path) -> list[dict]:
@@ -400,7 +414,7 @@ def bench(root: Path, scale: float, seed: int = 0, parts: int = 2, workers: int 
             n = write_reference_memory(run) if stage == "reference memory" else write_placeholder_images(run)
             stages.append({"stage": stage, "seconds": time.perf_counter() - t0, "peak_rss": None, "rows": n})
             continue
-        seconds, rss = run_stage(cfg, stage, workers, in_process)
+        seconds, rss, timings = run_stage(cfg, stage, workers, in_process)
         if stage == "segments":
             import polars as pl
 
@@ -408,9 +422,11 @@ def bench(root: Path, scale: float, seed: int = 0, parts: int = 2, workers: int 
         rows = segments_rows
         if stage == "shards":  # rows/s of the shards: every row decided (kept or dropped)
             rows = sum(json.loads(p.read_text())["total"] for p in (run / "shards").glob("*/*/*/_SHARDS.json"))
-        stages.append({"stage": stage, "seconds": seconds, "peak_rss": rss, "rows": rows})
-        print(f"[full_size] {stage}: {seconds:.1f} s, peak RSS {(rss or 0) / 2**20:.0f} MB, "
-              f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        stages.append({"stage": stage, "seconds": seconds, "peak_rss": rss, "rows": rows, **timings,
+                       "load_average": os.getloadavg()[0]})
+        print(f"[full_size] {stage}: {seconds:.1f} s ({timings['build_s']:.1f} s in luigi.build), peak RSS "
+              f"{(rss or 0) / 2**20:.0f} MB, load average {os.getloadavg()[0]:.1f}; "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in timings["tasks"].items()), file=sys.stderr, flush=True)
     return {"scale": scale, "sizes": asdict(s), "generate": gen, "stages": stages, "accounting": accounting(run)}
 
 
@@ -432,11 +448,12 @@ def main() -> None:
                     reuse=args.reuse)
     print(f"scale {args.scale}: {res['sizes']}; sources written in {res['generate']['seconds']:.1f}s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'stage':<26}{'wall s':>9}{'peak RSS MB':>13}{'rows/s':>12}")
+    print(f"{'stage':<26}{'wall s':>9}{'build s':>9}{'peak RSS MB':>13}{'rows/s':>12}  (rows/s of the build)")
     for st in res["stages"]:
         rss = f"{st['peak_rss'] / 2**20:.0f}" if st["peak_rss"] else "-"
-        rate = f"{st['rows'] / st['seconds']:,.0f}" if st["rows"] else "-"
-        print(f"{st['stage']:<26}{st['seconds']:>9.1f}{rss:>13}{rate:>12}")
+        build = st.get("build_s", st["seconds"])
+        rate = f"{st['rows'] / build:,.0f}" if st["rows"] else "-"
+        print(f"{st['stage']:<26}{st['seconds']:>9.1f}{build:>9.1f}{rss:>13}{rate:>12}")
     print(f"{'split':<22}{'segments':>10}{'translated':>12}{'flagged':>10}{'set aside':>11}{'shards kept':>13}"
           "  dropped")
     for a in res["accounting"]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.image_store import image_address, iter_image_batches
 from pipeline.io import atomic_path
-from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD, VQA_SHARD
+from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_ROUND, VISDIAL_SHARD, VQA_SHARD
 from translation.textkey import text_hash
 
 
@@ -143,6 +143,14 @@ def _available(availability: pl.DataFrame) -> dict[str, str]:
 _PY_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 
 
+def _addresses(availability: pl.DataFrame) -> pl.DataFrame:
+    """item_id -> _address (image_address) of every downloaded image; the last row wins when an id
+    repeats, as `_available`'s dict does."""
+    return availability.filter(pl.col("status") == "success").select(
+        pl.col("image_id").alias("item_id"), (pl.col("shards_dir") + "/" + pl.col("key")).alias("_address"),
+    ).unique("item_id", keep="last", maintain_order=True)
+
+
 def build_caption_shards(
     translated: pl.DataFrame,
     availability: pl.DataFrame,
@@ -171,11 +179,7 @@ def build_caption_shards(
     if "flags" not in captions.columns:
         captions = captions.with_columns(pl.lit(None, pl.List(pl.String)).alias("flags"))
     stats.total = captions.height
-    ok = availability.filter(pl.col("status") == "success")
-    # image_id -> address; the last row wins when an id repeats, as a dict built from the rows would.
-    address = ok.select(pl.col("image_id").alias("item_id"),
-                        (pl.col("shards_dir") + "/" + pl.col("key")).alias("_address")
-                        ).unique("item_id", keep="last", maintain_order=True)
+    address = _addresses(availability)
     reason = pl.lit(None, pl.String)
     for flag in reversed(policy.drop):  # built inside out: the first flag of the policy wins
         reason = pl.when(pl.col("flags").list.contains(flag)).then(pl.lit(f"flag_{flag}")).otherwise(reason)
@@ -261,16 +265,163 @@ def build_visdial_shards(
 
     No quality filter: every round needs its 100 options for the benchmark; flags are counted in the
     comparison report instead.
+
+    Vectorised (123k dialogs x 10 rounds x 100 options are 123M strings): every index is checked up front
+    with numpy, and the PT rounds are gathered with Arrow one image batch at a time, so only the dialogs
+    of the part file being filled hold strings.  A check that fails re-runs the per-dialog rule
+    (`_dialog_rounds`) on the first failing dialog, so the error names the same string in the same order.
     """
+    import pyarrow.compute as pc
+
     stats = ShardStats(total=dialogs.height)
-    pt = dict(zip(translated["segment_id"].to_list(), translated["text_pt"].to_list(), strict=False))
-    en = dict(zip(translated["segment_id"].to_list(), translated["text_en"].to_list(), strict=False))
-    context_pt: dict[tuple[str, int, str], str] | None = None
-    if context_translated is not None:
-        context_pt = {
-            (i, k, f): t
-            for i, k, f, t in context_translated.select("image_id", "round", "field", "text_pt").iter_rows()
-        }
+    d = dialogs.join(_addresses(availability).rename({"item_id": "image_id"}), on="image_id", how="left",
+                     maintain_order="left")
+    if (n := int(d["_address"].is_null().sum())):
+        stats.dropped["image_unavailable"] += n
+    d = d.filter(pl.col("_address").is_not_null())
+    seg = translated.select("segment_id", "text_pt", "text_en").unique("segment_id", keep="last")
+    d = d.join(seg.rename({"segment_id": "caption_segment_id", "text_pt": "caption", "text_en": "caption_en"}),
+               on="caption_segment_id", how="left", maintain_order="left").with_columns(
+        seg_has=pl.col("caption_segment_id").is_in(seg["segment_id"].implode()))
+    bases = ("visdial/" + d["caption_segment_id"].str.split("/").list.get(1, null_on_oob=True)).unique().to_list()
+    if len(bases) > 1:  # one dialogs file is one split; never seen otherwise, so kept simple
+        raise ValueError(f"dialogs of several splits in one shard build: {bases}")
+    writer = _RollingWriter(out_dir, VISDIAL_SHARD, rows_per_shard)
+    if not d.height:
+        return _finish(writer, stats, 0)
+    base = bases[0]
+
+    # Flattened rounds of the available dialogs (Arrow, int indices only).
+    rounds = _one_chunk(d["rounds"].to_arrow())
+    r_len = pc.fill_null(pc.list_value_length(rounds), 0).to_numpy().astype(np.int64)
+    r_start = np.concatenate(([0], np.cumsum(r_len)))
+    flat = pc.list_flatten(rounds)
+    q_idx, a_idx = pc.struct_field(flat, "question"), pc.struct_field(flat, "answer")
+    gt = pc.struct_field(flat, "gt_index")
+    opts = _one_chunk(pc.struct_field(flat, "answer_options"))
+    o_len = pc.fill_null(pc.list_value_length(opts), 0).to_numpy().astype(np.int64)
+    o_start = np.concatenate(([0], np.cumsum(o_len)))
+    o_idx = pc.list_flatten(opts)
+    round_dialog = np.repeat(np.arange(d.height), r_len)
+
+    def lookup(field: str, refs: list) -> pa.Array:
+        """PT text per index of the global `field` list (null: neither translated nor a known empty string)."""
+        size = 1 + max([int(pc.max(r).as_py() or 0) for r in refs if len(r)] + [0])
+        prefix = f"{base}/{field}/"
+        known = seg.filter(pl.col("segment_id").str.starts_with(prefix)).select(
+            pl.col("segment_id").str.slice(len(prefix)).cast(pl.Int64, strict=False).alias("i"), "text_pt"
+        ).filter(pl.col("i").is_not_null() & pl.col("i").is_between(0, size - 1))
+        empty = [int(x.removeprefix(prefix)) for x in empty_segments
+                 if x.startswith(prefix) and x.removeprefix(prefix).isdigit() and int(x.removeprefix(prefix)) < size]
+        out = pl.Series([None] * size, dtype=pl.String)
+        out = out.scatter(empty, "") if empty else out
+        present = pl.Series([False] * size).scatter(known["i"], True) if known.height else pl.Series([False] * size)
+        out = out.scatter(known["i"], known["text_pt"]) if known.height else out
+        return pl.DataFrame({"t": out, "p": present | out.is_not_null()}).to_arrow()
+
+    questions, answers = lookup("question", [q_idx]), lookup("answer", [a_idx, o_idx])
+    q_text, a_text = questions.column("t").combine_chunks(), answers.column("t").combine_chunks()
+    q_ok, a_ok = questions.column("p").to_numpy(), answers.column("p").to_numpy()
+
+    def ok(idx: pa.Array, table: np.ndarray) -> np.ndarray:
+        """Per index: its string is known (a null index has nothing to look up).  No int64 copy: the
+        123M option indices stay int32."""
+        if not idx.null_count:
+            return table[idx.to_numpy(zero_copy_only=False)]
+        return table[pc.fill_null(idx, 0).to_numpy(zero_copy_only=False)] | pc.is_null(idx).to_numpy(
+            zero_copy_only=False)
+
+    bad_option = ~ok(o_idx, a_ok)
+    bad_round = np.zeros(len(o_len), dtype=bool)
+    if len(bad_option):  # any bad option per round (reduceat: an empty round would read its neighbour)
+        bad_round = np.logical_or.reduceat(bad_option, np.minimum(o_start[:-1], len(bad_option) - 1)) & (o_len > 0)
+    del bad_option
+    if context_translated is None:
+        hist_q = hist_a = None
+        bad_round |= ~ok(q_idx, q_ok) | ~ok(a_idx, a_ok)
+    else:  # each round's question and answer from the caption-context translations
+        keyed = pl.DataFrame({"image_id": d["image_id"].gather(round_dialog),
+                              "round": np.arange(len(round_dialog)) - r_start[round_dialog] + 1}).cast(
+            {"round": pl.Int64})
+        ctx = context_translated.select("image_id", pl.col("round").cast(pl.Int64), "field", "text_pt",
+                                        pl.lit(True).alias("_has")).unique(["image_id", "round", "field"], keep="last")
+        hist = {}
+        for field, idx in (("question", q_idx), ("answer", a_idx)):
+            got = keyed.join(ctx.filter(pl.col("field") == field).drop("field"), on=["image_id", "round"], how="left",
+                             maintain_order="left")
+            hist[field] = pc.if_else(pc.is_valid(idx), got["text_pt"].to_arrow(), None)  # no index: None
+            bad_round |= pc.is_valid(idx).to_numpy(zero_copy_only=False) & got["_has"].is_null().to_numpy()
+        hist_q, hist_a = hist["question"], hist["answer"]
+    bad = (np.bincount(round_dialog, weights=bad_round, minlength=d.height) > 0) | ~d["seg_has"].to_numpy()
+    if bad.any():
+        _raise_first(d.row(int(np.argmax(bad)), named=True), translated, context_translated, empty_segments)
+
+    # One dialog per image address (the last one, as a dict by address would keep), sorted by address.
+    kept = d.with_row_index("_d").unique("_address", keep="last", maintain_order=True).sort("_address")
+    addresses, written = kept["_address"], np.zeros(kept.height, dtype=bool)
+    for batch in iter_image_batches(images_dir):
+        if not batch:
+            continue
+        keys, jpgs = zip(*_in_order(batch), strict=True)
+        pos = addresses.search_sorted(pl.Series(keys, dtype=pl.String), "left").to_numpy().astype(np.int64)
+        found = pos < kept.height
+        found[found] = (addresses.gather(pos[found]).to_numpy() == np.asarray(keys, dtype=object)[found])
+        found[found] &= ~written[pos[found]]
+        if not found.any():
+            continue
+        pick, image = pos[found], np.flatnonzero(found)
+        written[pick] = True
+        rows = kept[pick]
+        dpos = rows["_d"].to_numpy().astype(np.int64)
+        picked = _ranges(r_start[dpos], r_len[dpos])  # the picked dialogs' rounds, in order
+        options = pa.ListArray.from_arrays(
+            pa.array(np.concatenate(([0], np.cumsum(o_len[picked]))), pa.int32()),
+            a_text.take(o_idx.take(pa.array(_ranges(o_start[picked], o_len[picked])))))
+        r = pa.array(picked)
+        fields = [
+            (hist_q.take(r) if hist_q is not None else q_text.take(q_idx.take(r))).cast(pa.string()),
+            (hist_a.take(r) if hist_a is not None else a_text.take(a_idx.take(r))).cast(pa.string()),
+            options.cast(pa.list_(pa.string())), gt.take(r).cast(pa.int32()),
+        ]
+        per_dialog = pa.ListArray.from_arrays(pa.array(np.concatenate(([0], np.cumsum(r_len[dpos]))), pa.int32()),
+                                              pa.StructArray.from_arrays(fields, fields=list(VISDIAL_ROUND)))
+        table = rows.select("image_id", "caption", "caption_en", "dense_round", "dense_relevance",
+                            pl.lit(engine).alias("engine")).to_arrow()
+        table = table.append_column("rounds", per_dialog).append_column(
+            "image", pa.array(jpgs, pa.binary()).take(pa.array(image)))
+        stats.kept += len(pick)
+        stats.images += len(pick)
+        writer.add_table(table)
+    return _finish(writer, stats, int((~written).sum()))
+
+
+def _one_chunk(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated ranges [start, start + length) (numpy, no Python loop)."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(total)
+
+
+def _raise_first(d: dict, translated: pl.DataFrame, context_translated: pl.DataFrame | None,
+                 empty_segments: frozenset[str]) -> None:
+    """Build dialog `d` the per-row way, which raises the error its first missing string gives."""
+    seg = translated.filter(pl.col("segment_id").str.starts_with("visdial/"))
+    pt = dict(zip(seg["segment_id"].to_list(), seg["text_pt"].to_list(), strict=False))
+    context_pt = None if context_translated is None else {
+        (i, k, f): t for i, k, f, t in context_translated.select("image_id", "round", "field", "text_pt").iter_rows()}
+    _dialog_rounds(d, pt, context_pt, empty_segments)
+    pt[d["caption_segment_id"]]  # noqa: B018 - a caption without translation raises KeyError, as it always did
+    raise RuntimeError(f"{d['image_id']}: the vectorised check found a missing translation the per-row rule does not")
+
+
+def _dialog_rounds(d: dict, pt: dict[str, str], context_pt: dict | None, empty_segments: frozenset[str]) -> list[dict]:
+    """The PT rounds of one dialog, string by string (the rule the vectorised builder reproduces)."""
+    base = "visdial/" + d["caption_segment_id"].split("/")[1]
 
     def text(segment_id: str) -> str:
         if segment_id in pt:
@@ -280,51 +431,20 @@ def build_visdial_shards(
         raise ValueError(f"{segment_id}: no translation (translated/<engine>/visdial/<split>.parquet is "
                          "incomplete, or the string is not in the source's global lists)")
 
-    def history(image_id: str, k: int, field: str, index: int | None, base: str) -> str | None:
+    def history(k: int, field: str, index: int | None) -> str | None:
         if index is None:
             return None
         if context_pt is None:
             return text(f"{base}/{field}/{index}")
         try:
-            return context_pt[(image_id, k, field)]
+            return context_pt[(d["image_id"], k, field)]
         except KeyError:
-            raise ValueError(f"{image_id} round {k} {field}: no translation with caption context "
+            raise ValueError(f"{d['image_id']} round {k} {field}: no translation with caption context "
                              "(translated/<engine>/visdial/<split>.context.parquet is incomplete)") from None
 
-    key_of = _available(availability)
-    by_key: dict[str, dict] = {}
-    for d in dialogs.iter_rows(named=True):
-        if d["image_id"] not in key_of:
-            stats.dropped["image_unavailable"] += 1
-            continue
-        base = "visdial/" + d["caption_segment_id"].split("/")[1]
-        rounds = [
-            {
-                "question": history(d["image_id"], k, "question", r["question"], base),
-                "answer": history(d["image_id"], k, "answer", r["answer"], base),
-                "answer_options": [text(f"{base}/answer/{o}") for o in r["answer_options"]],
-                "gt_index": r["gt_index"],
-            }
-            for k, r in enumerate(d["rounds"], 1)
-        ]
-        by_key[key_of[d["image_id"]]] = {
-            "image_id": d["image_id"],
-            "caption": pt[d["caption_segment_id"]],
-            "caption_en": en[d["caption_segment_id"]],
-            "rounds": rounds,
-            "dense_round": d["dense_round"],
-            "dense_relevance": d["dense_relevance"],
-            "engine": engine,
-        }
-    writer = _RollingWriter(out_dir, VISDIAL_SHARD, rows_per_shard)
-    for batch in iter_image_batches(images_dir):
-        for key, jpg in _in_order(batch):
-            row = by_key.pop(key, None)
-            if row is not None:
-                stats.kept += 1
-                stats.images += 1
-                writer.add({**row, "image": jpg})
-    return _finish(writer, stats, len(by_key))
+    return [{"question": history(k, "question", r["question"]), "answer": history(k, "answer", r["answer"]),
+             "answer_options": [text(f"{base}/answer/{o}") for o in r["answer_options"]], "gt_index": r["gt_index"]}
+            for k, r in enumerate(d["rounds"], 1)]
 
 
 def build_vqa_shards(
