@@ -175,9 +175,12 @@ def build_caption_shards(
     image met twice is written once.
     """
     stats = ShardStats()
-    captions = translated.filter(pl.col("field") == "caption").with_row_index("_row")
-    if "flags" not in captions.columns:
-        captions = captions.with_columns(pl.lit(None, pl.List(pl.String)).alias("flags"))
+    # Only the columns the shards use, selected before the filter copies them (3.3M rows: flag_reasons,
+    # text_hash and engine_id would be ~0.5 GB for nothing).
+    captions = translated.select(
+        "segment_id", "item_id", "text_pt", "text_en", "dataset", "split", "field",
+        pl.col("flags") if "flags" in translated.columns else pl.lit(None, pl.List(pl.String)).alias("flags"),
+    ).filter(pl.col("field") == "caption").drop("field").with_row_index("_row")
     stats.total = captions.height
     address = _addresses(availability)
     reason = pl.lit(None, pl.String)
@@ -274,8 +277,10 @@ def build_visdial_shards(
     import pyarrow.compute as pc
 
     stats = ShardStats(total=dialogs.height)
-    d = dialogs.join(_addresses(availability).rename({"item_id": "image_id"}), on="image_id", how="left",
-                     maintain_order="left")
+    # The rounds (123M option indices at full size) stay in `dialogs`, never copied by a join, filter or
+    # sort: the available dialogs are rows of a narrow frame pointing at them by `_src`.
+    d = dialogs.select("image_id", "caption_segment_id", "dense_round", "dense_relevance").with_row_index("_src").join(
+        _addresses(availability).rename({"item_id": "image_id"}), on="image_id", how="left", maintain_order="left")
     if (n := int(d["_address"].is_null().sum())):
         stats.dropped["image_unavailable"] += n
     d = d.filter(pl.col("_address").is_not_null())
@@ -291,8 +296,8 @@ def build_visdial_shards(
         return _finish(writer, stats, 0)
     base = bases[0]
 
-    # Flattened rounds of the available dialogs (Arrow, int indices only).
-    rounds = _one_chunk(d["rounds"].to_arrow())
+    # Flattened rounds of every dialog (Arrow, int indices only; checks below count the available ones).
+    rounds = _one_chunk(dialogs["rounds"].to_arrow())
     r_len = pc.fill_null(pc.list_value_length(rounds), 0).to_numpy().astype(np.int64)
     r_start = np.concatenate(([0], np.cumsum(r_len)))
     flat = pc.list_flatten(rounds)
@@ -302,7 +307,7 @@ def build_visdial_shards(
     o_len = pc.fill_null(pc.list_value_length(opts), 0).to_numpy().astype(np.int64)
     o_start = np.concatenate(([0], np.cumsum(o_len)))
     o_idx = pc.list_flatten(opts)
-    round_dialog = np.repeat(np.arange(d.height), r_len)
+    round_dialog = np.repeat(np.arange(dialogs.height), r_len)
 
     def lookup(field: str, refs: list) -> pa.Array:
         """PT text per index of the global `field` list (null: neither translated nor a known empty string)."""
@@ -340,7 +345,7 @@ def build_visdial_shards(
         hist_q = hist_a = None
         bad_round |= ~ok(q_idx, q_ok) | ~ok(a_idx, a_ok)
     else:  # each round's question and answer from the caption-context translations
-        keyed = pl.DataFrame({"image_id": d["image_id"].gather(round_dialog),
+        keyed = pl.DataFrame({"image_id": dialogs["image_id"].gather(round_dialog),
                               "round": np.arange(len(round_dialog)) - r_start[round_dialog] + 1}).cast(
             {"round": pl.Int64})
         ctx = context_translated.select("image_id", pl.col("round").cast(pl.Int64), "field", "text_pt",
@@ -352,12 +357,14 @@ def build_visdial_shards(
             hist[field] = pc.if_else(pc.is_valid(idx), got["text_pt"].to_arrow(), None)  # no index: None
             bad_round |= pc.is_valid(idx).to_numpy(zero_copy_only=False) & got["_has"].is_null().to_numpy()
         hist_q, hist_a = hist["question"], hist["answer"]
-    bad = (np.bincount(round_dialog, weights=bad_round, minlength=d.height) > 0) | ~d["seg_has"].to_numpy()
+    src = d["_src"].to_numpy()
+    bad = (np.bincount(round_dialog, weights=bad_round, minlength=dialogs.height) > 0)[src] | ~d["seg_has"].to_numpy()
     if bad.any():
-        _raise_first(d.row(int(np.argmax(bad)), named=True), translated, context_translated, empty_segments)
+        _raise_first(dialogs.row(int(src[np.argmax(bad)]), named=True), translated, context_translated,
+                     empty_segments)
 
     # One dialog per image address (the last one, as a dict by address would keep), sorted by address.
-    kept = d.with_row_index("_d").unique("_address", keep="last", maintain_order=True).sort("_address")
+    kept = d.unique("_address", keep="last", maintain_order=True).sort("_address")
     addresses, written = kept["_address"], np.zeros(kept.height, dtype=bool)
     for batch in iter_image_batches(images_dir):
         if not batch:
@@ -372,7 +379,7 @@ def build_visdial_shards(
         pick, image = pos[found], np.flatnonzero(found)
         written[pick] = True
         rows = kept[pick]
-        dpos = rows["_d"].to_numpy().astype(np.int64)
+        dpos = rows["_src"].to_numpy().astype(np.int64)
         picked = _ranges(r_start[dpos], r_len[dpos])  # the picked dialogs' rounds, in order
         options = pa.ListArray.from_arrays(
             pa.array(np.concatenate(([0], np.cumsum(o_len[picked]))), pa.int32()),

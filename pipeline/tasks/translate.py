@@ -516,16 +516,18 @@ class Translate(PtvlTask):
         (text_en, context) re-checked against the memory row's own, so a row stored under the key of
         another text can never stand in for it.
 
-        One Arrow table of the memory rows wanted (`MemoryStack.lookup_table`) and a polars join: no
+        One polars frame of the memory rows wanted (`MemoryStack.lookup_frame`) and a polars join: no
         Python object per row, and text_en is read from the memory only when `check` asks for it."""
         from translation.errors import MemoryIntegrityError
         from translation.quality import flag_table
 
-        found = pl.from_arrow(mem.lookup_table(
-            engine_id, rows["text_hash"].unique().to_arrow(),
-            ("text_hash", "text_pt", "score", "billed_chars", "input_truncated", *check)))
-        joined = rows.join(found.select("text_hash", "text_pt", "score", "input_truncated"), on="text_hash",
-                           how="left", maintain_order="left")
+        found = mem.lookup_frame(
+            engine_id, rows["text_hash"].unique(),
+            ("text_hash", "text_pt", "score", "billed_chars", "input_truncated", *check))
+        # Only the new columns are built (a join of `rows` itself would copy every column of 3.3M rows).
+        looked = rows.select("text_hash").join(found.select("text_hash", "text_pt", "score", "input_truncated"),
+                                               on="text_hash", how="left", maintain_order="left")
+        joined = rows.hstack(looked.select("text_pt", "score", "input_truncated"))
         missing = joined.filter(pl.col("text_pt").is_null())
         if missing.height:
             raise RuntimeError(f"{missing.height} {what} lack a {engine_id} translation{how}; rerun to fill them "
@@ -539,17 +541,19 @@ class Translate(PtvlTask):
                 raise MemoryIntegrityError(
                     f"memory row {r['text_hash']} of {engine_id} holds "
                     f"{tuple(r[f'{c}_stored'] for c in check)!r}, not {tuple(r[c] for c in check)!r}")
+        stats = {"rows": rows.height, "unique": found.height, "billed_chars": int(found["billed_chars"].sum()),
+                 "engine_id": engine_id,
+                 # sources cut at the engine's max_input_length: rows (duplicates counted) and distinct strings
+                 "input_truncated": {"rows": int(joined["input_truncated"].fill_null(False).sum()),
+                                     "unique": int(found["input_truncated"].fill_null(False).sum())}}
+        del found, looked  # before the flags, the stage's memory peak
         table = joined.drop("input_truncated").with_columns(
             pl.lit(str(self.engine)).alias("engine"),
             pl.lit(engine_id).alias("engine_id"),
         )
+        del joined
         flagged = flag_table(table, self.settings.quality)
-        cut = found.filter(pl.col("input_truncated").fill_null(False))
-        stats = {"rows": rows.height, "unique": found.height, "billed_chars": int(found["billed_chars"].sum()),
-                 "engine_id": engine_id, "flag_counts": _flag_counts(flagged),
-                 # sources cut at the engine's max_input_length: rows (duplicates counted) and distinct strings
-                 "input_truncated": {"rows": int(joined["input_truncated"].fill_null(False).sum()),
-                                     "unique": cut.height}}
+        stats["flag_counts"] = _flag_counts(flagged)
         log.info("%s/%s [%s] %s%s: %d rows, %d unique, %d chars billed", self.dataset, self.split,
                  self.engine, what, how, stats["rows"], stats["unique"], stats["billed_chars"])
         return flagged, stats
