@@ -8,13 +8,11 @@ child process (so each stage's peak RSS is its own, read from `os.wait4`):
 
     segments -> reference memory (a deterministic word-for-word PT export, written from the segments)
     -> import -> unique strings -> translate parts (all memory hits) -> translate join + flags
-
-and prints wall time, peak RSS and rows/s per stage, plus the row accounting (segments = translated =
-flagged per split), then
-
     -> curate (TokenStats) -> placeholder images -> shards (BuildShards, every split)
 
-The images are not downloaded: the bench writes what `DownloadImages` would leave (img2dataset-style
+and prints wall time (also without the child's imports), peak RSS, rows/s and each task's run time per
+stage, plus the row accounting per split (segments = translated = flagged = token-statistics samples;
+shards total = kept + dropped by reason).  The images are not downloaded: the bench writes what `DownloadImages` would leave (img2dataset-style
 Parquet shards with one small placeholder JPEG per image, the availability table with every 100th image
 failed as http_404, and `_MANIFEST.json`), so BuildShards reads real bytes through the real code.
 
