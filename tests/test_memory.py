@@ -163,3 +163,46 @@ def test_memory_stack_reads_all_files_writes_one(tmp_path):
     assert not list(tmp_path.glob("*-wal")) and not list(tmp_path.glob("*-shm"))
     with pytest.raises(FileNotFoundError):
         TranslationMemory(tmp_path / "absent.sqlite", read_only=True)
+
+
+@pytest.mark.parametrize("scan_from", [10**9, 1])  # chunked IN (...) look-ups, then one streamed scan
+def test_lookup_table_equals_lookup_on_both_paths(tmp_path, monkeypatch, scan_from):
+    """The bulk look-up (Arrow, for the translate join) returns exactly what `lookup` does, whichever
+    path it takes: the same rows, float64 scores, input_truncated as bool/null, only the asked columns."""
+    import translation.memory as memory
+
+    monkeypatch.setattr(memory, "_SCAN_FROM", scan_from)
+    monkeypatch.setattr(memory, "_SCAN_BATCH", 7)  # several scan batches
+    rows = [MemoryRow(text_hash(f"t{i}"), f"t{i}", f"p{i}", score=-0.1 * i - 1e-12, billed_chars=i,
+                      input_truncated=[None, True, False][i % 3]) for i in range(40)]
+    with TranslationMemory(tmp_path / "m.sqlite") as mem:
+        mem.put_batch(E, rows)
+        mem.put_batch("other", [MemoryRow(text_hash("t1"), "t1", "other engine")])
+        wanted = [text_hash(f"t{i}") for i in range(0, 60, 2)] + [text_hash("t2")]  # 10 absent, 1 twice
+        table = mem.lookup_table(E, wanted)
+        assert table.column_names == ["text_hash", "text_pt", "score", "billed_chars", "input_truncated"]
+        assert table.schema.field("score").type == pa.float64()
+        got = {r["text_hash"]: r for r in table.to_pylist()}
+        ref = mem.lookup(E, wanted)
+        assert len(got) == table.num_rows == len(ref) == 20
+        for h, r in ref.items():
+            assert (got[h]["text_pt"], got[h]["score"], got[h]["billed_chars"], got[h]["input_truncated"]) == (
+                r.text_pt, r.score, r.billed_chars, r.input_truncated)
+        ctx = mem.lookup_table(E, wanted[:3], ("text_hash", "text_en", "context"))
+        assert sorted(ctx.to_pylist(), key=lambda r: r["text_en"]) == [
+            {"text_hash": text_hash(t), "text_en": t, "context": None} for t in ("t0", "t2", "t4")]
+        assert mem.lookup_table(E, []).num_rows == 0
+        with pytest.raises(ValueError, match="start with text_hash"):
+            mem.lookup_table(E, wanted, ("text_pt",))
+
+
+def test_memory_stack_lookup_table_takes_the_first_file_per_key(tmp_path, monkeypatch):
+    from translation.memory import MemoryStack
+
+    with TranslationMemory(tmp_path / "shared.sqlite", journal="delete") as shared:
+        shared.put_batch("e", [MemoryRow(text_hash(t), t, t.upper() + "0") for t in "abd"])
+    with MemoryStack(TranslationMemory(tmp_path / "part.sqlite", journal="delete"),
+                     [TranslationMemory(tmp_path / "shared.sqlite", read_only=True)]) as mem:
+        mem.put_batch("e", [MemoryRow(text_hash(t), t, t.upper() + "1") for t in "ac"])
+        table = mem.lookup_table("e", [text_hash(t) for t in "abcx"])
+    assert sorted(table.column("text_pt").to_pylist()) == ["A1", "B0", "C1"]  # the writer's "a"; no "d", "x"

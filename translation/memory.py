@@ -72,6 +72,14 @@ PARQUET_SCHEMA = pa.schema(
 REQUIRED_IMPORT_COLUMNS = ("text_hash", "text_en", "text_pt")
 
 _SQL_CHUNK = 900  # host parameters per IN (...) query, well under SQLite's limit on every build
+# `lookup_table`: from this many wanted keys on, one streamed scan of the engine's rows (filtered batch by
+# batch) beats chunked `IN (...)` queries.  Measured on a 1M-row file, 800k keys: scan
+# 3.0 s, temp-table join 5.5 s, chunked IN 7.4 s; below ~100k keys the IN queries touch far fewer pages.
+_SCAN_FROM = 100_000
+_SCAN_BATCH = 200_000
+# Arrow types of the columns `lookup_table` can return (input_truncated as the stored 0/1/null).
+_LOOKUP_TYPES = {"text_hash": pa.string(), "text_en": pa.string(), "context": pa.string(), "text_pt": pa.string(),
+                 "score": pa.float64(), "billed_chars": pa.int64(), "input_truncated": pa.bool_()}
 _DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA_SQL = """
@@ -258,6 +266,25 @@ class TranslationMemory:
                                None if trunc is None else bool(trunc))
         return out
 
+    def lookup_table(self, engine_id: str, hashes: Any,
+                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
+                     ) -> pa.Table:
+        """`lookup` for millions of keys, as an Arrow table with `columns` (text_hash first; types of
+        `PARQUET_SCHEMA`), one row per stored key among `hashes`, in no particular order.
+
+        No Python object per row beyond the SQLite fetch: many keys stream the engine's rows once and keep
+        those wanted (a semi-join per batch, so memory stays bounded by the wanted rows), few keys use
+        the chunked primary-key look-up.  Ask only for the columns needed: text_en of 3.3M captions is
+        ~200 MB that a join does not use."""
+        return _to_table(self.lookup_frame(engine_id, hashes, columns), columns)
+
+    def lookup_frame(self, engine_id: str, hashes: Any,
+                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
+                     ) -> Any:
+        """`lookup_table` as a polars DataFrame (input_truncated Boolean), for a polars caller: no Arrow
+        round trip, each of which copies every string (3.2M rows: ~0.4 GB a copy)."""
+        return _lookup_frame(self, engine_id, hashes, columns)
+
     def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
         """The hashes (unique, in first-seen order) with no stored translation for `engine_id`."""
         present = {row[0] for row in self._select(engine_id, hashes, "text_hash")}
@@ -411,6 +438,29 @@ class MemoryStack:
             left = [h for h in left if h not in found]
         return out
 
+    def lookup_table(self, engine_id: str, hashes: Any,
+                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
+                     ) -> pa.Table:
+        """`TranslationMemory.lookup_table` over the stack: a key stored in several files comes from the
+        first (the writer, then the readers in order), as in `lookup`."""
+        return _to_table(self.lookup_frame(engine_id, hashes, columns), columns)
+
+    def lookup_frame(self, engine_id: str, hashes: Any,
+                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
+                     ) -> Any:
+        """`lookup_table` as a polars DataFrame (see `TranslationMemory.lookup_frame`)."""
+        import polars as pl
+
+        left = _wanted(hashes)
+        parts = []
+        for m in self.files:
+            if not len(left):
+                break
+            got = m.lookup_frame(engine_id, left, columns)
+            parts.append(got)
+            left = left.to_frame().join(got.select("text_hash"), on="text_hash", how="anti").to_series()
+        return pl.concat(parts) if parts else _lookup_frame(self.files[0], engine_id, [], columns)
+
     def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
         left = list(dict.fromkeys(hashes))
         for m in self.files:
@@ -469,6 +519,58 @@ class MemoryStack:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _wanted(hashes):
+    """The distinct keys of `hashes` (a polars Series, Arrow array or any sequence) as a polars Series."""
+    import polars as pl
+
+    if not isinstance(hashes, pl.Series):
+        hashes = pl.Series("text_hash", hashes if isinstance(hashes, pa.Array | pa.ChunkedArray)
+                           else pa.array(list(hashes), pa.string()), dtype=pl.String)
+    return hashes.alias("text_hash").unique()
+
+
+def _to_table(frame, columns: Sequence[str]) -> pa.Table:
+    return frame.to_arrow().cast(pa.schema([(c, _LOOKUP_TYPES[c]) for c in columns]))
+
+
+def _lookup_frame(mem: TranslationMemory, engine_id: str, hashes, columns: Sequence[str]):
+    import polars as pl
+
+    if list(columns[:1]) != ["text_hash"] or any(c not in _LOOKUP_TYPES for c in columns):
+        raise ValueError(f"columns must start with text_hash and be among {list(_LOOKUP_TYPES)}, not {columns!r}")
+    want = _wanted(hashes)
+    select = ", ".join(c if c != "input_truncated" or mem._has_truncated else "NULL AS input_truncated"
+                       for c in columns)
+    # Polars builds the columns from SQLite's row tuples in Rust: 5x faster than transposing them in Python
+    # into pa.array (measured, 200k rows: 0.10 s against 0.51 s).
+    types = {"text_hash": pl.String, "text_en": pl.String, "context": pl.String, "text_pt": pl.String,
+             "score": pl.Float64, "billed_chars": pl.Int64, "input_truncated": pl.Int64}
+    schema = {c: types[c] for c in columns}
+
+    def frame(batch: list[tuple]) -> pl.DataFrame:
+        out = pl.DataFrame(batch, schema=schema, orient="row")
+        return out.with_columns(pl.col("input_truncated").cast(pl.Boolean)) if "input_truncated" in columns else out
+
+    parts = []
+    with mem._lock:
+        if len(want) < _SCAN_FROM:
+            batch = list(mem._select(engine_id, want.to_list(), select))
+            if batch:
+                parts.append(frame(batch))
+        else:
+            # Binary search in the sorted wanted keys, not a hash semi-join (which would hash all wanted keys
+            # again for every batch).
+            wanted = want.sort()
+            cur = mem._db.execute(f"SELECT {select} FROM memory WHERE engine_id = ?", [engine_id])
+            while batch := cur.fetchmany(_SCAN_BATCH):
+                got = frame(batch)
+                pos = wanted.search_sorted(got["text_hash"]).clip(0, len(wanted) - 1)
+                got = got.filter(wanted.gather(pos) == got["text_hash"])
+                if got.height:
+                    parts.append(got)
+    return pl.concat(parts) if parts else frame([])
 
 
 def _check_key(h: str, text_en: str, context: str | None, *, where: str) -> None:

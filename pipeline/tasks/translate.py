@@ -514,53 +514,68 @@ class Translate(PtvlTask):
         # The segments table is the target, so it is written last (after the context table).
         write_parquet_atomic(self.output().path, flagged.to_arrow(), TRANSLATED)
 
-    def _join(self, mem, rows: pl.DataFrame, engine_id: str, what: str, how: str) -> tuple[pl.DataFrame, dict]:
+    def _join(self, mem, rows: pl.DataFrame, engine_id: str, what: str, how: str,
+              check: tuple[str, ...] = ()) -> tuple[pl.DataFrame, dict]:
         """`rows` (with text_hash) joined with their memory translations under `engine_id` and flagged;
         the rows' stats (billed_chars: the memory's billed characters of their distinct strings; a string
-        shared with another split counts in both).  `how` qualifies messages."""
+        shared with another split counts in both).  `how` qualifies messages.  `check`: text columns
+        (text_en, context) re-checked against the memory row's own, so a row stored under the key of
+        another text can never stand in for it.
+
+        One polars frame of the memory rows wanted (`MemoryStack.lookup_frame`) and a polars join: no
+        Python object per row, and text_en is read from the memory only when `check` asks for it."""
+        from translation.errors import MemoryIntegrityError
         from translation.quality import flag_table
 
-        found = mem.lookup(engine_id, rows["text_hash"].unique().to_list())
-        missing = rows.filter(~pl.col("text_hash").is_in(list(found)))
+        found = mem.lookup_frame(
+            engine_id, rows["text_hash"].unique(),
+            ("text_hash", "text_pt", "score", "billed_chars", "input_truncated", *check))
+        # Only the new columns are built (a join of `rows` itself would copy every column of 3.3M rows).
+        looked = rows.select("text_hash").join(found.select("text_hash", "text_pt", "score", "input_truncated"),
+                                               on="text_hash", how="left", maintain_order="left")
+        joined = rows.hstack(looked.select("text_pt", "score", "input_truncated"))
+        missing = joined.filter(pl.col("text_pt").is_null())
         if missing.height:
-            raise RuntimeError(f"{missing.height} {what} lack a {engine_id} translation{how}; rerun to fill them")
-        table = rows.with_columns(
+            raise RuntimeError(f"{missing.height} {what} lack a {engine_id} translation{how}; rerun to fill them "
+                               f"(first: {missing['text_en'][0]!r})")
+        if check:
+            mine = rows.select("text_hash", *check).unique().join(
+                found.select("text_hash", *(pl.col(c).alias(f"{c}_stored") for c in check)), on="text_hash")
+            bad = mine.filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}_stored")) for c in check))
+            if bad.height:
+                r = bad.row(0, named=True)
+                raise MemoryIntegrityError(
+                    f"memory row {r['text_hash']} of {engine_id} holds "
+                    f"{tuple(r[f'{c}_stored'] for c in check)!r}, not {tuple(r[c] for c in check)!r}")
+        stats = {"rows": rows.height, "unique": found.height, "billed_chars": int(found["billed_chars"].sum()),
+                 "engine_id": engine_id,
+                 # sources cut at the engine's max_input_length: rows (duplicates counted) and distinct strings
+                 "input_truncated": {"rows": int(joined["input_truncated"].fill_null(False).sum()),
+                                     "unique": int(found["input_truncated"].fill_null(False).sum())}}
+        del found, looked  # before the flags, the stage's memory peak
+        table = joined.drop("input_truncated").with_columns(
             pl.lit(str(self.engine)).alias("engine"),
             pl.lit(engine_id).alias("engine_id"),
-            pl.col("text_hash").replace_strict({h: r.text_pt for h, r in found.items()}, default=None,
-                                               return_dtype=pl.String).alias("text_pt"),
-            pl.col("text_hash").replace_strict({h: r.score for h, r in found.items()}, default=None,
-                                               return_dtype=pl.Float64).alias("score"),
         )
+        del joined
         flagged = flag_table(table, self.settings.quality)
-        cut = [h for h, r in found.items() if r.input_truncated]
-        stats = {"rows": rows.height, "unique": len(found), "billed_chars": sum(r.billed_chars for r in found.values()),
-                 "engine_id": engine_id, "flag_counts": _flag_counts(flagged),
-                 # sources cut at the engine's max_input_length: rows (duplicates counted) and distinct strings
-                 "input_truncated": {"rows": int(rows["text_hash"].is_in(cut).sum()), "unique": len(cut)}}
+        stats["flag_counts"] = _flag_counts(flagged)
         log.info("%s/%s [%s] %s%s: %d rows, %d unique, %d chars billed", self.dataset, self.split,
                  self.engine, what, how, stats["rows"], stats["unique"], stats["billed_chars"])
-        self._found = found
         return flagged, stats
 
     def _write_context(self, mem, engine_id: str, set_aside: dict[str, str]) -> dict:
         """Join the dialog texts with their caption-context translations; write the context table.  A
         dialog text set aside (never sent) becomes "" here, as its context-free string does in the shards."""
         from pipeline.contracts import VISDIAL_CONTEXT_TRANSLATED
-        from translation.errors import MemoryIntegrityError
-        from translation.memory import MemoryRow
 
         rows = dialog_context_rows(self.root, str(self.split)).with_row_index("_order")
+        # The key hashes text and context together; `check` re-checks both anyway, so a context-free row
+        # can never stand in for a context one, whatever happened to the memory file.  A text set aside
+        # has no memory row to check (it is "" below).
         flagged, stats = self._join(mem, rows.filter(~pl.col("text_hash").is_in(list(set_aside))), engine_id,
-                                    "VisDial dialog texts", " with their caption as context")
-        found = self._found
-        # The key hashes text and context together; re-check both anyway, so a context-free row can
-        # never stand in for a context one, whatever happened to the memory file.
-        for h, en, ctx in rows.select("text_hash", "text_en", "context").unique().iter_rows():
-            r = found.get(h) or (MemoryRow(h, en, "", context=ctx) if h in set_aside else None)
-            if r is None or (r.text_en, r.context) != (en, ctx):
-                raise MemoryIntegrityError(f"memory row {h} of {engine_id} holds "
-                                           f"{(r.text_en, r.context) if r else None!r}, not {(en, ctx)!r}")
+                                    "VisDial dialog texts", " with their caption as context",
+                                    check=("text_en", "context"))
         aside = rows.filter(pl.col("text_hash").is_in(list(set_aside)))
         if aside.height:
             from translation.quality import flag_table
