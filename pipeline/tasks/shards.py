@@ -17,6 +17,11 @@ from pipeline.tasks.translate import Translate, context_path
 EVAL_SPLITS = {("coco", "val"), ("coco", "test"), ("cc3m", "validation")}
 
 
+# The TRANSLATED columns the shard builders and the review overlay read (not score, flag_reasons, engine).
+SHARD_INPUT_COLUMNS = ["segment_id", "dataset", "split", "item_id", "field", "text_en", "text_hash", "engine_id",
+                       "text_pt", "flags"]
+
+
 def shard_dir(root, engine: str, dataset: str, split: str):
     return root / "shards" / engine / dataset / split
 
@@ -81,7 +86,8 @@ class BuildShards(PtvlTask):
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("part-*.parquet"):  # a rebuild replaces every part, never mixes runs
             old.unlink()
-        translated = pl.read_parquet(self.requires()["translated"].output().path)
+        # Only the columns shards use: at CC3M size score, flag_reasons and engine are ~1 GB of the peak.
+        translated = pl.read_parquet(self.requires()["translated"].output().path, columns=SHARD_INPUT_COLUMNS)
         engine_id = translated["engine_id"][0] if translated.height else engine
         # People's corrections and flag verdicts (ptvl review) for this engine id, applied by text_hash;
         # the digest read before the table, so a review written meanwhile triggers another rebuild.
