@@ -8,18 +8,27 @@ data.dialogs); the rest of the file is kept.
 The official test file differs from train and val: a dialog stops at its `round_id`, every round
 before the last has a question and an answer, and only the last round has the 100 answer_options
 (and no answer or gt_index).
+
+Memory and time at full size (train: 123,287 dialogs x 10 rounds x 100 options): while the JSON is
+parsed, each round's answer_options list is packed into a 4-byte `array("i")` (`_pack_options`), so the
+123M option indices are never held as Python ints; each dialog's options are then checked against the
+usable answers in one numpy lookup, and only a dialog that fails goes through the per-option check that
+names its first bad option.  The DIALOGS table is built from columns, not from per-row dicts.
 """
 from __future__ import annotations
 
+import json
 import math
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from pipeline.contracts import DIALOGS
+from pipeline.contracts import DIALOG_ROUND, DIALOGS
 from pipeline.readers.common import (
     MAX_TEXT_CHARS,
     Quarantine,
@@ -36,6 +45,64 @@ from pipeline.readers.common import (
 ROUNDS = 10  # train and val dialogs have exactly 10 rounds; test dialogs stop at a random round
 OPTIONS = 100  # answer options per round
 ImageUrl = str | Callable[[int], str]
+Round = tuple[int, int | None, "array[int] | None", int | None]  # question, answer, answer_options, gt_index
+
+
+def _pack_options(obj: dict[str, Any]) -> dict[str, Any]:
+    """json object_hook: a dict's answer_options list of plain ints in int32 range becomes an array("i")
+    (4 bytes an index instead of a 28-byte int and an 8-byte pointer).  A list holding anything else
+    (a float, a string, null, JSON true / false, which array() would take as 1 / 0, an index past
+    int32) stays a list, for the per-option check to name."""
+    opts = obj.get("answer_options")
+    if type(opts) is list:
+        types = set(map(type, opts))
+        if types <= {int}:
+            try:
+                obj["answer_options"] = array("i", opts)
+            except OverflowError:
+                pass
+    return obj
+
+
+def _load_packed(path: Path) -> Any:
+    """The JSON document with answer_options packed; a file that does not read or parse goes through
+    load_json, so it fails with the same SourceFormatError as every other reader."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        return json.loads(text, object_hook=_pack_options)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return load_json(path)
+
+
+def _plain(v: Any) -> Any:
+    """A parsed value as json.loads gives it (packed answer_options back to lists), for messages and
+    quarantine rows; only called on rejected data."""
+    if isinstance(v, array):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _options_valid(rounds: list[Any], usable: np.ndarray) -> bool:
+    """True when every round's answer_options (if any) is packed and every index in them is a usable
+    answer, checked in one numpy lookup for the whole dialog.  `usable` has one entry per answer plus a
+    final False that every out-of-range index (negatives too, as uint32) is clipped to.  False sends
+    the dialog through the per-option check, which finds and names the first bad option."""
+    packed = []
+    for r in rounds:
+        opts = r.get("answer_options") if type(r) is dict else None
+        if opts is None:
+            continue  # a test round without options, or not a dict: _check_round says what is wrong
+        if type(opts) is not array:
+            return False
+        packed.append(opts)
+    if not packed:
+        return True
+    idx = np.frombuffer(b"".join(packed), dtype=np.int32).view(np.uint32)
+    return bool(usable[np.minimum(idx, len(usable) - 1)].all())
 
 
 def _official_image(split: str, image_id: int) -> str:
@@ -71,7 +138,7 @@ def _global_list(
     idx, texts, valid = [], [], set()
     for i, s in enumerate(strings):
         if not isinstance(s, str):
-            q.add(i, f"bad_{kind}", f"data.{kind}s[{i}] is {type(s).__name__}, not a string", s)
+            q.add(i, f"bad_{kind}", f"data.{kind}s[{i}] is {type(s).__name__}, not a string", _plain(s))
             continue
         text, reason, detail, cleaned = check_text(s, max_chars)
         if reason is not None:
@@ -94,38 +161,65 @@ def _index(v: Any, valid: set[int]) -> bool:
 
 
 def _check_round(
-    r: Any, k: int, split: str, valid_q: set[int], valid_a: set[int], last: bool
-) -> tuple[dict[str, Any] | None, str | None]:
-    """A round as a DIALOG_ROUND dict, or (None, why it is unusable).
+    r: Any, k: int, split: str, valid_q: set[int], valid_a: set[int], last: bool, options_ok: bool = False
+) -> tuple[Round | None, str | None]:
+    """A round as a DIALOG_ROUND tuple (question, answer, answer_options, gt_index), or (None, why it is
+    unusable).
 
     Train / val: every round has question, answer, 100 answer_options and gt_index.  Test: the rounds
     before the last have question and answer only; the last has question and answer_options only.
+    `options_ok`: _options_valid has already found every option index usable (the per-option check
+    would find nothing).
     """
     if not isinstance(r, dict):
         return None, f"round {k} is {type(r).__name__}"
     test = split == "test"
     q_i, a_i, opts, gt = r.get("question"), r.get("answer"), r.get("answer_options"), r.get("gt_index")
     if not _index(q_i, valid_q):
-        return None, f"round {k}: question index {q_i!r} missing, not an integer, out of range or quarantined"
+        return None, f"round {k}: question index {_plain(q_i)!r} missing, not an integer, out of range or quarantined"
     if not test or last or opts is not None:
-        if not isinstance(opts, list) or len(opts) != OPTIONS:
+        if not isinstance(opts, list | array) or len(opts) != OPTIONS:
             return None, f"round {k}: answer_options should be a list of {OPTIONS}, found {_describe(opts)}"
-        bad = [o for o in opts if not _index(o, valid_a)]
-        if bad:
-            return None, f"round {k}: answer option {bad[0]!r} not an integer, out of range or quarantined"
+        if not options_ok:
+            bad = [o for o in opts if not _index(o, valid_a)]
+            if bad:
+                return None, f"round {k}: answer option {_plain(bad[0])!r} not an integer, out of range or quarantined"
     if not test or not last or a_i is not None:
         if not _index(a_i, valid_a):
-            return None, f"round {k}: answer index {a_i!r} missing, not an integer, out of range or quarantined"
+            return None, f"round {k}: answer index {_plain(a_i)!r} missing, not an integer, out of range or quarantined"
     if not test or gt is not None:
         if type(gt) is not int or opts is None or not 0 <= gt < len(opts):
-            return None, f"round {k}: gt_index {gt!r} missing, not an integer or out of range"
+            return None, f"round {k}: gt_index {_plain(gt)!r} missing, not an integer or out of range"
         if opts[gt] != a_i:
             return None, f"round {k}: answer_options[gt_index={gt}] is {opts[gt]}, not the answer {a_i}"
-    return {"question": q_i, "answer": a_i, "answer_options": opts, "gt_index": gt}, None
+    return (q_i, a_i, opts, gt), None
 
 
 def _describe(v: Any) -> str:
-    return f"{len(v)} items" if isinstance(v, list) else type(v).__name__
+    return f"{len(v)} items" if isinstance(v, list | array) else type(v).__name__
+
+
+def _rounds_array(rounds: list[Round], per_dialog: list[int]) -> pa.Array:
+    """The DIALOGS.rounds column from the kept dialogs' rounds (in order) and their round counts.
+    Options are joined as bytes into one int32 buffer; a round without options (test) is a null list."""
+    opts = [r[2] for r in rounds]
+    lengths = np.fromiter((0 if o is None else len(o) for o in opts), dtype=np.int64, count=len(opts))
+    offsets = np.zeros(len(opts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.frombuffer(b"".join(o if type(o) is array else array("i", o) for o in opts if o is not None),
+                           dtype=np.int32)
+    options = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(values), type=DIALOG_ROUND.field("answer_options").type,
+        mask=pa.array([o is None for o in opts], pa.bool_()),
+    )
+    struct = pa.StructArray.from_arrays(
+        [pa.array([r[0] for r in rounds], pa.int32()), pa.array([r[1] for r in rounds], pa.int32()),
+         options, pa.array([r[3] for r in rounds], pa.int32())],
+        fields=list(DIALOG_ROUND),
+    )
+    dialog_offsets = np.zeros(len(per_dialog) + 1, dtype=np.int32)
+    np.cumsum(np.asarray(per_dialog, dtype=np.int64), out=dialog_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(dialog_offsets), struct, type=DIALOGS.field("rounds").type)
 
 
 def _read_dense(
@@ -180,7 +274,7 @@ def read_visdial(
     """
     path = Path(path)
     url_of = _url_function(path, split, image_url_template)
-    doc = load_json(path)
+    doc = _load_packed(path)
     data = require(doc, "data", dict, path, "the top level")
     questions = require(data, "questions", list, path, "data")
     answers = require(data, "answers", list, path, "data")
@@ -192,9 +286,13 @@ def read_visdial(
     q = Quarantine("visdial", split, path)
     q_idx, q_texts, valid_q = _global_list(questions, "question", q, max_chars)
     a_idx, a_texts, valid_a = _global_list(answers, "answer", q, max_chars)
+    usable = np.zeros(len(answers) + 1, dtype=bool)  # + a final False for out-of-range indices
+    usable[list(valid_a)] = True
     lost: Counter = Counter()
 
-    rows: list[dict[str, Any]] = []
+    kept_ids: list[int] = []
+    kept_rounds: list[Round] = []
+    rounds_per_dialog: list[int] = []
     cap_ids, cap_items, cap_texts = [], [], []
     item_ids, urls, source_paths = [], [], []
     known: dict[int, int] = {}  # image id -> number of rounds, for the dense join
@@ -211,7 +309,7 @@ def read_visdial(
         elif split != "test" and len(dia["dialog"]) != ROUNDS:
             problem = f"{len(dia['dialog'])} rounds, expected {ROUNDS}"
         elif split == "test" and "round_id" in dia and dia["round_id"] != len(dia["dialog"]):
-            problem = f"round_id {dia['round_id']!r} but {len(dia['dialog'])} rounds"
+            problem = f"round_id {_plain(dia['round_id'])!r} but {len(dia['dialog'])} rounds"
         elif dia["image_id"] in known:
             problem, reason = f"image_id {dia['image_id']} seen before", "duplicate_id"
         caption = None
@@ -224,11 +322,12 @@ def read_visdial(
             elif cleaned:
                 q.cleaned.append(d_i)
             reason = reason or "bad_dialog"
-        rounds: list[dict[str, Any]] = []
+        rounds: list[Round] = []
         if problem is None:
             n_rounds = len(dia["dialog"])
+            options_ok = _options_valid(dia["dialog"], usable)
             for k, r in enumerate(dia["dialog"], 1):
-                checked, problem = _check_round(r, k, split, valid_q, valid_a, last=k == n_rounds)
+                checked, problem = _check_round(r, k, split, valid_q, valid_a, last=k == n_rounds, options_ok=options_ok)
                 if checked is None:
                     break
                 rounds.append(checked)
@@ -242,7 +341,7 @@ def read_visdial(
                 if not isinstance(url, str) or not is_fetchable_url(url):
                     problem, reason = f"image URL {url!r} is not http(s):// or file://", "bad_url"
         if problem is not None:
-            q.add(d_i, reason, f"data.dialogs[{d_i}]: {problem}", dia)
+            q.add(d_i, reason, f"data.dialogs[{d_i}]: {problem}", _plain(dia))
             lost[reason] += 1
             continue
         image_id = dia["image_id"]
@@ -254,22 +353,24 @@ def read_visdial(
         item_ids.append(f"visdial/{image_id}")
         urls.append(url)
         source_paths.append(_official_image(split, image_id) if split in ("val", "test") else None)
-        rows.append(
-            {
-                "image_id": f"visdial/{image_id}",
-                "visdial_image_id": image_id,
-                "caption_segment_id": cap_id,
-                "rounds": rounds,
-                "dense_round": None,
-                "dense_relevance": None,
-            }
-        )
+        kept_ids.append(image_id)
+        kept_rounds.extend(rounds)
+        rounds_per_dialog.append(len(rounds))
 
     dense = _read_dense(Path(dense_path), known, q) if dense_path is not None else {}
-    for row in rows:
-        hit = dense.get(row["visdial_image_id"])
-        if hit is not None:
-            row["dense_round"], row["dense_relevance"] = hit
+    hits = [dense.get(i) for i in kept_ids]
+    dialogs_table = pa.Table.from_arrays(
+        [
+            pa.array(item_ids, pa.string()),  # visdial/<image_id>, as the items
+            pa.array(kept_ids, pa.int64()),
+            pa.array(cap_ids, pa.string()),
+            _rounds_array(kept_rounds, rounds_per_dialog),
+            pa.array([h[0] if h else None for h in hits], pa.int32()),
+            pa.array([h[1] if h else None for h in hits], pa.list_(pa.float32())),
+        ],
+        schema=DIALOGS,
+    )
+    del kept_rounds
 
     segments = pa.concat_tables(
         [
@@ -286,7 +387,7 @@ def read_visdial(
     )
     stats = {
         "dialogs": len(dialogs),
-        "dialogs_ok": len(rows),
+        "dialogs_ok": len(kept_ids),
         "questions": len(questions),
         "answers": len(answers),
         "dense_rounds": len(dense),
@@ -299,7 +400,7 @@ def read_visdial(
         segments,
         items_table(item_ids, "visdial", split, urls, source_paths),
         q.table(),
-        pa.Table.from_pylist(rows, schema=DIALOGS),
+        dialogs_table,
         stats,
         original=len(dialogs),
         lost=dict(lost),
