@@ -120,6 +120,27 @@ def test_import_rejects_wrong_hash_and_stores_nothing(tmp_path, mem):
     assert mem.stats("reference").rows == 0
 
 
+def test_import_streams_batches_yet_stores_all_or_nothing(tmp_path, mem, monkeypatch):
+    """Import reads the file in batches (bounded memory at millions of rows) inside one transaction: a bad
+    key in a later batch leaves nothing stored, a good file is stored whole, row numbers count across batches."""
+    import translation.memory as memory
+
+    monkeypatch.setattr(memory, "_IMPORT_BATCH", 4)
+    texts = [f"caption {i}" for i in range(10)]
+    hashes = [text_hash(t) for t in texts]
+    path = tmp_path / "batched.parquet"
+    pq.write_table(pa.table({"text_hash": hashes[:9] + ["f" * 32], "text_en": texts, "text_pt": texts}), path,
+                   row_group_size=3)
+    with pytest.raises(MemoryIntegrityError, match=r"batched\.parquet row 9: text_hash 'f{32}'"):
+        mem.import_parquet(path, "reference")
+    assert mem.stats("reference").rows == 0  # the first two batches were rolled back with the third
+    pq.write_table(pa.table({"text_hash": hashes, "text_en": texts, "text_pt": texts}), path, row_group_size=3)
+    st = mem.import_parquet(path, "reference")
+    assert (st.rows, st.inserted, st.already_present) == (10, 10, 0)
+    assert mem.import_parquet(path, "reference").already_present == 10
+    assert mem.lookup("reference", hashes[7:8])[hashes[7]].text_pt == "caption 7"
+
+
 def test_import_rejects_other_engine_rows_and_missing_columns(tmp_path, mem):
     mem.put_batch(E, [row("a dog")])
     mem.export_parquet(tmp_path / "m.parquet", E)
