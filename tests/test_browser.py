@@ -7,22 +7,16 @@ with apt-get and goes on without it)."""
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
 from PIL import Image
 
+from tests.chromium import BROWSER_MARKS, launch, playwright
 from tests.operator_run import TinyRun
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (`make setup` runs apt-get install "
-                       "chromium; it failed or apt is unavailable here)"),
-    pytest.mark.timeout(2400),  # may set up the shared tiny whole run (tests/operator_run.py)
-]
+pytestmark = BROWSER_MARKS
 
 # In the page: every image's natural and rendered size, every link's target and whether an in-page
 # anchor resolves.
@@ -41,7 +35,7 @@ PROBE = """() => ({
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        b = launch(p)
         yield b
         b.close()
 

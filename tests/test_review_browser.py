@@ -21,18 +21,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.chromium import BROWSER_MARKS, launch, playwright
 from tests.operator_run import TinyRun, ptvl
 from translation.overlay import HumanOverlay
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "review.png"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (`make setup` runs apt-get install "
-                       "chromium; it failed or apt is unavailable here)"),
-    pytest.mark.timeout(2400),  # may set up the shared tiny whole run (tests/operator_run.py)
-]
+pytestmark = BROWSER_MARKS
 EDITED = "TEXTO HUMANO: um quadrado corrigido à mão"
 
 
@@ -96,7 +91,7 @@ def test_review_in_a_browser_then_the_shards_carry_the_human_text(reviewed_run) 
     root, config, base, server, log = reviewed_run
     (edit_pos, edit_row), (accept_pos, accept_row) = _cc3m_positions(base)
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -202,7 +197,7 @@ def test_flag_gold_engine_and_help_keys_in_a_browser(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            browser = launch(p)
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))

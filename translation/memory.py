@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from translation.errors import MemoryIntegrityError
+from translation.sqlite_tx import immediate_transaction
 from translation.textkey import text_hash
 
 # The Parquet exchange format of a memory (export writes it; import needs only the first three
@@ -209,29 +211,8 @@ class TranslationMemory:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    class _Tx:
-        def __init__(self, mem: TranslationMemory) -> None:
-            self.mem = mem
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.mem._lock.acquire()
-            try:
-                # IMMEDIATE takes the write lock now (waiting up to busy_timeout), so two workers never
-                # deadlock upgrading read locks.
-                self.mem._db.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                self.mem._lock.release()
-                raise
-            return self.mem._db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            try:
-                self.mem._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            finally:
-                self.mem._lock.release()
-
-    def _write(self) -> TranslationMemory._Tx:
-        return TranslationMemory._Tx(self)
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     def close(self) -> None:
         with self._lock:

@@ -43,6 +43,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from translation.gold import GOLD_STYLES
+from translation.sqlite_tx import immediate_transaction
 from translation.textkey import text_hash
 
 ACTIONS = ("edit", "accept")
@@ -242,28 +244,8 @@ class HumanOverlay:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    class _Tx:
-        def __init__(self, ov: HumanOverlay) -> None:
-            self.ov = ov
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.ov._lock.acquire()
-            try:
-                # IMMEDIATE takes the write lock now: two writers queue instead of deadlocking on an upgrade.
-                self.ov._db.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                self.ov._lock.release()
-                raise
-            return self.ov._db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            try:
-                self.ov._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            finally:
-                self.ov._lock.release()
-
-    def _write(self) -> HumanOverlay._Tx:
-        return HumanOverlay._Tx(self)
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     def close(self) -> None:
         with self._lock:
