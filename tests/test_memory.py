@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -187,8 +188,8 @@ def test_memory_stack_reads_all_files_writes_one(tmp_path):
 
 
 @pytest.mark.parametrize("scan_from", [10**9, 1])  # chunked IN (...) look-ups, then one streamed scan
-def test_lookup_table_equals_lookup_on_both_paths(tmp_path, monkeypatch, scan_from):
-    """The bulk look-up (Arrow, for the translate join) returns exactly what `lookup` does, whichever
+def test_lookup_frame_equals_lookup_on_both_paths(tmp_path, monkeypatch, scan_from):
+    """The bulk look-up (polars, for the translate join) returns exactly what `lookup` does, whichever
     path it takes: the same rows, float64 scores, input_truncated as bool/null, only the asked columns."""
     import translation.memory as memory
 
@@ -200,24 +201,24 @@ def test_lookup_table_equals_lookup_on_both_paths(tmp_path, monkeypatch, scan_fr
         mem.put_batch(E, rows)
         mem.put_batch("other", [MemoryRow(text_hash("t1"), "t1", "other engine")])
         wanted = [text_hash(f"t{i}") for i in range(0, 60, 2)] + [text_hash("t2")]  # 10 absent, 1 twice
-        table = mem.lookup_table(E, wanted)
-        assert table.column_names == ["text_hash", "text_pt", "score", "billed_chars", "input_truncated"]
-        assert table.schema.field("score").type == pa.float64()
-        got = {r["text_hash"]: r for r in table.to_pylist()}
+        table = mem.lookup_frame(E, wanted)
+        assert table.columns == ["text_hash", "text_pt", "score", "billed_chars", "input_truncated"]
+        assert (table.schema["score"], table.schema["input_truncated"]) == (pl.Float64, pl.Boolean)
+        got = {r["text_hash"]: r for r in table.to_dicts()}
         ref = mem.lookup(E, wanted)
-        assert len(got) == table.num_rows == len(ref) == 20
+        assert len(got) == table.height == len(ref) == 20
         for h, r in ref.items():
             assert (got[h]["text_pt"], got[h]["score"], got[h]["billed_chars"], got[h]["input_truncated"]) == (
                 r.text_pt, r.score, r.billed_chars, r.input_truncated)
-        ctx = mem.lookup_table(E, wanted[:3], ("text_hash", "text_en", "context"))
-        assert sorted(ctx.to_pylist(), key=lambda r: r["text_en"]) == [
+        ctx = mem.lookup_frame(E, wanted[:3], ("text_hash", "text_en", "context"))
+        assert sorted(ctx.to_dicts(), key=lambda r: r["text_en"]) == [
             {"text_hash": text_hash(t), "text_en": t, "context": None} for t in ("t0", "t2", "t4")]
-        assert mem.lookup_table(E, []).num_rows == 0
+        assert mem.lookup_frame(E, []).height == 0
         with pytest.raises(ValueError, match="start with text_hash"):
-            mem.lookup_table(E, wanted, ("text_pt",))
+            mem.lookup_frame(E, wanted, ("text_pt",))
 
 
-def test_memory_stack_lookup_table_takes_the_first_file_per_key(tmp_path, monkeypatch):
+def test_memory_stack_lookup_frame_takes_the_first_file_per_key(tmp_path, monkeypatch):
     from translation.memory import MemoryStack
 
     with TranslationMemory(tmp_path / "shared.sqlite", journal="delete") as shared:
@@ -225,5 +226,5 @@ def test_memory_stack_lookup_table_takes_the_first_file_per_key(tmp_path, monkey
     with MemoryStack(TranslationMemory(tmp_path / "part.sqlite", journal="delete"),
                      [TranslationMemory(tmp_path / "shared.sqlite", read_only=True)]) as mem:
         mem.put_batch("e", [MemoryRow(text_hash(t), t, t.upper() + "1") for t in "ac"])
-        table = mem.lookup_table("e", [text_hash(t) for t in "abcx"])
-    assert sorted(table.column("text_pt").to_pylist()) == ["A1", "B0", "C1"]  # the writer's "a"; no "d", "x"
+        table = mem.lookup_frame("e", [text_hash(t) for t in "abcx"])
+    assert sorted(table["text_pt"].to_list()) == ["A1", "B0", "C1"]  # the writer's "a"; no "d", "x"

@@ -75,14 +75,13 @@ REQUIRED_IMPORT_COLUMNS = ("text_hash", "text_en", "text_pt")
 
 _IMPORT_BATCH = 100_000  # rows per Parquet batch read, checked and inserted by import_parquet
 _SQL_CHUNK = 900  # host parameters per IN (...) query, well under SQLite's limit on every build
-# `lookup_table`: from this many wanted keys on, one streamed scan of the engine's rows (filtered batch by
+# `lookup_frame`: from this many wanted keys on, one streamed scan of the engine's rows (filtered batch by
 # batch) beats chunked `IN (...)` queries.  Measured on a 1M-row file, 800k keys: scan
 # 3.0 s, temp-table join 5.5 s, chunked IN 7.4 s; below ~100k keys the IN queries touch far fewer pages.
 _SCAN_FROM = 100_000
 _SCAN_BATCH = 200_000
-# Arrow types of the columns `lookup_table` can return (input_truncated as the stored 0/1/null).
-_LOOKUP_TYPES = {"text_hash": pa.string(), "text_en": pa.string(), "context": pa.string(), "text_pt": pa.string(),
-                 "score": pa.float64(), "billed_chars": pa.int64(), "input_truncated": pa.bool_()}
+# The columns `lookup_frame` can return.
+_LOOKUP_COLUMNS = ("text_hash", "text_en", "context", "text_pt", "score", "billed_chars", "input_truncated")
 _DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA_SQL = """
@@ -250,23 +249,17 @@ class TranslationMemory:
                                None if trunc is None else bool(trunc))
         return out
 
-    def lookup_table(self, engine_id: str, hashes: Any,
+    def lookup_frame(self, engine_id: str, hashes: Any,
                      columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
-                     ) -> pa.Table:
-        """`lookup` for millions of keys, as an Arrow table with `columns` (text_hash first; types of
-        `PARQUET_SCHEMA`), one row per stored key among `hashes`, in no particular order.
+                     ) -> Any:
+        """`lookup` for millions of keys, as a polars DataFrame with `columns` (text_hash first; scores
+        Float64, input_truncated Boolean), one row per stored key among `hashes`, in no particular order.
 
         No Python object per row beyond the SQLite fetch: many keys stream the engine's rows once and keep
         those wanted (a semi-join per batch, so memory stays bounded by the wanted rows), few keys use
         the chunked primary-key look-up.  Ask only for the columns needed: text_en of 3.3M captions is
-        ~200 MB that a join does not use."""
-        return _to_table(self.lookup_frame(engine_id, hashes, columns), columns)
-
-    def lookup_frame(self, engine_id: str, hashes: Any,
-                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
-                     ) -> Any:
-        """`lookup_table` as a polars DataFrame (input_truncated Boolean), for a polars caller: no Arrow
-        round trip, each of which copies every string (3.2M rows: ~0.4 GB a copy)."""
+        ~200 MB that a join does not use.  Polars, not Arrow: each round trip copies every string
+        (3.2M rows: ~0.4 GB a copy)."""
         return _lookup_frame(self, engine_id, hashes, columns)
 
     def missing(self, engine_id: str, hashes: Sequence[str]) -> list[str]:
@@ -427,17 +420,11 @@ class MemoryStack:
             left = [h for h in left if h not in found]
         return out
 
-    def lookup_table(self, engine_id: str, hashes: Any,
-                     columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
-                     ) -> pa.Table:
-        """`TranslationMemory.lookup_table` over the stack: a key stored in several files comes from the
-        first (the writer, then the readers in order), as in `lookup`."""
-        return _to_table(self.lookup_frame(engine_id, hashes, columns), columns)
-
     def lookup_frame(self, engine_id: str, hashes: Any,
                      columns: Sequence[str] = ("text_hash", "text_pt", "score", "billed_chars", "input_truncated"),
                      ) -> Any:
-        """`lookup_table` as a polars DataFrame (see `TranslationMemory.lookup_frame`)."""
+        """`TranslationMemory.lookup_frame` over the stack: a key stored in several files comes from the
+        first (the writer, then the readers in order), as in `lookup`."""
         import polars as pl
 
         left = _wanted(hashes)
@@ -520,15 +507,11 @@ def _wanted(hashes):
     return hashes.alias("text_hash").unique()
 
 
-def _to_table(frame, columns: Sequence[str]) -> pa.Table:
-    return frame.to_arrow().cast(pa.schema([(c, _LOOKUP_TYPES[c]) for c in columns]))
-
-
 def _lookup_frame(mem: TranslationMemory, engine_id: str, hashes, columns: Sequence[str]):
     import polars as pl
 
-    if list(columns[:1]) != ["text_hash"] or any(c not in _LOOKUP_TYPES for c in columns):
-        raise ValueError(f"columns must start with text_hash and be among {list(_LOOKUP_TYPES)}, not {columns!r}")
+    if list(columns[:1]) != ["text_hash"] or any(c not in _LOOKUP_COLUMNS for c in columns):
+        raise ValueError(f"columns must start with text_hash and be among {list(_LOOKUP_COLUMNS)}, not {columns!r}")
     want = _wanted(hashes)
     select = ", ".join(c if c != "input_truncated" or mem._has_truncated else "NULL AS input_truncated"
                        for c in columns)
