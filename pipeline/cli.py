@@ -582,8 +582,8 @@ def memory_export(
 ) -> None:
     """Export the run's translation memory (or one engine's part of it) as Parquet, and beside it the human
     review overlay (`--no-human` leaves it out)."""
-    from pipeline.human_review import human_export_path, overlay_path
-    from pipeline.tasks.translate import memory_view
+    from pipeline.human_review import human_export_path
+    from pipeline.tasks.translate import human_overlay_path, memory_view
     from translation.overlay import HumanOverlay
 
     settings = _load(config)
@@ -593,9 +593,9 @@ def memory_export(
     with memory_view(settings.root) as mem:  # the shared memory and every part file, merged
         n = mem.export_parquet(out, engine_id=engine_id)
     console.print(f"exported {n:,} translations to {out}")
-    if human and overlay_path(settings.root).exists():
+    if human and human_overlay_path(settings.root).exists():
         dest = human_export_path(out)
-        with HumanOverlay(overlay_path(settings.root), read_only=True) as ov:
+        with HumanOverlay(human_overlay_path(settings.root), read_only=True) as ov:
             k = ov.export_parquet(dest)
         console.print(f"exported {k:,} human-review rows (corrections, flag verdicts, gold) to {dest}")
 
@@ -616,8 +616,8 @@ def memory_import(
     """Import translations into the run's memory; texts already stored are kept as they are.  The human
     review overlay beside the file (or given as PATH) is appended to the run's overlay: rows already there
     are skipped, and for each row the latest correction or verdict wins, by time."""
-    from pipeline.human_review import human_export_path, is_overlay_export, overlay_path
-    from pipeline.tasks.translate import memory_path, open_memory
+    from pipeline.human_review import human_export_path, is_overlay_export
+    from pipeline.tasks.translate import human_overlay_path, memory_path, open_memory
     from translation.overlay import HumanOverlay
 
     settings = _load(config)
@@ -637,7 +637,7 @@ def memory_import(
             overlays.append(beside)
     for f in overlays:
         try:
-            with HumanOverlay(overlay_path(settings.root)) as ov:
+            with HumanOverlay(human_overlay_path(settings.root)) as ov:
                 st = ov.import_parquet(f)
         except ValueError as e:
             _fail(f"human-review overlay not imported: {e}")

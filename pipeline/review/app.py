@@ -65,18 +65,20 @@ class Review:
     dialogs: DialogIndex
     who: str
 
-    def reviewed(self, queue: Queue) -> set[str]:
-        """The queue's rows a person has acted on: a correction, a gold row, or a verdict (for a flag
-        queue: a verdict on that flag)."""
+    def acted_on(self) -> tuple[set[str], set[tuple[str, str]]]:
+        """What people did so far, read once per page: the strings with a correction or a gold row, and
+        the (string, flag) pairs with a verdict (people act on thousands, queues may hold millions)."""
         eid = self.tables.chosen.engine_id
-        done = set(self.overlay.corrections(eid))  # people correct thousands, queues may hold millions
-        done |= {g.text_hash for g in self.overlay.gold()}
-        done |= {h for (h, f) in self.overlay.verdicts(eid) if queue.flag is None or f == queue.flag}
-        return done & set(queue.hashes)
+        done = set(self.overlay.corrections(eid)) | {g.text_hash for g in self.overlay.gold()}
+        return done, set(self.overlay.verdicts(eid))
 
-    def progress(self, queue: Queue) -> dict:
+    def progress(self, queue: Queue, acted: tuple[set[str], set[tuple[str, str]]] | None = None) -> dict:
+        """The queue's progress: its rows a person has acted on (a correction, a gold row, or a verdict;
+        for a flag queue, a verdict on that flag).  `acted`: `acted_on()`, when several queues share it."""
+        done, verdicts = acted or self.acted_on()
+        done = done | {h for (h, f) in verdicts if queue.flag is None or f == queue.flag}
         return {"name": queue.name, "title": queue.title, "total": len(queue.hashes),
-                "reviewed": len(self.reviewed(queue)), "note": queue.note}
+                "reviewed": len(done & set(queue.hashes)), "note": queue.note}
 
 
 def _error(status: int, message: str) -> HTTPException:
@@ -117,10 +119,10 @@ def create_app(root: Path, tables: RunTables, overlay: HumanOverlay, *, who: str
             raise _error(404, e.args[0]) from None
 
     def all_progress(build_disagree: bool = False) -> list[dict]:
-        out = []
+        out, acted = [], review.acted_on()
         for name in review.queues.names():
             q = review.queues.get(name) if build_disagree else review.queues.peek(name)
-            out.append(review.progress(q) if q is not None else
+            out.append(review.progress(q, acted) if q is not None else
                        {"name": name, "title": "engines disagree", "total": None, "reviewed": None,
                         "note": "chrF between engines, computed when first opened"})
         return out
