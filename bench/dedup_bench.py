@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from translation.cost import estimate
-from translation.engines.base import Result
+from translation.engines.base import BaseEngine, Result
 from translation.memory import TranslationMemory
 from translation.runner import translate_missing
 
@@ -45,12 +45,12 @@ HEAD_QUESTIONS = ["is it sunny?", "what color is it?", "are there any people?", 
 PRICE = 20.0  # EUR per million characters, DeepL API Pro
 
 
-class CharCountingEngine:
+class CharCountingEngine(BaseEngine):
     """A local stand-in for DeepL: translates nothing, bills like DeepL (source characters)."""
 
     engine_id = "bench:deepl-billing"
 
-    def translate(self, texts: list[str]) -> list[Result]:
+    def translate(self, texts: list[str], context: str | None = None) -> list[Result]:
         return [Result(text=t, score=None, billed_chars=len(t)) for t in texts]
 
 

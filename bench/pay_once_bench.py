@@ -89,7 +89,7 @@ def main() -> None:
                        max(int(8_000 * args.scale), 10), rng,
                        train={"question": q_u, "answer": a_u, "caption": train["caption"]})
 
-    from pipeline.spend import billing_summary
+    from pipeline.billing import billing_summary
 
     with tempfile.TemporaryDirectory() as tmp, FakeDeepL(KEY) as server:
         root = Path(tmp) / "run"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.tasks.translate import human_overlay_path
+from pipeline.layout import RunLayout
 from translation.overlay import HumanOverlay, HumanRecord, overlay_digest
 from translation.scoring import score_against_gold
 
@@ -41,13 +41,13 @@ def is_overlay_export(path: Path) -> bool:
 
 def digest_for(root: Path, engine_id: str | None) -> str:
     """The overlay digest of one engine id (None: the whole file, gold included); no file = empty overlay."""
-    return overlay_digest(human_overlay_path(root), engine_id)
+    return overlay_digest(RunLayout(root).human_overlay, engine_id)
 
 
 def load_review(root: Path, engine_id: str) -> tuple[dict[str, HumanRecord], dict[tuple[str, str], str]]:
     """(latest correction per text_hash, latest verdict per (text_hash, flag)) of one engine id; both empty
     when the run was never reviewed."""
-    path = human_overlay_path(root)
+    path = RunLayout(root).human_overlay
     if not path.exists():
         return {}, {}
     with HumanOverlay(path, read_only=True) as ov:
@@ -136,7 +136,7 @@ def review_figures(root: Path, translated: Mapping[str, pl.DataFrame]) -> dict:
     """What the report shows of the review: {"digest", "flags": engine -> flag_verdict_figures,
     "gold": engine -> score_against_gold on the reviewed gold rows (the engine's machine text against the
     approved PT-PT), "gold_rows": n}.  `translated`: engine name -> its TRANSLATED rows (all splits)."""
-    path = human_overlay_path(root)
+    path = RunLayout(root).human_overlay
     figures: dict = {"digest": digest_for(root, None), "flags": {}, "gold": {}, "gold_rows": 0}
     if not path.exists():
         return figures

@@ -19,6 +19,7 @@ from eval.settings import EvalSettings
 from pipeline.engines import EngineEntry, ReferenceEntry
 from pipeline.fetch import FetchSettings
 from pipeline.images import DownloadSettings
+from pipeline.layout import RunLayout
 from pipeline.shards import ShardSettings
 from training.config import ModelConfig, TrainConfig
 from training.features.settings import FeatureSettings
@@ -255,7 +256,7 @@ class Settings(Strict):
                 "itself); remove use_context from the [engines] table"
             )
         if self.translate.visdial_context:
-            cannot = [n for n in self.translate.engines if self.engines[n].engine != "deepl"]
+            cannot = [n for n in self.translate.engines if not self.engines[n].takes_context]
             if cannot:
                 raise ValueError(
                     "translate.visdial_context = true passes each VisDial dialog's caption as translation "
@@ -277,6 +278,11 @@ class Settings(Strict):
         """The run root as an absolute path (load_settings already made it absolute)."""
         root = self.run.root
         return root if root.is_absolute() else (Path.cwd() / root).resolve()
+
+    @property
+    def layout(self) -> RunLayout:
+        """Every path under the run root."""
+        return RunLayout(self.root)
 
     def fingerprint(self) -> str:
         """A hash of the resolved settings (run root made absolute; the profile's own path left out):

@@ -198,7 +198,7 @@ def test_cost_and_throughput_come_from_the_run(run):
     billing = _section(run["md"], "Characters billed and estimated cost")
     throughput = _section(run["md"], "Throughput")
     segments = pl.read_parquet(root / "segments" / "cc3m" / "validation.parquet")
-    from pipeline.tasks.translate import memory_view
+    from pipeline.memory_files import memory_view
 
     for engine in ("narrativa", "madlad"):
         # The engine's translation parts (one per hash part of the run's unique strings) did the sending.
@@ -278,7 +278,7 @@ def test_gold_set_stays_clean_under_the_repetitive_detector():
 def test_truncated_inputs_are_stored_counted_and_reported(run):
     """Sources cut at max_input_length are a memory column, summed in _<split>.stats.json and shown in
     the report, and the count equals an independent tokenization of the segments."""
-    from pipeline.tasks.translate import memory_view
+    from pipeline.memory_files import memory_view
     from translation.engines.seq2seq import encode, load_tokenizer
 
     root = run["root"]

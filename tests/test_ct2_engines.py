@@ -15,7 +15,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from tests.tinymodels import build_tiny_madlad, build_tiny_mbart50, caption_pairs  # noqa: E402
 from translation.convert import ConversionError, convert_model  # noqa: E402
-from translation.engines.base import Engine  # noqa: E402
+from translation.engines.base import BaseEngine, Engine  # noqa: E402
 from translation.engines.ct2 import CT2Settings, MadladEngine, NarrativaEngine  # noqa: E402
 from translation.engines.hf import HFEngine, HFSettings  # noqa: E402
 from translation.engines.seq2seq import EngineConfigError, encode, load_tokenizer, token_batches  # noqa: E402
@@ -237,17 +237,18 @@ import json, os, signal, sys
 from pathlib import Path
 from translation.engines.ct2 import CT2Settings, NarrativaEngine
 from translation.memory import TranslationMemory
+from translation.engines.base import BaseEngine
 from translation.runner import translate_missing
 
 model_dir, mem_path, texts_path, calls_path, call_size, kill_at = sys.argv[1:7]
 inner = NarrativaEngine(CT2Settings(model_dir=model_dir, compute_type="float32", intra_threads=1,
                                     max_input_length=64, max_decoding_length=8, call_size=int(call_size)))
 
-class KilledMidCall:  # the real engine; the process dies after call `kill_at` translated, before it is stored
+class KilledMidCall(BaseEngine):  # the real engine; the process dies after call `kill_at` translated, before it is stored
     engine_id = inner.engine_id
     call_size = inner.call_size
     n = 0
-    def translate(self, texts):
+    def translate(self, texts, context=None):
         out = inner.translate(texts)
         KilledMidCall.n += 1
         with open(calls_path, "a") as f:
@@ -272,14 +273,19 @@ def many_texts(n: int) -> list[str]:
     return sorted(out)
 
 
-class CallRecorder:
+class CallRecorder(BaseEngine):
     """A real engine, with the size of every call it gets recorded."""
 
     def __init__(self, inner) -> None:
+        super().__init__()
         self.inner, self.calls = inner, []
-        self.engine_id, self.call_size = inner.engine_id, inner.call_size
+        self._id, self.call_size = inner.engine_id, inner.call_size
 
-    def translate(self, texts):
+    @property
+    def engine_id(self) -> str:
+        return self._id
+
+    def translate(self, texts, context=None):
         self.calls.append(len(texts))
         return self.inner.translate(texts)
 

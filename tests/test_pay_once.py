@@ -282,8 +282,8 @@ def test_poisoned_split_completes_and_the_card_counts_what_was_set_aside(tmp_pat
 def test_reconciliation_of_part_attempts(tmp_path: Path) -> None:
     """billing_summary: DeepL's counter over overlapping attempts counts once; a killed attempt (a start
     with no end) is bounded by the next start; what the memory cannot explain is a loud warning."""
-    from pipeline.spend import billing_summary
-    from pipeline.tasks.translate import _append_line
+    from pipeline.billing import append_audit as _append_line
+    from pipeline.billing import billing_summary
 
     parts = tmp_path / "translated" / "deepl" / "_parts"
     # Part 0 and part 1 ran at once (counter 0 -> 300 while both ran); part 1 was killed once first.

@@ -218,7 +218,7 @@ def test_review_rebuilds_only_the_shards_it_touches(small_run: Path) -> None:
     holding that string (by text_hash: a CC3M caption and a VisDial question), their rows carry the human
     text, the cards count them, and the other folders are not touched.  Runs last: it adds an overlay to
     the shared run."""
-    from pipeline.tasks.translate import human_overlay_path
+    from pipeline.layout import RunLayout
     from translation.overlay import HumanOverlay
 
     root = small_run / "run"
@@ -227,7 +227,7 @@ def test_review_rebuilds_only_the_shards_it_touches(small_run: Path) -> None:
     caption = pl.read_parquet(root / "translated" / "reference" / "cc3m" / "train.parquet").row(0, named=True)
     question = (pl.read_parquet(root / "translated" / "reference" / "visdial" / "val.parquet")
                 .filter(pl.col("field") == "question").row(0, named=True))
-    with HumanOverlay(human_overlay_path(root)) as ov:
+    with HumanOverlay(RunLayout(root).human_overlay) as ov:
         for r in (caption, question):
             ov.record_correction(engine_id=r["engine_id"], text_hash=r["text_hash"], text_en=r["text_en"],
                                  text_pt="REVISTO: " + r["text_pt"], replaces=r["text_pt"], who="test")
@@ -262,7 +262,7 @@ def test_review_rebuilds_only_the_shards_it_touches(small_run: Path) -> None:
 def test_comparison_reruns_after_a_review(small_run: Path) -> None:
     """`ptvl compare` re-runs when the overlay changes (a reviewed gold row here) and shows the reviewed-gold
     score; unchanged overlay, no re-run."""
-    from pipeline.tasks.translate import human_overlay_path
+    from pipeline.layout import RunLayout
     from translation.overlay import HumanOverlay
 
     root, cfg = small_run / "run", str(small_run / "small.toml")
@@ -270,7 +270,7 @@ def test_comparison_reruns_after_a_review(small_run: Path) -> None:
     assert ptvl("compare", "--config", cfg).returncode == 0
     before = report.stat().st_mtime_ns
     row = pl.read_parquet(root / "translated" / "reference" / "cc3m" / "validation.parquet").row(0, named=True)
-    with HumanOverlay(human_overlay_path(root)) as ov:
+    with HumanOverlay(RunLayout(root).human_overlay) as ov:
         ov.add_gold(text_hash=row["text_hash"], text_en=row["text_en"], text_pt=row["text_pt"], style="cc3m",
                     who="test", from_engine=row["engine_id"])
     res = ptvl("compare", "--config", cfg)

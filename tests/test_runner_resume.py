@@ -44,13 +44,13 @@ TRANSLATE_SCRIPT = textwrap.dedent(
 WRITER_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
-    from translation.engines.base import Result
+    from translation.engines.base import BaseEngine, Result
     from translation.memory import TranslationMemory
     from translation.runner import translate_missing
 
-    class Upper:  # a local engine: no server needed to exercise concurrent writes
+    class Upper(BaseEngine):  # a local engine: no server needed to exercise concurrent writes
         engine_id = "upper:v1"
-        def translate(self, texts):
+        def translate(self, texts, context=None):
             time.sleep(0.01)  # a request's latency: the other writer commits meanwhile
             return [Result(t.upper(), None, len(t)) for t in texts]
 

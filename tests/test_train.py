@@ -228,8 +228,8 @@ def test_train_overrides_go_to_the_run_folder_not_beside_the_profile(tmp_path):
     import stat
     import tomllib
 
-    from pipeline.cli import train_profile
     from pipeline.settings import load_settings
+    from pipeline.train_runs import train_profile
 
     conf = tmp_path / "conf"
     conf.mkdir()
@@ -238,8 +238,8 @@ def test_train_overrides_go_to_the_run_folder_not_beside_the_profile(tmp_path):
     (conf / "sample.toml").write_text(text)
     os.chmod(conf, stat.S_IRUSR | stat.S_IXUSR)
     try:
-        a = train_profile(conf / "sample.toml", tomllib.loads(text), {"k": 4, "recipe": "fromage"}, 7, "a")
-        b = train_profile(conf / "sample.toml", tomllib.loads(text), {"k": 2}, None, "b")
+        a = train_profile(conf / "sample.toml", {"k": 4, "recipe": "fromage"}, 7, "a")
+        b = train_profile(conf / "sample.toml", {"k": 2}, None, "b")
         assert sorted(p.name for p in conf.iterdir()) == ["sample.toml"]  # nothing written beside it
     finally:
         os.chmod(conf, stat.S_IRWXU)

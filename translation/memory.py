@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from translation.errors import MemoryIntegrityError
-from translation.sqlite_tx import immediate_transaction
+from translation.sqlite_store import DEFAULT_BUSY_TIMEOUT_S, SQL_CHUNK, SQLiteFile
 from translation.textkey import text_hash
 
 # The Parquet exchange format of a memory (export writes it; import needs only the first three
@@ -74,7 +71,6 @@ PARQUET_SCHEMA = pa.schema(
 REQUIRED_IMPORT_COLUMNS = ("text_hash", "text_en", "text_pt")
 
 _IMPORT_BATCH = 100_000  # rows per Parquet batch read, checked and inserted by import_parquet
-_SQL_CHUNK = 900  # host parameters per IN (...) query, well under SQLite's limit on every build
 # `lookup_frame`: from this many wanted keys on, one streamed scan of the engine's rows (filtered batch by
 # batch) beats chunked `IN (...)` queries.  Measured on a 1M-row file, 800k keys: scan
 # 3.0 s, temp-table join 5.5 s, chunked IN 7.4 s; below ~100k keys the IN queries touch far fewer pages.
@@ -82,7 +78,6 @@ _SCAN_FROM = 100_000
 _SCAN_BATCH = 200_000
 # The columns `lookup_frame` can return.
 _LOOKUP_COLUMNS = ("text_hash", "text_en", "context", "text_pt", "score", "billed_chars", "input_truncated")
-_DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS memory (
@@ -159,80 +154,40 @@ def _to_datetime(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)  # exact, unlike a float timestamp
 
 
-class TranslationMemory:
+class TranslationMemory(SQLiteFile):
     """An SQLite translation memory file; see the module docstring for the guarantees.
 
     Open one instance per process (do not share across fork). Thread-safe within a process.
     Use as a context manager or call `close()`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = _DEFAULT_BUSY_TIMEOUT_S,
+    what = "translation memory"
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
                  journal: str = "wal", read_only: bool = False) -> None:
         """journal: ``"wal"`` (default: readers beside one writer, several writer processes queue; local
         disk only) or ``"delete"`` (SQLite's rollback journal: no shared-memory file, so safe on NFS for a
         file that one process writes at a time, which is how the pipeline lays out its memory).
         read_only: open an existing file for look-ups only (no schema or journal change, no write lock)."""
-        if journal not in ("wal", "delete"):
-            raise ValueError(f"journal must be 'wal' or 'delete', not {journal!r}")
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        if read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"translation memory {self.path} does not exist")
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
-                                       isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._has_truncated = self._column_exists("input_truncated")
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
-        self._db = sqlite3.connect(
-            str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        mode = self._db.execute(f"PRAGMA journal_mode={journal.upper()}").fetchone()[0]
-        if str(mode).lower() != journal:
-            raise MemoryIntegrityError(f"{self.path}: SQLite refused journal mode {journal} (got {mode!r})")
-        self._db.execute("PRAGMA synchronous=FULL")  # fsync at every COMMIT: durable when put returns
-        with self._write():
-            self._db.execute(_SCHEMA_SQL)
-            if not self._column_exists("input_truncated"):  # a file made before the column existed
-                self._db.execute("ALTER TABLE memory ADD COLUMN input_truncated INTEGER")
-        self._has_truncated = True
-
-    def _column_exists(self, name: str) -> bool:
-        return any(r[1] == name for r in self._db.execute("PRAGMA table_info(memory)"))
+        super().__init__(path, schema=[_SCHEMA_SQL], journal=journal, read_only=read_only,
+                         busy_timeout_s=busy_timeout_s)
+        if not read_only and not self._column_exists("memory", "input_truncated"):
+            with self._write() as db:  # a file made before the column existed
+                db.execute("ALTER TABLE memory ADD COLUMN input_truncated INTEGER")
+        self._has_truncated = self._column_exists("memory", "input_truncated")
 
     def _columns_sql(self) -> str:
         """`_COLUMNS` as a SELECT list; an old read-only file without input_truncated reads it as null."""
         return ", ".join(c if c != "input_truncated" or self._has_truncated else "NULL AS input_truncated"
                          for c in _COLUMNS)
 
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate_transaction(self._db, self._lock)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> TranslationMemory:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TranslationMemory({str(self.path)!r})"
-
     # -- reads ------------------------------------------------------------------------------------
 
     def _select(self, engine_id: str, hashes: Sequence[str], columns: str) -> Iterable[tuple]:
         unique = list(dict.fromkeys(hashes))
         with self._lock:
-            for i in range(0, len(unique), _SQL_CHUNK):
-                chunk = unique[i : i + _SQL_CHUNK]
+            for i in range(0, len(unique), SQL_CHUNK):
+                chunk = unique[i : i + SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 yield from self._db.execute(
                     f"SELECT {columns} FROM memory WHERE engine_id = ? AND text_hash IN ({marks})",

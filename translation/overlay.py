@@ -40,10 +40,8 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,15 +51,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from translation.gold import GOLD_STYLES
-from translation.sqlite_tx import immediate_transaction
+from translation.sqlite_store import DEFAULT_BUSY_TIMEOUT_S, SQL_CHUNK, SQLiteFile
 from translation.textkey import text_hash
 
 ACTIONS = ("edit", "accept")
 VERDICTS = ("false_alarm", "confirmed")
 KINDS = ("correction", "verdict", "gold")
 
-_DEFAULT_BUSY_TIMEOUT_S = 60.0
-_SQL_CHUNK = 900
 
 _SCHEMA_SQL = (
     """
@@ -216,49 +212,15 @@ def _check_hash(h: str, text_en: str) -> None:
                          f"(expected {text_hash(text_en)!r})")
 
 
-class HumanOverlay:
+class HumanOverlay(SQLiteFile):
     """The overlay file; see the module docstring.  Thread-safe within a process; open one per process."""
 
+    what = "human overlay"
+
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False,
-                 busy_timeout_s: float = _DEFAULT_BUSY_TIMEOUT_S) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
-        if read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"human overlay {self.path} does not exist")
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
-                                       isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        mode = self._db.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
-        if str(mode).lower() != "delete":
-            raise sqlite3.OperationalError(f"{self.path}: SQLite refused the rollback journal (got {mode!r})")
-        self._db.execute("PRAGMA synchronous=FULL")  # fsync at every COMMIT: durable when a method returns
-        with self._write() as db:
-            for sql in _SCHEMA_SQL:
-                db.execute(sql)
-
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate_transaction(self._db, self._lock)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> HumanOverlay:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"HumanOverlay({str(self.path)!r})"
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        super().__init__(path, schema=_SCHEMA_SQL, journal="delete", read_only=read_only,
+                         busy_timeout_s=busy_timeout_s)
 
     @staticmethod
     def _next_time(db: sqlite3.Connection, table: str) -> int:
@@ -319,8 +281,8 @@ class HumanOverlay:
                 rows = self._db.execute(f"SELECT {cols} FROM corrections WHERE engine_id = ?", [engine_id]).fetchall()
             else:
                 unique = list(dict.fromkeys(hashes))
-                for i in range(0, len(unique), _SQL_CHUNK):
-                    chunk = unique[i: i + _SQL_CHUNK]
+                for i in range(0, len(unique), SQL_CHUNK):
+                    chunk = unique[i: i + SQL_CHUNK]
                     rows += self._db.execute(
                         f"SELECT {cols} FROM corrections WHERE engine_id = ? AND text_hash IN "
                         f"({','.join('?' * len(chunk))})", [engine_id, *chunk]).fetchall()

@@ -45,10 +45,7 @@ def set_aside_reason(text: str, engine: Engine, context: str | None = None) -> s
     engine (`text_problem`), plus the engine's own limits (DeepL: ``over_max_chars``,
     ``too_long_for_request``).  A text the engine refuses at request time is set aside as
     ``rejected_by_engine`` by `translate_missing` itself."""
-    problem = text_problem(text)
-    if problem is None and hasattr(engine, "unsendable"):
-        problem = engine.unsendable(text, context)
-    return problem
+    return text_problem(text) or engine.unsendable(text, context)
 
 
 def translate_missing(
@@ -84,11 +81,10 @@ def translate_missing(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    uses_context = bool(getattr(engine, "uses_context", False))
     if contexts is not None:
         if len(contexts) != len(texts):
             raise ValueError(f"{len(contexts)} contexts for {len(texts)} texts")
-        if not uses_context:
+        if not engine.uses_context:
             raise ConfigurationError(
                 f"{engine.engine_id}: contexts given, but the engine's context policy is off; "
                 "enable use_context so the memory key includes the context"
@@ -124,15 +120,17 @@ def translate_missing(
     for h in to_send:
         by_context.setdefault(wanted[h][1], []).append(h)
 
-    split = getattr(engine, "request_batches", None)
     call_size = engine_call_size(engine, batch_size)
     try:
         for ctx, hashes in by_context.items():
-            chunks = ([hashes] if split is not None
-                      else _chunks(hashes, wanted, call_size, max_batch_bytes))
+            # An engine with request limits of its own (DeepL) cuts each context group into its requests;
+            # the others get calls of `call_size` texts.
+            whole = [wanted[h][0] for h in hashes]
+            requests = engine.request_batches(whole, ctx)
+            chunks = [hashes] if requests is not None else _chunks(hashes, wanted, call_size, max_batch_bytes)
             for chunk in chunks:
                 chunk_texts = [wanted[h][0] for h in chunk]
-                parts = split(chunk_texts, ctx) if split is not None else [slice(0, len(chunk))]
+                parts = requests if requests is not None else [slice(0, len(chunk))]
                 for part in parts:
                     _send(engine, memory, chunk[part], chunk_texts[part], ctx, wanted, stats)
                     if progress is not None:
@@ -165,7 +163,7 @@ def translate_missing(
 
 def engine_call_size(engine: Engine, batch_size: int) -> int:
     """Texts per engine call: the engine's own ``call_size`` when it declares one, else `batch_size`."""
-    size = getattr(engine, "call_size", None)
+    size = engine.call_size
     if size is None:
         return batch_size
     if int(size) < 1:
@@ -208,12 +206,12 @@ def _chunks(hashes: list[str], wanted: dict[str, tuple[str, str | None]], batch_
 
 def _translate_and_store(engine: Engine, memory: TranslationMemory, hashes: list[str], texts: list[str],
                          ctx: str | None, wanted: dict[str, tuple[str, str | None]], stats: RunStats) -> None:
-    results: list[Result] = engine.translate(texts, context=ctx) if ctx is not None else engine.translate(texts)
+    results: list[Result] = engine.translate(texts, ctx)
     if len(results) != len(texts):
         raise EngineError(f"{engine.engine_id} returned {len(results)} results for {len(texts)} texts")
     rows = [
         MemoryRow(h, t, r.text, r.score, r.billed_chars, wanted[h][1],
-                  input_truncated=getattr(r, "input_truncated", None))
+                  input_truncated=r.input_truncated)
         for h, t, r in zip(hashes, texts, results, strict=True)
     ]
     memory.put_batch(engine.engine_id, rows)  # durable before the next request goes out

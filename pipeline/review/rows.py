@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.layout import RunLayout
 from pipeline.review.tables import RunTables
 from translation.overlay import HumanOverlay
 
@@ -38,7 +39,7 @@ class DialogIndex:
     def rounds(self, split: str) -> pl.DataFrame:
         with self._lock:
             if split not in self._rounds:
-                path = self.root / "sources" / "visdial" / split / "dialogs.parquet"
+                path = RunLayout(self.root).source_split("visdial", split) / "dialogs.parquet"
                 if not path.is_file():
                     self._rounds[split] = pl.DataFrame()
                 else:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.layout import RunLayout
+
 # The columns a queue or a row page needs, per distinct string.
 _DISTINCT = ("text_en", "text_pt", "score", "flags", "flag_reasons", "engine_id", "dataset", "split", "field")
 
@@ -34,7 +36,8 @@ class EngineTable:
 
 def translated_files(root: Path, engine: str, splits: list[tuple[str, str]]) -> list[Path]:
     """The engine's translated tables that exist, in the profile's dataset/split order."""
-    return [p for d, sp in splits if (p := root / "translated" / engine / d / f"{sp}.parquet").is_file()]
+    layout = RunLayout(root)
+    return [p for d, sp in splits if (p := layout.translated(engine, d, sp)).is_file()]
 
 
 def load_engine(root: Path, engine: str, splits: list[tuple[str, str]]) -> EngineTable | None:
@@ -64,7 +67,7 @@ class RunTables:
             if table is not None:
                 self.engines[name] = table
         if chosen not in self.engines:
-            where = root / "translated" / chosen
+            where = RunLayout(root).translated_dir(chosen)
             raise NoTranslations(
                 f"no translated tables for engine {chosen!r} under {where} (expected <dataset>/<split>.parquet): "
                 "run the translation first (`ptvl run --config ... --until translate`)")
@@ -80,7 +83,7 @@ class RunTables:
 
     def by_segment(self, engine: str, dataset: str, split: str, segment_ids: list[str]) -> dict[str, dict]:
         """segment_id -> {text_en, text_pt, text_hash} for the engine's rows of one dataset/split."""
-        path = self.root / "translated" / engine / dataset / f"{split}.parquet"
+        path = RunLayout(self.root).translated(engine, dataset, split)
         if not path.is_file() or not segment_ids:
             return {}
         found = (pl.scan_parquet(path).filter(pl.col("segment_id").is_in(segment_ids))

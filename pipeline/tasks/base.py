@@ -20,6 +20,7 @@ from pathlib import Path
 
 import luigi
 
+from pipeline.layout import RunLayout
 from pipeline.settings import Settings, cached_settings
 
 log = logging.getLogger("ptvl")
@@ -51,6 +52,10 @@ class PtvlTask(luigi.Task):
     @property
     def root(self) -> Path:
         return self.settings.root
+
+    @property
+    def layout(self) -> RunLayout:
+        return self.settings.layout
 
     def target(self, *parts: str) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.root.joinpath(*parts)))

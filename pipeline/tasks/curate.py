@@ -6,9 +6,19 @@ import json
 import luigi
 import polars as pl
 
+from pipeline.billing import billing_summary
+from pipeline.human_review import digest_for, review_figures
 from pipeline.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+from pipeline.memory_files import memory_view
+from pipeline.reports.compare import render_comparison
 from pipeline.tasks.base import PtvlTask
-from pipeline.tasks.translate import Translate, latest_parts, memory_view
+from pipeline.tasks.translate import Translate
+from pipeline.translate_plan import latest_parts
+from translation.gold import load_gold
+from translation.overlay import empty_digest
+from translation.runner import translations_for
+from translation.scoring import score_against_gold
+from translation.tokstats import render_table_5_2, token_stats
 
 # The comparison's gold-score row for the gold set's own PT-BR side (not an engine; see CompareTranslators).
 GOLD_PT_BR_ROW = "(yardstick) gold PT-BR variant"
@@ -33,12 +43,10 @@ class TokenStats(PtvlTask):
         return self.target("reports", "token_stats.md")
 
     def run(self) -> None:
-        from translation.tokstats import render_table_5_2, token_stats
-
         c = self.settings.curate
         paths = [t.output().path for t in self.requires().values()]
         stats = token_stats(paths, tokenizer=c.tokenizer, drop_flags=tuple(self.settings.shards.default_policy.drop))
-        write_parquet_atomic(self.root / "reports" / "token_stats.parquet", stats.to_arrow())
+        write_parquet_atomic(self.layout.token_stats, stats.to_arrow())
         unit = f"tokens of `{c.tokenizer}`" if c.tokenizer else "word-level tokens (whitespace words, as the thesis counts)"
         write_text_atomic(
             self.output().path,
@@ -56,17 +64,14 @@ class CompareTranslators(PtvlTask):
         return {"translated": _translate_tasks(self), "tokens": TokenStats(config=self.config)}
 
     def output(self) -> luigi.LocalTarget:
-        return self.target("reports", "compare", "comparison.html")
+        return luigi.LocalTarget(str(self.layout.comparison_html))
 
     def _review_record(self):
-        return self.root / "reports" / "compare" / "review.json"
+        return self.layout.compare_dir / "review.json"
 
     def complete(self) -> bool:
         # A review (ptvl review: flag verdicts, corrections, gold rows) since the report re-runs it; a report
         # written before the overlay existed stays complete while the run has no review.
-        from pipeline.human_review import digest_for
-        from translation.overlay import empty_digest
-
         if not super().complete():
             return False
         record = self._review_record()
@@ -74,26 +79,18 @@ class CompareTranslators(PtvlTask):
         return recorded == digest_for(self.root, None)
 
     def run(self) -> None:
-        from pipeline.engines import ReferenceEntry, price_per_million
-        from pipeline.human_review import review_figures
-        from pipeline.reports.compare import render_comparison
-        from pipeline.spend import billing_summary
-        from translation.gold import load_gold
-        from translation.runner import translations_for
-        from translation.scoring import score_against_gold
-
         s = self.settings
         translated: dict[str, list[pl.DataFrame]] = {}
         run_stats: dict[str, list[dict]] = {}
         for (engine, dataset, split), task in self.requires()["translated"].items():
             translated.setdefault(engine, []).append(pl.read_parquet(task.output().path))
-            side = self.root / "translated" / engine / dataset / f"_{split}.stats.json"
+            side = self.layout.split_stats(engine, dataset, split)
             run_stats.setdefault(engine, []).append(json.loads(side.read_text()))
 
         gold = load_gold() if s.curate.gold else None
         gold_scores, billing, throughput, truncation = {}, {}, {}, {}
         for engine, stats in run_stats.items():
-            if not isinstance(s.engines[engine], ReferenceEntry):  # imports have no engine to cut; DeepL never cuts (0)
+            if s.engines[engine].translates:  # imports have no engine to cut; DeepL never cuts (0)
                 cut = [st.get("input_truncated") or {} for st in stats]
                 truncation[engine] = {"rows": sum(st["rows"] for st in stats),
                                       "truncated": sum(c.get("rows", 0) for c in cut),
@@ -104,7 +101,7 @@ class CompareTranslators(PtvlTask):
             with memory_view(self.root, engine) as mem:
                 # The gold set is in every translating engine's unique-string table, so its parts
                 # translated (and billed) it once with everything else; here it is only looked up.
-                if gold is not None and not isinstance(entry, ReferenceEntry):
+                if gold is not None and entry.translates:
                     hyps = [r.text_pt for r in translations_for(gold["en"].to_list(), engine_id, mem)]
                     gold_scores[engine] = score_against_gold(hyps, gold["pt_pt"].to_list())
                 ids = {engine_id, parts[0].get("context_engine_id")} - {None}
@@ -116,7 +113,7 @@ class CompareTranslators(PtvlTask):
             deepl = summary.deepl_chars if summary else None
             billing[engine] = {"chars": chars, "deepl_chars": deepl,
                                "twice_chars": summary.possibly_twice_chars if summary else 0,
-                               "eur": (deepl if deepl is not None else chars) / 1e6 * price_per_million(entry)}
+                               "eur": (deepl if deepl is not None else chars) / 1e6 * entry.price_per_million()}
             sent = sum(p["sent"] for p in parts)
             seconds = sum(p["seconds"] for p in parts)
             if sent and seconds:
@@ -129,9 +126,9 @@ class CompareTranslators(PtvlTask):
         # Flag verdicts and reviewed gold rows, against the machine output and flags (never the human text).
         review = review_figures(self.root, tables)
         render_comparison(
-            self.root / "reports" / "compare",
+            self.layout.compare_dir,
             translated=tables,
-            token_stats=pl.read_parquet(self.root / "reports" / "token_stats.parquet"),
+            token_stats=pl.read_parquet(self.layout.token_stats),
             gold_scores=gold_scores,
             billing=billing,
             throughput=throughput,

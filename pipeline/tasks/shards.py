@@ -11,7 +11,7 @@ import polars as pl
 from pipeline.io import write_json_atomic
 from pipeline.tasks.acquire import AvailabilityReport, DownloadImages, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
-from pipeline.tasks.translate import Translate, context_path
+from pipeline.tasks.translate import Translate
 
 # Which layout each dataset/split gets: training rows, or evaluation rows with every reference.
 EVAL_SPLITS = {("coco", "val"), ("coco", "test"), ("cc3m", "validation")}
@@ -103,7 +103,7 @@ class BuildShards(PtvlTask):
             dialogs = pl.read_parquet(self.root / "sources" / dataset / split / "dialogs.parquet")
             dialogs, dropped_aside = _without_set_aside_dialogs(dialogs, aside)
             # translate.visdial_context: history from the caption-context translations (Translate wrote them).
-            context = (pl.read_parquet(context_path(self.root, engine, split))
+            context = (pl.read_parquet(self.layout.context_translated(engine, split))
                        if self.settings.translate.visdial_context else None)
             stats = build_visdial_shards(translated, dialogs, availability, images_dir, out, engine=engine,
                                          rows_per_shard=rows, context_translated=context,

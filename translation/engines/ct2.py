@@ -73,14 +73,28 @@ def _convert_hint(kind: str, model_dir: Path) -> str:
     return f"create it with: ptvl convert-model {kind} --from {source} --to {model_dir} --quantization int8"
 
 
+MODEL_FILES = ("config.json", "model.bin", "shared_vocabulary.json", "shared_vocabulary.txt", *TOKENIZER_FILES)
+
+
+def ct2_engine_id(settings: CT2Settings, kind: ModelKind) -> str:
+    """The engine id of a CTranslate2 model folder with these settings, without loading the model: the folder's
+    name and a digest of its files (a re-converted model is a new engine), and every setting that changes
+    the output."""
+    model_dir = settings.model_dir
+    digest = folder_digest(model_dir, MODEL_FILES)
+    return (f"ct2-{kind}:{model_dir.resolve().name}@{digest}:{settings.compute_type}:"
+            f"beam{settings.beam_size}:in{settings.max_input_length}:dec{settings.max_decoding_length}")
+
+
 class CT2Engine(Seq2SeqEngine):
     """Base CTranslate2 engine; subclasses fix the model family (`kind`)."""
 
     kind: ClassVar[ModelKind]
 
     def __init__(self, settings: CT2Settings) -> None:
-        import ctranslate2
+        import ctranslate2  # deferred: a compiled runtime only the CTranslate2 engines need
 
+        super().__init__()
         self.settings = settings
         model_dir = settings.model_dir
         self._check_model_dir(model_dir)
@@ -105,14 +119,7 @@ class CT2Engine(Seq2SeqEngine):
         )
         self._prefix_ids = target_prefix_ids(self.tokenizer, self.kind)
         self._prefix_tokens = self.tokenizer.convert_ids_to_tokens(self._prefix_ids)
-        digest = folder_digest(
-            model_dir, ["config.json", "model.bin", "shared_vocabulary.json", "shared_vocabulary.txt",
-                        *TOKENIZER_FILES],
-        )
-        self._engine_id = (
-            f"ct2-{self.kind}:{model_dir.resolve().name}@{digest}:{settings.compute_type}:"
-            f"beam{settings.beam_size}:in{settings.max_input_length}:dec{settings.max_decoding_length}"
-        )
+        self._engine_id = ct2_engine_id(settings, self.kind)
         self.stats = EngineStats()
 
     def _check_model_dir(self, model_dir: Path) -> None:

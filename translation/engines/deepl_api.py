@@ -9,7 +9,7 @@ be billed, and a 429 spell of a few minutes outlasts its default 5 retries (abou
   `RateLimited`, which says when to rerun (everything stored so far is kept).
 - 5xx and network errors: the same back-off, at most ``max_network_retries`` times in a row.
 - A read timeout or a connection lost after the request went out: retried, and counted in
-  `DeepLCounters.possibly_billed_twice_*`: DeepL may have billed the first attempt.
+  `RequestCounters.possibly_billed_twice_*`: DeepL may have billed the first attempt.
 - 400/413 (a request DeepL refuses): `RequestRejected`, never retried; the runner then splits the
   batch to find the text at fault and sets it aside.
 """
@@ -21,7 +21,6 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +29,7 @@ import deepl.http_client
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
-from translation.engines.base import Result
+from translation.engines.base import BaseEngine, Quota, Result
 from translation.errors import ConfigurationError, EngineError, QuotaExceeded, RateLimited, RequestRejected
 from translation.secrets import Secret, install_log_redaction, load_secret
 from translation.sendable import text_problem
@@ -103,23 +102,6 @@ def engine_id_for(settings: DeepLSettings, glossary_id: str | None = None) -> st
     )
 
 
-@dataclass
-class DeepLCounters:
-    """What the retry loop saw, for the part's stats and the billing reconciliation."""
-
-    requests: int = 0  # translate requests answered 200
-    retries_429: int = 0
-    waited_429_s: float = 0.0
-    retries_other: int = 0  # 5xx and network errors retried
-    # Requests that timed out (or lost their connection) after they were sent: DeepL may have billed
-    # them, and they are sent again (or, failing for good, by the rerun).
-    possibly_billed_twice_requests: int = 0
-    possibly_billed_twice_chars: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def _sent_before_failing(exc: deepl.ConnectionException) -> bool:
     """True unless the connection was never made (refused, DNS, connect timeout): then nothing was sent."""
     cause = exc.__cause__
@@ -132,7 +114,7 @@ def _sent_before_failing(exc: deepl.ConnectionException) -> bool:
     return True
 
 
-class DeepLEngine:
+class DeepLEngine(BaseEngine):
     """`translation.engines.base.Engine` for DeepL.
 
     `translate` splits its input into requests within the limits; `request_batches` exposes that
@@ -142,13 +124,13 @@ class DeepLEngine:
 
     def __init__(self, settings: DeepLSettings, auth_key: Secret | None = None, *,
                  sleep: Callable[[float], None] | None = None, clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
         self.settings = settings
         key = auth_key or load_secret(env=settings.auth_key_env, file=settings.auth_key_file, what="DeepL key")
         install_log_redaction(key)
         self._key = key
         self._sleep = sleep or time.sleep
         self._clock = clock or time.monotonic
-        self.counters = DeepLCounters()
         # The client keeps these as module globals: no retries of its own (ours are above), our timeout.
         deepl.http_client.max_network_retries = 0
         deepl.http_client.min_connection_timeout = settings.timeout_s
@@ -188,9 +170,15 @@ class DeepLEngine:
         """The account's character usage (count and limit) as the server reports it."""
         return self._call(self._translator.get_usage)
 
-    def billed_so_far(self) -> int:
+    def billed_so_far(self) -> int | None:
         """DeepL's own character counter for this key (the billing period's total)."""
         return int(self.usage().character.count)
+
+    def quota(self) -> Quota | None:
+        """DeepL's character count and limit (a limit of 10^12 or more, as DeepL reports "none", is None)."""
+        c = self.usage().character
+        limit = None if c.limit is None or c.limit >= 10**12 else int(c.limit)
+        return Quota(used=int(c.count), limit=limit)
 
     # -- batching ---------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ so for the same checkpoint and greedy decoding both give the same tokens and the
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,8 @@ from translation.engines.seq2seq import (
     target_prefix_ids,
     token_batches,
 )
+
+_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta)(:\d+)?$")
 
 
 class HFSettings(BaseModel):
@@ -53,9 +56,10 @@ class HFSettings(BaseModel):
     @field_validator("device")
     @classmethod
     def _valid_device(cls, value: str) -> str:
-        import torch
-
-        torch.device(value)  # raises on a malformed device string
+        # Checked by pattern, not torch.device(): loading a profile must not import torch (the review app
+        # and the CLI's --help stay light).
+        if not _DEVICE.match(value):
+            raise ValueError(f"device {value!r} is not a torch device (cpu, cuda, cuda:N, mps, xpu:N)")
         return value
 
 
@@ -76,13 +80,31 @@ def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> str:
     return snapshot.name
 
 
+def model_identity(model: str) -> str:
+    """A checkpoint's identity for engine ids: a local folder's name and a digest of its weights and
+    tokenizer files, or a hub id with the commit of the cached snapshot loading uses."""
+    path = Path(model)
+    if path.is_dir():
+        names = ["config.json", *TOKENIZER_FILES, *(p.name for p in path.glob("*.safetensors")),
+                 *(p.name for p in path.glob("*.bin"))]
+        return f"{path.resolve().name}@{folder_digest(path, names)}"
+    return f"{model}@{hub_snapshot(model)[:12]}"
+
+
+def hf_engine_id(settings: HFSettings) -> str:
+    """The engine id of these settings, without loading the model."""
+    return (f"hf-{settings.kind}:{model_identity(settings.model)}:{settings.dtype}:beam{settings.num_beams}:"
+            f"in{settings.max_input_length}:dec{settings.max_decoding_length}")
+
+
 class HFEngine(Seq2SeqEngine):
     """A seq2seq checkpoint run with `AutoModelForSeq2SeqLM.generate`."""
 
     def __init__(self, settings: HFSettings) -> None:
-        import torch
+        import torch  # deferred: torch and transformers load only when this engine is built
         from transformers import AutoModelForSeq2SeqLM, GenerationConfig
 
+        super().__init__()
         self.settings = settings
         self.kind = settings.kind
         try:
@@ -107,19 +129,8 @@ class HFEngine(Seq2SeqEngine):
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             forced_bos_token_id=self._prefix_ids[0] if self._prefix_ids else None,
         )
-        self._engine_id = (
-            f"hf-{self.kind}:{self._model_identity()}:{settings.dtype}:beam{settings.num_beams}:"
-            f"in{settings.max_input_length}:dec{settings.max_decoding_length}"
-        )
+        self._engine_id = hf_engine_id(settings)
         self.stats = EngineStats()
-
-    def _model_identity(self) -> str:
-        path = Path(self.settings.model)
-        if path.is_dir():
-            names = ["config.json", *TOKENIZER_FILES, *(p.name for p in path.glob("*.safetensors")),
-                     *(p.name for p in path.glob("*.bin"))]
-            return f"{path.resolve().name}@{folder_digest(path, names)}"
-        return f"{self.settings.model}@{hub_snapshot(self.settings.model)[:12]}"
 
     def translate_detailed(self, texts: list[str]) -> list[Translation]:
         """Translate `texts` (order kept) with token counts and length-limit flags; updates `stats`."""
@@ -150,7 +161,7 @@ class HFEngine(Seq2SeqEngine):
         The log-probs are the model's own (log-softmax of the raw logits, before any logits processor),
         the same quantity CTranslate2 scores.
         """
-        import torch
+        import torch  # deferred: see __init__
 
         inputs = self.tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt").to(self.settings.device)
         with torch.inference_mode():

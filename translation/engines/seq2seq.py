@@ -11,14 +11,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
-from translation.engines.base import Result
+from translation.engines.base import BaseEngine, Result
 from translation.errors import ConfigurationError
-
-if TYPE_CHECKING:  # the settings modules import this one
-    from translation.engines.ct2 import CT2Settings
-    from translation.engines.hf import HFSettings
 
 ModelKind = Literal["madlad", "narrativa"]
 
@@ -54,15 +50,21 @@ class Translation:
         return Result(text=self.text, score=self.score, billed_chars=0, input_truncated=self.input_truncated)
 
 
-class Seq2SeqEngine:
-    """What both engines expose on top of `translate_detailed`: the Engine protocol's two members.
+class Seq2SeqSettings(Protocol):
+    """What the shared engine reads of either engine's settings (CT2Settings, HFSettings)."""
+
+    call_size: int
+
+
+class Seq2SeqEngine(BaseEngine):
+    """What both engines expose on top of `translate_detailed`: the Engine protocol's members.
 
     Subclasses set `_engine_id` and `stats` in `__init__` and implement `translate_detailed`.
     """
 
     _engine_id: str
     stats: EngineStats
-    settings: CT2Settings | HFSettings
+    settings: Seq2SeqSettings
 
     @property
     def engine_id(self) -> str:
@@ -73,7 +75,9 @@ class Seq2SeqEngine:
         """Texts per `translate` call that `translation.runner` makes (and stores as one chunk)."""
         return self.settings.call_size
 
-    def translate(self, texts: list[str]) -> list[Result]:
+    def translate(self, texts: list[str], context: str | None = None) -> list[Result]:
+        if context is not None:
+            raise ValueError(f"{self._engine_id} takes no translation context")
         return [t.result() for t in self.translate_detailed(texts)]
 
     def translate_detailed(self, texts: list[str]) -> list[Translation]:

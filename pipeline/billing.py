@@ -1,5 +1,9 @@
-"""What a run will spend and what it did spend: the dry-run estimate, the DeepL pre-flight, and the
-reconciliation of DeepL's own counter with the translation memory's.
+"""What a run spent: each translation part attempt's audit line, and the reconciliation of DeepL's own
+counter with the translation memory's.
+
+Audit: each part attempt appends a start and an end line to
+``translated/<engine>/_parts/part-<i>-of-<n>.audit.jsonl`` (DeepL's /v2/usage counter before and after,
+the characters the memory recorded, retries, requests possibly billed twice), fsync'd as written.
 
 Reconciliation.  Each `TranslatePart` attempt records DeepL's /v2/usage character count before and
 after it ran.  The counter only grows, so each attempt is an interval on it; attempts that ran at once
@@ -13,13 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
-from translation.cost import CostEstimate
-from translation.errors import ConfigurationError
+from pipeline.layout import RunLayout
 
 log = logging.getLogger("ptvl")
 
@@ -94,7 +97,7 @@ def _attempts(lines: list[dict]) -> tuple[list[dict], int]:
 def billing_summary(root: Path, engine: str) -> Billing | None:
     """Reconcile every recorded part attempt of `engine` (see the module docstring); None if none ran."""
     records, killed = [], 0
-    for f in sorted((root / "translated" / engine / "_parts").glob("*.audit.jsonl")):
+    for f in sorted(RunLayout(root).parts_dir(engine).glob("*.audit.jsonl")):
         got, k = _attempts([json.loads(line) for line in f.read_text().splitlines() if line.strip()])
         records += got
         killed += k
@@ -127,45 +130,27 @@ def report_billing(root: Path, engines: list[str], say) -> None:
             say(f"WARNING: {w}")
 
 
-def estimate_table(table: pl.DataFrame, mem, engine_id: str, context_engine_id: str | None,
-                   price: float) -> CostEstimate:
-    """The cost of the part of a unique-string table (`pipeline.tasks.translate.unique_strings`) missing
-    from `mem`: only sendable characters of strings not stored under their engine id count."""
-    from translation.runner import set_aside_reason
-
-    class _Plain:  # set_aside_reason's generic checks only (engine limits are checked at send time)
-        pass
-
-    missing_chars = missing = 0
-    for kind_ctx, eid in ((False, engine_id), (True, context_engine_id)):
-        rows = table.filter((pl.col("kind") == "context") == kind_ctx)
-        if eid is None or not rows.height:
-            continue
-        absent = set(mem.missing(eid, rows["key"].to_list()))
-        for k, t in zip(rows["key"].to_list(), rows["text_en"].to_list(), strict=True):
-            if k in absent and t.strip() and set_aside_reason(t, _Plain()) is None:
-                missing += 1
-                missing_chars += len(t)
-    return CostEstimate(rows=table.height, unique=table.height, unique_missing=missing, chars=missing_chars,
-                        eur=missing_chars * price / 1e6)
 
 
-def preflight(engine, missing_chars: int, *, allow_partial: bool) -> str:
-    """Check a DeepL key and its remaining quota before anything is sent; the one-line status.
+# The engine counters each attempt's end line records (summed over the attempt's engines).
+COUNTER_KEYS = ("retries_429", "waited_429_s", "retries_other", "possibly_billed_twice_requests",
+                "possibly_billed_twice_chars")
 
-    Raises ConfigurationError (one line) for a rejected key (revoked, or a Free key sent to the Pro URL)
-    and, unless `allow_partial`, for an estimate over the remaining quota, naming both numbers."""
-    usage = engine.usage().character  # ConfigurationError on 403, with the key redacted
-    limit = usage.limit
-    if limit is None or limit >= 10**12:
-        return f"DeepL quota: {usage.count:,} characters used, no limit; this run needs {missing_chars:,}"
-    left = max(limit - usage.count, 0)
-    status = f"DeepL quota: {left:,} of {limit:,} characters left; this run needs {missing_chars:,}"
-    if missing_chars > left:
-        if not allow_partial:
-            raise ConfigurationError(
-                f"this run needs {missing_chars:,} DeepL characters but the key has {left:,} left "
-                f"(limit {limit:,}); raise the limit, or pass --allow-partial to translate what fits and "
-                "resume the rest later")
-        status += " (--allow-partial: the run stops cleanly at the limit and resumes later)"
-    return status
+
+def append_audit(path: Path, record: dict) -> None:
+    """Append one JSON line and fsync it (the audit survives a kill right after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_counter(fn: Callable[[], int | None]) -> int | None:
+    """`fn()` (the provider's billing counter), or None when it fails: a usage read after a failed attempt
+    must not hide the attempt's own error."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the attempt's own error is the one to raise
+        log.warning("could not read DeepL usage after the part: %s", e)
+        return None

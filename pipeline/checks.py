@@ -1,0 +1,98 @@
+"""Start-up checks the commands run before any work: each raises `ConfigError` with one line that says
+what is wrong and what to do, so a mistake costs nothing instead of failing hours into a run."""
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+from pipeline.settings import ConfigError, Settings
+from ptvl_io import temp_beside
+from translation.errors import ConfigurationError
+
+
+def check_writable(folder: Path, what: str = "run root") -> None:
+    """Outputs could be written under `folder` (not a read-only disk, a folder without write permission or
+    a file in the way).  Nothing is created: the probe file goes into the nearest folder that exists, and
+    is removed at once."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {folder} cannot be created: {probe} is a file, not a folder")
+    try:
+        fd, tmp = temp_beside(probe / ".ptvl-write-check")
+        os.close(fd)
+        tmp.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {folder} is not writable ({probe}: {e.strerror or e})") from None
+
+
+def check_model(settings: Settings) -> None:
+    """The bridge name and its settings, checked before any stage runs (not after every upstream stage)."""
+    from training.bridges import BRIDGES  # deferred: the bridges import torch; most commands never need it
+
+    m = settings.model
+    if m.bridge not in BRIDGES:
+        raise ConfigError(f"unknown bridge {m.bridge!r} ([model] bridge or --bridge); known: "
+                          f"{', '.join(sorted(BRIDGES))}")
+    unknown = sorted(set(m.bridge_kwargs) - set(BRIDGES[m.bridge].settings))
+    if unknown:
+        raise ConfigError(f"bridge {m.bridge!r} has no setting(s) {', '.join(unknown)} ([model] bridge_kwargs); "
+                          f"it accepts: {', '.join(BRIDGES[m.bridge].settings) or 'none'}")
+
+
+def check_engines(settings: Settings, names: list[str] | None = None) -> None:
+    """Every engine that will run can start (key present, model folder converted)."""
+    for name in settings.translate.engines if names is None else names:
+        try:
+            settings.engines[name].check(name, settings.layout.sources, sample=settings.sample.enabled)
+        except ConfigurationError as e:
+            raise ConfigError(str(e)) from None
+
+
+def check_luigid(host: str, port: int) -> None:
+    """A scheduler that cannot be reached is a one-line error before any task, not Luigi's RPC retries
+    (minutes) ending in a traceback."""
+    url = f"http://{host}:{port}/api/task_list?data=%7B%7D"
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+    except OSError as e:
+        raise ConfigError(f"cannot reach luigid at {host}:{port} ({getattr(e, 'reason', e)}); start it first "
+                          "(README, Scale-out) or drop --scheduler-host to use a local scheduler") from None
+
+
+def check_source_checkpoint(source: str) -> None:
+    """`convert-model --from`: a local folder must exist and hold a config.json; a hub id must be
+    reachable (or cached, offline)."""
+    path = Path(source).expanduser()
+    looks_local = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1 or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise ConfigError(f"--from {source}: no such folder (give a local checkpoint folder or a Hugging Face id)")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"--from {source}: the folder has no config.json, so it is not a Hugging Face "
+                              "checkpoint")
+        return
+    import huggingface_hub  # deferred: only convert-model asks the hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        cached = huggingface_hub.try_to_load_from_cache(source, "config.json")
+        if not isinstance(cached, str):
+            raise ConfigError(f"--from {source}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+                              "downloading it (unset it, or pass a local folder)")
+        return
+    try:
+        huggingface_hub.HfApi().model_info(source, timeout=15)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise ConfigError(f"--from {source}: no such model on the Hugging Face hub (or it is private: log in with "
+                          "`hf auth login`)") from None
+    except huggingface_hub.errors.GatedRepoError:
+        raise ConfigError(f"--from {source}: a gated model; accept its terms on the hub and log in with "
+                          "`hf auth login`") from None
+    except Exception as e:  # noqa: BLE001  connection refused, DNS, timeout, proxy: all mean "unreachable"
+        reason = " ".join(str(e).split())[:200]
+        raise ConfigError(f"--from {source}: the Hugging Face hub cannot be reached ({type(e).__name__}: "
+                          f"{reason})") from None

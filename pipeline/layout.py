@@ -1,0 +1,167 @@
+"""Every path under a run root, in one place: the tasks, the CLI, the reports and the review app ask here.
+
+A run root holds one folder per stage (README, "Stages"):
+
+    sources/<dataset>/[<split>/]        official files (or the sample) and what the readers set aside
+    segments/<dataset>/<split>.parquet  every translatable string (SEGMENTS)
+    images/<dataset>/<split>/           img2dataset output, availability.parquet, _MANIFEST.json
+    memory/                             translation memories (shared, per engine, per part) + human.sqlite
+    translated/<engine>/...             the joins (TRANSLATED), set-aside rows, part stats and audits
+    reports/                            availability, token statistics, comparison, quarantine, README.md
+    shards/<engine>/<dataset>/<split>/  the trainer's shards and dataset cards
+    features/<clip>/<dataset>/<split>/  CLIP feature caches
+    models/                             the sample's tiny models
+    train/<run>/                        training runs (checkpoints, run.toml, eval/)
+
+Nothing here reads settings or touches the disk: a `RunLayout` is the root plus names, so any module may
+use it (it sits at the bottom of the `pipeline` package).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARED_MEMORY = "memory.sqlite"
+HUMAN_OVERLAY = "human.sqlite"
+IMPORTED_MEMORY = "imported.sqlite"
+
+
+def part_name(part: int, parts: int) -> str:
+    """`part-003-of-008`: the stem every file of one translation part shares."""
+    return f"part-{part:03d}-of-{parts:03d}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run root."""
+
+    root: Path
+
+    # -- sources and segments -------------------------------------------------------------------------
+
+    @property
+    def sources(self) -> Path:
+        return self.root / "sources"
+
+    def source(self, dataset: str) -> Path:
+        """A dataset's official files (`_FETCHED.json` marks them verified)."""
+        return self.sources / dataset
+
+    def source_split(self, dataset: str, split: str) -> Path:
+        """What a reader wrote beside the segments: items, quarantine, dialogs, questions, read stats."""
+        return self.sources / dataset / split
+
+    def segments(self, dataset: str, split: str) -> Path:
+        return self.root / "segments" / dataset / f"{split}.parquet"
+
+    # -- images -------------------------------------------------------------------------------------------
+
+    def images(self, dataset: str, split: str) -> Path:
+        return self.root / "images" / dataset / split
+
+    # -- translation memory -------------------------------------------------------------------------------
+
+    @property
+    def memory_dir(self) -> Path:
+        return self.root / "memory"
+
+    @property
+    def shared_memory(self) -> Path:
+        """The run's shared memory: written only by `ptvl memory import`, read by every part."""
+        return self.memory_dir / SHARED_MEMORY
+
+    @property
+    def human_overlay(self) -> Path:
+        """People's corrections, flag verdicts and gold rows (`translation.overlay.HumanOverlay`), beside the
+        machine memory, never inside it."""
+        return self.memory_dir / HUMAN_OVERLAY
+
+    def engine_memory(self, engine: str) -> Path:
+        """The folder of one engine's memory files (its parts, and a reference engine's import)."""
+        return self.memory_dir / engine
+
+    def part_memory(self, engine: str, part: int, parts: int) -> Path:
+        """Written only by the one process holding the part."""
+        return self.engine_memory(engine) / f"{part_name(part, parts)}.sqlite"
+
+    def imported_memory(self, engine: str) -> Path:
+        return self.engine_memory(engine) / IMPORTED_MEMORY
+
+    # -- translated tables ----------------------------------------------------------------------------------
+
+    def translated_dir(self, engine: str) -> Path:
+        return self.root / "translated" / engine
+
+    def translated(self, engine: str, dataset: str, split: str) -> Path:
+        """TRANSLATED rows of one split (the Translate task's target)."""
+        return self.translated_dir(engine) / dataset / f"{split}.parquet"
+
+    def set_aside(self, engine: str, dataset: str, split: str) -> Path:
+        """Segments never sent, with their reason (SET_ASIDE)."""
+        return self.translated_dir(engine) / dataset / f"{split}.set_aside.parquet"
+
+    def split_stats(self, engine: str, dataset: str, split: str) -> Path:
+        return self.translated_dir(engine) / dataset / f"_{split}.stats.json"
+
+    def context_translated(self, engine: str, split: str) -> Path:
+        """VisDial dialog texts translated with their caption as context (VISDIAL_CONTEXT_TRANSLATED)."""
+        return self.translated_dir(engine) / "visdial" / f"{split}.context.parquet"
+
+    def parts_dir(self, engine: str) -> Path:
+        """Part stats (`<part>-<fingerprint>.json`) and billing audits (`<part>.audit.jsonl`)."""
+        return self.translated_dir(engine) / "_parts"
+
+    def part_stem(self, engine: str, part: int, parts: int) -> Path:
+        return self.parts_dir(engine) / part_name(part, parts)
+
+    def unique_strings(self, engine: str, fingerprint: str) -> Path:
+        return self.translated_dir(engine) / f"_unique-{fingerprint}.parquet"
+
+    # -- reports --------------------------------------------------------------------------------------------
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def availability_report(self) -> Path:
+        return self.reports / "availability.md"
+
+    @property
+    def token_stats(self) -> Path:
+        return self.reports / "token_stats.parquet"
+
+    @property
+    def compare_dir(self) -> Path:
+        return self.reports / "compare"
+
+    @property
+    def comparison_html(self) -> Path:
+        return self.compare_dir / "comparison.html"
+
+    @property
+    def final_report(self) -> Path:
+        return self.reports / "README.md"
+
+    # -- shards, features, models, training -------------------------------------------------------------------
+
+    def shards(self, engine: str, dataset: str, split: str) -> Path:
+        return self.root / "shards" / engine / dataset / split
+
+    @property
+    def shards_root(self) -> Path:
+        return self.root / "shards"
+
+    def features(self, clip: str, dataset: str, split: str) -> Path:
+        return self.root / "features" / clip / dataset / split
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def train_root(self) -> Path:
+        return self.root / "train"
+
+    def train_run(self, name: str) -> Path:
+        return self.train_root / name

@@ -1,0 +1,144 @@
+"""Training runs started from the command line: a profile with command-line overrides, a rerun from a
+finished run's run.toml, and the retrain-with-a-new-LLM flow (train, evaluate, tables beside the earlier
+runs).  Each function raises `ConfigError` (one line) or returns what the command prints."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipeline.checks import check_model, check_writable
+from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.settings import ConfigError, Settings, load_settings
+from training.config import RECIPES, ModelConfig, read_run_toml, to_toml
+
+# Overrides that name a different model, so the run gets a folder of its own by default.
+MODEL_OVERRIDES = ("llm", "bridge", "k", "layer")
+
+
+def read_profile(config: Path) -> dict:
+    """The profile's TOML as a dict (raw: overrides are applied before validation)."""
+    try:
+        return tomllib.loads(Path(config).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{config}: {e}") from None
+
+
+def default_run_name(model: dict) -> str:
+    """`<llm folder>-<bridge>-k<k>-l<layer>`: runs of different models never share a folder."""
+    return "-".join(str(x) for x in (Path(model.get("llm", "llm")).name, model.get("bridge", "cls"),
+                                     f"k{model.get('k', 1)}", f"l{model.get('layer', -1)}"))
+
+
+def train_profile(config: Path, overrides: dict, steps: int | None, run_name: str | None) -> Path:
+    """The profile `ptvl train` runs: the user's file itself when nothing is overridden, else the profile with
+    the overrides written into the run folder it names (train/<run>/profile.toml), never beside the user's
+    file: two runs with different overrides must not overwrite each other, and a read-only config folder
+    must work."""
+    if not overrides and steps is None and run_name is None:
+        return Path(config).resolve()
+    settings = load_settings(config)  # the user's file must be valid on its own first
+    data = read_profile(config)
+    model = data.setdefault("model", {})
+    model.update(overrides)
+    if steps is not None:
+        data.setdefault("train", {})["steps"] = steps
+    if run_name is not None or set(MODEL_OVERRIDES) & set(overrides):
+        data.setdefault("training", {})["run_name"] = run_name or default_run_name(model)
+    # The profile's own root, made absolute: the copy lives in the run folder, not where the user ran from.
+    data.setdefault("run", {})["root"] = str(settings.root)
+    text = to_toml(data, header=f"{Path(config).resolve()} with the overrides of `ptvl train`")
+    try:  # validated in memory: where it goes depends on the settings (root, run name)
+        resolved = Settings.model_validate({**tomllib.loads(text), "config_path": Path(config).resolve()})
+    except ValidationError as e:
+        raise ConfigError(f"{config} with the command-line overrides: " + "; ".join(
+            f"[{'.'.join(map(str, x['loc']))}] {x['msg']}" for x in e.errors())) from None
+    check_model(resolved)  # before anything is written: a typo in --bridge leaves no trace
+    check_writable(resolved.root)
+    dest = resolved.layout.train_run(resolved.training.run_name) / "profile.toml"
+    write_text_atomic(dest, text)
+    return dest
+
+
+def train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_name: str | None) -> Path:
+    """Rerun (or resume) a run from its run.toml alone: no profile, no DAG; the shards must be as they were.
+    Returns the run folder."""
+    from training.train import train  # deferred: imports torch
+
+    try:
+        cfg = read_run_toml(path)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: not a valid run.toml: {e}") from None
+    inp = cfg.inputs
+    for i, shard in enumerate(inp.shards):
+        p = Path(shard)
+        if not p.is_file():
+            raise ConfigError(f"{path}: shard file {shard} is missing")
+        if inp.shard_bytes and p.stat().st_size != inp.shard_bytes[i]:
+            raise ConfigError(f"{path}: shard file {shard} has changed since the run ({p.stat().st_size:,} bytes, "
+                              f"recorded {inp.shard_bytes[i]:,}): a rerun would not reproduce it")
+    if inp.features is not None and not Path(inp.features).is_dir():
+        raise ConfigError(f"{path}: feature cache {inp.features} is missing")
+    model_cfg = cfg.model
+    if overrides:
+        resolved = cfg.model.model_dump(mode="json")
+        if "recipe" in overrides:  # run.toml holds the old recipe's values: take the new recipe's preset
+            resolved = {key: v for key, v in resolved.items() if key not in RECIPES.get(overrides["recipe"], {})}
+        try:
+            model_cfg = ModelConfig.model_validate({**resolved, **overrides})
+        except ValueError as e:
+            raise ConfigError(f"{path} with the command-line overrides: {e}") from None
+    train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
+    run_dir = Path(inp.run_dir) if run_name is None else Path(inp.run_dir).parent / run_name
+    try:
+        res = train(model_cfg, train_cfg, [Path(s) for s in inp.shards], run_dir,
+                    features_dir=Path(inp.features) if inp.features else None, progress=True, device=inp.device,
+                    root=Path(inp.root) if inp.root else None, profile=Path(path).resolve())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes
+        losses = res.losses
+        first, last = (losses[min(losses)], losses[max(losses)]) if losses else (None, None)
+        write_json_atomic(run_dir / "_DONE.json", {"steps": res.step, "trainable_params": res.trainable_params,
+                                                   "loss_first": first, "loss_last": last,
+                                                   "checkpoint": str(res.checkpoint),
+                                                   "from": str(Path(path).resolve())})
+    return run_dir
+
+
+@dataclass
+class Retrained:
+    """What `ptvl retrain` prints: the run folder, how many earlier runs sit beside it, and the tables."""
+
+    run_dir: Path
+    earlier: int
+    tables: str
+
+
+def retrain(config: Path, overrides: dict, steps: int | None, run_name: str | None, workers: int,
+            out: Path | None) -> Retrained:
+    """Train with `overrides` (a new LLM), evaluate every benchmark of the profile, and render the results
+    tables with this run under every earlier run of the same root."""
+    from eval.benchmarks import collect_runs  # deferred: eval and the tasks import torch
+    from eval.report_tables import render_run_tables, write_run_tables
+    from pipeline.tasks.model import Evaluate, Train
+    from pipeline.tasks.scheduling import build_local
+    from training.modelcard import refresh_model_card
+
+    load_settings(config)
+    resolved = train_profile(config, overrides, steps, run_name)
+    settings = load_settings(resolved)
+    check_model(settings)
+    check_writable(settings.root)
+    run_dir = Train(config=str(resolved)).run_dir()
+    build_local([Evaluate(config=str(resolved), benchmark=b) for b in settings.eval.benchmarks], workers)
+    refresh_model_card(run_dir)  # with every benchmark, also when evaluations ran side by side
+    runs = [d for d in sorted(settings.layout.train_root.iterdir()) if any(d.glob("eval/*/metrics.json"))]
+    runs = [d for d in runs if d != run_dir] + [run_dir]  # this run last, under the earlier ones
+    rows = collect_runs(runs)
+    labels = ("bridge", "layer")
+    tables = write_run_tables(rows, out, labels) if out else render_run_tables(rows, labels)
+    return Retrained(run_dir, len(runs) - 1, tables)
