@@ -14,7 +14,9 @@ from pathlib import Path
 
 import polars as pl
 import torch
+from PIL import Image
 
+from eval import qualitative
 from eval.common_subset import ITEMS_NAME
 from eval.runners import (
     CaptionedImage,
@@ -27,6 +29,13 @@ from eval.runners import (
     run_vqa,
 )
 from eval.settings import EvalSettings
+from ptvl_io import write_text_atomic
+from training import checkpoint as ckpt
+from training.config import read_run_toml
+from training.features import FeatureStore
+from training.model import clip_preprocess
+from training.modelcard import refresh_model_card
+from training.train import load_run
 
 BENCHMARKS = ("cc3m-val", "coco", "visdial", "vqav2")
 # benchmark -> (dataset, split preference) in the shards tree shards/<engine>/<dataset>/<split>/
@@ -57,8 +66,6 @@ def _read(folder: Path) -> pl.DataFrame:
 
 def _run_key(run_dir: Path) -> str:
     """Identifies the checkpoint, so cached embedding indexes are rebuilt when the weights change."""
-    from training import checkpoint as ckpt
-
     last = ckpt.latest_checkpoint(run_dir)
     return hashlib.sha256(f"{last}:{last.stat().st_mtime_ns if last else 0}".encode()).hexdigest()[:16]
 
@@ -70,8 +77,6 @@ class FeatureSource:
         self.model, self.images, self.device = model, images, device
         self.store = None
         if features_dir is not None:
-            from training.features import FeatureStore
-
             store = FeatureStore(features_dir)
             if store.has(model.bridge.needs()) and all(i in store for i in images):
                 self.store = store
@@ -83,11 +88,7 @@ class FeatureSource:
         if self.store is not None:
             feats = self.store.features(list(image_ids), self.model.bridge.needs())
             return {kind: {layer: t.to(self.device) for layer, t in d.items()} for kind, d in feats.items()}
-        from PIL import Image
-
         if self._preprocess is None:
-            from training.model import clip_preprocess
-
             self._preprocess = clip_preprocess(self.model.cfg)
         pixels = torch.stack(
             [self._preprocess(Image.open(io.BytesIO(self.images[i])).convert("RGB")) for i in image_ids]
@@ -98,11 +99,7 @@ class FeatureSource:
 
 def load_model(run_dir: Path, features_dir: Path | None, device: str):
     """The trained run, without its CLIP when a feature cache can stand in for it."""
-    from training.train import load_run
-
     if features_dir is not None and (Path(features_dir) / "meta.json").exists():
-        from training.features import FeatureStore
-
         store = FeatureStore(features_dir)
         model = load_run(run_dir, device, load_visual=False, vis_dim=store.width, n_tokens=store.n_tokens)
         if store.has(model.bridge.needs()):
@@ -112,8 +109,6 @@ def load_model(run_dir: Path, features_dir: Path | None, device: str):
 
 def run_info(run_dir: Path, engine: str) -> dict:
     """What a results table needs to label a row (LLM, engine, bridge, layer, k)."""
-    from training.config import read_run_toml
-
     cfg = read_run_toml(Path(run_dir) / "run.toml").model
     return {"run": str(run_dir), "llm": cfg.llm, "engine": engine, "bridge": cfg.bridge, "layer": cfg.layer,
             "k": cfg.k, "clip": cfg.clip}
@@ -134,8 +129,6 @@ def evaluate(
     """Evaluate `run_dir` on one benchmark; writes out_dir/metrics.json and qualitative HTML pages.
 
     Returns the metrics dict (fractions; the tables print them x100), labelled with run_info()."""
-    from eval import qualitative
-
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
     settings = settings or EvalSettings()
@@ -199,15 +192,11 @@ def evaluate(
     # Per-item scores first, metrics.json last: metrics.json marks a complete evaluation.
     _write_json(out_dir / ITEMS_NAME, scored_items)
     _write_json(out_dir / "metrics.json", result)
-    from training.modelcard import refresh_model_card
-
     refresh_model_card(run_dir)  # the card's Results section now includes this benchmark
     return result
 
 
 def _write_json(path: Path, obj) -> None:
-    from ptvl_io import write_text_atomic
-
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from eval.runners import CaptioningResult, Dialog, RetrievalResult, VisDialResult, VQAQuestion, VQAResult
+from ptvl_io import write_text_atomic
 
 ImageBytes = Callable[[str], bytes | None]
 
@@ -59,8 +60,6 @@ def _page(title: str, body: str) -> str:
 
 
 def write_page(path: Path, title: str, body: str) -> Path:
-    from ptvl_io import write_text_atomic
-
     write_text_atomic(path, _page(title, body))
     return Path(path)
 

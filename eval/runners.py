@@ -33,6 +33,7 @@ from eval.metrics.retrieval import retrieval_metrics_from_embeddings
 from eval.metrics.visdial import gt_standing, ndcg_per_round, translation_collisions, visdial_metrics
 from eval.metrics.vqa import VQAScored, vqa_metrics
 from eval.settings import EvalSettings
+from ptvl_io import atomic_write
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 FeaturesFor = Callable[[list[str]], Any]
@@ -132,8 +133,6 @@ def _digest(items: Sequence[str]) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    from ptvl_io import atomic_write
-
     with atomic_write(path, mode, encoding="utf-8" if "b" not in mode else None) as f:
         write(f)
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# Re-exported: the formatting lives below `training` (whose model card prints metrics too and must not
+# import eval); callers of eval.tables.format_metric / is_count keep working.
+from ptvl_io.formatting import format_metric, is_count  # noqa: F401
+
 RunMetrics = Mapping[str, Any]
 DASH = "–"
 
@@ -45,23 +49,6 @@ ABLATION_COLS: dict[str, list[tuple[str, str]]] = {
 
 class TableInputError(ValueError):
     """A run record lacks a field the table needs."""
-
-
-def is_count(key: str) -> bool:
-    """Metrics that count things (VQA's `n`, VisDial's `n_rounds`): whole numbers, not fractions."""
-    parts = key.split("_")
-    return "n" in parts
-
-
-def format_metric(key: str, value: object, digits: int = 3) -> str:
-    """One metric for people: counts as 90,000 (never 90.000), other floats with `digits` decimals."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, int | float) and is_count(key) and float(value).is_integer():
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def engine_label(engine: str | None) -> str:

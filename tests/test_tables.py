@@ -3,14 +3,27 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from eval.common_subset import ITEMS_NAME
 from eval.qualitative import captions_page, retrieval_page, thumbnail_data_uri, visdial_page
-from eval.runners import CaptioningResult, Dialog, DialogRound, RetrievalResult, VisDialResult
+from eval.report_tables import render_run_tables, write_run_tables
+from eval.runners import (
+    CaptionedImage,
+    CaptioningResult,
+    Dialog,
+    DialogRound,
+    RetrievalResult,
+    VisDialResult,
+    run_retrieval,
+)
 from eval.settings import EvalSettings
 from eval.tables import (
     TableInputError,
@@ -21,6 +34,7 @@ from eval.tables import (
     table_5_5,
     table_vqa,
 )
+from tests.test_runners import TableModel, features_for
 
 RUNS = [
     {"llm": "Glória 1.3B", "engine": "deepl", "bridge": "cls", "layer": -1, "k": 1,
@@ -161,3 +175,79 @@ def test_pages_are_self_contained_and_escaped(tmp_path):
     text = visdial_page(vd, [d], IMAGES.get, tmp_path / "visdial.html").read_text()
     assert '<td class="miss">azul</td>' in text and "a ✓" in text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------- every table of a set of runs
+
+
+E = np.eye(4, dtype=np.float32)
+# Engine A kept every caption; engine B's filter dropped image c's caption and translated a's differently.
+EMBEDDINGS = {"a": E[0], "b": E[1], "c": E[2], "um cão": E[0] + E[1], "um gato": E[1], "uma casa": E[2],
+              "um cachorro": E[1] + 0.2 * E[0]}
+ENGINE_ROWS = ([CaptionedImage("a", ("um cão",), ("a dog",)), CaptionedImage("b", ("um gato",), ("a cat",)),
+                CaptionedImage("c", ("uma casa",), ("a house",))],
+               [CaptionedImage("a", ("um cachorro",), ("a dog",)), CaptionedImage("b", ("um gato",), ("a cat",))])
+
+
+def _coco_runs(tmp_path, engines: tuple[str, ...] = ("deepl", "madlad")) -> list[dict]:
+    """Runs of several engines evaluated on COCO retrieval with their per-item scores stored, as
+    eval.benchmarks.collect_runs returns them."""
+    vectors = {k: torch.from_numpy(v) for k, v in EMBEDDINGS.items()}
+    model = TableModel({k: vectors[k] for k in "abc"}, vectors)
+    runs = []
+    for engine, rows in zip(engines, ENGINE_ROWS, strict=False):
+        folder = tmp_path / engine / "eval" / "coco"
+        ret = run_retrieval(model, features_for, rows, cache_dir=folder / "index")
+        (folder / ITEMS_NAME).write_text(json.dumps(ret.items()))
+        runs.append({"run": str(tmp_path / engine), "llm": "Glória 1.3B", "engine": engine, "bridge": "cls",
+                     "layer": -1, "k": 1, "metrics": {"coco": ret.metrics},
+                     "scoring": {"coco": {"tie_rule": LABELS["tie_rule"]}}, "eval_dirs": {"coco": str(folder)}})
+    return runs
+
+
+def test_run_tables_hold_every_table_and_a_table_that_fails_becomes_a_comment():
+    runs = [{**r, "bridge": "cls", "layer": -1, "k": 1} for r in RUNS]
+    text = render_run_tables(runs)
+    for caption in ("Table 5.3", "Table 5.4", "Table 5.5", "VQAv2 accuracy", "MSCOCO captioning metrics"):
+        assert f"**{caption}" in text, caption
+    assert text == "\n\n".join([table_5_3(runs), table_5_4(runs), table_5_5(runs), table_vqa(runs),
+                                ablation_table(runs, "coco", "captioning")]) + "\n"
+    assert "<!--" not in text and "Common subset" not in text  # one engine each, no shared items to compare
+    # A run record without its LLM: the tables that need it say why in a comment; the others are still there.
+    broken = [*runs, {"engine": "deepl--x", "bridge": "cls", "layer": -2, "k": 1,
+                      "metrics": {"visdial": {"it2t_r5": 0.1}}}]
+    text = render_run_tables(broken)
+    assert re.search(r"^<!-- table_5_5: run record lacks \['llm'\].* -->$", text, re.M)
+    assert "**Table 5.3" in text and "**Table 5.4" in text and "MSCOCO captioning" in text
+    assert "deepl--x" not in text and "deepl- -x" in text  # "--" cannot stay inside an HTML comment
+    # Labels pass through; ablations are chosen by the caller (the run report adds COCO retrieval).
+    assert "| Bridge | Layer |" in render_run_tables(runs, ("bridge", "layer"))
+    both = render_run_tables(runs, ablations=(("coco", "captioning"), ("coco", "retrieval")))
+    assert "MSCOCO captioning metrics" in both and "MSCOCO retrieval metrics" in both
+    assert "retrieval metrics" not in render_run_tables(runs, ablations=(("vqav2", "retrieval"),))  # no run has it
+
+
+def test_run_tables_add_the_common_subset_of_two_engines(tmp_path):
+    runs = _coco_runs(tmp_path)
+    text = render_run_tables(runs)
+    own, common = text.split("## Common subset of all engines\n")
+    assert "(common subset" not in own and "**Table 5.3: Retrieval results" in own
+    assert "**Table 5.3: Retrieval results for CC3M and MSCOCO (common subset of all engines).**" in common
+    assert "Common subset: every engine scored on the images" in common
+    assert "Table 5.5" not in common and "VQAv2" not in common  # only what was re-scored
+    # One engine: nothing to intersect, no section.
+    assert "Common subset of all engines" not in render_run_tables(_coco_runs(tmp_path / "one", ("deepl",)))
+    # Items missing for a run: the section says why in a comment instead of failing the whole output.
+    (Path(runs[1]["eval_dirs"]["coco"]) / "items.json").unlink()
+    text = render_run_tables(runs)
+    assert "<!-- common subset: " in text and "items.json is missing" in text
+    assert "## Common subset" not in text
+
+
+def test_written_run_tables_equal_the_returned_text(tmp_path):
+    runs = _coco_runs(tmp_path)
+    out = tmp_path / "tables" / "results.md"
+    text = write_run_tables(runs, out, ("bridge",))
+    assert out.read_text(encoding="utf-8") == text == render_run_tables(runs, ("bridge",))
+    assert not [p for p in out.parent.iterdir() if p.name != "results.md"]  # written atomically, no temp left
+    assert write_run_tables(runs, None) == render_run_tables(runs)  # no file: only the text

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ptvl_io import write_text_atomic
 
 Recipe = Literal["thesis-eq", "fromage"]
 
@@ -167,47 +171,43 @@ class RunConfig(BaseModel):
     inputs: RunInputs | None = None
 
 
-# ---------------------------------------------------------------- TOML (tomllib reads; this writes)
+# ---------------------------------------------------------------- TOML (tomllib reads, tomli_w writes)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+def drop_none(value: Any) -> Any:
+    """`value` with every None left out, recursively: keys whose value is None from tables, None items from
+    arrays (tuples become lists, as tomllib reads arrays back).
+
+    Why dropping is right: TOML has no null, and in ptvl a None setting means "the default" (every optional
+    field defaults to None), so a left-out key reads back as the same settings.  A None inside a list or an
+    inline table (free-form `bridge_kwargs` can hold one) has no TOML form either; dropping it is the same
+    "not set" reading, whereas refusing it would fail a run at writing its own run.toml after it trained."""
+    if isinstance(value, Mapping):
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [drop_none(v) for v in value if v is not None]
+    return value
 
 
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+def _comment(line: str) -> str:
+    """A header line as a TOML comment.  Comments may not hold control characters other than tab (tomllib
+    rejects the file), and a header names paths and overrides the user typed: show those escaped."""
+    return "# " + "".join(c if c == "\t" or (c >= " " and c != "\x7f") else f"\\x{ord(c):02x}" for c in line)
 
 
 def to_toml(data: dict[str, Any], header: str = "") -> str:
-    """Two-level TOML: top-level tables of scalars, lists and inline tables. None values are left out
-    (TOML has no null), which round-trips because every optional setting defaults to None."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    for table, values in data.items():
-        if values is None:  # an optional table that is not set
-            continue
-        lines += ["", f"[{table}]"]
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    return "\n".join(lines) + "\n"
+    """TOML text of `data` (tables, scalars, lists, nested tables) with `header` as leading comment lines.
+    None values are left out (drop_none), which round-trips because every optional setting defaults to
+    None: tomllib.loads(to_toml(x)) == drop_none(x).  Escaping (control characters, quotes, non-ASCII keys)
+    is tomli_w's."""
+    body = tomli_w.dumps(drop_none(data))
+    lines = [_comment(line) for line in header.splitlines()]
+    return "\n".join(lines) + "\n\n" + body if lines else body
 
 
 def write_run_toml(cfg: RunConfig, path: Path, header: str = "") -> Path:
-    """Write run.toml atomically."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_toml(cfg.model_dump(mode="json"), header), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write run.toml atomically (whole or not at all: a run folder is read back to resume and reproduce)."""
+    write_text_atomic(path, to_toml(cfg.model_dump(mode="json"), header))
     return path
 
 

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from training.config import RunConfig
+from ptvl_io import write_json_atomic, write_text_atomic
+from ptvl_io.formatting import format_metric
+from training.config import RunConfig, read_run_toml
 
 CARD_FACTS = "card.json"
 
@@ -30,8 +32,6 @@ def _results_section(metrics: Mapping[str, Any]) -> str:
     if not groups:
         return ("Not evaluated yet: `ptvl eval --run <this folder> --benchmark ...` (or `ptvl retrain`) "
                 "rewrites this section.")
-    from eval.tables import format_metric
-
     parts = []
     for bench, values in groups.items():
         rows = [f"| {k} | {format_metric(k, v, 4)} |" for k, v in sorted(values.items()) if v is not None]
@@ -107,8 +107,6 @@ def write_model_card(run_dir: Path, cfg: RunConfig, *, steps: int, trainable_par
                      metrics: Mapping[str, Any] | None = None, final_loss: float | None = None) -> Path:
     """Write README.md into the run folder atomically, with the evaluations already in eval/; keep the
     training facts in card.json so an evaluation can rewrite the card later."""
-    from ptvl_io import write_json_atomic
-
     run_dir = Path(run_dir)
     facts = {"steps": steps, "trainable_params": trainable_params, "data_note": data_note,
              "final_loss": final_loss, "training_metrics": dict(metrics or {})}
@@ -119,8 +117,6 @@ def write_model_card(run_dir: Path, cfg: RunConfig, *, steps: int, trainable_par
 def refresh_model_card(run_dir: Path) -> Path | None:
     """Rewrite README.md with every evaluation in eval/ (called when an evaluation ends); None when the run
     was never finished (no card.json: nothing to describe yet)."""
-    from training.config import read_run_toml
-
     run_dir = Path(run_dir)
     facts_path = run_dir / CARD_FACTS
     if not facts_path.exists():
@@ -129,8 +125,6 @@ def refresh_model_card(run_dir: Path) -> Path | None:
 
 
 def _write(run_dir: Path, cfg: RunConfig, facts: Mapping[str, Any]) -> Path:
-    from ptvl_io import write_text_atomic
-
     metrics = {**facts.get("training_metrics", {}), **eval_results(run_dir)}
     path = run_dir / "README.md"
     write_text_atomic(path, model_card(cfg, steps=facts["steps"], trainable_params=facts["trainable_params"],

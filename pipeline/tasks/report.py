@@ -94,7 +94,8 @@ class FinalReport(PtvlTask):
 
     def run(self) -> None:
         from eval.benchmarks import collect_runs
-        from eval.tables import ablation_table, format_metric, table_5_3, table_5_4, table_5_5, table_vqa
+        from eval.report_tables import render_run_tables
+        from eval.tables import format_metric
 
         s = self.settings
         reports = self.root / "reports"
@@ -158,14 +159,8 @@ class FinalReport(PtvlTask):
             shown = ", ".join(f"{k} {format_metric(k, v)}" for k, v in m.items() if isinstance(v, int | float))
             lines.append(f"- **{bench}**: {shown} ({link_up('metrics', run_dir / 'eval' / bench / 'metrics.json')})")
         lines.append("")
-        for render in (table_5_3, table_5_4, table_5_5, table_vqa):
-            try:
-                lines += [render(runs), ""]
-            except (KeyError, ValueError):  # a table needs a benchmark this profile did not run
-                continue
-        for bench, kind in (("coco", "captioning"), ("coco", "retrieval")):
-            if bench in metrics:
-                lines += [ablation_table(runs, bench, kind), ""]
+        # The same tables as `ptvl table` (one loop, eval.report_tables), plus COCO's retrieval ablation.
+        lines.append(render_run_tables(runs, ablations=(("coco", "captioning"), ("coco", "retrieval"))))
         pages = sorted((run_dir / "eval").glob("*/*.html"))
         if pages:
             lines += ["Qualitative pages: " + ", ".join(link_up(f"{p.parent.name}/{p.name}", p) for p in pages), ""]
