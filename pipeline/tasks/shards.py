@@ -9,6 +9,7 @@ import luigi
 import polars as pl
 
 from pipeline.io import write_json_atomic
+from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 from pipeline.tasks.acquire import AvailabilityReport, DownloadImages, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
 from pipeline.tasks.translate import Translate
@@ -79,7 +80,6 @@ class BuildShards(PtvlTask):
     def run(self) -> None:
         from pipeline.cards import split_note, write_dataset_card
         from pipeline.human_review import apply_review, digest_for, load_review, review_fingerprint
-        from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 
         engine, dataset, split = str(self.engine), str(self.dataset), str(self.split)
         out = shard_dir(self.root, engine, dataset, split)
