@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from translation import quality as q
 from translation.quality import QualityThresholds, flag_details, flag_rates, flag_row, flag_table
+from translation.quality import table as quality_table
+from translation.quality import untranslated as quality_untranslated
 
 TH = QualityThresholds()
 
@@ -52,9 +54,9 @@ def test_langid_model_loads_without_network(monkeypatch):
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    q._identifier.cache_clear()  # force a fresh model load under the block
+    quality_untranslated._identifier.cache_clear()  # force a fresh model load under the block
     assert q.english_probability("the cat is on the table", ("en", "pt")) > 0.9
-    q._identifier.cache_clear()
+    quality_untranslated._identifier.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -200,9 +202,9 @@ def test_wordfreq_loads_without_network(monkeypatch):
 
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    q._zipf_table.cache_clear()
+    quality_untranslated._zipf_table.cache_clear()
     assert q.zipf("hospital", "pt") > 4.5
-    q._zipf_table.cache_clear()
+    quality_untranslated._zipf_table.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -310,7 +312,7 @@ def mixed_with_reference() -> tuple[pl.DataFrame, list[list[str]]]:
 def test_flag_table_equals_per_row_reference(monkeypatch, mixed_with_reference, parallel):
     df, per_row = mixed_with_reference
     if parallel:  # force the process pool on this small set
-        monkeypatch.setattr(q, "PARALLEL_MIN_ROWS", 100)
+        monkeypatch.setattr(quality_table, "PARALLEL_MIN_ROWS", 100)
     timings: dict[str, float] = {}
     fast = flag_table(df, workers=2 if parallel else 1, timings=timings)
     assert fast["segment_id"].to_list() == df["segment_id"].to_list()
