@@ -94,23 +94,35 @@ class Columns:
     unsafe = pl.col("_unsafe")
 
     def __init__(self, uniq: pl.DataFrame, text_en: str, text_pt: str, score: str):
-        e, p = pl.col(text_en).fill_null(""), pl.col(text_pt)
-        word = latin(WORD.pattern)
-        self.frame = uniq.select(
-            pl.col(text_en).alias("_en"), p.alias("_pt"), pl.col(score).alias("_score"),
-            (p.is_null() | ~p.str.contains(SAFE_CHARS) | ~e.str.contains(SAFE_CHARS)).fill_null(True).alias("_unsafe"),
-            e.str.strip_chars().str.len_chars().alias("_src_len"),
-            p.str.strip_chars().str.len_chars().alias("_out_len"),
-            p.str.to_lowercase().str.extract_all(word).alias("_tokens_pt"),
-            e.str.to_lowercase().str.extract_all(word).alias("_tokens_en"),
-        )
+        self._raw = uniq.select(pl.col(text_en).alias("_en"), pl.col(text_pt).alias("_pt"),
+                                pl.col(score).alias("_score"))  # renamed, not copied
+        self._frame: pl.DataFrame | None = None
+        # computed in one parallel step with the columns flags `materialise` before `frame` is first read
+        en, pt, word = self.en, self.pt, latin(WORD.pattern)
+        self._pending: dict[str, pl.Expr] = {
+            "_unsafe": (pt.is_null() | ~pt.str.contains(SAFE_CHARS) | ~en.str.contains(SAFE_CHARS)).fill_null(True),
+            "_src_len": en.str.strip_chars().str.len_chars(),
+            "_out_len": pt.str.strip_chars().str.len_chars(),
+            "_tokens_pt": self.pt_low.str.extract_all(word),
+            "_tokens_en": self.en_low.str.extract_all(word),
+        }
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """The distinct rows with every column above and the materialised ones."""
+        if self._frame is None:
+            self._frame = self._raw.with_columns(expr.alias(name) for name, expr in self._pending.items())
+        return self._frame
 
     def materialise(self, name: str, expr: pl.Expr) -> pl.Expr:
         """Compute `expr` once into `frame` under `name` (a name no other flag uses); its column expression."""
         column = f"__{name}"
-        if column in self.frame.columns:
+        if column in self._pending or (self._frame is not None and column in self._frame.columns):
             raise ValueError(f"Columns.materialise: {name!r} is already taken")
-        self.frame = self.frame.with_columns(expr.alias(column))
+        if self._frame is None:
+            self._pending[column] = expr
+        else:
+            self._frame = self._frame.with_columns(expr.alias(column))
         return pl.col(column)
 
     def values(self, expr: pl.Expr) -> pl.Series:
