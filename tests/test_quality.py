@@ -335,3 +335,13 @@ def test_flag_table_thresholds_reach_the_prefilter():
     assert flag_table(df, th)["flags"].to_list() == [["repetitive"]] == [flag_row("a dog on the grass",
                                                                                   "um cão cão na relva", None, th)]
     assert flag_table(df)["flags"].to_list() == [[]]
+
+
+def test_prefilter_holds_under_non_default_thresholds():
+    # A 2-char piece looping twice fits in a 5-char word, and a float32 score f32(-1.1) = -1.10000002 is
+    # below -1.1 as the detector compares it: the pre-filter once missed both.
+    df = pl.DataFrame({"text_en": ["a dog", "a dog"], "text_pt": ["xhaha", "um cão"],
+                       "score": pl.Series([None, -1.1], dtype=pl.Float32)})
+    th = QualityThresholds(tandem_copies=2, min_score=-1.1)
+    assert flag_table(df, th)["flags"].to_list() == q.flag_table_reference(df, th)["flags"].to_list() == [
+        ["repetitive"], ["low_score"]]

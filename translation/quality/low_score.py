@@ -25,7 +25,10 @@ def _detect(row: Row, th: QualityThresholds) -> str | None:
 def _candidates(c: Columns, th: QualityThresholds) -> pl.Expr:
     if th.min_score is None:
         return pl.lit(False)
-    return ((c.score < th.min_score) & c.score.is_not_nan()).fill_null(False)
+    # compared as float64, as the detector compares a Python float: a float32 score column compared with the
+    # threshold rounded to float32 misses f32(-1.1) < -1.1
+    score = c.score.cast(pl.Float64)
+    return ((score < th.min_score) & score.is_not_nan()).fill_null(False)
 
 
 FLAG = Flag(

@@ -94,15 +94,17 @@ def _detect(row: Row, th: QualityThresholds) -> str | None:
     return detect_repetitive(row.text_en, row.text_pt, th)
 
 
-def _looped_words(words6: pl.Series, th: QualityThresholds) -> list[str]:
-    """The distinct words (runs of \\w, >= 6 chars) in which a piece loops `tandem_copies` times or more."""
-    uniq = words6.explode().drop_nulls().unique()
+def _looped_words(long_words: pl.Series, th: QualityThresholds) -> list[str]:
+    """The distinct words (runs of \\w) in which a piece loops `tandem_copies` times or more."""
+    uniq = long_words.explode().drop_nulls().unique()
     return [w for w in uniq.to_list() if (loop := _piece_loop(w)) and loop[1] >= th.tandem_copies]
 
 
 def _candidates(c: Columns, th: QualityThresholds) -> pl.Expr:
-    words6 = c.materialise("repetitive_words6", c.pt_low.str.extract_all(latin(r"\w{6,}")))
-    looped = _looped_words(c.values(words6), th)
+    # A piece of >= 2 chars looping `tandem_copies` times needs a run of \w at least twice that long.
+    long_words = c.materialise("repetitive_long_words",
+                               c.pt_low.str.extract_all(latin(rf"\w{{{2 * th.tandem_copies},}}")))
+    looped = _looped_words(c.values(long_words), th)
     tp = c.tokens_pt
     short = pl.max_horizontal(c.src_len, pl.lit(th.short_source_chars))
     long_source = c.src_len >= th.min_source_chars
@@ -117,7 +119,7 @@ def _candidates(c: Columns, th: QualityThresholds) -> pl.Expr:
         same_run = same_run & (el == el.shift(j))
     one_word_loop = tp.list.eval(same_run.fill_null(False).any()).list.first().fill_null(False)
     return (often | one_word_loop
-            | (words6.list.eval(pl.element().is_in(looped)).list.any() if looped else pl.lit(False))
+            | (long_words.list.eval(pl.element().is_in(looped)).list.any() if looped else pl.lit(False))
             | (long_source & (c.out_len > (th.max_length_ratio - 0.01) * c.src_len))
             | (~long_source & (c.out_len > th.max_length_ratio * short - 1)))
 
