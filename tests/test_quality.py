@@ -2,13 +2,16 @@
 and that the language-ID model loads with the network blocked."""
 from __future__ import annotations
 
+import importlib.util
 import socket
+from pathlib import Path
 
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from translation import quality as q
+from translation.gold import FLAG_TUNING_PATH, load_flag_cases, load_gold
 from translation.quality import QualityThresholds, flag_details, flag_rates, flag_row, flag_table
 from translation.quality import table as quality_table
 from translation.quality import untranslated as quality_untranslated
@@ -269,9 +272,6 @@ def test_brazilian_false_alarms_from_issue_13(en, pt):
 # --- issue #11: the vectorised flag_table gives the per-row reference's results --------------------------------
 
 def _bench_rows(n: int) -> pl.DataFrame:
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parent.parent / "bench" / "flags_bench.py"
     spec = importlib.util.spec_from_file_location("flags_bench", path)
     mod = importlib.util.module_from_spec(spec)
@@ -280,8 +280,6 @@ def _bench_rows(n: int) -> pl.DataFrame:
 
 
 def _mixed_rows() -> pl.DataFrame:
-    from translation.gold import FLAG_TUNING_PATH, load_flag_cases, load_gold
-
     gold = load_gold()
     cases = pl.concat([load_flag_cases(), load_flag_cases(FLAG_TUNING_PATH)])
     pairs = (list(zip(gold["en"], gold["pt_pt"], strict=True)) + list(zip(gold["en"], gold["pt_br"], strict=True))

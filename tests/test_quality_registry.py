@@ -108,8 +108,8 @@ def test_registry_rejects_inconsistent_declarations():
         check_registry((_flag("a", suppresses=("zzz",)),))
     with pytest.raises(ValueError, match="lower-case letters"):
         _flag("Bad-Name")
-    with pytest.raises(ValueError, match="badge colour"):
-        Flag("x", lambda row, th: None, lambda cols, th: pl.lit(False), doc="", colour="")
+    with pytest.raises(ValueError, match="badge colour and a doc line"):
+        Flag("x", lambda row, th: None, lambda cols, th: pl.lit(False), doc="", colour="#000")
     assert Case("a", None, None, True).fires
 
 

@@ -170,5 +170,5 @@ class Flag:
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"Flag name {self.name!r}: lower-case letters, digits and '_' only")
-        if not self.colour:
-            raise ValueError(f"Flag {self.name!r} needs a badge colour")
+        if not self.colour or not self.doc:
+            raise ValueError(f"Flag {self.name!r} needs a badge colour and a doc line")
