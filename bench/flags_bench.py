@@ -19,6 +19,8 @@ import time
 import numpy as np
 import polars as pl
 
+from translation.quality import FLAG_NAMES, flag_table, flag_table_reference
+
 CC3M_TRAIN_ROWS = 3_318_333
 
 # (EN, PT-PT, PT-BR) per slot; the PT-BR column is what an engine in the wrong variety writes.
@@ -159,8 +161,6 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print the time of each stage of flag_table")
     args = ap.parse_args()
 
-    from translation.quality import flag_table, flag_table_reference
-
     t0 = time.perf_counter()
     df = synthetic_rows(args.rows, args.seed)
     print(f"generated {df.height:,} rows ({df.select('text_en', 'text_pt', 'score').n_unique():,} unique) "
@@ -172,8 +172,7 @@ def main() -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     child_cpu = (k1.ru_utime + k1.ru_stime) - (k0.ru_utime + k0.ru_stime)
-    rates = out.select(pl.col("flags").list.contains(f).mean().alias(f) for f in
-                       ("empty", "untranslated", "brazilian", "truncated", "repetitive", "low_score"))
+    rates = out.select(pl.col("flags").list.contains(f).mean().alias(f) for f in FLAG_NAMES)
     print("flag rates:", {k: round(v, 4) for k, v in rates.row(0, named=True).items()})
     print(f"flag_table: {args.rows:,} rows in {wall:.1f} s ({args.rows / wall:,.0f} rows/s); CPU {cpu:.1f} s in the "
           f"main process (all polars threads) + {child_cpu:.1f} s in detector workers = {cpu + child_cpu:.1f} CPU-s "

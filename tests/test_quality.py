@@ -2,14 +2,19 @@
 and that the language-ID model loads with the network blocked."""
 from __future__ import annotations
 
+import importlib.util
 import socket
+from pathlib import Path
 
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from translation import quality as q
+from translation.gold import FLAG_TUNING_PATH, load_flag_cases, load_gold
 from translation.quality import QualityThresholds, flag_details, flag_rates, flag_row, flag_table
+from translation.quality import table as quality_table
+from translation.quality import untranslated as quality_untranslated
 
 TH = QualityThresholds()
 
@@ -52,9 +57,9 @@ def test_langid_model_loads_without_network(monkeypatch):
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    q._identifier.cache_clear()  # force a fresh model load under the block
+    quality_untranslated._identifier.cache_clear()  # force a fresh model load under the block
     assert q.english_probability("the cat is on the table", ("en", "pt")) > 0.9
-    q._identifier.cache_clear()
+    quality_untranslated._identifier.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -200,9 +205,9 @@ def test_wordfreq_loads_without_network(monkeypatch):
 
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    q._zipf_table.cache_clear()
+    quality_untranslated._zipf_table.cache_clear()
     assert q.zipf("hospital", "pt") > 4.5
-    q._zipf_table.cache_clear()
+    quality_untranslated._zipf_table.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -267,9 +272,6 @@ def test_brazilian_false_alarms_from_issue_13(en, pt):
 # --- issue #11: the vectorised flag_table gives the per-row reference's results --------------------------------
 
 def _bench_rows(n: int) -> pl.DataFrame:
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parent.parent / "bench" / "flags_bench.py"
     spec = importlib.util.spec_from_file_location("flags_bench", path)
     mod = importlib.util.module_from_spec(spec)
@@ -278,8 +280,6 @@ def _bench_rows(n: int) -> pl.DataFrame:
 
 
 def _mixed_rows() -> pl.DataFrame:
-    from translation.gold import FLAG_TUNING_PATH, load_flag_cases, load_gold
-
     gold = load_gold()
     cases = pl.concat([load_flag_cases(), load_flag_cases(FLAG_TUNING_PATH)])
     pairs = (list(zip(gold["en"], gold["pt_pt"], strict=True)) + list(zip(gold["en"], gold["pt_br"], strict=True))
@@ -310,7 +310,7 @@ def mixed_with_reference() -> tuple[pl.DataFrame, list[list[str]]]:
 def test_flag_table_equals_per_row_reference(monkeypatch, mixed_with_reference, parallel):
     df, per_row = mixed_with_reference
     if parallel:  # force the process pool on this small set
-        monkeypatch.setattr(q, "PARALLEL_MIN_ROWS", 100)
+        monkeypatch.setattr(quality_table, "PARALLEL_MIN_ROWS", 100)
     timings: dict[str, float] = {}
     fast = flag_table(df, workers=2 if parallel else 1, timings=timings)
     assert fast["segment_id"].to_list() == df["segment_id"].to_list()
@@ -333,3 +333,13 @@ def test_flag_table_thresholds_reach_the_prefilter():
     assert flag_table(df, th)["flags"].to_list() == [["repetitive"]] == [flag_row("a dog on the grass",
                                                                                   "um cão cão na relva", None, th)]
     assert flag_table(df)["flags"].to_list() == [[]]
+
+
+def test_prefilter_holds_under_non_default_thresholds():
+    # A 2-char piece looping twice fits in a 5-char word, and a float32 score f32(-1.1) = -1.10000002 is
+    # below -1.1 as the detector compares it: the pre-filter once missed both.
+    df = pl.DataFrame({"text_en": ["a dog", "a dog"], "text_pt": ["xhaha", "um cão"],
+                       "score": pl.Series([None, -1.1], dtype=pl.Float32)})
+    th = QualityThresholds(tandem_copies=2, min_score=-1.1)
+    assert flag_table(df, th)["flags"].to_list() == q.flag_table_reference(df, th)["flags"].to_list() == [
+        ["repetitive"], ["low_score"]]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
+from translation.quality import FLAGS
+
 GOLD_COLUMNS = ("id", "style", "en", "pt_pt", "pt_br")
 GOLD_STYLES = frozenset({"cc3m", "coco", "visdial_q", "visdial_a"})
 DEFAULT_GOLD_PATH = Path(__file__).resolve().parent.parent / "data_manifests" / "gold" / "gold_ptpt.tsv"
@@ -50,8 +52,9 @@ def load_gold(path: str | Path | None = None) -> pl.DataFrame:
 # --- labelled flag cases (data_manifests/gold/flags_tuning.tsv and flags_heldout.tsv) ---------------------
 
 FLAG_CASE_COLUMNS = ("id", "flag", "label", "en", "pt", "kind")
-# The flags the case files measure (empty and low_score are exact checks with nothing to estimate).
-FLAG_CASE_FLAGS = ("untranslated", "repetitive", "truncated", "brazilian")
+# The flags the case files measure, in registry order: every registered flag but the exact checks with
+# nothing to estimate (Flag.exact: empty, low_score).
+FLAG_CASE_FLAGS: tuple[str, ...] = tuple(f.name for f in FLAGS if not f.exact)
 GOLD_DIR = DEFAULT_GOLD_PATH.parent
 FLAG_TUNING_PATH = GOLD_DIR / "flags_tuning.tsv"
 FLAG_HELDOUT_PATH = GOLD_DIR / "flags_heldout.tsv"

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline.io import write_text_atomic  # noqa: E402
-from translation.quality import FLAG_NAMES, QualityThresholds, flag_rates, flag_table  # noqa: E402
+from translation.quality import FLAG_NAMES, FLAGS, QualityThresholds, flag_rates, flag_table  # noqa: E402
 from translation.tokstats import render_table_5_2  # noqa: E402
 
 HTML_NAME = "comparison.html"
@@ -190,14 +190,17 @@ def _from_markdown(title: str, md: str) -> _Table:
     return _Table(title, rows[0], rows[2:])
 
 
+def _flag_badge_css() -> str:
+    """One `.flag-<name>` rule per registered quality flag, in its declared colour (`Flag.colour`)."""
+    return "".join(f".flag-{f.name}{{background:{f.colour}}}" for f in FLAGS)
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
 th{background:#f0f0f0}td.flagged{background:#fff1f0}
 .flag{display:inline-block;margin:2px 4px 0 0;padding:0 6px;border-radius:8px;font-size:.8em;color:#fff;background:#c0392b}
-.flag-brazilian{background:#1e8449}.flag-untranslated{background:#7d3c98}.flag-truncated{background:#b9770e}
-.flag-repetitive{background:#2e4053}.flag-low_score{background:#566573}.flag-empty{background:#000}
-"""
+""" + _flag_badge_css() + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:
