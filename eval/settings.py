@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from eval.metrics.retrieval import TIE_RULE_LABEL
+from eval.metrics.labels import TIE_RULE_LABEL
 from eval.metrics.vqa import VQA_MODE_LABELS
 
 

@@ -1,32 +1,46 @@
 """`ptvl`: the command line.  Each command parses its arguments, calls one library function and prints:
 the work lives in `pipeline.*` (the DAG, pre-flight, training runs, review), `translation`, `training` and
-`eval`.  Heavy libraries (torch, luigi's tasks, the review server) are imported inside the command that
-needs them, so `ptvl --help` and light commands start at once."""
+`eval`.  Modules that load torch are imported inside the commands that need them, so `ptvl --help`, the
+data stages and the review server never load it."""
 from __future__ import annotations
 
 import functools
-import inspect
-import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+import uvicorn
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.checks import check_engines, check_luigid, check_model, check_source_checkpoint, check_writable
+from pipeline import preflight
+from pipeline.billing import report_billing
+from pipeline.checks import check_engines, check_model, check_source_checkpoint, check_writable
+from pipeline.console import console, escape_help, setup_logging
+from pipeline.memory_files import export_memory, import_memory
+from pipeline.retry_downloads import retry_downloads
+from pipeline.review.serve import review_server
+from pipeline.run_stage import Scheduler, outcome_error, outcome_lines, plan_run, preflight_run
+from pipeline.sample.write import write_sample
 from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.tasks import STAGES
+from pipeline.tasks.acquire import AvailabilityReport, IngestSegments
+from pipeline.tasks.curate import CompareTranslators
+from pipeline.tasks.model import Train
+from pipeline.tasks.scheduling import build_local, run_dag
+from pipeline.tasks.translate import Translate
+from pipeline.train_runs import read_profile, train_profile
+from pipeline.translate_plan import context_entry
+from ptvl_io.formatting import format_metric
+from ptvl_io.progress import stage_progress
+from translation.convert import ConversionError, convert_model
 from translation.errors import ConfigurationError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 DEFAULT_CONFIG = Path("configs/sample.toml")
-# Wide when not a terminal (CI logs, files), so tracebacks and paths are not wrapped mid-word.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 app = typer.Typer(
     help=(
         "ptvl: European-Portuguese (PT-PT) vision-and-language datasets, translator comparison and "
@@ -45,34 +59,6 @@ memory_app = typer.Typer(
 app.add_typer(memory_app, name="memory")
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="TOML run profile (configs/*.toml).")
-
-# Our own loggers; INFO from anything else (open_clip logs on the root logger, matplotlib, tensorboard)
-# is detail for `-v`, not console output.
-OWN_LOGGERS = ("ptvl", "pipeline", "translation", "training", "eval")
-
-
-class _QuietThirdParty(logging.Filter):
-    """Without -v: our INFO lines and everyone's warnings; third-party INFO/DEBUG only with -v."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS
-
-
-def _setup_logging(verbose: bool) -> None:
-    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
-    if not verbose:
-        handler.addFilter(_QuietThirdParty())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[handler], force=True)
-    # Luigi's own INFO lines are noise next to our progress bars.
-    logging.getLogger("luigi").setLevel(logging.WARNING)
-    logging.getLogger("luigi-interface").setLevel(logging.WARNING)
-    # The Java tools' stderr (PTBTokenizer, METEOR) is relayed by eval.metrics.caption at DEBUG: -v only.
-    if not verbose:  # transformers' "Loading weights" / "Writing model shards" bars (read at its import)
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # The deepl client logs every request at INFO (~136k lines for CC3M): keep it to real problems.
-    logging.getLogger("deepl").setLevel(logging.DEBUG if verbose else logging.WARNING)
-
 
 def _fail(msg: str) -> None:
     console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)  # one line, however long
@@ -103,12 +89,10 @@ def _say(text: str) -> None:
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
 
 def _build(tasks: list, workers: int = 1) -> None:
-    from pipeline.tasks.scheduling import build_local  # deferred: imports luigi and every task
-
     result = build_local(tasks, workers)
     console.print(result.summary_text)
     if not result.ok:
@@ -121,8 +105,6 @@ def _splits(settings: Settings, datasets: list[str] | None, splits: list[str] | 
 
 
 def _billing(settings: Settings, engines: list[str]) -> None:
-    from pipeline.billing import report_billing
-
     report_billing(settings.root, engines, _say)
 
 
@@ -145,52 +127,24 @@ def run(
 ) -> None:
     """Build the DAG up to STAGE: sources -> segments -> images -> translate -> curate -> shards ->
     features -> train -> eval -> report.  Finished tasks are skipped, so a rerun resumes."""
-    from pipeline.preflight import preflight_paid_engines  # deferred: luigi, polars and every task
-    from pipeline.tasks import STAGES
-    from pipeline.tasks.scheduling import run_dag
-
-    settings = load_settings(config)
-    names = list(STAGES)
-    stage = until or names[-1]
-    if stage not in STAGES:
-        _fail(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
-    translates = names.index(stage) >= names.index("translate")
-    if translates:  # stages before translate need no engine
-        check_engines(settings)
-    if names.index(stage) >= names.index("train"):
-        check_model(settings)
-    check_writable(settings.root)
-    if scheduler_host:
-        check_luigid(scheduler_host, scheduler_port)
-    cfg = str(config.resolve())
-    tasks = STAGES[stage][1](cfg, settings)
-    where = f"luigid {scheduler_host}:{scheduler_port}" if scheduler_host else "local scheduler"
-    console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{stage}[/] ({len(tasks)} target tasks), root "
-                  f"{settings.root}, profile {settings.fingerprint()}, {where}")
-    if translates:  # the paid engines' keys and quotas, before any request
-        sched = ({"scheduler_host": scheduler_host, "scheduler_port": scheduler_port} if scheduler_host
-                 else {"local_scheduler": True})
-        for line in preflight_paid_engines(settings, cfg, settings.translate.engines, allow_partial=allow_partial,
-                                           build_kwargs={"workers": workers, **sched}):
-            _say(line)
-    outcome = run_dag(tasks, workers=workers, scheduler_host=scheduler_host, scheduler_port=scheduler_port)
+    settings, cfg = load_settings(config), str(config.resolve())
+    sched = Scheduler(scheduler_host, scheduler_port)
+    plan = plan_run(settings, cfg, until, sched)
+    console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{plan.stage}[/] ({len(plan.tasks)} target tasks), "
+                  f"root {settings.root}, profile {settings.fingerprint()}, {sched.where()}")
+    for line in preflight_run(settings, cfg, plan, workers=workers, scheduler=sched, allow_partial=allow_partial):
+        _say(line)
+    outcome = run_dag(plan.tasks, workers=workers, scheduler_host=scheduler_host, scheduler_port=scheduler_port)
     if not scheduler_host or not outcome.complete:
         # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
-        # once the DAG is complete the line below says what happened instead.
+        # once the DAG is complete the lines below say what happened instead.
         console.print(outcome.summary_text)
     _billing(settings, list(settings.translate.engines))
-    if not outcome.complete:
-        if outcome.failed_here:
-            _fail(f"run did not finish: {', '.join(outcome.failed_here)} failed (error above); fix it and "
-                  "rerun: finished tasks are kept")
-        _fail(f"run did not finish: {', '.join(outcome.incomplete)} incomplete"
-              + (f"; a task failed on another machine (see luigid at http://{scheduler_host}:{scheduler_port})"
-                 if scheduler_host else "") + "; rerun to resume: finished tasks are kept")
-    console.print(f"stage {stage} complete: {len(outcome.ran_here)} tasks run by this process, "
-                  f"{outcome.already_done} already done"
-                  + (", the rest by other workers of the same luigid" if scheduler_host else ""))
-    for task_id in outcome.ran_here if scheduler_host else []:
-        console.print(f"  ran {task_id}")
+    error = outcome_error(outcome, sched)
+    if error:
+        _fail(error)
+    for line in outcome_lines(outcome, plan.stage, sched):
+        console.print(line)
     if settings.layout.final_report.exists():
         console.print(f"report: {settings.layout.final_report}")
 
@@ -198,8 +152,6 @@ def run(
 @command()
 def stages() -> None:
     """List the stages `ptvl run --until` accepts, in order."""
-    from pipeline.tasks import STAGES  # deferred: imports every task
-
     for name, (what, _) in STAGES.items():
         console.print(f"[cyan]{name:10}[/] {what}")
 
@@ -211,8 +163,6 @@ def sample(
 ) -> None:
     """Write the embedded bilingual synthetic sample (CC3M TSV, COCO Karpathy JSON, VisDial JSON,
     reference memory) without running anything else."""
-    from pipeline.sample.write import write_sample  # deferred: draws images with PIL/numpy
-
     console.print(f"sample written to {out}: {write_sample(out, seed=seed)}")
 
 
@@ -235,11 +185,6 @@ def translate(
     Every distinct string of the run (all datasets and splits, the gold set, VisDial dialog texts with
     context) is sent at most once, in `translate.parts` hash parts.  Safe to interrupt: every stored
     request is durable, and a rerun pays only for what is still missing."""
-    from pipeline import preflight  # deferred: luigi, polars and the tasks
-    from pipeline.tasks.acquire import IngestSegments
-    from pipeline.tasks.translate import Translate
-    from pipeline.translate_plan import context_entry
-
     settings = load_settings(config)
     if engine not in settings.engines:
         _fail(f"no [engines.{engine}] table in {config}; configured: {', '.join(settings.engines)}")
@@ -285,9 +230,6 @@ def download(
     """Download the images of the configured datasets (img2dataset) and write the availability table.
 
     Without --retry-failed this is `ptvl run --until images`."""
-    from pipeline.retry_downloads import retry_downloads  # deferred: img2dataset's modules
-    from pipeline.tasks.acquire import AvailabilityReport
-
     settings = load_settings(config)
     check_writable(settings.root)
     if not retry_failed:
@@ -308,8 +250,6 @@ def convert_model_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
 ) -> None:
     """Convert a MADLAD-400 or Narrativa checkpoint to CTranslate2, with the config fixes each needs."""
-    from translation.convert import ConversionError, convert_model  # deferred: ctranslate2's converters
-
     if kind not in ("madlad", "narrativa"):
         _fail(f"kind must be madlad or narrativa, not {kind!r}")
     check_source_checkpoint(source)
@@ -334,8 +274,6 @@ def memory_export(
 ) -> None:
     """Export the run's translation memory (or one engine's part of it) as Parquet, and beside it the human
     review overlay (`--no-human` leaves it out)."""
-    from pipeline.memory_files import export_memory
-
     settings = load_settings(config)
     check_writable(out.parent, "output folder")
     try:
@@ -361,8 +299,6 @@ def memory_import(
     """Import translations into the run's memory; texts already stored are kept as they are.  The human
     review overlay beside the file (or given as PATH) is appended to the run's overlay: rows already there
     are skipped, and for each row the latest correction or verdict wins, by time."""
-    from pipeline.memory_files import import_memory
-
     settings = load_settings(config)
     if not path.is_file():
         _fail(f"{path}: no such file" if not path.exists() else f"{path} is a folder, not a Parquet file")
@@ -379,8 +315,6 @@ def memory_import(
 def compare(config: Path = ConfigOpt, workers: int = typer.Option(1, "--workers", "-w", min=1)) -> None:
     """Translator comparison: examples side by side, Table 5.2 token statistics, flag rates, gold-set
     chrF/BLEU, cost and speed -> reports/compare/comparison.html (+ .md)."""
-    from pipeline.tasks.curate import CompareTranslators  # deferred: luigi and the tasks
-
     settings = load_settings(config)
     check_engines(settings)
     check_writable(settings.root)
@@ -420,10 +354,6 @@ def review(
     the override is logged). Rebuild the shards afterwards with `ptvl run --config ... --until shards`:
     they use the human text, and each dataset card counts the human-corrected rows. Share the overlay
     with `ptvl memory export` / `ptvl memory import`."""
-    import uvicorn  # deferred: the web server, for this command only
-
-    from pipeline.review.serve import review_server
-
     server = review_server(load_settings(config), engine, host=host, port=port, reviewer=reviewer,
                            queue_size=queue_size, seed=seed)
     _say(server.banner)
@@ -457,8 +387,7 @@ def train_cmd(
     newest checkpoint.  `--config <run>/run.toml` reruns a finished run from that file alone (its shards,
     features, seed and resolved settings), into the folder `--run-name` names beside it (default: the same
     folder, i.e. resume).  Several GPUs: `torchrun --nproc_per_node N -m pipeline.cli train ...`."""
-    from pipeline.tasks.model import Train  # deferred: luigi, torch
-    from pipeline.train_runs import read_profile, train_from_run_toml, train_profile
+    from pipeline.train_runs import train_from_run_toml  # deferred: imports torch (the trainer)
 
     overrides = _overrides(llm=llm, bridge=bridge, k=k, layer=layer, recipe=recipe)
     if "inputs" in read_profile(config):  # a run.toml
@@ -491,7 +420,7 @@ def retrain(
     same root (train/*), rows labelled by LLM, bridge and layer.
 
     Finished steps are kept: rerunning resumes training and skips finished evaluations."""
-    from pipeline.train_runs import retrain as retrain_run  # deferred: torch, luigi
+    from pipeline.train_runs import retrain as retrain_run  # deferred: imports torch (train and evaluate)
 
     done = retrain_run(config, _overrides(llm=llm, bridge=bridge, k=k, layer=layer), steps, run_name, workers, out)
     console.print(f"run: {done.run_dir} ({done.earlier} earlier run(s) under {done.run_dir.parent})")
@@ -508,9 +437,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a trained run on one benchmark (or all): metrics.json, qualitative HTML pages
     (run/eval/<benchmark>/), and the run's model card rewritten with the results."""
-    from eval.benchmarks import BENCHMARKS, evaluate, shard_folder  # deferred: torch
-    from eval.tables import format_metric
-    from ptvl_io.progress import stage_progress
+    from eval.benchmarks import BENCHMARKS, evaluate, shard_folder  # deferred: imports torch
 
     settings = load_settings(config)
     if benchmark != "all" and benchmark not in BENCHMARKS:
@@ -543,7 +470,7 @@ def table(
     several runs: retrain with a new LLM and get the comparison with the old ones in one command. Every table
     names its tie rule and VQA mode. Runs of different translation engines are also re-scored on the
     common subset of evaluation items they all have, in a second, labelled set of tables."""
-    from eval.benchmarks import collect_runs  # deferred: torch
+    from eval.benchmarks import collect_runs  # deferred: imports torch
     from eval.report_tables import render_run_tables, write_run_tables
 
     try:
@@ -553,27 +480,7 @@ def table(
     print(write_run_tables(rows, out) if out else render_run_tables(rows))
 
 
-def _escape_help(typer_app: typer.Typer, seen: set[int] | None = None) -> None:
-    """Help texts name config tables ("[engines.<name>]", "[model] llm"); typer renders help as Rich
-    markup, which would eat every [...] as a style tag.  Escape every command's and option's help once,
-    here, instead of in each string (a new option cannot forget it)."""
-    seen = set() if seen is None else seen  # an option object shared by commands (ConfigOpt): once
-    for info in typer_app.registered_commands:
-        cb = info.callback
-        if info.help:
-            info.help = escape(info.help)
-        elif cb is not None and cb.__doc__:
-            cb.__doc__ = escape(inspect.cleandoc(cb.__doc__))
-        for param in inspect.signature(cb).parameters.values() if cb is not None else ():
-            default = param.default
-            if isinstance(default, typer.models.ParameterInfo) and default.help and id(default) not in seen:
-                seen.add(id(default))
-                default.help = escape(default.help)
-    for group in typer_app.registered_groups:
-        _escape_help(group.typer_instance, seen)
-
-
-_escape_help(app)
+escape_help(app)
 
 
 def main() -> None:

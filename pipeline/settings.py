@@ -21,8 +21,7 @@ from pipeline.fetch import FetchSettings
 from pipeline.images import DownloadSettings
 from pipeline.layout import RunLayout
 from pipeline.shards import ShardSettings
-from training.config import ModelConfig, TrainConfig
-from training.features.settings import FeatureSettings
+from training.config import FeatureSettings, ModelConfig, TrainConfig
 from translation.quality import QualityThresholds
 
 

@@ -13,7 +13,10 @@ from pydantic import ValidationError
 from pipeline.checks import check_model, check_writable
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.tasks.model import Evaluate, Train
+from pipeline.tasks.scheduling import build_local
 from training.config import RECIPES, ModelConfig, read_run_toml, to_toml
+from training.modelcard import refresh_model_card
 
 # Overrides that name a different model, so the run gets a folder of its own by default.
 MODEL_OVERRIDES = ("llm", "bridge", "k", "layer")
@@ -122,11 +125,8 @@ def retrain(config: Path, overrides: dict, steps: int | None, run_name: str | No
             out: Path | None) -> Retrained:
     """Train with `overrides` (a new LLM), evaluate every benchmark of the profile, and render the results
     tables with this run under every earlier run of the same root."""
-    from eval.benchmarks import collect_runs  # deferred: eval and the tasks import torch
-    from eval.report_tables import render_run_tables, write_run_tables
-    from pipeline.tasks.model import Evaluate, Train
-    from pipeline.tasks.scheduling import build_local
-    from training.modelcard import refresh_model_card
+    from eval.benchmarks import collect_runs  # deferred: imports torch
+    from eval.report_tables import render_run_tables, write_run_tables  # deferred: imports torch
 
     load_settings(config)
     resolved = train_profile(config, overrides, steps, run_name)

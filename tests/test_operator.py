@@ -387,10 +387,10 @@ def test_progress_logs_lines_without_a_terminal_and_draws_a_bar_on_one(caplog) -
 def test_third_party_info_is_shown_only_with_verbose() -> None:
     import logging
 
-    from pipeline import cli
+    from pipeline import console
 
     def shown(verbose: bool, name: str, level: int) -> bool:
-        cli._setup_logging(verbose)
+        console.setup_logging(verbose)
         handler = logging.getLogger().handlers[0]
         record = logging.LogRecord(name, level, __file__, 1, "Parsing model identifier", None, None)
         return logging.getLogger().isEnabledFor(level) and all(f.filter(record) for f in handler.filters)

@@ -226,7 +226,6 @@ def test_train_overrides_go_to_the_run_folder_not_beside_the_profile(tmp_path):
     profile, and a read-only config folder must work: the profile goes to train/<run>/profile.toml."""
     import os
     import stat
-    import tomllib
 
     from pipeline.settings import load_settings
     from pipeline.train_runs import train_profile
@@ -249,7 +248,7 @@ def test_train_overrides_go_to_the_run_folder_not_beside_the_profile(tmp_path):
     assert (sa.model.k, sa.model.recipe, sa.model.max_caption_tokens, sa.train.steps) == (4, "fromage", 24, 7)
     assert (sb.model.k, sb.model.recipe, sb.train.steps, sb.training.run_name) == (2, "thesis-eq", 500, "b")
     # no override at all: the user's profile itself, nothing written
-    assert train_profile(conf / "sample.toml", tomllib.loads(text), {}, None, None) == (conf / "sample.toml").resolve()
+    assert train_profile(conf / "sample.toml", {}, None, None) == (conf / "sample.toml").resolve()
 
 
 def test_checkpoint_rename_is_followed_by_a_folder_fsync(tmp_path, monkeypatch):

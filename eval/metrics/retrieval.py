@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval.metrics.labels import TIE_RULE_LABEL  # noqa: F401  (re-exported: the runners label results with it)
+
 KS = (1, 5, 10)
 ArrayLike = Tensor | np.ndarray
-TIE_RULE_LABEL = ("R@k = expected value under random tie-breaking (headline); "
-                  "_pess = pessimistic (tied wrong candidates first); median rank floor(median)+1 (vsepp)")
 
 
 class RetrievalInputError(ValueError):

@@ -1,4 +1,5 @@
 """Frozen CLIP visual features: load any open_clip model, extract per-layer CLS / all tokens, cache them."""
+from training.config import FeatureSettings
 from training.features.cache import FeatureCacheError, FeatureStore, all_token_cache_size, cache_features
 from training.features.encoder import (
     ClipLoadError,
@@ -11,7 +12,6 @@ from training.features.encoder import (
     load_clip,
     to_pixels,
 )
-from training.features.settings import FeatureSettings
 
 __all__ = [
     "ClipLoadError", "FeatureCacheError", "FeatureSettings", "FeatureStore", "Features", "ImageDecodeError",

@@ -1,0 +1,81 @@
+"""`ptvl run`: which tasks a stage needs, the checks before any of them runs, and what the outcome means."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import luigi
+
+from pipeline.checks import check_engines, check_luigid, check_model, check_writable
+from pipeline.preflight import preflight_paid_engines
+from pipeline.settings import ConfigError, Settings
+from pipeline.tasks import STAGES
+from pipeline.tasks.scheduling import DagOutcome
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """A local scheduler in this process (host None), or the central `luigid` several machines share."""
+
+    host: str | None = None
+    port: int = 8082
+
+    def where(self) -> str:
+        return f"luigid {self.host}:{self.port}" if self.host else "local scheduler"
+
+    def build_kwargs(self, workers: int) -> dict:
+        where = {"scheduler_host": self.host, "scheduler_port": self.port} if self.host else {"local_scheduler": True}
+        return {"workers": workers, **where}
+
+
+@dataclass
+class PlannedRun:
+    stage: str
+    tasks: list[luigi.Task]
+    translates: bool  # the stage reaches translation: paid engines are pre-flighted first
+
+
+def plan_run(settings: Settings, config: str, until: str | None, scheduler: Scheduler) -> PlannedRun:
+    """The target tasks of stage `until` (default: the last), after the checks that stage needs: engines
+    from translate on, the model from train on, a writable root, a reachable luigid.  ConfigError otherwise."""
+    names = list(STAGES)
+    stage = until or names[-1]
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages are: {', '.join(names)}")
+    translates = names.index(stage) >= names.index("translate")
+    if translates:  # stages before translate need no engine
+        check_engines(settings)
+    if names.index(stage) >= names.index("train"):
+        check_model(settings)
+    check_writable(settings.root)
+    if scheduler.host:
+        check_luigid(scheduler.host, scheduler.port)
+    return PlannedRun(stage, STAGES[stage][1](config, settings), translates)
+
+
+def preflight_run(settings: Settings, config: str, plan: PlannedRun, *, workers: int, scheduler: Scheduler,
+                  allow_partial: bool) -> list[str]:
+    """The paid engines' keys and quotas, before any request (nothing to check before translate)."""
+    if not plan.translates:
+        return []
+    return preflight_paid_engines(settings, config, settings.translate.engines, allow_partial=allow_partial,
+                                  build_kwargs=scheduler.build_kwargs(workers))
+
+
+def outcome_error(outcome: DagOutcome, scheduler: Scheduler) -> str | None:
+    """The one-line error of a run that did not finish, None when the DAG is complete."""
+    if outcome.complete:
+        return None
+    if outcome.failed_here:
+        return (f"run did not finish: {', '.join(outcome.failed_here)} failed (error above); fix it and rerun: "
+                "finished tasks are kept")
+    elsewhere = (f"; a task failed on another machine (see luigid at http://{scheduler.host}:{scheduler.port})"
+                 if scheduler.host else "")
+    return (f"run did not finish: {', '.join(outcome.incomplete)} incomplete{elsewhere}; rerun to resume: "
+            "finished tasks are kept")
+
+
+def outcome_lines(outcome: DagOutcome, stage: str, scheduler: Scheduler) -> list[str]:
+    """What a complete run says: how many tasks ran here, and under luigid which."""
+    lines = [f"stage {stage} complete: {len(outcome.ran_here)} tasks run by this process, {outcome.already_done} "
+             "already done" + (", the rest by other workers of the same luigid" if scheduler.host else "")]
+    return lines + ([f"  ran {task_id}" for task_id in outcome.ran_here] if scheduler.host else [])
