@@ -482,8 +482,8 @@ def download(
         _build([AvailabilityReport(config=cfg)])
         return
     from pipeline.availability import run_report
-    from pipeline.images import manifest_path
-    from pipeline.images import retry_failed as retry
+    from pipeline.images.download import retry_failed as retry
+    from pipeline.images.layout import manifest_path
     from pipeline.io import write_text_atomic
 
     splits = [

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.image_store import image_address, iter_image_batches
+from pipeline.images.store import image_address, iter_image_batches
 from pipeline.io import atomic_path
 from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_ROUND, VISDIAL_SHARD, VQA_SHARD
 from translation.textkey import text_hash

@@ -59,7 +59,7 @@ def read(out: Path, files: list[str]) -> list[dict]:
 
 def caption_rows(translated: pl.DataFrame, avail: pl.DataFrame, root: Path, policy: list[str], group: bool):
     """The per-row rule: reasons row by row, then images in batch order (keys sorted), captions in order."""
-    from pipeline.image_store import iter_image_batches
+    from pipeline.images.store import iter_image_batches
 
     ok = avail.filter(pl.col("status") == "success")
     key_of = dict(zip(ok["image_id"], ok["shards_dir"] + "/" + ok["key"], strict=True))
@@ -165,7 +165,7 @@ def test_visdial_shards_equal_the_per_dialog_rule(tmp_path, seed, with_context):
                                  tmp_path / "out", engine="e", rows_per_shard=7, empty_segments=empty,
                                  context_translated=context if with_context else None)
     # The per-dialog rule: the last dialog of an image address wins; images in batch order, keys sorted.
-    from pipeline.image_store import iter_image_batches
+    from pipeline.images.store import iter_image_batches
 
     pt = dict(zip(translated["segment_id"], translated["text_pt"], strict=True))
     ctx = {(i, k, f): t for i, k, f, t in context.iter_rows()} if with_context else None
