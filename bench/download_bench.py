@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.contracts import ITEMS
-from pipeline.images import DownloadSettings, download_images
+from pipeline.images.download import download_images
+from pipeline.images.settings import DownloadSettings
 
 
 def _images(n_distinct: int = 16, size: int = 256) -> list[bytes]:

@@ -22,8 +22,7 @@ import os
 import shutil
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -32,17 +31,10 @@ from urllib.request import url2pathname
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from pipeline.io import atomic_write
 from pipeline.manifests import FileEntry, Manifest, ZipMember
+from ptvl_io import atomic_write, move_into_place, write_json_atomic
+from ptvl_io.progress import BYTES, ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +195,7 @@ def fetch_file(
         os.replace(part, rejected)
         e.args = (f"{e.args[0]} (bytes kept in {rejected})",)
         raise
-    os.replace(part, dest)
+    move_into_place(part, dest)
     report = _report(url, dest, "resumed" if resumed else "downloaded", digest, sha256)
     report.bytes_transferred, report.attempts, report.resumed_from = transferred, attempts, resumed_from
     return report
@@ -459,30 +451,12 @@ def _extract_members(zip_path: Path, entry: FileEntry, dest_dir: Path) -> list[s
                 if target.is_file() and target.stat().st_size == info.file_size:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, _atomic_open(target) as dst:
+                with zf.open(info) as src, atomic_write(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
     return out
 
 
-@contextmanager
-def _atomic_open(target: Path) -> Iterator[IO[bytes]]:
-    with atomic_write(target, "wb") as fh:
-        yield fh
-
-
-def _write_json_atomic(target: Path, payload: Any) -> None:
-    with _atomic_open(target) as fh:
-        fh.write(json.dumps(payload, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
-
-
 # ---------------------------------------------------------------------------------------- fetch_source
-
-
-def _rich_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
 
 
 def fetch_source(
@@ -490,32 +464,23 @@ def fetch_source(
     dest_dir: str | Path,
     *,
     settings: FetchSettings | None = None,
-    progress: bool | Progress = True,
+    progress: bool = True,
 ) -> list[FetchReport]:
     """Fetch and verify every file of `manifest` into `dest_dir`, extract zip members, and write
     `dest_dir/_FETCHED.json` last (the completion marker). Files already verified are not fetched again.
 
-    `progress`: True shows a rich progress bar (bytes), False shows none, or pass your own rich Progress.
+    `progress`: True reports the bytes of each file (ptvl_io.progress: a bar on a terminal, a log line
+    every PTVL_PROGRESS_EVERY_S seconds without one); False reports nothing.
     """
     settings = settings or FetchSettings()
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     # A stale marker must not claim completion while this run (maybe for a changed manifest) is under way.
     (dest_dir / FETCHED_MARKER).unlink(missing_ok=True)
-    reports: list[FetchReport] = []
-    bar = progress if isinstance(progress, Progress) else (_rich_progress() if progress else None)
-    owns_bar = bar is not None and not isinstance(progress, Progress)
-    if owns_bar:
-        bar.start()  # type: ignore[union-attr]
-    try:
-        for entry in manifest.files:
-            reports.append(_fetch_entry(manifest, entry, dest_dir, settings, bar))
-    finally:
-        if owns_bar:
-            bar.stop()  # type: ignore[union-attr]
+    reports = [_fetch_entry(manifest, entry, dest_dir, settings, progress) for entry in manifest.files]
 
     pending = {r.path: r.sha256 for r in reports if r.sha256_pending}
-    _write_json_atomic(dest_dir / FETCHED_MARKER, {
+    write_json_atomic(dest_dir / FETCHED_MARKER, {
         "source": manifest.name,
         "manifest_sha256": hashlib.sha256(manifest.model_dump_json().encode()).hexdigest(),
         "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -525,30 +490,40 @@ def fetch_source(
     return reports
 
 
+def _reported_on(bar: ProgressReporter) -> ProgressFn:
+    """fetch_file's progress callback, drawn on `bar`: the total may only come with the response."""
+    def on_progress(done: int, total: int | None) -> None:
+        if total != bar.total:
+            bar.set_total(total)
+        bar.update(done)
+    return on_progress
+
+
 def _fetch_entry(manifest: Manifest, entry: FileEntry, dest_dir: Path, settings: FetchSettings,
-                 bar: Progress | None) -> FetchReport:
+                 progress: bool) -> FetchReport:
     counts: dict[str, int] = {}
 
     def check(path: Path) -> None:
         if settings.verify_counts:
             counts.update(verify_counts(path, entry))
 
-    task = bar.add_task(entry.name, total=entry.size) if bar is not None else None
-
-    def on_progress(done: int, total: int | None) -> None:
-        bar.update(task, completed=done, total=total)  # type: ignore[union-attr, arg-type]
-
-    report = fetch_file(
-        entry.url, dest_dir / entry.name, size=entry.size, sha256=entry.sha256, timeout=settings.timeout,
-        retries=settings.retries, backoff=settings.backoff, backoff_max=settings.backoff_max,
-        chunk_size=settings.chunk_size, progress=on_progress if bar is not None else None, check=check,
-    )
+    bar = ProgressReporter(f"{manifest.name}/{entry.name}", entry.size, unit=BYTES) if progress else None
+    try:
+        report = fetch_file(
+            entry.url, dest_dir / entry.name, size=entry.size, sha256=entry.sha256, timeout=settings.timeout,
+            retries=settings.retries, backoff=settings.backoff, backoff_max=settings.backoff_max,
+            chunk_size=settings.chunk_size, progress=_reported_on(bar) if bar is not None else None, check=check,
+        )
+        if bar is not None:
+            bar.set_total(report.size)
+            bar.update(report.size)
+    finally:
+        if bar is not None:
+            bar.close()
     report.path = entry.name  # relative to dest_dir, so the marker survives moving the run root
     report.counts = counts
     if entry.kind == "zip" and entry.members and settings.extract:
         report.extracted = _extract_members(dest_dir / entry.name, entry, dest_dir)
-    if bar is not None and task is not None:
-        bar.update(task, completed=report.size, total=report.size)
     if report.sha256_pending:
         log.warning("%s/%s: no sha256 recorded; add  sha256 = \"%s\"  (and size = %d) to data_manifests/%s.toml",
                     manifest.name, entry.name, report.sha256, report.size, manifest.name)

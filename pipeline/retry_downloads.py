@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.availability import run_report
-from pipeline.images import manifest_path, retry_failed
+from pipeline.images.download import retry_failed
+from pipeline.images.layout import manifest_path
 from pipeline.io import write_text_atomic
 from pipeline.settings import ConfigError, Settings
 

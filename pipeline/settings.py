@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eval.settings import EvalSettings
 from pipeline.engines import EngineEntry, ReferenceEntry
 from pipeline.fetch import FetchSettings
-from pipeline.images import DownloadSettings
+from pipeline.images.settings import DownloadSettings
 from pipeline.layout import RunLayout
 from pipeline.shards import ShardSettings
 from training.config import FeatureSettings, ModelConfig, TrainConfig

@@ -2,8 +2,9 @@
 to a file), a log line every `every_s` seconds and one at the end, so a step that takes minutes is never
 silent and a log never fills with bar redraws (or gets one bar, printed once at the end).
 
-Here, beside the atomic writes, because every package reports progress (training's loop, the sample's
-model pretraining, image download, evaluation) and the libraries never import `pipeline`.
+Every progress display of the project goes through here (training's loop, the sample's model
+pretraining, source fetching, image download, feature caching, evaluation), so batch jobs and luigid
+logs see all of them.  Here, beside the atomic writes, because the libraries never import `pipeline`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ log = logging.getLogger("ptvl.progress")
 
 # Seconds between two log lines when there is no terminal (PTVL_PROGRESS_EVERY_S overrides it).
 DEFAULT_EVERY_S = 30.0
+# The unit that makes counts sizes: "1.2 GB", a transfer speed, a download bar.
+BYTES = "bytes"
 
 
 def _every_s() -> float:
@@ -25,6 +28,17 @@ def _every_s() -> float:
         return float(os.environ.get("PTVL_PROGRESS_EVERY_S", DEFAULT_EVERY_S))
     except ValueError:
         return DEFAULT_EVERY_S
+
+
+def _size(n: float) -> str:
+    """Decimal byte units, as rich's download bar shows them."""
+    if n < 1000:
+        return f"{n:,.0f} bytes"
+    for unit in ("kB", "MB", "GB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:,.1f} {unit}"
+    return f"{n / 1000:,.1f} TB"
 
 
 def _clock(seconds: float) -> str:
@@ -36,6 +50,8 @@ def _clock(seconds: float) -> str:
 class ProgressReporter:
     """`update(completed, **fields)` as work advances; `close()` (or the with-block) at the end.
 
+    total: None when unknown (a download without Content-Length); `set_total` gives it later.
+    unit: what is counted, shown after the counts; BYTES ("bytes") shows sizes and a transfer speed.
     fields_fmt formats the extra fields on both the bar and the log lines, e.g. "loss {loss:.4f}".
     console: the rich Console to draw on (default: a new one on stderr); the bar is drawn only when it is
     a terminal.  Log lines go to the `ptvl.progress` logger at INFO."""
@@ -43,7 +59,7 @@ class ProgressReporter:
     def __init__(self, label: str, total: int | None, *, completed: int = 0, unit: str = "",
                  fields_fmt: str = "", console: Any = None, every_s: float | None = None,
                  fields: dict[str, Any] | None = None) -> None:
-        from rich.console import Console
+        from rich.console import Console  # deferred: ptvl_io is imported everywhere, rich only by reporters
 
         self.label, self.total, self.unit, self.fields_fmt = label, total, unit, fields_fmt
         self.completed, self.fields = completed, dict(fields or {})
@@ -55,16 +71,19 @@ class ProgressReporter:
         self.bar = None
         self.closed = False
         if self.console.is_terminal:
-            from rich.progress import (
+            from rich.progress import (  # deferred: only a terminal draws a bar
                 BarColumn,
+                DownloadColumn,
                 MofNCompleteColumn,
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
                 TimeRemainingColumn,
+                TransferSpeedColumn,
             )
 
-            columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+            columns = [TextColumn(label), BarColumn()]
+            columns += [DownloadColumn(), TransferSpeedColumn()] if unit == BYTES else [MofNCompleteColumn()]
             if fields_fmt:  # the formatted fields travel as the task's description
                 columns.append(TextColumn("{task.description}"))
             columns += [TimeElapsedColumn(), TimeRemainingColumn()]
@@ -83,14 +102,19 @@ class ProgressReporter:
     def line(self) -> str:
         """The log line of the current state: label, count, share, fields, elapsed and remaining time."""
         elapsed = time.monotonic() - self.t0
-        unit = f" {self.unit}" if self.unit else ""
-        if self.total:
-            share = 100 * self.completed / self.total
-            done = self.completed - self.start
-            eta = elapsed * (self.total - self.completed) / done if done > 0 else None
-            text = f"{self.label}: {self.completed:,}/{self.total:,}{unit} ({share:.0f}%)"
+        done = self.completed - self.start
+        if self.unit == BYTES:
+            count = _size(self.completed) if not self.total else f"{_size(self.completed)}/{_size(self.total)}"
         else:
-            eta, text = None, f"{self.label}: {self.completed:,}{unit}"
+            unit = f" {self.unit}" if self.unit else ""
+            count = f"{self.completed:,}{unit}" if not self.total else f"{self.completed:,}/{self.total:,}{unit}"
+        text = f"{self.label}: {count}"
+        eta = None
+        if self.total:
+            text += f" ({100 * self.completed / self.total:.0f}%)"
+            eta = elapsed * (self.total - self.completed) / done if done > 0 else None
+        if self.unit == BYTES and done > 0 and elapsed > 0:
+            text += f", {_size(done / elapsed)}/s"
         fields = self._fields_text()
         text += f", {fields}" if fields else ""
         text += f", elapsed {_clock(elapsed)}"
@@ -109,6 +133,12 @@ class ProgressReporter:
         if (news and now - self.last_log >= self.every_s) or now - self.last_log >= max(self.every_s, DEFAULT_EVERY_S):
             self.last_log, self.logged = now, (completed, self._fields_text())
             log.info("%s", self.line())
+
+    def set_total(self, total: int | None) -> None:
+        """The total once known (or changed: a server's size differs from the expected one)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
 
     def advance(self, n: int = 1, **fields: Any) -> None:
         self.update(self.completed + n, **fields)

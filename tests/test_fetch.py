@@ -362,3 +362,20 @@ def test_fetch_source_end_to_end(server: HTTPTestServer, tmp_path: Path, caplog:
     assert [r.status for r in again] == ["cached"] * 3
     assert sum(server.hits.values()) == before  # nothing downloaded twice
     assert (out / FETCHED_MARKER).exists()
+
+
+def test_fetch_source_logs_byte_progress_without_a_terminal(server: HTTPTestServer, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """In a batch job or luigid's log there is no bar: each file's bytes come as ptvl.progress lines."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # rich: no terminal, whatever runs the tests
+    monkeypatch.setenv("PTVL_PROGRESS_EVERY_S", "0")
+    caplog.set_level(logging.INFO, logger="ptvl.progress")
+    m = manifest([{"name": "data.bin", "url": server.url("/data.bin"), "kind": "tsv", "size": len(PAYLOAD),
+                   "sha256": SHA}])
+    fetch_source(m, tmp_path, settings=FetchSettings(backoff=0, chunk_size=CHUNK), progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ptvl.progress"]
+    assert len(lines) > 3 and all(line.startswith("toy/data.bin: ") for line in lines)
+    assert lines[-1].startswith("toy/data.bin: 200.0 kB/200.0 kB (100%)")
+    caplog.clear()
+    fetch_source(m, tmp_path, settings=FetchSettings(backoff=0), progress=False)
+    assert not [r for r in caplog.records if r.name == "ptvl.progress"]

@@ -24,7 +24,10 @@ from PIL import Image
 
 from pipeline.availability import availability_counts, availability_table
 from pipeline.contracts import AVAILABILITY, ITEMS
-from pipeline.images import DownloadError, DownloadSettings, download_images, manifest_path, retry_failed
+from pipeline.images.download import DownloadError, download_images, retry_failed
+from pipeline.images.layout import FIXES_NAME, manifest_path
+from pipeline.images.settings import DownloadSettings
+from pipeline.images.store import iter_image_batches
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW_S = 2.5  # the slow route stalls longer than the 1 s download timeout
@@ -303,7 +306,8 @@ def test_kill_9_midway_then_rerun_matches_uninterrupted(matrix_run, tmp_path: Pa
     _, _, items, ref_out, _ = matrix_run
     out = tmp_path / "out"
     code = (
-        "import sys, json; from pipeline.images import DownloadSettings, download_images; "
+        "import sys, json; from pipeline.images.download import download_images; "
+        "from pipeline.images.settings import DownloadSettings; "
         "download_images(sys.argv[1], sys.argv[2], DownloadSettings(**json.loads(sys.argv[3])))"
     )
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
@@ -396,10 +400,8 @@ def _decoded(data: bytes) -> Image.Image:
 
 def test_exif_orientation_and_16bit_pngs_are_fixed_after_download(server: FaultServer, tmp_path: Path) -> None:
     """img2dataset stores an EXIF-rotated photo sideways and a 16-bit PNG white; the fixes file
-    corrects both, image_store serves the corrected bytes, a real white image is left alone, and the
+    corrects both, the store serves the corrected bytes, a real white image is left alone, and the
     timeout is per read: a body trickled over ~2.4 s with a 1 s timeout arrives."""
-    from pipeline.image_fixes import FIXES_NAME
-    from pipeline.image_store import iter_image_batches
 
     b = server.base
     urls = [f"{b}/exif.jpg", f"{b}/png16.png", f"{b}/png16a.png", f"{b}/white.jpg", f"{b}/img/9.jpg",

@@ -62,7 +62,7 @@ def read(out: Path, files: list[str]) -> list[dict]:
 
 def caption_rows(translated: pl.DataFrame, avail: pl.DataFrame, root: Path, policy: list[str], group: bool):
     """The per-row rule: reasons row by row, then images in batch order (keys sorted), captions in order."""
-    from pipeline.image_store import iter_image_batches
+    from pipeline.images.store import iter_image_batches
 
     ok = avail.filter(pl.col("status") == "success")
     key_of = dict(zip(ok["image_id"], ok["shards_dir"] + "/" + ok["key"], strict=True))
@@ -196,7 +196,7 @@ def test_visdial_shards_equal_the_per_dialog_rule(tmp_path, seed, with_context):
                                  tmp_path / "out", engine="e", rows_per_shard=7, empty_segments=empty,
                                  context_translated=context if with_context else None)
     # The per-dialog rule: the last dialog of an image address wins; images in batch order, keys sorted.
-    from pipeline.image_store import iter_image_batches
+    from pipeline.images.store import iter_image_batches
 
     pt = dict(zip(translated["segment_id"], translated["text_pt"], strict=True))
     ctx = {(i, k, f): t for i, k, f, t in context.iter_rows()} if with_context else None
@@ -311,7 +311,7 @@ def test_an_option_before_trailing_option_less_rounds_is_checked(tmp_path):
 def vqa_rows(translated: pl.DataFrame, questions: pl.DataFrame, avail: pl.DataFrame, root: Path):
     """The per-question rule: the question's PT text by segment id, each answer's by the text_hash of its EN
     text (the empty answer stays empty); then images in batch order (keys sorted), questions in order."""
-    from pipeline.image_store import iter_image_batches
+    from pipeline.images.store import iter_image_batches
 
     seg = {r["segment_id"]: r for r in translated.iter_rows(named=True)}
     answers = translated.filter(pl.col("field") == "answer")

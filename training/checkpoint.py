@@ -1,7 +1,6 @@
 """Checkpoints of a run: trainable weights only, optimizer, scheduler, RNG states, step and config; atomic writes."""
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -9,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ptvl_io import atomic_write
 
 CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
@@ -48,32 +49,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int = 2) -> Path:
     """Write step-XXXXXXXX.pt atomically (temp file, fsync, rename, fsync the folder), then drop all but the
-    newest `keep`. A crash mid-write leaves only a stray .tmp; the previous checkpoint is untouched."""
+    newest `keep`. A crash mid-write leaves at most a stray hidden .tmp; the previous checkpoint is untouched."""
     path = checkpoint_path(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # atomic_write fsyncs the folder after the rename, so the old checkpoints below go only once the new
+    # one is durable (a power loss could otherwise forget the rename even with the bytes on disk).
+    with atomic_write(path) as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename lives in the folder's entries: without this a power loss can forget it even though the
-    # file's bytes are on disk. Done before pruning, so the old checkpoints go only once the new one is durable.
-    fsync_dir(path.parent)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
-
-
-def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (renames, new files) to disk. POSIX only: Windows cannot open a folder."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

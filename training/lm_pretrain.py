@@ -10,20 +10,20 @@ like Glória. Two choices make the tiny LM usable by a bridge (see the issue's p
 """
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from ptvl_io import atomic_dir
 
 SPECIAL = {"eos": "<|endoftext|>", "pad": "<pad>"}
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 512):
     """A byte-level BPE tokenizer (GPT-2 / Glória style) trained on `texts`, wrapped for transformers."""
+    # deferred: transformers takes seconds to import; only the sample's model building needs it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,6 +65,7 @@ def pretrain_tiny_lm(
     of one image). arch: "gpt_neo" (Glória's architecture; tied head) or "llama" (Gervásio's; untied head
     unless tie_embeddings). `progress(step, loss)` is called every step.
     """
+    # deferred: transformers, as in train_tokenizer
     from transformers import GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if not texts:
@@ -108,11 +109,7 @@ def pretrain_tiny_lm(
             progress(step + 1, float(loss.detach()))
     model.eval()
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with atomic_dir(dest, replace=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return dest

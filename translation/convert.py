@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
+from ptvl_io import atomic_dir
 from translation.errors import ConfigurationError
 
 ModelKind = Literal["madlad", "narrativa"]
@@ -70,8 +68,7 @@ def _fix_config(kind: ModelKind, config) -> None:
 
 
 def _converter_class():
-    # Imported lazily: ctranslate2's converter pulls in torch and transformers.
-    from ctranslate2.converters import TransformersConverter
+    from ctranslate2.converters import TransformersConverter  # deferred: pulls in torch and transformers
 
     class _FixedConfigConverter(TransformersConverter):
         """TransformersConverter that patches the loaded config and keeps the tokenizer it loads."""
@@ -117,7 +114,7 @@ def convert_model(
     (kind, source, quantization, versions, model digest). The folder appears atomically: a failed
     conversion leaves no half-written `dest`. Returns `dest`.
     """
-    import ctranslate2
+    import ctranslate2  # deferred: heavy optional dependencies, only when converting
     import transformers
 
     dest = Path(dest)
@@ -126,12 +123,12 @@ def convert_model(
         raise ConversionError(f"unknown quantization {quantization!r}; expected one of {', '.join(QUANTIZATIONS)}")
     if dest.exists() and not force:
         raise ConversionError(f"{dest} already exists; pass force=True (--force) to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
-        staging = Path(tmp) / "model"
+    # force: the old folder goes only once the new one is complete
+    with atomic_dir(dest, replace=force) as staging:
         converter = _converter_class()(kind, source)
-        converter.convert(str(staging), quantization=quantization)
+        # force=True: atomic_dir has made the (empty) staging folder, which the converter would refuse
+        converter.convert(str(staging), quantization=quantization, force=True)
         converter.tokenizer.save_pretrained(staging)
         manifest = {
             "kind": kind,
@@ -142,9 +139,4 @@ def convert_model(
             "transformers": transformers.__version__,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if dest.exists():  # force: the old folder goes only once the new one is complete
-            old = Path(tmp) / "old"
-            os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(Path(tmp) / "old", ignore_errors=True)
     return dest

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.image_store import iter_image_batches
+from pipeline.images.store import iter_image_batches
 from pipeline.io import atomic_path
 
 

@@ -101,7 +101,7 @@ class DownloadImages(PtvlTask):
         return self.target("images", str(self.dataset), str(self.split), "_MANIFEST.json")
 
     def run(self) -> None:
-        from pipeline.images import download_images
+        from pipeline.images.download import download_images
 
         items = self.root / "sources" / str(self.dataset) / str(self.split) / "items.parquet"
         download_images(items, self.root / "images" / str(self.dataset) / str(self.split), self.settings.download)

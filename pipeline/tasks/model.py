@@ -122,8 +122,7 @@ class CacheFeatures(PtvlTask):
         return luigi.LocalTarget(str(self.folder() / "meta.json"))
 
     def run(self) -> None:
-        from rich.progress import Progress
-
+        from ptvl_io.progress import ProgressReporter
         from training.features import VisualEncoder, cache_features, load_clip
 
         f = self.settings.features
@@ -132,12 +131,11 @@ class CacheFeatures(PtvlTask):
         table = pl.read_parquet(shards, columns=["image_id", "image"]).unique("image_id", keep="first", maintain_order=True)
         model, preprocess = load_clip(mc.clip, pretrained=mc.clip_pretrained or None, precision=f.precision)
         enc = VisualEncoder(model, name=mc.clip)
-        with Progress(transient=True) as bar:
-            t = bar.add_task(f"CLIP features {self.dataset}/{self.split}", total=table.height)
+        with ProgressReporter(f"CLIP features {self.dataset}/{self.split}", table.height, unit="images") as bar:
             cache_features(
                 zip(table["image_id"].to_list(), table["image"].to_list(), strict=True), enc, preprocess,
                 self.folder(), layers=f.layers, tokens=f.tokens, batch_size=f.batch_size,
-                progress=lambda n: bar.update(t, advance=n), n_images=table.height, workers=f.workers,
+                progress=bar.update, n_images=table.height, workers=f.workers,  # n: images consumed so far
                 overwrite=True,
             )
 

@@ -1,6 +1,6 @@
 """Write CLIP features once per image (fp16, atomically) and read them back lazily by image id.
 
-Layout of a cache folder (written to a temporary sibling, then renamed into place):
+Layout of a cache folder (written to a hidden staging sibling, then renamed into place: ptvl_io.atomic_dir):
 
     index.parquet        image_id (string), row (int64): row of each image in the arrays
     cls.npy              (N, n_layers, m) float16: CLS of each cached layer, in meta["layers"] order
@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from ptvl_io import atomic_dir, atomic_path
 from training.features.encoder import Features, Needs, VisualEncoder, decode_image
 
 log = logging.getLogger(__name__)
@@ -89,14 +87,14 @@ class _RowWriter:
                 log.warning("%s: %d rows announced, %d written; rewriting at the right size",
                             self.path.name, len(self.array), self.count)
                 old, self.array = self.array, None
-                tmp = self.folder / f".{self.name}-resized.npy"
-                new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(self.count, *self.row_shape))
-                for start in range(0, self.count, self.spill_rows):
-                    stop = min(start + self.spill_rows, self.count)
-                    new[start:stop] = old[start:stop]
-                new.flush()
-                del old, new
-                os.replace(tmp, self.path)
+                with atomic_path(self.path) as tmp:
+                    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                    shape=(self.count, *self.row_shape))
+                    for start in range(0, self.count, self.spill_rows):
+                        stop = min(start + self.spill_rows, self.count)
+                        new[start:stop] = old[start:stop]
+                    new.flush()
+                    del old, new
             return
         self._spill()
         out = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16, shape=(self.count, *self.row_shape))
@@ -163,10 +161,9 @@ def cache_features(
         raise ValueError(f"tokens must be 'cls' or 'all', not {tokens!r}")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: feature cache exists (pass overwrite=True to rebuild it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     needs: Needs = {"cls": layers, "tokens": layers if tokens == "all" else []}
-    try:
+    # overwrite: the old cache is moved aside only once the new one is complete
+    with atomic_dir(out_dir, replace=overwrite) as tmp:
         m, t = encoder.width, encoder.n_tokens
         cls_writer = _RowWriter(tmp, "cls", (len(layers), m), n_images)
         token_writers = {layer: _RowWriter(tmp, f"tokens_{layer}", (t, m), n_images) for layer in needs["tokens"]}
@@ -211,16 +208,6 @@ def cache_features(
                 "cls_convention": "last layer: ln_post(CLS) without proj; earlier layers: raw residual CLS",
                 "tokens_convention": "raw residual stream (1 + P tokens, CLS first) for every layer"}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():  # overwrite: move the old one aside first, so a crash never leaves neither
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, trash / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if failed:
         log.warning("%s: %d images could not be decoded (see failed.parquet)", out_dir, len(failed))
     return out_dir

@@ -8,7 +8,6 @@ loads it through the same `open_clip.create_model_and_transforms` call as `ViT-L
 from __future__ import annotations
 
 import io
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -20,7 +19,11 @@ import torch
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from open_clip.push_to_hf_hub import save_config_for_hf
 from open_clip.transform import PreprocessCfg
+from PIL import Image
 from safetensors.torch import save_file
+
+from ptvl_io import atomic_path
+from training.features.encoder import load_clip
 
 
 def tiny_clip_config(
@@ -86,12 +89,6 @@ def pretrain_tiny_clip(
     briefly trained tiny one is the closer stand-in for ViT-L/14. Returns the loss of every step.
     Deterministic for a given seed and thread count. The weights file is replaced atomically.
     """
-    import open_clip
-    from PIL import Image
-    from safetensors.torch import save_file
-
-    from training.features.encoder import load_clip
-
     if len(pairs) < 2:
         raise ValueError("pretrain_tiny_clip needs at least 2 (image, captions) pairs for a contrastive loss")
     if any(not caps for _, caps in pairs):
@@ -120,8 +117,6 @@ def pretrain_tiny_clip(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step, losses[-1])
-    weights = folder / HF_SAFE_WEIGHTS_NAME
-    tmp = weights.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, weights)
+    with atomic_path(folder / HF_SAFE_WEIGHTS_NAME) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return losses

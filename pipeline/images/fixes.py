@@ -5,7 +5,7 @@ portrait photo taken sideways is stored sideways, and (b) keeps 16 bits per chan
 encoder saturates to 255: a 16-bit PNG comes out (nearly) pure white.  It has no option for either,
 so after each download attempt this module writes `<attempt>/_fixed_images.parquet`: the corrected
 bytes of the affected images, keyed by img2dataset key.  img2dataset's own shards are never edited
-(its incremental resume keeps working); `pipeline.image_store` serves the fixed bytes instead.
+(its incremental resume keeps working); pipeline/images/store.py serves the fixed bytes instead.
 
 - Orientation: read from the EXIF tags img2dataset stores when `extract_exif` is on; the stored
   image is transposed (rotation commutes with img2dataset's aspect-preserving resize).
@@ -25,10 +25,8 @@ import io
 import json
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -36,13 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.images.layout import FIXES, fixes_path
+from pipeline.images.settings import DownloadSettings
+from pipeline.images.store import complete_shards, iter_stored_images
 from pipeline.io import write_parquet_atomic
 
-if TYPE_CHECKING:
-    from pipeline.images import DownloadSettings
-
-FIXES_NAME = "_fixed_images.parquet"  # leading "_": not an img2dataset shard to image_store's scan
-FIXES = pa.schema([("key", pa.string()), ("jpg", pa.binary()), ("fix", pa.string())])
 ORIENTATION = "exif_orientation"
 SIXTEEN_BIT = "16bit"
 _UA = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
@@ -66,10 +62,6 @@ FLAT_BYTES_PER_PIXEL = 0.15
 FLAT_HEADER_BYTES = 2048  # markers and tables every encoded file carries, whatever its content
 
 
-def fixes_path(attempt_dir: Path) -> Path:
-    return attempt_dir / FIXES_NAME
-
-
 def fix_attempt(attempt_dir: Path, shards_dir: Path, s: DownloadSettings) -> dict[str, int]:
     """Write `attempt_dir/_fixed_images.parquet` for one finished attempt (once) and return its counts."""
     dest = fixes_path(attempt_dir)
@@ -88,7 +80,7 @@ def fix_attempt(attempt_dir: Path, shards_dir: Path, s: DownloadSettings) -> dic
                 for k, w, h in ok.select("key", "width", "height").iter_rows()}
     fixed: dict[str, tuple[bytes, str]] = {}
     white: list[str] = []
-    for batch in _stored(shards_dir):
+    for _, batch in iter_stored_images(shards_dir):
         for key, data in batch.items():
             if s.fix_16bit and len(data) <= flat_max.get(key, 0) and _saturated(data):
                 white.append(key)
@@ -114,15 +106,6 @@ def counts(path: Path) -> dict[str, int]:
     if not path.exists():
         return {}
     return dict(Counter(pq.read_table(path, columns=["fix"]).column("fix").to_pylist()))
-
-
-def overrides(shards_dir: Path) -> dict[str, bytes]:
-    """key -> corrected bytes for the img2dataset output folder `shards_dir` (empty when none)."""
-    path = fixes_path(shards_dir.parent)
-    if not path.exists():
-        return {}
-    t = pq.read_table(path, columns=["key", "jpg"])
-    return dict(zip(t.column("key").to_pylist(), t.column("jpg").to_pylist(), strict=True))
 
 
 def _transpose(exif: str | None) -> Image.Transpose | None:
@@ -157,7 +140,7 @@ def _reencode(im: Image.Image, s: DownloadSettings) -> bytes:
 def _from_16bit(url: str, s: DownloadSettings) -> bytes | None:
     """The image at `url` scaled to 8 bits and resized as img2dataset would, or None when the original
     is not a 16-bit image (or cannot be fetched again: the stored image is then kept as it is)."""
-    import cv2
+    import cv2  # deferred: OpenCV is slow to import and only a 16-bit suspect needs it
 
     try:
         req = urllib.request.Request(url, headers={"User-Agent": _UA})
@@ -176,7 +159,7 @@ def _from_16bit(url: str, s: DownloadSettings) -> bytes | None:
     ok, png = cv2.imencode(".png", eight)
     if not ok:
         return None
-    from img2dataset.resizer import Resizer
+    from img2dataset.resizer import Resizer  # deferred: img2dataset pulls in albumentations (slow)
 
     resize = Resizer(
         image_size=s.image_size, resize_mode=s.resize_mode, resize_only_if_bigger=s.resize_only_if_bigger,
@@ -190,19 +173,12 @@ def _from_16bit(url: str, s: DownloadSettings) -> bytes | None:
 def _successes(shards_dir: Path) -> pl.DataFrame:
     """key, url (and exif when img2dataset extracted it) of every image an attempt stored."""
     frames = []
-    for stats_file in sorted(shards_dir.glob("*_stats.json")):
-        meta = shards_dir / f"{stats_file.name[: -len('_stats.json')]}.parquet"
-        cols = [c for c in ("key", "url", "status", "width", "height", "exif") if c in pq.read_schema(meta).names]
-        frames.append(pl.from_arrow(pq.read_table(meta, columns=cols)).filter(pl.col("status") == "success"))
+    for shard in complete_shards(shards_dir):
+        names = pq.read_schema(shard.metadata).names
+        cols = [c for c in ("key", "url", "status", "width", "height", "exif") if c in names]
+        frames.append(pl.from_arrow(pq.read_table(shard.metadata, columns=cols)).filter(pl.col("status") == "success"))
     if not frames:
         return pl.DataFrame(schema={"key": pl.Utf8, "url": pl.Utf8, "status": pl.Utf8, "width": pl.Int64,
                                     "height": pl.Int64})
     return pl.concat(frames, how="diagonal")
 
-
-def _stored(shards_dir: Path) -> Iterator[dict[str, bytes]]:
-    """{key: stored bytes} per img2dataset shard of one output folder."""
-    from pipeline.image_store import iter_image_batches
-
-    for batch in iter_image_batches(shards_dir, fixed=False):
-        yield {address.rpartition("/")[2]: data for address, data in batch.items()}

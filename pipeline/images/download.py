@@ -1,16 +1,5 @@
-"""Image download with img2dataset, the per-URL availability table and the retry of transient failures.
-
-Layout under `out_dir` (one dataset split):
-
-    urls.parquet            url + image_id, the img2dataset input (derived from the ITEMS file)
-    _input.json             fingerprint of urls.parquet; guards a resume against changed input
-    shards/                 img2dataset output of the first pass (<shard>.parquet|.tar, <shard>_stats.json)
-    retry-<n>/urls.parquet  the transient failures sent again in retry round n
-    retry-<n>/shards/       img2dataset output of that round
-    <attempt>/sniff.parquet reasons refined for undecodable bodies (see `sniff_reason`)
-    attempts.parquet        history: one row per URL per attempt (attempt 0 = first pass)
-    availability.parquet    contract AVAILABILITY: one row per URL, the latest attempt wins
-    _MANIFEST.json          summary; written last, so it is the stage's completion marker
+"""The image download stage: img2dataset runs, the per-URL availability table and the retry of
+transient failures (folder layout: pipeline/images/layout.py).
 
 Everything after img2dataset is rebuilt from img2dataset's own files (a shard counts once its
 `_stats.json` exists, which img2dataset writes after closing the shard), so its incremental resume
@@ -21,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
+import threading
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -30,22 +19,31 @@ from contextlib import nullcontext
 from datetime import UTC, datetime
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.availability import OK, TRANSIENT_REASONS, classify, is_transient
 from pipeline.contracts import AVAILABILITY
-from pipeline.image_fixes import counts as fix_counts
-from pipeline.image_fixes import fix_attempt, fixes_path
+from pipeline.images.fixes import counts as fix_counts
+from pipeline.images.fixes import fix_attempt
+from pipeline.images.layout import (
+    MANIFEST_NAME,
+    RETRY_DIR,
+    SHARDS,
+    attempt_dir,
+    fixes_path,
+    manifest_path,
+    retry_rounds,
+)
+from pipeline.images.settings import DownloadSettings
+from pipeline.images.store import complete_shards, covered_urls
 from pipeline.io import write_json_atomic, write_parquet_atomic
+from pipeline.spark import spark_session
+from ptvl_io.progress import ProgressReporter
 
-MANIFEST_NAME = "_MANIFEST.json"
-SHARDS = "shards"
-_RETRY_DIR = re.compile(r"retry-(\d+)$")
 _UA = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 
 ATTEMPTS = pa.schema(
@@ -64,63 +62,6 @@ ATTEMPTS = pa.schema(
 
 class DownloadError(Exception):
     """The download stage cannot proceed; the message says what to fix.  Work on disk is kept."""
-
-
-class DownloadSettings(BaseModel):
-    """img2dataset settings for one split.  Defaults suit real CC3M on one 16-core machine."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    processes_count: int = Field(16, ge=1, description="worker processes (or Spark cores in local mode)")
-    thread_count: int = Field(64, ge=1, description="download threads per process")
-    image_size: int = Field(256, ge=8, description="target size in pixels (see resize_mode)")
-    # keep_ratio: smaller side -> image_size, nothing cropped; CLIP's own preprocessing crops later.
-    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
-    resize_only_if_bigger: bool = True  # never upscale small images (wasted bytes)
-    output_format: Literal["parquet", "webdataset", "files"] = "parquet"
-    encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = Field(95, ge=1, le=100)
-    retries: int = Field(0, ge=0, description="img2dataset's immediate per-URL retries; see retry_failed")
-    # img2dataset passes this to urllib: it bounds each socket operation (connect, every read), NOT the
-    # whole request.  A server that trickles a byte every few seconds keeps a download thread busy for
-    # as long as it keeps trickling; thread_count bounds how many such slots one process can lose.
-    timeout: int = Field(10, ge=1, description="seconds of socket inactivity (connect or any read) before a "
-                                               "URL fails as `timeout`; not a whole-request deadline")
-    number_sample_per_shard: int = Field(10_000, ge=1)
-    distributor: Literal["multiprocessing", "pyspark"] = "multiprocessing"
-    subjob_size: int = Field(1000, ge=1, description="shards per Spark job (pyspark only)")
-    # pyspark only (pipeline/spark.py): the cluster to attach to when no SparkSession is active
-    # (spark://host:7077, yarn, k8s://...; None: local[processes_count]) and its Spark settings.
-    spark_master: str | None = None
-    spark_conf: dict[str, str] = {}
-    # Dead image hosts often answer with a 1x1 or tiny placeholder that decodes fine; configs/full.toml
-    # sets 64 px.  0 (the library default) keeps every size.
-    min_image_size: int = Field(0, ge=0, description="smaller side below this -> too_small (0: keep all)")
-    max_aspect_ratio: float | None = Field(None, gt=0, description="None: no limit")
-    # "extend" is not offered: it renumbers shards and would break the URL -> shard mapping.
-    incremental_mode: Literal["incremental", "overwrite"] = "incremental"
-    max_shard_retry: int = Field(1, ge=0, description="img2dataset reruns of shards that raised")
-    # img2dataset's default: respect X-Robots-Tag opt-outs.  [] disables the check.
-    disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
-    user_agent_token: str | None = None
-    compute_hash: Literal["md5", "sha256", "sha512"] | None = "sha256"
-    # EXIF tags are what tells a sideways-stored portrait photo (read by fix_orientation).
-    extract_exif: bool = True
-    # img2dataset ignores EXIF orientation and turns 16-bit PNGs white; these re-encode the few affected
-    # images after each attempt (pipeline/image_fixes.py).
-    fix_orientation: bool = True
-    fix_16bit: bool = True
-    oom_shard_count: int = Field(5, ge=1, description="digits of the shard number in file names")
-    # img2dataset reports HTML pages and corrupt JPEGs alike as "Image decoding error"; when True the
-    # first bytes of those URLs are fetched again to tell not_an_image from decode_error.
-    sniff_undecodable: bool = True
-
-    @model_validator(mode="after")
-    def _exif_for_orientation(self) -> DownloadSettings:
-        if self.fix_orientation and not self.extract_exif:
-            raise ValueError("fix_orientation reads the EXIF tags img2dataset stores: set extract_exif = true, "
-                             "or fix_orientation = false to keep photos as their pixels are stored")
-        return self
 
 
 class ShardSummary(BaseModel):
@@ -153,7 +94,7 @@ class DownloadManifest(BaseModel):
     failed: int
     by_status: dict[str, int]
     by_reason: dict[str, int]
-    # images re-encoded after download, by fix (exif_orientation, 16bit); see pipeline/image_fixes.py
+    # images re-encoded after download, by fix (exif_orientation, 16bit); see pipeline/images/fixes.py
     fixed: dict[str, int] = {}
     attempts: list[AttemptSummary]
     settings: DownloadSettings
@@ -161,11 +102,6 @@ class DownloadManifest(BaseModel):
 
 
 # ---------------------------------------------------------------- public API
-
-
-def manifest_path(out_dir: str | Path) -> Path:
-    """Where `download_images` writes its completion marker (the Luigi target)."""
-    return Path(out_dir) / MANIFEST_NAME
 
 
 def download_images(
@@ -201,7 +137,7 @@ def download_images(
         write_parquet_atomic(out_dir / "urls.parquet", urls)
         write_json_atomic(out_dir / "_input.json", {"sha256": digest, "items": str(items), "urls": urls.num_rows})
 
-    if _stats_total(out_dir / SHARDS) == urls.num_rows:  # every shard done: skip spawning workers
+    if covered_urls(out_dir / SHARDS) == urls.num_rows:  # every shard done: skip spawning workers
         say(f"all {urls.num_rows} URLs already in complete shards")
     else:
         say(f"downloading {urls.num_rows} URLs into {out_dir / SHARDS}")
@@ -229,7 +165,7 @@ def retry_failed(
         raise DownloadError(f"{out_dir}: no {MANIFEST_NAME}; run download_images first")
     settings = settings or DownloadSettings(**old["settings"])
     reasons = set(reasons)
-    rounds = _retry_rounds(out_dir)
+    rounds = retry_rounds(out_dir)
     history = _collect_attempts(out_dir)
     done_rounds = set(history["attempt"].unique().to_list())
     pending = [n for n in rounds if n not in done_rounds]
@@ -297,7 +233,7 @@ def _fingerprint(urls: pa.Table, per_shard: int) -> str:
 
 def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import img2dataset  # slow import (cv2, albumentations): only when a download really runs
+    import img2dataset  # deferred: slow import (cv2, albumentations), only when a download really runs
 
     n = pq.read_metadata(url_list).num_rows
     if n == 0:
@@ -305,8 +241,6 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
         return
     session = nullcontext()
     if s.distributor == "pyspark":
-        from pipeline.spark import spark_session
-
         session = spark_session(s.spark_master, s.spark_conf, s.processes_count)
     with session, _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n):
         _download(img2dataset, url_list, output_folder, s)
@@ -320,10 +254,6 @@ class _DownloadProgress:
         self.label, self.shards_dir, self.total, self.poll_s = label, shards_dir, total, poll_s
 
     def __enter__(self) -> _DownloadProgress:
-        import threading
-
-        from ptvl_io.progress import ProgressReporter
-
         self.bar = ProgressReporter(self.label, self.total, unit="URLs", completed=self._done())
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -332,7 +262,7 @@ class _DownloadProgress:
 
     def _done(self) -> int:
         try:
-            return _stats_total(self.shards_dir) if self.shards_dir.exists() else 0
+            return covered_urls(self.shards_dir) if self.shards_dir.exists() else 0
         except (OSError, ValueError, KeyError):  # a stats file being written: count it next time
             return self.bar.completed if hasattr(self, "bar") else 0
 
@@ -383,21 +313,19 @@ def _download(img2dataset, url_list: Path, output_folder: Path, s: DownloadSetti
 def _read_shards(shards_dir: Path) -> tuple[pl.DataFrame, list[ShardSummary]]:
     """Rows of every complete shard (one whose *_stats.json exists) and the per-shard stats."""
     frames, summaries = [], []
-    for stats_file in sorted(shards_dir.glob("*_stats.json")):
-        name = stats_file.name[: -len("_stats.json")]
-        stats = json.loads(stats_file.read_text())
-        meta = shards_dir / f"{name}.parquet"
+    for shard in complete_shards(shards_dir):
+        stats, meta = shard.stats, shard.metadata
         try:
             t = pq.read_table(meta, columns=["image_id", "url", "key", "status", "error_message"])
         except (OSError, pa.ArrowInvalid) as err:
             raise DownloadError(f"{meta}: shard marked complete but unreadable ({err}); delete "
-                                f"{stats_file.name} and rerun to download that shard again") from err
+                                f"{shard.stats_file.name} and rerun to download that shard again") from err
         if t.num_rows != stats["count"]:
             raise DownloadError(f"{meta}: {t.num_rows} rows but its stats say {stats['count']}")
         frames.append(pl.from_arrow(t))
         summaries.append(
             ShardSummary(
-                shard=name,
+                shard=shard.name,
                 count=stats["count"],
                 successes=stats["successes"],
                 failed_to_download=stats["failed_to_download"],
@@ -410,15 +338,10 @@ def _read_shards(shards_dir: Path) -> tuple[pl.DataFrame, list[ShardSummary]]:
     return rows, summaries
 
 
-def _stats_total(shards_dir: Path) -> int:
-    """URLs covered by complete shards, from the stats files alone (cheap)."""
-    return sum(json.loads(p.read_text())["count"] for p in shards_dir.glob("*_stats.json"))
-
-
 def _finish_attempt(out_dir: Path, attempt: int, urls: pa.Table, s: DownloadSettings) -> None:
     """Check that img2dataset covered every URL of the attempt, re-encode the images it decoded wrongly,
     then refine undecodable reasons."""
-    adir = _attempt_dir(out_dir, attempt)
+    adir = attempt_dir(out_dir, attempt)
     rows, _ = _read_shards(adir / SHARDS)
     missing = set(urls.column("image_id").to_pylist()) - set(rows["image_id"].to_list())
     if missing:
@@ -442,23 +365,11 @@ def _finish_attempt(out_dir: Path, attempt: int, urls: pa.Table, s: DownloadSett
     write_parquet_atomic(sniff_file, table)
 
 
-def _attempt_dir(out_dir: Path, attempt: int) -> Path:
-    return out_dir if attempt == 0 else out_dir / f"retry-{attempt}"
-
-
-def _retry_rounds(out_dir: Path) -> list[int]:
-    return sorted(
-        int(m.group(1))
-        for p in out_dir.iterdir()
-        if (m := _RETRY_DIR.match(p.name)) and (p / "urls.parquet").exists()
-    )
-
-
 def _collect_attempts(out_dir: Path) -> pl.DataFrame:
     """attempts.parquet rows from every attempt folder whose img2dataset run covered all its URLs."""
     frames = []
-    for attempt in [0, *_retry_rounds(out_dir)]:
-        adir = _attempt_dir(out_dir, attempt)
+    for attempt in [0, *retry_rounds(out_dir)]:
+        adir = attempt_dir(out_dir, attempt)
         rows, _ = _read_shards(adir / SHARDS)
         expected = pq.read_table(adir / "urls.parquet", columns=["image_id"]).num_rows
         if rows.height != expected:
@@ -507,15 +418,15 @@ def _rebuild(out_dir: Path, items: str, digest: str, s: DownloadSettings) -> Dow
     write_parquet_atomic(out_dir / "attempts.parquet", history.to_arrow(), ATTEMPTS)
     write_parquet_atomic(out_dir / "availability.parquet", latest.to_arrow(), AVAILABILITY)
     attempts = []
-    for attempt in [0, *_retry_rounds(out_dir)]:
+    for attempt in [0, *retry_rounds(out_dir)]:
         part = history.filter(pl.col("attempt") == attempt)
         if part.height == 0 and attempt:
             continue
-        _, shards = _read_shards(_attempt_dir(out_dir, attempt) / SHARDS)
+        _, shards = _read_shards(attempt_dir(out_dir, attempt) / SHARDS)
         attempts.append(
             AttemptSummary(
                 attempt=attempt,
-                shards_dir=str((_attempt_dir(out_dir, attempt) / SHARDS).relative_to(out_dir)),
+                shards_dir=str((attempt_dir(out_dir, attempt) / SHARDS).relative_to(out_dir)),
                 urls=part.height,
                 successes=part.filter(pl.col("status") == "success").height,
                 shards=shards,
@@ -523,8 +434,8 @@ def _rebuild(out_dir: Path, items: str, digest: str, s: DownloadSettings) -> Dow
         )
     available = latest.filter(pl.col("status") == "success").height
     fixed: Counter[str] = Counter()
-    for attempt in [0, *_retry_rounds(out_dir)]:
-        fixed.update(fix_counts(fixes_path(_attempt_dir(out_dir, attempt))))
+    for attempt in [0, *retry_rounds(out_dir)]:
+        fixed.update(fix_counts(fixes_path(attempt_dir(out_dir, attempt))))
     manifest = DownloadManifest(
         items=items,
         input_sha256=digest,
@@ -568,6 +479,6 @@ def _clear(out_dir: Path) -> None:
     fixes_path(out_dir).unlink(missing_ok=True)
     shutil.rmtree(out_dir / SHARDS, ignore_errors=True)
     for p in out_dir.iterdir():
-        if p.is_dir() and _RETRY_DIR.match(p.name):
+        if p.is_dir() and RETRY_DIR.match(p.name):
             shutil.rmtree(p, ignore_errors=True)
 
