@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -122,7 +123,6 @@ def vqa_page(result: VQAResult, questions: Sequence[VQAQuestion], image_bytes: I
              n: int = 24, title: str = "VQAv2: generated answers") -> Path:
     """Each image with its questions: the generated answer, what it was scored as, its VQA accuracy and the
     ten human answers (most frequent first)."""
-    from collections import Counter
 
     scored = {s.question_id: s for s in result.scored}
     by_image: dict[str, list[VQAQuestion]] = {}

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.layout import RunLayout
 from translation.overlay import HumanOverlay, HumanRecord, overlay_digest
@@ -30,8 +32,6 @@ def human_export_path(memory_export: Path) -> Path:
 
 def is_overlay_export(path: Path) -> bool:
     """Whether a Parquet file is a `HumanOverlay.export_parquet` file (not a translation memory)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         return {"kind", "uid"} <= set(pq.read_schema(path).names)

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.readers.cc3m import read_cc3m_tsv
+from pipeline.readers.coco import coco_urls_by_id, read_karpathy
 from pipeline.readers.common import ReadResult
+from pipeline.readers.visdial import read_visdial
+from pipeline.readers.vqa import read_vqav2
 from pipeline.settings import Settings
 
 CC3M_FILES = {"train": "Train_GCC-training.tsv", "validation": "Validation_GCC-1.1.0-Validation.tsv"}
@@ -23,12 +27,10 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
     sources = settings.root / "sources"
     ds = settings.datasets
     if dataset == "cc3m":
-        from pipeline.readers.cc3m import read_cc3m_tsv
 
         return read_cc3m_tsv(sources / "cc3m" / CC3M_FILES[split], split, max_chars=ds.max_text_chars,
                              allow_local_files=settings.local_files_allowed)
     if dataset == "coco":
-        from pipeline.readers.coco import read_karpathy
 
         return read_karpathy(
             sources / "coco" / "dataset_coco.json",
@@ -38,12 +40,10 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
             max_chars=ds.max_text_chars,
         )
     if dataset == "visdial":
-        from pipeline.readers.visdial import read_visdial
 
         dense = sources / "visdial" / f"visdial_1.0_{split}_dense_annotations.json"
         template = settings.datasets.visdial.image_url_template[split]
         if template == "coco_url":
-            from pipeline.readers.coco import coco_urls_by_id
 
             annotations = [sources / "coco" / "annotations" / f"captions_{s}2014.json" for s in ("train", "val")]
             url_of = coco_urls_by_id(annotations, allow_local_files=settings.local_files_allowed).__getitem__
@@ -57,7 +57,6 @@ def read_split(settings: Settings, dataset: str, split: str) -> ReadResult:
             max_chars=ds.max_text_chars,
         )
     if dataset == "vqav2":
-        from pipeline.readers.vqa import read_vqav2
 
         return read_vqav2(
             sources / "vqav2" / f"v2_OpenEnded_mscoco_{split}2014_questions.json",

@@ -32,7 +32,7 @@ def spark_session(master: str | None, conf: dict[str, str], local_cores: int) ->
     if "spark.pyspark.python" not in conf:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
-        from pyspark.sql import SparkSession
+        from pyspark.sql import SparkSession  # deferred: pyspark is an optional extra
     except ImportError:
         raise RuntimeError("[download] distributor = \"pyspark\" needs pyspark: pip install 'ptvl[spark]' "
                            "(and Java 17+)") from None

@@ -1,5 +1,7 @@
-"""Test-wide settings: everything offline, quiet, and deterministic."""
+"""Test-wide settings (everything offline, quiet, deterministic) and the fixtures several modules share."""
 import os
+
+import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,3 +11,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The tiny whole-DAG run shared by tests/test_operator.py and tests/test_browser.py.
 pytest_plugins = ["tests.operator_run"]
+
+
+@pytest.fixture(scope="session")
+def small_world(request):
+    """The small training world (40 training scenes, a tiny LM and CLIP, cached CLIP features), built once
+    into pytest's cache and reused by the training, recipe and DDP tests."""
+    from tests.trainfixtures import build_world
+
+    root = request.config.cache.mkdir("ptvl-train-small")
+    return build_world(root, n_train=40, n_heldout=8,
+                       lm_args=dict(hidden=32, layers=2, heads=4, vocab_size=300, seq_len=48, batch=8, steps=20))
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory):
+    """One small synthetic sample (tests.helpers.small_sample) for the reader and sample tests."""
+    from tests.helpers import small_sample
+
+    return small_sample(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matmuls: extra torch threads only spin against each other on a shared 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -245,7 +245,7 @@ def test_html_is_self_contained_and_shows_every_engine(run):
     assert "<script" not in page and not re.search(r"(src|href)=\"(?!data:)", page)
 
 
-# --- detector gaps this run exposed (translation/quality.py), each with the clean cases next to it ---------
+# --- detector gaps this run exposed (translation/quality/), each with the clean cases next to it ---------
 
 def test_runaway_output_of_a_short_source_is_repetitive():
     # Untrained MADLAD turned 'a red star' into 187 chars of pieces; the ratio check used to skip every

@@ -3,32 +3,19 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.helpers import free_port
 from tests.test_train import cfgs
-from tests.trainfixtures import SampleWorld, build_world
+from tests.trainfixtures import SampleWorld
 from training import checkpoint as ckpt
 from training.train import train
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def world(request):
-    root = request.config.cache.mkdir("ptvl-train-small")
-    return build_world(root, n_train=40, n_heldout=8,
-                       lm_args=dict(hidden=32, layers=2, heads=4, vocab_size=300, seq_len=48, batch=8, steps=20))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: SampleWorld, run_dir: Path, port: int, out: Path) -> None:
@@ -42,15 +29,15 @@ def _worker(rank: int, world: SampleWorld, run_dir: Path, port: int, out: Path) 
         pickle.dump({"parts": res.parts, "weights": res.model.trainable_state_dict()}, f)
 
 
-def test_two_process_ddp_matches_one_process(world, tmp_path):
-    port = _free_port()
-    mp.start_processes(_worker, args=(world, tmp_path / "ddp", port, tmp_path), nprocs=2, join=True,
+def test_two_process_ddp_matches_one_process(small_world, tmp_path):
+    port = free_port()
+    mp.start_processes(_worker, args=(small_world, tmp_path / "ddp", port, tmp_path), nprocs=2, join=True,
                        start_method="spawn")
     r0, r1 = (pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in (0, 1))
     torch.set_num_threads(1)
-    mc, tc = cfgs(world, steps=STEPS, batch_size=16, ckpt_every=2)
-    single = train(mc.model_copy(update={"concat_prob": 0.0}), tc, world.train_shards, tmp_path / "one",
-                   features_dir=world.features, progress=False)
+    mc, tc = cfgs(small_world, steps=STEPS, batch_size=16, ckpt_every=2)
+    single = train(mc.model_copy(update={"concat_prob": 0.0}), tc, small_world.train_shards, tmp_path / "one",
+                   features_dir=small_world.features, progress=False)
     # Negatives gathered across ranks: the step-1 InfoNCE is over all 16 pairs, exactly as in one process
     # (with 8 local negatives it would start near log 8, not log 16).
     for k in ("i2t", "t2i"):

@@ -14,6 +14,7 @@ from PIL import Image
 
 import training.features.cache as cache_module
 from pipeline.sample.scenes import render, sample_scene
+from tests.helpers import jpeg
 from tests.tinyclip import build_tiny_clip
 from training.features import (
     ClipLoadError,
@@ -35,17 +36,9 @@ def tiny(tmp_path_factory):
     return folder, model, preprocess, VisualEncoder(model, name="tiny-vit")
 
 
-def _jpeg(seed: int, size: int = 80) -> bytes:
-    """A random-noise JPEG (different per seed; not square-cropped away, since it is larger than 64 px)."""
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size + 10, 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def images():
-    return [(f"img/{i}", _jpeg(i)) for i in range(7)]
+    return [(f"img/{i}", jpeg((90, 80), noise_seed=i)) for i in range(7)]
 
 
 def test_tiny_folder_loads_through_the_open_clip_path_frozen_and_deterministic(tiny):
@@ -56,7 +49,7 @@ def test_tiny_folder_loads_through_the_open_clip_path_frozen_and_deterministic(t
     ref, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     assert torch.equal(ref.visual.conv1.weight, model.visual.conv1.weight)
     assert (enc.width, enc.n_layers, enc.grid, enc.n_tokens) == (64, 4, (8, 8), 65)
-    img = Image.open(io.BytesIO(_jpeg(0)))
+    img = Image.open(io.BytesIO(jpeg((90, 80), noise_seed=0)))
     assert torch.equal(preprocess(img), preprocess(img))  # eval transform: no random augmentation
     assert preprocess(img).shape == (3, 64, 64)
 
@@ -84,7 +77,7 @@ def test_load_clip_errors_are_clear(tmp_path):
 
 def test_last_layer_cls_is_ln_post_of_cls_without_proj_like_fromage(tiny):
     _, model, preprocess, enc = tiny
-    pixels = to_pixels([_jpeg(1), _jpeg(2)], preprocess)
+    pixels = to_pixels([jpeg((90, 80), noise_seed=1), jpeg((90, 80), noise_seed=2)], preprocess)
     cls = enc.encode(pixels, [-1])[-1]
     assert cls.shape == (2, 64)  # width m, not the projected embed_dim 32
     v = model.visual
@@ -103,7 +96,7 @@ def test_last_layer_cls_is_ln_post_of_cls_without_proj_like_fromage(tiny):
 
 def test_earlier_layers_are_raw_residual_cls_and_layer_selection(tiny):
     _, model, preprocess, enc = tiny
-    pixels = to_pixels([_jpeg(3), _jpeg(4), _jpeg(5)], preprocess)
+    pixels = to_pixels([jpeg((90, 80), noise_seed=3), jpeg((90, 80), noise_seed=4), jpeg((90, 80), noise_seed=5)], preprocess)
     v = model.visual
     with torch.no_grad():
         x = v._embeds(pixels)
@@ -126,7 +119,7 @@ def test_earlier_layers_are_raw_residual_cls_and_layer_selection(tiny):
 
 def test_all_token_shapes_and_one_pass_features(tiny):
     _, _, preprocess, enc = tiny
-    pixels = to_pixels([_jpeg(6), _jpeg(7)], preprocess)
+    pixels = to_pixels([jpeg((90, 80), noise_seed=6), jpeg((90, 80), noise_seed=7)], preprocess)
     toks = enc.encode(pixels, [-1, -3], tokens="all")
     assert {k: tuple(t.shape) for k, t in toks.items()} == {-1: (2, 65, 64), -3: (2, 65, 64)}
     feats = enc.features(pixels, {"cls": [-1, -2], "tokens": [-2]})
@@ -224,7 +217,7 @@ def test_all_token_cache_size_matches_the_issue_figures():
 
 def test_bf16_autocast_encoder_stays_close_to_fp32(tiny):
     _, model, preprocess, enc = tiny
-    pixels = to_pixels([_jpeg(8), _jpeg(9)], preprocess)
+    pixels = to_pixels([jpeg((90, 80), noise_seed=8), jpeg((90, 80), noise_seed=9)], preprocess)
     amp = VisualEncoder(model, autocast=torch.bfloat16)
     exact = enc.features(pixels, {"cls": [-1, -2], "tokens": [-2]})
     fast = amp.features(pixels, {"cls": [-1, -2], "tokens": [-2]})

@@ -28,19 +28,14 @@ from pipeline.images.download import DownloadError, download_images, retry_faile
 from pipeline.images.layout import FIXES_NAME, manifest_path
 from pipeline.images.settings import DownloadSettings
 from pipeline.images.store import iter_image_batches
+from tests.helpers import jpeg
 
 REPO = Path(__file__).resolve().parent.parent
 SLOW_S = 2.5  # the slow route stalls longer than the 1 s download timeout
 
 
-def _jpeg(size: tuple[int, int], colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-GOOD = _jpeg((48, 40))
-SMALL = _jpeg((8, 8))
+GOOD = jpeg((48, 40))
+SMALL = jpeg((8, 8))
 
 
 def _two_colour(size: tuple[int, int], exif_orientation: int | None = None) -> bytes:
@@ -72,7 +67,7 @@ def _png16(size: tuple[int, int], bgr16: tuple[int, int, int], alpha: int | None
 EXIF_ROTATED = _two_colour((60, 40), exif_orientation=6)  # "Rotated 90 CW": a portrait photo stored sideways
 PNG16 = _png16((60, 40), (0x2000, 0x8000, 0xC000))  # BGR: a light orange-ish colour, 16 bits per sample
 PNG16_ALPHA = _png16((60, 40), (0x0000, 0x0000, 0xFFFF), alpha=0x8000)  # half-transparent red over white
-WHITE = _jpeg((60, 40), (255, 255, 255))  # a genuinely white 8-bit image: must stay as it is
+WHITE = jpeg((60, 40), (255, 255, 255))  # a genuinely white 8-bit image: must stay as it is
 TRICKLE_S = 0.6  # per chunk: under the 1 s timeout, yet the whole body takes ~2.4 s
 
 

@@ -10,13 +10,14 @@ fromage; training/config.py RECIPES).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.trainfixtures import build_world, evaluate_sample
 from training.config import ModelConfig, TrainConfig
 from training.features import FeatureStore
 from training.model import feature_stats, vgloria
 from training.train import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +31,6 @@ TRAIN = dict(steps=500, batch_size=64, lr=3e-3, warmup_steps=20, schedule="const
 @pytest.fixture(scope="module")
 def world(request):
     return build_world(request.config.cache.mkdir("ptvl-train-sample"), tokens=True, clip_steps=300)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: extra threads only spin on a shared box
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("recipe", ["thesis-eq", "fromage"])

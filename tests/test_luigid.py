@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
 from tests.test_pipeline import PTVL, SMALL, ptvl
 from tests.test_repeatable import _tables
 
@@ -45,12 +45,6 @@ enabled = false
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def luigid(tmp_path: Path, request):
     """A real luigid on a free local port, its state, logs and task history inside tmp_path, with
@@ -58,7 +52,7 @@ def luigid(tmp_path: Path, request):
     pytest.importorskip("sqlalchemy", reason="luigid's task history needs SQLAlchemy (pip install 'ptvl[luigid]')")
     home = tmp_path / "luigid"
     (home / "logs").mkdir(parents=True)  # luigid does not create its --logdir
-    port = _free_port()
+    port = free_port()
     cfg = (REPO / "configs" / "luigid.cfg").read_text()
     mark = request.node.get_closest_marker("retry_delay")
     if mark:
@@ -239,7 +233,7 @@ def test_a_task_that_always_fails_is_retried_then_both_processes_stop(luigid, tm
 def test_unreachable_luigid_is_a_one_line_error_before_any_task(tmp_path: Path) -> None:
     cfg = tmp_path / "profile.toml"
     cfg.write_text(PROFILE.replace("{root}", str(tmp_path / "run")))
-    res = ptvl("run", "--config", str(cfg), "--scheduler-host", "127.0.0.1", "--scheduler-port", str(_free_port()))
+    res = ptvl("run", "--config", str(cfg), "--scheduler-host", "127.0.0.1", "--scheduler-port", str(free_port()))
     assert res.returncode == 2
     assert "cannot reach luigid at 127.0.0.1" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()

@@ -23,6 +23,7 @@ import polars as pl
 import pytest
 
 from tests.fake_deepl import FakeDeepL
+from tests.helpers import free_port
 from tests.test_pipeline import ptvl
 from translation.gold import load_gold
 
@@ -145,15 +146,9 @@ def test_workers_4_pay_each_unique_string_once(tmp_path: Path) -> None:
         assert server.character_count == unique_chars
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def luigid(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     (tmp_path / "luigid").mkdir()
     proc = subprocess.Popen(

@@ -9,7 +9,7 @@ import pipeline.readers.cc3m as cc3m
 from pipeline.contracts import ITEMS, QUARANTINE, SEGMENTS
 from pipeline.readers.cc3m import read_cc3m_tsv
 from pipeline.readers.common import SourceFormatError
-from tests.sample_helpers import small_sample
+from tests.helpers import small_sample
 from translation.textkey import text_hash
 
 QUOTED = 'actor "john smith" poses at the premiere of the film \'the quiet man\''

@@ -11,7 +11,6 @@ import pytest
 from pipeline.contracts import ITEMS, QUARANTINE, SEGMENTS
 from pipeline.readers.coco import coco_urls_by_id, read_coco_captions, read_karpathy
 from pipeline.readers.common import SourceFormatError
-from tests.sample_helpers import small_sample
 from translation.textkey import text_hash
 
 
@@ -30,11 +29,6 @@ def _image(cocoid: int, split: str, sentences: list, filepath: str = "val2014") 
 def _write(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    return small_sample(tmp_path_factory.mktemp("sample"))
 
 
 def test_karpathy_sample(sample):

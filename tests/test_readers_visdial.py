@@ -13,12 +13,6 @@ import pytest
 from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS
 from pipeline.readers.common import SourceFormatError
 from pipeline.readers.visdial import read_visdial, rebuild_dialog
-from tests.sample_helpers import small_sample
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    return small_sample(tmp_path_factory.mktemp("sample"))
 
 
 @pytest.fixture(scope="module")

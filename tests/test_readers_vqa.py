@@ -15,7 +15,7 @@ import pytest
 from pipeline.contracts import ITEMS, QUARANTINE, SEGMENTS, VQA_QUESTIONS
 from pipeline.readers.common import SourceFormatError
 from pipeline.readers.vqa import answer_segment_id, read_vqav2
-from tests.sample_helpers import small_sample
+from tests.helpers import small_sample
 
 N_VQA = 12
 

@@ -16,39 +16,25 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainfixtures import build_world
 from training.config import ModelConfig, TrainConfig
 from training.data import BatchPlan, StepBatches, concat_pairs, concat_partners
 from training.features import FeatureStore
 from training.model import VGloria, vgloria
 from training.train import after_step, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 IGNORE = -100
 
 
-@pytest.fixture(scope="module")
-def world(request):
-    root = request.config.cache.mkdir("ptvl-train-small")
-    return build_world(root, n_train=40, n_heldout=8,
-                       lm_args=dict(hidden=32, layers=2, heads=4, vocab_size=300, seq_len=48, batch=8, steps=20))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def build(world, recipe: str, **kw) -> VGloria:
-    store = FeatureStore(world.features)
-    cfg = ModelConfig(llm=str(world.lm), bridge="cls", k=2, dtype="fp32", compile=False, recipe=recipe, **kw)
+def build(small_world, recipe: str, **kw) -> VGloria:
+    store = FeatureStore(small_world.features)
+    cfg = ModelConfig(llm=str(small_world.lm), bridge="cls", k=2, dtype="fp32", compile=False, recipe=recipe, **kw)
     return vgloria(cfg, "cpu", vis_dim=store.width, n_tokens=store.n_tokens, load_visual=False, seed=0)
 
 
-def batch(world, model: VGloria, n: int = 6) -> tuple[dict, list[list[int]]]:
-    store = FeatureStore(world.features)
+def batch(small_world, model: VGloria, n: int = 6) -> tuple[dict, list[list[int]]]:
+    store = FeatureStore(small_world.features)
     ids = [f"train/{i}" for i in range(n)]
     caps = model.tokenize([f"um círculo {'muito ' * i}vermelho pequeno no centro {i}" for i in range(n)])
     return store.features(ids, model.bridge.needs()), caps
@@ -163,11 +149,11 @@ def test_fromage_one_coin_per_step_fixed_pairs_each_caption_once():
         StepBatches(Data(), BatchPlan(lengths, 15, seed=1), start=0, steps=1, concat_prob=0.5, recipe="fromage")
 
 
-def test_fromage_recipe_matches_fromage_reference(world):
-    model = build(world, "fromage")
+def test_fromage_recipe_matches_fromage_reference(small_world):
+    model = build(small_world, "fromage")
     with torch.no_grad():  # a trained-looking [RET] row, not the initial mean row
         model.ret_in.copy_(torch.randn(model.d, generator=torch.Generator().manual_seed(1)))
-    feats, caps = batch(world, model)
+    feats, caps = batch(small_world, model)
     caps[0] = caps[0] * 5  # longer than max_caption_tokens: truncated, [RET] kept last
     bos = model.tokenizer.bos_token_id
     rows, images = model.caption_rows(caps, [1, None, 3, None, 5, None])
@@ -191,11 +177,11 @@ def test_fromage_recipe_matches_fromage_reference(world):
             assert float(losses.total.detach()) == pytest.approx(float(expected), rel=1e-6)
 
 
-def test_thesis_eq_recipe_matches_its_reference(world):
-    model = build(world, "thesis-eq", max_caption_tokens=8)
+def test_thesis_eq_recipe_matches_its_reference(small_world):
+    model = build(small_world, "thesis-eq", max_caption_tokens=8)
     with torch.no_grad():
         model.ret_in.copy_(torch.randn(model.d, generator=torch.Generator().manual_seed(1)))
-    feats, caps = batch(world, model)
+    feats, caps = batch(small_world, model)
     partner = concat_partners(6, 0.5, seed=0, step=1, rank=0, micro=0)
     assert any(p is not None for p in partner) and None in partner  # a per-example coin
     rows, _ = model.caption_rows(caps, partner)
@@ -211,13 +197,13 @@ def test_thesis_eq_recipe_matches_its_reference(world):
         assert float(losses.total.detach()) == pytest.approx(float(expected), rel=1e-6)
 
 
-def test_fromage_renormalises_ret_rows_after_each_step_thesis_eq_does_not(world, tmp_path):
-    mean_norm = float(build(world, "thesis-eq").lm.get_input_embeddings().weight.norm(dim=1).mean())
+def test_fromage_renormalises_ret_rows_after_each_step_thesis_eq_does_not(small_world, tmp_path):
+    mean_norm = float(build(small_world, "thesis-eq").lm.get_input_embeddings().weight.norm(dim=1).mean())
     tc = TrainConfig(steps=3, batch_size=8, warmup_steps=1, lr=1e-2, ckpt_every=100, log_every=1, seed=0)
     norms = {}
     for recipe in ("fromage", "thesis-eq"):
-        mc = ModelConfig(llm=str(world.lm), bridge="cls", k=2, dtype="fp32", compile=False, recipe=recipe)
-        res = train(mc, tc, world.train_shards, tmp_path / recipe, features_dir=world.features, progress=False)
+        mc = ModelConfig(llm=str(small_world.lm), bridge="cls", k=2, dtype="fp32", compile=False, recipe=recipe)
+        res = train(mc, tc, small_world.train_shards, tmp_path / recipe, features_dir=small_world.features, progress=False)
         norms[recipe] = float(res.model.ret_in.detach().norm())
         assert all(math.isfinite(v) for v in res.losses.values())
     assert norms["fromage"] == pytest.approx(mean_norm, rel=1e-5)
@@ -243,18 +229,18 @@ def test_renorm_rescales_the_untied_output_row_too(tmp_path):
     assert float(model.ret_out.detach().norm()) == pytest.approx(float(emb_out.norm(dim=1).mean()), rel=1e-5)
 
 
-def test_logit_scale_is_clamped_in_place_and_can_come_back_down(world, tmp_path):
+def test_logit_scale_is_clamped_in_place_and_can_come_back_down(small_world, tmp_path):
     # Above the bound the forward still gives the scale a gradient (a clamp in the graph would give 0) ...
-    model = build(world, "thesis-eq", logit_scale_init=150.0, logit_scale_max=100.0)
-    feats, caps = batch(world, model)
+    model = build(small_world, "thesis-eq", logit_scale_init=150.0, logit_scale_max=100.0)
+    feats, caps = batch(small_world, model)
     model(feats, caps, [None] * len(caps)).total.backward()
     assert float(model.logit_scale.grad) != 0.0
     # ... so a run that starts above it is clamped to 100 after step 1, then moves down with its gradient.
-    mc = ModelConfig(llm=str(world.lm), bridge="cls", k=2, dtype="fp32", compile=False, logit_scale_init=150.0,
+    mc = ModelConfig(llm=str(small_world.lm), bridge="cls", k=2, dtype="fp32", compile=False, logit_scale_init=150.0,
                      logit_scale_max=100.0)
     tc = TrainConfig(steps=1, batch_size=8, warmup_steps=1, lr=1e-3, ckpt_every=100, log_every=1, seed=0)
-    one = train(mc, tc, world.train_shards, tmp_path / "one", features_dir=world.features, progress=False)
+    one = train(mc, tc, small_world.train_shards, tmp_path / "one", features_dir=small_world.features, progress=False)
     assert float(one.model.logit_scale.detach().exp()) == pytest.approx(100.0, rel=1e-6)
-    three = train(mc, tc.model_copy(update={"steps": 3}), world.train_shards, tmp_path / "three",
-                  features_dir=world.features, progress=False)
+    three = train(mc, tc.model_copy(update={"steps": 3}), small_world.train_shards, tmp_path / "three",
+                  features_dir=small_world.features, progress=False)
     assert 95.0 < float(three.model.logit_scale.detach().exp()) < 99.99

@@ -4,7 +4,6 @@ dialog.  Queues and their counts, the row page's data, every action stored in th
 its provenance, two tabs editing one row, path traversal, and malformed requests."""
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from sacrebleu.metrics import CHRF
 from starlette.testclient import TestClient
 
@@ -20,6 +18,7 @@ from pipeline.contracts import AVAILABILITY, DIALOGS, TRANSLATED
 from pipeline.review.app import MAX_TEXT_CHARS, create_app
 from pipeline.review.queues import sample_rank
 from pipeline.review.tables import NoTranslations, RunTables
+from tests.helpers import jpeg
 from translation.overlay import HumanOverlay
 from translation.textkey import text_hash
 
@@ -46,13 +45,7 @@ VISDIAL = [
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
 
 
-def _jpeg(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (24, 16), color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-IMAGES = {"000000000": _jpeg((200, 30, 30)), "000000001": _jpeg((30, 200, 30))}
+IMAGES = {"000000000": jpeg((24, 16), (200, 30, 30)), "000000001": jpeg((24, 16), (30, 200, 30))}
 
 
 def _translated(path: Path, rows: list[tuple], engine: str, pt_index: int, dataset: str, split: str) -> None:

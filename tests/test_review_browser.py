@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import polars as pl
 import pytest
 
 from tests.chromium import BROWSER_MARKS, launch, playwright
+from tests.helpers import free_port
 from tests.operator_run import TinyRun, ptvl
 from translation.overlay import HumanOverlay
 
@@ -29,12 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "review.png"
 pytestmark = BROWSER_MARKS
 EDITED = "TEXTO HUMANO: um quadrado corrigido à mão"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -49,7 +43,7 @@ def reviewed_run(tiny_run: TinyRun, tmp_path: Path):
     shutil.copytree(tiny_run.root, root, symlinks=True)
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_run.config.read_text().replace(str(tiny_run.root), str(root)))
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "review.log"
     with log.open("w") as out:
         server = subprocess.Popen(
@@ -186,7 +180,7 @@ def test_flag_gold_engine_and_help_keys_in_a_browser(tmp_path: Path) -> None:
     overlay = HumanOverlay(root / "memory" / "human.sqlite")
     app = create_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"), overlay, who="keys",
                      allowed_hosts=["127.0.0.1"])
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

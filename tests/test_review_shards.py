@@ -3,21 +3,19 @@ dropped by a machine flag, a false-alarm verdict takes its flag off, the card co
 VQA (answers by text_hash) and the folder-level rebuild fingerprint."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from pipeline.cards import write_dataset_card
 from pipeline.contracts import AVAILABILITY, TRANSLATED
 from pipeline.human_review import apply_review, load_review, review_fingerprint
 from pipeline.readers.vqa import read_vqav2
 from pipeline.shards import FilterPolicy, build_caption_shards, build_vqa_shards
-from tests.sample_helpers import small_sample
+from tests.helpers import jpeg, small_sample
 from tests.test_vqa_shards import _images, _translated
 from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD
 from translation.overlay import HumanOverlay
@@ -43,12 +41,6 @@ def vqa(tmp_path_factory):
                               image_url_template=sample.vqav2_image_url_template)
 
 
-def _jpeg(shade: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (shade, shade, shade)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 def _caption_inputs(tmp_path: Path, image_of=lambda i: i) -> tuple[pl.DataFrame, pl.DataFrame, Path]:
     rows, avail = [], []
     images = tmp_path / "images"
@@ -62,7 +54,7 @@ def _caption_inputs(tmp_path: Path, image_of=lambda i: i) -> tuple[pl.DataFrame,
         key = f"{n:09d}"
         dest = images / "shards" / "00000" / f"{key}.jpg"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(_jpeg(40 * n))
+        dest.write_bytes(jpeg((16, 16), (40 * n, 40 * n, 40 * n)))
         avail.append({"image_id": f"cc3m/train/{n}", "url": f"file:///{n}.jpg", "status": "success", "reason": "ok",
                       "error_message": None, "key": key, "shards_dir": "shards"})
     translated = pl.from_arrow(pa.Table.from_pylist(rows, schema=TRANSLATED))

@@ -21,7 +21,7 @@ from pipeline.sample.dialogs import all_pairs, answer_universe, question_groups,
 from pipeline.sample.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene
 from pipeline.sample.vqa import vqa_pairs
 from pipeline.sample.write import REFERENCE_MEMORY, _Memory
-from tests.sample_helpers import small_sample
+from tests.helpers import small_sample
 from translation.textkey import text_hash
 
 
@@ -31,11 +31,6 @@ def _digests(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    return small_sample(tmp_path_factory.mktemp("sample"))
 
 
 def _scene(shape: int, colour: int, size: int, slots: tuple[int, ...]) -> Scene:

@@ -34,6 +34,7 @@ from eval.tables import (
     table_5_5,
     table_vqa,
 )
+from tests.helpers import jpeg
 from tests.test_runners import TableModel, features_for
 
 RUNS = [
@@ -142,13 +143,7 @@ def test_comparison_report_states_the_evaluation_scoring_rules(tmp_path):
     assert "<h2>Evaluation scoring rules</h2>" in page and "expected value under random tie-breaking" in page
 
 
-def _jpeg(colour: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (300, 200), colour).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-IMAGES = {"a": _jpeg("red"), "b": _jpeg("blue")}
+IMAGES = {"a": jpeg((300, 200), "red"), "b": jpeg((300, 200), "blue")}
 
 
 def test_thumbnails_are_small_decodable_jpegs():

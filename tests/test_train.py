@@ -8,33 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainfixtures import build_world
 from training import checkpoint as ckpt
 from training.config import ModelConfig, RunConfig, TrainConfig, read_run_toml, to_toml
 from training.data import BatchPlan, concat_partners
 from training.train import NonFiniteLoss, load_run, lr_lambda, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def world(request):
-    root = request.config.cache.mkdir("ptvl-train-small")
-    return build_world(root, n_train=40, n_heldout=8,
-                       lm_args=dict(hidden=32, layers=2, heads=4, vocab_size=300, seq_len=48, batch=8, steps=20))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls: threads only spin against each other on a shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def cfgs(world, **train_kw) -> tuple[ModelConfig, TrainConfig]:
-    mc = ModelConfig(llm=str(world.lm), clip=str(world.clip), clip_pretrained="", bridge="cls", k=2,
+def cfgs(small_world, **train_kw) -> tuple[ModelConfig, TrainConfig]:
+    mc = ModelConfig(llm=str(small_world.lm), clip=str(small_world.clip), clip_pretrained="", bridge="cls", k=2,
                      dtype="fp32", concat_prob=0.5, max_caption_tokens=16)
     tc = TrainConfig(**{"steps": 6, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3, "ckpt_every": 3,
                         "log_every": 1, "schedule": "cosine", "seed": 3, **train_kw})
@@ -45,19 +30,19 @@ class Crash(Exception):
     pass
 
 
-def test_resume_continues_the_exact_loss_curve(world, tmp_path):
-    mc, tc = cfgs(world)
-    straight = train(mc, tc, world.train_shards, tmp_path / "a", features_dir=world.features, progress=False)
+def test_resume_continues_the_exact_loss_curve(small_world, tmp_path):
+    mc, tc = cfgs(small_world)
+    straight = train(mc, tc, small_world.train_shards, tmp_path / "a", features_dir=small_world.features, progress=False)
     assert sorted(straight.losses) == [1, 2, 3, 4, 5, 6]
 
     def crash_at_3(model, step):  # a crash right after the step-3 checkpoint
         raise Crash(step)
 
     with pytest.raises(Crash):
-        train(mc, tc.model_copy(update={"eval_every": 3}), world.train_shards, tmp_path / "b",
-              features_dir=world.features, progress=False, eval_fn=crash_at_3)
+        train(mc, tc.model_copy(update={"eval_every": 3}), small_world.train_shards, tmp_path / "b",
+              features_dir=small_world.features, progress=False, eval_fn=crash_at_3)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "b")] == [3]
-    resumed = train(mc, tc, world.train_shards, tmp_path / "b", features_dir=world.features, progress=False)
+    resumed = train(mc, tc, small_world.train_shards, tmp_path / "b", features_dir=small_world.features, progress=False)
     assert sorted(resumed.losses) == [4, 5, 6]
     assert [resumed.losses[s] for s in (4, 5, 6)] == [straight.losses[s] for s in (4, 5, 6)]  # bit-exact
     a = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "a"))["trainable"]
@@ -65,9 +50,9 @@ def test_resume_continues_the_exact_loss_curve(world, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_checkpoint_holds_only_trainable_weights_and_run_folder_is_complete(world, tmp_path):
-    mc, tc = cfgs(world, steps=4, ckpt_every=2, keep_checkpoints=1)
-    res = train(mc, tc, world.train_shards, tmp_path, features_dir=world.features, progress=False)
+def test_checkpoint_holds_only_trainable_weights_and_run_folder_is_complete(small_world, tmp_path):
+    mc, tc = cfgs(small_world, steps=4, ckpt_every=2, keep_checkpoints=1)
+    res = train(mc, tc, small_world.train_shards, tmp_path, features_dir=small_world.features, progress=False)
     files = ckpt.list_checkpoints(tmp_path)
     assert [s for s, _ in files] == [4]  # keep_checkpoints=1 pruned step 2
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
@@ -83,56 +68,56 @@ def test_checkpoint_holds_only_trainable_weights_and_run_folder_is_complete(worl
     # resolved as run on this CPU (compile and the fused pass off), inputs recorded with absolute paths
     assert back.model == mc.model_copy(update={"compile": False, "fused_pass": False})
     assert back.train == tc
-    assert back.inputs.shards == [str(world.train_shards[0].resolve())]
-    assert back.inputs.shard_bytes == [world.train_shards[0].stat().st_size]
-    assert back.inputs.features == str(world.features.resolve()) and back.inputs.run_dir == str(tmp_path.resolve())
+    assert back.inputs.shards == [str(small_world.train_shards[0].resolve())]
+    assert back.inputs.shard_bytes == [small_world.train_shards[0].stat().st_size]
+    assert back.inputs.features == str(small_world.features.resolve()) and back.inputs.run_dir == str(tmp_path.resolve())
     card = (tmp_path / "README.md").read_text()
-    assert str(world.lm) in card and "`cls`" in card and f"{res.trainable_params:,}" in card
+    assert str(small_world.lm) in card and "`cls`" in card and f"{res.trainable_params:,}" in card
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # the trained model reloads from the folder alone
     model = load_run(tmp_path, load_visual=True)
     assert all(torch.equal(p, state["trainable"][n]) for n, p in model.trainable_parameters())
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(world, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_world, tmp_path):
     from transformers import AutoTokenizer
 
     from training.data import CaptionData
     from training.features import FeatureStore
 
-    mc, tc = cfgs(world, steps=6, ckpt_every=2)
+    mc, tc = cfgs(small_world, steps=6, ckpt_every=2)
     # Corrupt the cached features of the images that first appear in step 3 (a bad cache row).
-    tok = AutoTokenizer.from_pretrained(world.lm)
-    data = CaptionData(world.train_shards, lambda t: tok(t, add_special_tokens=False)["input_ids"])
+    tok = AutoTokenizer.from_pretrained(small_world.lm)
+    data = CaptionData(small_world.train_shards, lambda t: tok(t, add_special_tokens=False)["input_ids"])
     plan = BatchPlan(data.lengths, tc.batch_size, tc.seed, tc.bucket_by_length, tc.bucket_pool)
     seen = {data.image_ids[i] for s in (0, 1) for i in plan.batch(s)}
     bad = sorted({data.image_ids[i] for i in plan.batch(2)} - seen)
     assert bad
     feats = tmp_path / "features"
-    shutil.copytree(world.features, feats)
+    shutil.copytree(small_world.features, feats)
     cls = np.load(feats / "cls.npy")
-    cls[FeatureStore(world.features).rows(bad)] = np.nan
+    cls[FeatureStore(small_world.features).rows(bad)] = np.nan
     np.save(feats / "cls.npy", cls)
     with pytest.raises(NonFiniteLoss, match="step 3"):
-        train(mc, tc, world.train_shards, tmp_path / "run", features_dir=feats, progress=False)
+        train(mc, tc, small_world.train_shards, tmp_path / "run", features_dir=feats, progress=False)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"))
     assert all(torch.isfinite(t).all() for t in state["trainable"].values())
 
 
-def test_resume_refuses_a_different_model(world, tmp_path):
-    mc, tc = cfgs(world, steps=2, ckpt_every=1)
-    train(mc, tc, world.train_shards, tmp_path, features_dir=world.features, progress=False)
+def test_resume_refuses_a_different_model(small_world, tmp_path):
+    mc, tc = cfgs(small_world, steps=2, ckpt_every=1)
+    train(mc, tc, small_world.train_shards, tmp_path, features_dir=small_world.features, progress=False)
     with pytest.raises(ValueError, match="different model config"):
-        train(mc.model_copy(update={"k": 3}), tc.model_copy(update={"steps": 3}), world.train_shards, tmp_path,
-              features_dir=world.features, progress=False)
+        train(mc.model_copy(update={"k": 3}), tc.model_copy(update={"steps": 3}), small_world.train_shards, tmp_path,
+              features_dir=small_world.features, progress=False)
 
 
-def test_online_encoder_equals_cached_features(world, tmp_path):
+def test_online_encoder_equals_cached_features(small_world, tmp_path):
     """Preprocessing has no augmentation, so running CLIP every step gives the cached run's curve."""
-    mc, tc = cfgs(world, steps=2)
-    cached = train(mc, tc, world.train_shards, tmp_path / "c", features_dir=world.features, progress=False)
-    online = train(mc, tc.model_copy(update={"use_cached_features": False}), world.train_shards, tmp_path / "o",
+    mc, tc = cfgs(small_world, steps=2)
+    cached = train(mc, tc, small_world.train_shards, tmp_path / "c", features_dir=small_world.features, progress=False)
+    online = train(mc, tc.model_copy(update={"use_cached_features": False}), small_world.train_shards, tmp_path / "o",
                    features_dir=None, progress=False)
     # the cache is fp16, so equal up to fp16 rounding of the features
     for s in (1, 2):
@@ -171,13 +156,13 @@ def test_lr_schedule_and_settings():
     assert "[model]" in text and "[train]" in text and "compile" not in text  # None is left out
 
 
-def test_feature_standardisation_statistics_are_fixed_and_saved(world, tmp_path):
+def test_feature_standardisation_statistics_are_fixed_and_saved(small_world, tmp_path):
     from training.features import FeatureStore
 
-    mc, tc = cfgs(world, steps=2)
+    mc, tc = cfgs(small_world, steps=2)
     mc = mc.model_copy(update={"feature_norm": "standardize"})
-    res = train(mc, tc, world.train_shards, tmp_path, features_dir=world.features, progress=False)
-    store = FeatureStore(world.features)
+    res = train(mc, tc, small_world.train_shards, tmp_path, features_dir=small_world.features, progress=False)
+    store = FeatureStore(small_world.features)
     train_ids = [i for i in store.ids if i.startswith("train/")]
     cls = store.features(train_ids, {"cls": [-1]})["cls"][-1]
     mean, std = res.model.feature_stats["cls"][-1]
@@ -188,7 +173,7 @@ def test_feature_standardisation_statistics_are_fixed_and_saved(world, tmp_path)
     torch.testing.assert_close(reloaded.feature_stats["cls"][-1][1], std)
 
 
-def test_run_toml_alone_reruns_the_run_with_the_same_losses(world, tmp_path):
+def test_run_toml_alone_reruns_the_run_with_the_same_losses(small_world, tmp_path):
     """`ptvl train --config <run>/run.toml` needs no profile: shards, features, seed and resolved settings are in
     the file. The rerun (into a sibling folder) gives the same losses and bit-identical weights."""
     import json
@@ -198,10 +183,10 @@ def test_run_toml_alone_reruns_the_run_with_the_same_losses(world, tmp_path):
     from pipeline.cli import app
 
     shards = tmp_path / "shards"
-    shutil.copytree(world.train_shards[0].parent, shards)
-    mc, tc = cfgs(world, steps=3, ckpt_every=10)
+    shutil.copytree(small_world.train_shards[0].parent, shards)
+    mc, tc = cfgs(small_world, steps=3, ckpt_every=10)
     first = train(mc, tc, sorted(shards.glob("*.parquet")), tmp_path / "root" / "train" / "a",
-                  features_dir=world.features, progress=False, root=tmp_path / "root")
+                  features_dir=small_world.features, progress=False, root=tmp_path / "root")
     run_toml = tmp_path / "root" / "train" / "a" / "run.toml"
     assert read_run_toml(run_toml).inputs.root == str((tmp_path / "root").resolve())
     out = CliRunner().invoke(app, ["train", "--config", str(run_toml), "--run-name", "b"])

@@ -16,7 +16,7 @@ from eval.metrics.vqa import vqa_metrics
 from pipeline.contracts import AVAILABILITY, TRANSLATED
 from pipeline.readers.vqa import read_vqav2
 from pipeline.shards import build_vqa_shards
-from tests.sample_helpers import small_sample
+from tests.helpers import small_sample
 from training.shards import VQA_SHARD
 
 N_VQA = 8

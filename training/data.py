@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from training.features import to_pixels
 from training.shards import CAPTION_SHARD
 
 
@@ -166,7 +167,6 @@ class StepBatches(torch.utils.data.Dataset):
             index = [int(x) for x in mine[s : s + self.micro]]
             pixels = None
             if self.preprocess is not None:
-                from training.features import to_pixels
 
                 pixels = to_pixels(self.data.image_bytes(index), self.preprocess)
             out.append(MicroBatch(

@@ -25,7 +25,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512):
     """A byte-level BPE tokenizer (GPT-2 / Glória style) trained on `texts`, wrapped for transformers."""
     # deferred: transformers takes seconds to import; only the sample's model building needs it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        PreTrainedTokenizerFast,  # deferred: transformers loads only when a tokenizer or model is needed
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -27,8 +27,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dnn
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from training.bridges import build_bridge
+from training.features import VisualEncoder, load_clip
 
 if TYPE_CHECKING:  # only annotations: the GPU benchmark runs this module without pydantic installed
     from training.config import ModelConfig
@@ -113,11 +118,9 @@ def _cache_of(out: Any) -> Any:
 
 def gather_with_grad(x: Tensor) -> Tensor:
     """All-gather along dim 0 keeping gradients (identity outside torch.distributed)."""
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dnn
 
     return torch.cat(dnn.all_gather(x), dim=0)
 
@@ -604,7 +607,10 @@ def resolve_compile(cfg: ModelConfig, device: torch.device | str) -> bool:
 
 def load_llm(cfg: ModelConfig, device: torch.device | str) -> tuple[nn.Module, Any]:
     """Any Hugging Face causal LM by id or local folder, frozen, in cfg.dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import (  # deferred: transformers loads only when a tokenizer or model is needed
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     kw: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
     if cfg.attn_implementation:
@@ -619,12 +625,10 @@ def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: in
     """Build V-Glória: load the frozen LLM (and CLIP unless load_visual=False, e.g. training on cached
     features, where `vis_dim` and `n_tokens` give the ViT width and tokens per image), build the bridge
     and the trainable heads."""
-    from training.bridges import build_bridge
 
     lm, tokenizer = load_llm(cfg, device)
     visual = None
     if load_visual:
-        from training.features import VisualEncoder, load_clip
 
         # fp32 weights, bf16 autocast on GPU: open_clip's "bf16" casts weights but not the input pixels.
         clip, _ = load_clip(cfg.clip, pretrained=cfg.clip_pretrained or None, device=device, precision="fp32")
@@ -646,7 +650,6 @@ def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: in
 
 def clip_preprocess(cfg: ModelConfig) -> Any:
     """The deterministic CLIP preprocessing transform of cfg.clip (no augmentation)."""
-    from training.features import load_clip
 
     _, preprocess = load_clip(cfg.clip, pretrained=cfg.clip_pretrained or None, device="cpu", precision="fp32")
     return preprocess

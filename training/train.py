@@ -8,12 +8,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ptvl_io.progress import ProgressReporter
 from training import checkpoint as ckpt
 from training import distributed
-from training.config import ModelConfig, RunConfig, RunInputs, TrainConfig, same_model, write_run_toml
+from training.bridges import build_bridge
+from training.config import (
+    ModelConfig,
+    RunConfig,
+    RunInputs,
+    TrainConfig,
+    read_run_toml,
+    same_model,
+    write_run_toml,
+)
 from training.data import BatchPlan, CaptionData, MicroBatch, StepBatches, step_loader
-from training.model import Feats, VGloria, resolve_compile, vgloria
+from training.features import FeatureStore, to_pixels
+from training.model import Feats, VGloria, clip_preprocess, feature_stats, resolve_compile, vgloria
+from training.modelcard import write_model_card
 
 EvalFn = Callable[[VGloria, int], dict[str, float]]
 
@@ -72,7 +85,6 @@ def feature_source(model: VGloria, features_dir: Path | None, use_cache: bool,
     Returns the function and whether it runs online (so batches must carry preprocessed pixels)."""
     needs = model.bridge.needs()
     if use_cache and features_dir is not None:
-        from training.features import FeatureStore
 
         store = FeatureStore(features_dir)
         if store.has(needs):
@@ -110,7 +122,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
     # ---- model: frozen LLM (+ CLIP unless every feature comes from the cache)
     store = None
     if train_cfg.use_cached_features and features_dir is not None:
-        from training.features import FeatureStore
 
         store = FeatureStore(features_dir)
     need_clip = store is None or not _cache_serves(model_cfg, store)
@@ -154,7 +165,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
 
     net: torch.nn.Module = model
     if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
         # The frozen LLM/CLIP are identical on every rank: skip broadcasting gigabytes at start-up.
         DDP._set_params_and_buffers_to_ignore_for_model(
@@ -166,7 +176,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_toml(cfg, run_dir / "run.toml", header="V-Glória run; `ptvl train --config run.toml` reproduces it")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import (
+            SummaryWriter,  # deferred: tensorboard loads only when a run writes curves
+        )
 
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
 
@@ -233,7 +245,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[Path]
             if eval_fn is not None:
                 result.metrics = eval_fn(model, result.step)
                 _log_metrics(writer, result.metrics, result.step)
-            from training.modelcard import write_model_card
 
             write_model_card(run_dir, cfg, steps=result.step, trainable_params=n_trainable,
                              data_note=data_note or _describe_shards(shards, len(data)),
@@ -250,7 +261,6 @@ def _sample_stats(data: CaptionData, plan: BatchPlan, feats_of: Callable[[MicroB
                   batch_size: int, n_images: int = 4096):
     """Feature statistics for feature_norm: a fixed, seeded sample of training images (the same on every
     rank and every run with this seed), at most n_images."""
-    from training.model import feature_stats
 
     ids = sorted(set(data.image_ids))
     rows = {iid: i for i, iid in enumerate(data.image_ids)}
@@ -260,7 +270,6 @@ def _sample_stats(data: CaptionData, plan: BatchPlan, feats_of: Callable[[MicroB
         index = pick[s : s + batch_size]
         pixels = None
         if preprocess is not None:
-            from training.features import to_pixels
 
             pixels = to_pixels(data.image_bytes(index), preprocess)
         chunks.append(feats_of(MicroBatch(index, [data.image_ids[i] for i in index], [], [], pixels)))
@@ -270,7 +279,6 @@ def _sample_stats(data: CaptionData, plan: BatchPlan, feats_of: Callable[[MicroB
 
 def _cache_serves(model_cfg: ModelConfig, store) -> bool:
     """Whether the feature cache alone has what this bridge needs (built on the meta device: no weights)."""
-    from training.bridges import build_bridge
 
     with torch.device("meta"):
         bridge = build_bridge(model_cfg.bridge, vis_dim=store.width, llm_dim=8, k=model_cfg.k,
@@ -279,7 +287,6 @@ def _cache_serves(model_cfg: ModelConfig, store) -> bool:
 
 
 def _preprocess(model_cfg: ModelConfig):
-    from training.model import clip_preprocess
 
     return clip_preprocess(model_cfg)
 
@@ -310,7 +317,6 @@ class _Progress:
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self.p = None
         if enabled:
-            from ptvl_io.progress import ProgressReporter
 
             self.p = ProgressReporter("train", total, completed=start, unit="steps",
                                       fields_fmt="loss {loss:.4f} lr {lr:.2e} {rate:.2f} steps/s",
@@ -332,7 +338,6 @@ class _Progress:
 def load_run(run_dir: Path, device: str = "cpu", *, load_visual: bool = True, vis_dim: int | None = None,
              n_tokens: int | None = None, checkpoint: Path | None = None) -> VGloria:
     """Rebuild a trained model from run.toml and its newest (or the given) checkpoint: for eval and the demo."""
-    from training.config import read_run_toml
 
     cfg = read_run_toml(Path(run_dir) / "run.toml")
     path = checkpoint or ckpt.latest_checkpoint(run_dir)

@@ -42,9 +42,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ptvl_io import atomic_path
 from translation.errors import MemoryIntegrityError
 from translation.sqlite_store import DEFAULT_BUSY_TIMEOUT_S, SQL_CHUNK, SQLiteFile
 from translation.textkey import text_hash
@@ -274,7 +276,6 @@ class TranslationMemory(SQLiteFile):
     def export_parquet(self, path: str | os.PathLike[str], engine_id: str | None = None,
                        *, rows_per_group: int = 100_000) -> int:
         """Write the memory (one engine, or all) as `PARQUET_SCHEMA` Parquet, atomically. Returns rows."""
-        from ptvl_io import atomic_path
 
         where, params = ("WHERE engine_id = ?", [engine_id]) if engine_id is not None else ("", [])
         total = 0
@@ -380,7 +381,6 @@ class MemoryStack:
                      ) -> Any:
         """`TranslationMemory.lookup_frame` over the stack: a key stored in several files comes from the
         first (the writer, then the readers in order), as in `lookup`."""
-        import polars as pl
 
         left = _wanted(hashes)
         parts = []
@@ -454,7 +454,6 @@ class MemoryStack:
 
 def _wanted(hashes):
     """The distinct keys of `hashes` (a polars Series, Arrow array or any sequence) as a polars Series."""
-    import polars as pl
 
     if not isinstance(hashes, pl.Series):
         hashes = pl.Series("text_hash", hashes if isinstance(hashes, pa.Array | pa.ChunkedArray)
@@ -463,7 +462,6 @@ def _wanted(hashes):
 
 
 def _lookup_frame(mem: TranslationMemory, engine_id: str, hashes, columns: Sequence[str]):
-    import polars as pl
 
     if list(columns[:1]) != ["text_hash"] or any(c not in _LOOKUP_COLUMNS for c in columns):
         raise ValueError(f"columns must start with text_hash and be among {list(_LOOKUP_COLUMNS)}, not {columns!r}")

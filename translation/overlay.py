@@ -50,6 +50,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ptvl_io import atomic_path
 from translation.gold import GOLD_STYLES
 from translation.sqlite_store import DEFAULT_BUSY_TIMEOUT_S, SQL_CHUNK, SQLiteFile
 from translation.textkey import text_hash
@@ -387,7 +388,6 @@ class HumanOverlay(SQLiteFile):
     def export_parquet(self, path: str | os.PathLike[str]) -> int:
         """Every log row of every kind, oldest first per kind, to one `PARQUET_SCHEMA` file, atomically.
         Returns the number of rows."""
-        from ptvl_io import atomic_path
 
         with self._lock:
             corr = self._db.execute(f"SELECT uid, {', '.join(_CORR_COLS)} FROM corrections "

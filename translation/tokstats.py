@@ -21,7 +21,9 @@ def _scan(source: str | Path | pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _hf_counter(tokenizer: str | Path, batch_size: int) -> Callable[[pl.Series], pl.Series]:
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoTokenizer,  # deferred: transformers loads only when a tokenizer or model is needed
+    )
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer))
 

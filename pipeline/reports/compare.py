@@ -18,7 +18,9 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline.io import write_text_atomic  # noqa: E402
+from translation.gold import load_flag_cases
 from translation.quality import FLAG_NAMES, FLAGS, QualityThresholds, flag_rates, flag_table  # noqa: E402
+from translation.scoring import flag_case_precision_recall
 from translation.tokstats import render_table_5_2  # noqa: E402
 
 HTML_NAME = "comparison.html"
@@ -221,8 +223,6 @@ def _scoring_lines(scoring: dict[str, str] | None) -> list[str]:
 def _flag_heldout_table(thresholds: QualityThresholds | None) -> _Table:
     # The flags' own precision/recall on labelled cases nobody tuned on (data_manifests/gold/), under the
     # run's thresholds: how far each flag rate above can be trusted.
-    from translation.gold import load_flag_cases
-    from translation.scoring import flag_case_precision_recall
 
     # The first false alarms and misses say what limits a flag that stays under its targets (P 0.9, R 0.8).
     figures = flag_case_precision_recall(load_flag_cases(), thresholds, examples=3)

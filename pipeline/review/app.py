@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -34,7 +35,7 @@ from starlette.routing import Route
 
 from pipeline.review.images import ImageNotFound, ImageStore, OutsideRoot
 from pipeline.review.queues import Queue, Queues
-from pipeline.review.rows import DialogIndex, row_view
+from pipeline.review.rows import DialogIndex, gold_style, row_view
 from pipeline.review.tables import RunTables
 from translation.overlay import HumanOverlay
 
@@ -93,7 +94,6 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def _escape(s: str) -> str:
-    from markupsafe import escape
 
     return str(escape(s))
 
@@ -293,7 +293,6 @@ def create_app(root: Path, tables: RunTables, overlay: HumanOverlay, *, who: str
                              "message": f"flag {flag} marked {value.replace('_', ' ')}"})
 
     async def gold(request: Request) -> Response:
-        from pipeline.review.rows import gold_style
 
         body = await fields(request)
         table, row = target(body)

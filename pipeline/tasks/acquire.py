@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import luigi
 
+from pipeline.availability import run_report
+from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS, VQA_QUESTIONS
+from pipeline.fetch import fetch_source
+from pipeline.images.download import download_images
 from pipeline.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+from pipeline.manifests import load_source
+from pipeline.sample.write import write_sample
+from pipeline.sources import read_split
 from pipeline.tasks.base import PtvlTask, log
 
 
@@ -14,7 +21,6 @@ class GenerateSample(PtvlTask):
         return self.target("sources", "_SAMPLE.json")
 
     def run(self) -> None:
-        from pipeline.sample.write import write_sample
 
         s = self.settings.sample
         layout = write_sample(
@@ -48,8 +54,6 @@ class FetchSource(PtvlTask):
         if self.settings.sample.enabled:
             write_json_atomic(self.output().path, {"dataset": self.dataset, "source": "embedded sample"})
             return
-        from pipeline.fetch import fetch_source
-        from pipeline.manifests import load_source
 
         fetch_source(load_source(str(self.dataset)), dest, settings=self.settings.fetch)
 
@@ -67,8 +71,6 @@ class IngestSegments(PtvlTask):
         return self.target("segments", str(self.dataset), f"{self.split}.parquet")
 
     def run(self) -> None:
-        from pipeline.contracts import DIALOGS, ITEMS, QUARANTINE, SEGMENTS, VQA_QUESTIONS
-        from pipeline.sources import read_split
 
         result = read_split(self.settings, str(self.dataset), str(self.split))
         side = self.root / "sources" / str(self.dataset) / str(self.split)
@@ -101,7 +103,6 @@ class DownloadImages(PtvlTask):
         return self.target("images", str(self.dataset), str(self.split), "_MANIFEST.json")
 
     def run(self) -> None:
-        from pipeline.images.download import download_images
 
         items = self.root / "sources" / str(self.dataset) / str(self.split) / "items.parquet"
         download_images(items, self.root / "images" / str(self.dataset) / str(self.split), self.settings.download)
@@ -120,6 +121,5 @@ class AvailabilityReport(PtvlTask):
         return self.target("reports", "availability.md")
 
     def run(self) -> None:
-        from pipeline.availability import run_report
 
         write_text_atomic(self.output().path, run_report(self.root, self.requires()))

@@ -10,6 +10,7 @@ import polars as pl
 from pipeline.io import write_json_atomic
 from pipeline.tasks.base import PtvlTask, log
 from pipeline.tasks.shards import BuildShards, shard_dir
+from ptvl_io.progress import ProgressReporter, stage_progress
 
 
 def _expand(value: str, task: PtvlTask) -> str:
@@ -49,9 +50,11 @@ class PrepareSampleModels(PtvlTask):
         return self.target("models", "_READY.json")
 
     def run(self) -> None:
-        from ptvl_io.progress import ProgressReporter
-        from training.features.tiny import build_tiny_clip, pretrain_tiny_clip
-        from training.lm_pretrain import pretrain_tiny_lm
+        from training.features.tiny import (  # deferred: imports torch and open_clip
+            build_tiny_clip,
+            pretrain_tiny_clip,
+        )
+        from training.lm_pretrain import pretrain_tiny_lm  # deferred: imports torch and transformers
 
         sm = self.settings.sample_models
         models = self.root / "models"
@@ -122,8 +125,11 @@ class CacheFeatures(PtvlTask):
         return luigi.LocalTarget(str(self.folder() / "meta.json"))
 
     def run(self) -> None:
-        from ptvl_io.progress import ProgressReporter
-        from training.features import VisualEncoder, cache_features, load_clip
+        from training.features import (  # deferred: imports torch and open_clip
+            VisualEncoder,
+            cache_features,
+            load_clip,
+        )
 
         f = self.settings.features
         mc = model_config(self)
@@ -159,7 +165,7 @@ class Train(PtvlTask):
         return luigi.LocalTarget(str(self.run_dir() / "_DONE.json"))
 
     def run(self) -> None:
-        from training.train import train
+        from training.train import train  # deferred: imports torch
 
         s = self.settings
         sets = _data_sets(self)
@@ -188,7 +194,7 @@ class Evaluate(PtvlTask):
     benchmark = luigi.Parameter()
 
     def _dataset_split(self) -> tuple[str, str]:
-        from eval.benchmarks import BENCHMARK_DATA
+        from eval.benchmarks import BENCHMARK_DATA  # deferred: imports torch
 
         dataset, splits = BENCHMARK_DATA[str(self.benchmark)]
         enabled = self.settings.datasets.enabled().get(dataset, [])
@@ -210,8 +216,7 @@ class Evaluate(PtvlTask):
         return luigi.LocalTarget(str(Train(config=self.config).run_dir() / "eval" / str(self.benchmark) / "metrics.json"))
 
     def run(self) -> None:
-        from eval.benchmarks import evaluate
-        from ptvl_io.progress import stage_progress
+        from eval.benchmarks import evaluate  # deferred: imports torch
 
         s = self.settings
         dataset, split = self._dataset_split()

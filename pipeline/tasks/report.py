@@ -1,26 +1,31 @@
 """The final report: one page that links everything a run produced and shows the headline numbers."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import luigi
+import polars as pl
 
+from eval.tables import format_metric
 from pipeline.io import write_bytes_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
 from pipeline.tasks.curate import CompareTranslators
 from pipeline.tasks.model import Evaluate, Train
+from training.modelcard import refresh_model_card
 
 
 def training_curves(run_dir: Path) -> tuple[bytes, dict[str, list[tuple[int, float]]]]:
     """PNG of the loss curves logged to TensorBoard, and the series themselves."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib loads only to draw the report's curves
 
     matplotlib.use("Agg")
-    import io
 
-    import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import matplotlib.pyplot as plt  # deferred: matplotlib loads only to draw the report's curves
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,  # deferred: tensorboard loads only to read the report's curves
+    )
 
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
@@ -47,9 +52,6 @@ def write_quarantine_report(root: Path, splits: list[tuple[str, str]], dest: Pat
     """reports/quarantine.md: the source rows each reader set aside (sources/<dataset>/<split>/quarantine.parquet),
     counted by reason, with a few examples each.  Returns the number of rows; writes nothing when no split
     has a quarantine file (so the report links it only when it exists)."""
-    import polars as pl
-
-    from eval.tables import format_metric
 
     found = [(d, sp, root / "sources" / d / sp / "quarantine.parquet") for d, sp in splits]
     found = [(d, sp, p) for d, sp, p in found if p.exists()]
@@ -93,15 +95,13 @@ class FinalReport(PtvlTask):
         return self.target("reports", "README.md")
 
     def run(self) -> None:
-        from eval.benchmarks import collect_runs
-        from eval.report_tables import render_run_tables
-        from eval.tables import format_metric
+        from eval.benchmarks import collect_runs  # deferred: imports torch
+        from eval.report_tables import render_run_tables  # deferred: imports torch (common-subset re-scoring)
 
         s = self.settings
         reports = self.root / "reports"
         train = self.requires()["train"]
         run_dir = train.run_dir()
-        from training.modelcard import refresh_model_card
 
         # Evaluations running side by side each rewrite the card; the last one may not have seen the
         # others' metrics.json yet.  Once all are done, write it once more with all of them.

@@ -8,11 +8,16 @@ from collections import Counter
 import luigi
 import polars as pl
 
+from pipeline.cards import split_note, write_dataset_card
+from pipeline.contracts import SET_ASIDE
+from pipeline.human_review import apply_review, digest_for, load_review, review_fingerprint
 from pipeline.io import write_json_atomic
 from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 from pipeline.tasks.acquire import AvailabilityReport, DownloadImages, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
 from pipeline.tasks.translate import Translate
+from translation.overlay import empty_digest
+from translation.textkey import text_hash
 
 # Which layout each dataset/split gets: training rows, or evaluation rows with every reference.
 EVAL_SPLITS = {("coco", "val"), ("coco", "test"), ("cc3m", "validation")}
@@ -55,8 +60,6 @@ class BuildShards(PtvlTask):
         # A review since the build (a correction or flag verdict for this engine id) rebuilds the folder;
         # other engines' shards are not touched.  A folder built before the overlay existed records no
         # digest: it stays complete while the run has no review for it.
-        from pipeline.human_review import digest_for
-        from translation.overlay import empty_digest
 
         recorded = summary.get("human_overlay")
         engine_id = summary.get("engine_id")
@@ -68,7 +71,6 @@ class BuildShards(PtvlTask):
         return summary.get("human_review") == self._review_fingerprint(engine_id)
 
     def _review_fingerprint(self, engine_id: str) -> str:
-        from pipeline.human_review import load_review, review_fingerprint
 
         path = self.requires()["translated"].output().path
         if not os.path.exists(path):
@@ -78,8 +80,6 @@ class BuildShards(PtvlTask):
         return review_fingerprint(corrections, verdicts, hashes.to_list())
 
     def run(self) -> None:
-        from pipeline.cards import split_note, write_dataset_card
-        from pipeline.human_review import apply_review, digest_for, load_review, review_fingerprint
 
         engine, dataset, split = str(self.engine), str(self.dataset), str(self.split)
         out = shard_dir(self.root, engine, dataset, split)
@@ -153,7 +153,6 @@ class BuildShards(PtvlTask):
 
 def _set_aside(root, engine: str, dataset: str, split: str) -> pl.DataFrame:
     """The split's segments the translation set aside (SET_ASIDE rows; empty when there are none)."""
-    from pipeline.contracts import SET_ASIDE
 
     path = root / "translated" / engine / dataset / f"{split}.set_aside.parquet"
     return pl.read_parquet(path) if path.exists() else pl.from_arrow(SET_ASIDE.empty_table())
@@ -181,7 +180,6 @@ def _without_set_aside_dialogs(dialogs: pl.DataFrame, aside: pl.DataFrame) -> tu
 
 def _without_set_aside_questions(questions: pl.DataFrame, aside: pl.DataFrame) -> tuple[pl.DataFrame, Counter]:
     """VQA questions whose question and 10 answers were all translated, and the others by reason."""
-    from translation.textkey import text_hash
 
     if not aside.height:
         return questions, Counter()

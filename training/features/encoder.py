@@ -36,7 +36,7 @@ def open_clip_args(name: str, pretrained: str | None) -> tuple[str, str | None, 
     `pretrained` is dropped. A built-in name keeps its tag, and QuickGELU is forced when open_clip's
     registry says the tag was trained with it (open_clip itself only warns).
     """
-    import open_clip
+    import open_clip  # deferred: open_clip loads only when a CLIP is built
 
     if name.startswith((LOCAL_DIR, HF_HUB)):
         return name, None, False
@@ -70,7 +70,7 @@ def load_clip(
     open_clip's validation transform (resize shortest side, centre crop, normalise): no augmentation,
     so cached features equal online ones.
     """
-    import open_clip  # heavy import, kept local so `training` imports stay cheap
+    import open_clip  # deferred: open_clip loads only when a CLIP is built
 
     model_name, pretrained, force_quick_gelu = open_clip_args(name, pretrained)
     try:
@@ -123,7 +123,9 @@ class VisualEncoder:
 
     def __init__(self, model: torch.nn.Module, *, name: str | None = None,
                  autocast: torch.dtype | None = None) -> None:
-        from open_clip.transformer import VisionTransformer
+        from open_clip.transformer import (
+            VisionTransformer,  # deferred: open_clip loads only when a CLIP is built
+        )
 
         visual = getattr(model, "visual", model)
         if not isinstance(visual, VisionTransformer):

@@ -69,7 +69,7 @@ def hub_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> str:
     ``config._commit_hash``, so every revision used to get the same engine id).
 
     Raises EngineConfigError when the model is not in the local cache (it is after `from_pretrained`)."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # deferred: the hub client loads only for a hub id
 
     found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
     if not isinstance(found, str):

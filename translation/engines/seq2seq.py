@@ -120,7 +120,9 @@ class Encoded:
 
 def load_tokenizer(folder: str | Path, kind: ModelKind):
     """The checkpoint's own tokenizer; for mBART-50 set to English source and Portuguese target."""
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoTokenizer,  # deferred: transformers loads only when a tokenizer or model is needed
+    )
 
     if kind == "narrativa":
         return AutoTokenizer.from_pretrained(str(folder), src_lang=NARRATIVA_SRC_LANG, tgt_lang=NARRATIVA_TGT_LANG)

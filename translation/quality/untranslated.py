@@ -33,7 +33,10 @@ _EN_HINTS = frozenset({"the", "and", "of", "with", "is", "are", "on", "at", "for
 def _identifier(languages: tuple[str, ...]):
     # The model file (py3langid/data/model.npz.xz) is inside the wheel; loading it reads that file only.
     # Imported on first use: only rows that reach language ID need py3langid (and numpy) loaded.
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+    from py3langid.langid import (  # deferred: the language-ID model loads on the first call
+        MODEL_FILE,
+        LanguageIdentifier,
+    )
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     ident.set_languages(list(languages))
@@ -52,7 +55,7 @@ def english_probability(text: str, languages: tuple[str, ...] = DEFAULT_THRESHOL
 def _zipf_table(lang: str) -> dict[str, float]:
     # wordfreq's word lists ship inside its wheel (data/*.msgpack.gz): nothing is downloaded.
     # Imported on first use: wordfreq is slow to import and only candidate rows need it.
-    from wordfreq import get_frequency_dict
+    from wordfreq import get_frequency_dict  # deferred: the word lists load on the first call
 
     return {w: math.log10(f) + 9.0 for w, f in get_frequency_dict(lang).items() if f > 0}
 
