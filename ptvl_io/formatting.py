@@ -23,3 +23,13 @@ def format_metric(key: str, value: object, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def md_cell(text: object) -> str:
+    """`text` as one Markdown table cell that no viewer can turn into markup: HTML special characters become
+    entities (a viewer that renders raw HTML, or does not sanitise it, shows them as text), `|` cannot end the
+    cell, and line breaks become spaces.  For data (captions, translations, reasons, file names), never for
+    the Markdown ptvl writes on purpose."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = s.replace("|", "&#124;").replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return s.replace("`", "&#96;")
