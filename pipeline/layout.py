@@ -7,6 +7,7 @@ A run root holds one folder per stage (README, "Stages"):
     images/<dataset>/<split>/           img2dataset output, availability.parquet, _MANIFEST.json
     memory/                             translation memories (shared, per engine, per part) + human.sqlite
     translated/<engine>/...             the joins (TRANSLATED), set-aside rows, part stats and audits
+    neural/<engine>/                    COMET/CometKiwi score cache, QE per string, COMET on the gold set
     reports/                            availability, token statistics, comparison, quarantine, README.md
     shards/<engine>/<dataset>/<split>/  the trainer's shards and dataset cards
     features/<clip>/<dataset>/<split>/  CLIP feature caches
@@ -116,6 +117,28 @@ class RunLayout:
 
     def unique_strings(self, engine: str, fingerprint: str) -> Path:
         return self.translated_dir(engine) / f"_unique-{fingerprint}.parquet"
+
+    # -- neural scores (COMET, CometKiwi) -------------------------------------------------------------------
+
+    @property
+    def neural_dir(self) -> Path:
+        return self.root / "neural"
+
+    def neural_store(self, engine: str) -> Path:
+        """The engine's score cache (translation.qe_store), written only by its NeuralScores task."""
+        return self.neural_dir / engine / "scores.sqlite"
+
+    def qe_scores(self, engine: str) -> Path:
+        """QE per translated string (text_hash, qe) under the profile's qe_model."""
+        return self.neural_dir / engine / "qe.parquet"
+
+    def gold_comet(self, engine: str) -> Path:
+        """COMET per gold sentence (id, comet) under the profile's comet_model."""
+        return self.neural_dir / engine / "gold_comet.parquet"
+
+    def neural_summary(self, engine: str) -> Path:
+        """What the NeuralScores task did (models, strings, new/cached scores): written last."""
+        return self.neural_dir / engine / "_NEURAL.json"
 
     # -- reports --------------------------------------------------------------------------------------------
 
