@@ -7,7 +7,7 @@ A run root holds one folder per stage (README, "Stages"):
     images/<dataset>/<split>/           img2dataset output, availability.parquet, _MANIFEST.json
     memory/                             translation memories (shared, per engine, per part) + human.sqlite
     translated/<engine>/...             the joins (TRANSLATED), set-aside rows, part stats and audits
-    neural/<engine>/                    COMET/CometKiwi score cache, QE per string, COMET on the gold set
+    neural/                             QE per string per engine, COMET on the gold set (score caches)
     reports/                            availability, token statistics, comparison, quarantine, README.md
     shards/<engine>/<dataset>/<split>/  the trainer's shards and dataset cards
     features/<clip>/<dataset>/<split>/  CLIP feature caches
@@ -124,21 +124,31 @@ class RunLayout:
     def neural_dir(self) -> Path:
         return self.root / "neural"
 
-    def neural_store(self, engine: str) -> Path:
-        """The engine's score cache (translation.qe_store), written only by its NeuralScores task."""
-        return self.neural_dir / engine / "scores.sqlite"
+    def qe_store(self, engine: str) -> Path:
+        """The engine's QE score cache (translation.qe_store), written only by its QEScores task."""
+        return self.neural_dir / engine / "qe.sqlite"
 
     def qe_scores(self, engine: str) -> Path:
         """QE per translated string (text_hash, qe) under the profile's qe_model."""
         return self.neural_dir / engine / "qe.parquet"
 
-    def gold_comet(self, engine: str) -> Path:
-        """COMET per gold sentence (id, comet) under the profile's comet_model."""
-        return self.neural_dir / engine / "gold_comet.parquet"
+    def qe_summary(self, engine: str) -> Path:
+        """What the QEScores task did (model, strings, computed, cached): written last."""
+        return self.neural_dir / engine / "_QE.json"
 
-    def neural_summary(self, engine: str) -> Path:
-        """What the NeuralScores task did (models, strings, new/cached scores): written last."""
-        return self.neural_dir / engine / "_NEURAL.json"
+    @property
+    def gold_comet_store(self) -> Path:
+        """COMET scores of every engine's gold-set translations (and the PT-BR yardstick), cached."""
+        return self.neural_dir / "gold_comet.sqlite"
+
+    @property
+    def gold_comet(self) -> Path:
+        """COMET per (engine, gold sentence) under the profile's comet_model."""
+        return self.neural_dir / "gold_comet.parquet"
+
+    @property
+    def gold_comet_summary(self) -> Path:
+        return self.neural_dir / "_GOLD_COMET.json"
 
     # -- reports --------------------------------------------------------------------------------------------
 

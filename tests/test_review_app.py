@@ -108,7 +108,9 @@ def queues(client) -> dict[str, dict]:
 def test_queues_hold_the_right_rows_in_order_with_counts(run) -> None:
     client, _, root = run
     q = queues(client)
-    assert list(q) == ["flag:untranslated", "flag:brazilian", "worst", "disagree", "sample"]
+    assert list(q) == ["flag:untranslated", "flag:brazilian", "worst", "qe", "disagree", "sample"]
+    # no QE scores in this run: the queue is empty and says how to get them
+    assert q["qe"]["total"] == 0 and "qe_model" in client.get("/api/queue/qe").json()["note"]
     assert (q["flag:untranslated"]["total"], q["flag:brazilian"]["total"]) == (1, 2)
     assert all(v["reviewed"] == 0 for v in q.values())
     assert client.get("/api/queue/flag:untranslated").json()["hashes"] == [H["a red car"]]
@@ -336,3 +338,20 @@ def test_on_loopback_only_loopback_host_names_are_served(tmp_path) -> None:
     r = TestClient(app, base_url="http://evil.example:8765").post(
         "/api/correct", json={"text_hash": H["a red car"], "text_pt": "x", "replaces": "a red car"})
     assert r.status_code == 400 and b"Invalid host" in r.content
+
+
+def test_qe_queue_lists_the_lowest_qe_strings_of_the_engine(tmp_path) -> None:
+    import polars as pl
+
+    from pipeline.review.queues import Queues
+
+    root = build_root(tmp_path / "run")
+    qe_path = root / "neural" / "reference" / "qe.parquet"
+    qe_path.parent.mkdir(parents=True)
+    strings = [r[3] for r in CC3M + VISDIAL]
+    scores = [0.9 - 0.1 * i for i in range(len(strings))]  # the last strings score lowest
+    pl.DataFrame({"text_hash": [text_hash(t) for t in strings] + ["not-in-this-run"],
+                  "qe": scores + [-5.0]}).write_parquet(qe_path)
+    queue = Queues(RunTables(root, ["reference", "other"], SPLITS, "reference"), size=3).get("qe")
+    assert list(queue.hashes) == [text_hash(t) for t in strings[::-1][:3]]
+    assert queue.note == f"the 3 lowest QE scores of {len(strings)} scored strings"

@@ -278,6 +278,7 @@ def render_comparison(
     truncation: dict[str, dict] | None = None,
     scoring: dict[str, str] | None = None,
     review: dict | None = None,
+    neural=None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
 
@@ -292,7 +293,8 @@ def render_comparison(
     summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
     compares the engines' models (VQA mode, tie rule), stated in a section of its own.  review:
     pipeline.human_review.review_figures (flag verdicts and reviewed gold from `ptvl review`), shown in
-    tables labelled as coming from human review; None or empty: no such tables.
+    tables labelled as coming from human review; None or empty: no such tables.  neural: a
+    pipeline.reports.neural_scores.NeuralSection (COMET on gold, QE), appended as it comes.
     """
     if not translated:
         raise ValueError("render_comparison: no engines given")
@@ -340,6 +342,8 @@ def render_comparison(
     rules = _scoring_lines(scoring)
     if rules:
         md += ["## Evaluation scoring rules", "", *[f"- {line}" for line in rules], ""]
+    if neural is not None:
+        md += [neural.markdown, ""]
 
     plots = _plots(all_rows, engines, rates)
     parts = [f"<h1>Translator comparison</h1><p>Engines: {html.escape(', '.join(engines))}</p>"]
@@ -353,6 +357,8 @@ def render_comparison(
                      + "</ul>")
     for title, b64 in plots.items():
         parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
+    if neural is not None:
+        parts.append(neural.html)
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Translator comparison</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
