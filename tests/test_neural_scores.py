@@ -198,3 +198,31 @@ def test_a_tiny_local_classifier_loads_and_finds_its_pt_br_class(tmp_path):
     with pytest.raises(ConfigurationError, match="cannot be loaded"):
         VarietyClassifier(str(tmp_path / "nowhere"))
     json.dumps(p)  # plain floats
+
+
+def test_caption_shards_drop_low_qe_rows_and_count_them(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.human_review import apply_review, load_review
+    from pipeline.shards import FilterPolicy, build_caption_shards
+    from tests.test_review_shards import CAPTIONS, E, _caption_inputs, _review
+    from translation.textkey import text_hash
+
+    translated, availability, images = _caption_inputs(tmp_path)
+    _review(tmp_path)  # row 0 edited, row 1 corrected, row 2's flag a false alarm, row 4's brazilian a false alarm
+    applied = apply_review(translated, *load_review(tmp_path, E))
+    # QE of the machine texts: rows 0, 1 and 4 below 0.5, row 2 above, row 3 (untranslated, dropped first) low
+    qe = pl.DataFrame({"text_hash": [text_hash(en) for en, _, _ in CAPTIONS], "qe": [0.1, 0.2, 0.9, 0.0, 0.3]})
+    out = tmp_path / "shards"
+    out.mkdir()
+    stats = build_caption_shards(applied, availability, images, out, engine="opus", policy=FilterPolicy(),
+                                 rows_per_shard=100, group_by_image=False, qe=qe, min_qe=0.5)
+    kept = sorted(r["sample_id"] for r in pq.read_table(out / "part-00000.parquet").to_pylist())
+    # 0 and 1 carry a person's text (kept whatever the machine's QE); 4's machine text is below min_qe
+    assert kept == ["cc3m/train/0", "cc3m/train/1", "cc3m/train/2"]
+    assert stats.as_dict() | {"files": []} == {
+        "total": 5, "kept": 3, "dropped_flag_untranslated": 1, "dropped_qe_below_min": 1, "images": 3, "files": [],
+        "human_corrected": 2, "kept_by_human_text": 2, "kept_by_false_alarm": 1}
+    with pytest.raises(ValueError, match="min_qe needs the QE scores"):
+        build_caption_shards(applied, availability, images, out, engine="opus", policy=FilterPolicy(),
+                             rows_per_shard=100, group_by_image=False, min_qe=0.5)
