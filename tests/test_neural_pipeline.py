@@ -53,11 +53,12 @@ def test_report_has_comet_with_interval_and_the_qe_plot(neural_run: Path) -> Non
     compare = neural_run / "run" / "reports" / "compare"
     md = (compare / "comparison.md").read_text()
     assert "## COMET against the gold PT-PT set" in md and "are off" not in md and "is off" not in md
-    row = next(line for line in md.splitlines() if line.startswith("| (yardstick) gold PT-BR variant |"))
+    section = md[md.index("## COMET against the gold PT-PT set"):]
+    row = next(line for line in section.splitlines() if line.startswith("| (yardstick) gold PT-BR variant |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     gold = pl.read_parquet(neural_run / "run" / "neural" / "gold_comet.parquet")
     assert float(cells[1]) == pytest.approx(gold["comet"].mean(), abs=1e-4) and cells[2].startswith("± ")
-    assert cells[6] == str(gold.height)  # every gold sentence scored
+    assert cells[4] == "59.54" and cells[6] == str(gold.height)  # beside its chrF; every gold sentence scored
     assert "## Quality estimation of every translated string" in md and f"below min_qe {MIN_QE:g}" in md
     html = (compare / "comparison.html").read_text()
     assert "QE distribution per engine" in html and html.count("data:image/png;base64,") == 4

@@ -226,3 +226,15 @@ def test_caption_shards_drop_low_qe_rows_and_count_them(tmp_path):
     with pytest.raises(ValueError, match="min_qe needs the QE scores"):
         build_caption_shards(applied, availability, images, out, engine="opus", policy=FilterPolicy(),
                              rows_per_shard=100, group_by_image=False, min_qe=0.5)
+
+
+def test_a_missing_local_model_folder_fails_at_start_up(tmp_path):
+    from tests.test_pipeline import ptvl, write_config
+
+    cfg = write_config(tmp_path, f'[curate]\nqe_model = "{tmp_path / "no-such-model"}"\n')
+    res = ptvl("run", "--config", str(cfg), "--until", "curate")
+    assert res.returncode != 0 and "[curate] qe_model" in res.stderr and "no such folder" in res.stderr
+    assert not (tmp_path / "run").exists()  # nothing ran
+    cfg = write_config(tmp_path, f'[curate]\ncomet_model = "{FIXTURE / "encoder"}"\n')
+    res = ptvl("run", "--config", str(cfg), "--until", "curate")
+    assert "not a COMET model folder" in res.stderr and not (tmp_path / "run").exists()
