@@ -130,6 +130,9 @@ def test_checkpoint_errors_are_one_line(tmp_path):
         read_checkpoint(str(tmp_path))
     with pytest.raises(ConfigurationError, match="not a Hugging Face id"):
         read_checkpoint(str(tmp_path / "missing" / "deep" / "folder"))
+    # a hub id that cannot be fetched (tests run offline): one line saying to download it
+    with pytest.raises(ConfigurationError, match="Unbabel/not-cached-here': cannot fetch it from the Hugging Face hub"):
+        read_checkpoint("Unbabel/not-cached-here")
     bad = tmp_path / "ranker"
     shutil.copytree(FIXTURE / "regression", bad)
     (bad / "hparams.yaml").write_text("class_identifier: ranking_metric\n")
