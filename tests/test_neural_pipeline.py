@@ -76,8 +76,10 @@ def test_variety_model_is_evidence_in_the_translated_flags(neural_run: Path) -> 
 def test_rerun_scores_nothing(neural_run: Path) -> None:
     run = neural_run / "run"
     before = json.loads((run / "neural" / "reference" / "_QE.json").read_text())
-    # The outputs gone, the caches kept: the tasks run again and find every score in their cache.
-    for p in (run / "neural" / "reference" / "_QE.json", run / "neural" / "_GOLD_COMET.json"):
+    # The outputs gone (the report too, or Luigi would not look below it), the caches kept: the tasks run
+    # again and find every score in their cache.
+    for p in (run / "neural" / "reference" / "_QE.json", run / "neural" / "_GOLD_COMET.json",
+              run / "reports" / "compare" / "comparison.html"):
         p.unlink()
     res = ptvl("run", "--config", str(neural_run / "small.toml"), "--until", "curate", "--workers", "1")
     assert res.returncode == 0, res.stderr[-4000:]
