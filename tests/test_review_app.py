@@ -42,6 +42,8 @@ VISDIAL = [
      "eles estão dormindo?", None, ["brazilian"]),
     ("visdial/val/answer/0", "visdial/val/answers", "answer", "black", "pretos", "pretos", None, []),
     ("visdial/val/answer/1", "visdial/val/answers", "answer", "yes", "sim", "sim", None, []),
+    # offered as an option in round 2, never a ground-truth answer (most of VisDial's answer list is like this)
+    ("visdial/val/answer/2", "visdial/val/answers", "answer", "maybe", "talvez", "talvez", None, []),
 ]
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
 TOKEN = "test-token-0123456789abcdef"
@@ -93,7 +95,7 @@ def build_root(root: Path, engines: tuple[str, ...] = ("reference", "other")) ->
     dialogs = root / "sources" / "visdial" / "val"
     dialogs.mkdir(parents=True)
     rnd = [{"question": 0, "answer": 0, "answer_options": [0, 1], "gt_index": 0},
-           {"question": 1, "answer": 1, "answer_options": [0, 1], "gt_index": 1}]
+           {"question": 1, "answer": 1, "answer_options": [0, 1, 2], "gt_index": 1}]
     pq.write_table(pa.Table.from_pylist(
         [{"image_id": "visdial/7", "visdial_image_id": 7, "caption_segment_id": "visdial/val/caption/7",
           "rounds": rnd, "dense_round": None, "dense_relevance": None}], schema=DIALOGS), dialogs / "dialogs.parquet")
@@ -162,7 +164,7 @@ def test_no_translated_tables_is_a_clear_error(tmp_path) -> None:
 
 
 def test_a_row_shows_every_engine_flags_image_and_dialog_context(run) -> None:
-    client, _, _ = run
+    client, overlay, root = run
     row = client.get(f"/api/row/{H['a red car']}").json()
     assert [(m["engine"], m["text_pt"]) for m in row["machine"]] == [("reference", "a red car"),
                                                                      ("other", "um carro vermelho")]
@@ -182,6 +184,17 @@ def test_a_row_shows_every_engine_flags_image_and_dialog_context(run) -> None:
     page = client.get("/q/flag:brazilian/1").text  # the same row's page (brazilian: the bus, then this one)
     assert "Dialog context (VisDial)" in page and "dois gatos num sofá" in page
     assert '<li value="2" class="marked">' in page and "<img" not in page
+    # an answer that is only an option of round 2 shows that dialog too, the option named in the marked round
+    option = client.get(f"/api/row/{H['maybe']}").json()["dialogs"]
+    assert [(d["image_id"], d["option"]["pt"], [(r["round"], r["marked"]) for r in d["rounds"]]) for d in option] == [
+        ("visdial/7", "talvez", [(1, False), (2, True)])]
+    every = client_of(make_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"), overlay,
+                               queue_size=50))  # a sample of every string, so the row has a page
+    assert "option offered in this round:</b> talvez" in every.get(f"/q/sample/{_pos(every, H['maybe'])}").text
+
+
+def _pos(client, h: str) -> int:
+    return client.get("/api/queue/sample").json()["hashes"].index(h)
 
 
 def test_each_action_is_stored_with_provenance_and_counted(run) -> None:
