@@ -164,8 +164,9 @@ class Guard:
         if not host:
             return 400, "no Host header: send the server's name (HTTP/1.1)"
         if host_name(host) not in self.hosts:
-            return 403, (f"Host {host_name(host)!r} is not served here (this server answers to "
-                         f"{', '.join(sorted(self.hosts))}; a proxy's name needs --allow-host NAME)")
+            # The names served are not listed: after DNS rebinding, the attacker's page reads this answer.
+            return 403, (f"Host {host_name(host)!r} is not served here: only the names ptvl review was given "
+                         "(--host, --allow-host NAME for a proxy's name)")
         site = headers.get("sec-fetch-site")
         if scope["method"] in SAFE_METHODS:
             # Another site may link to a page, not pull the server's data or images into its own page.
