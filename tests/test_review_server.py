@@ -99,8 +99,11 @@ def test_the_server_process_is_light_and_300_mb_bodies_do_not_grow_it(review_pro
     assert b"pipeline.review" in cmdline  # the CLI handed over to the server process (same pid)
     assert "torch" not in maps and "libcuda" not in maps, "the review process loaded torch"
     assert _get(f"http://127.0.0.1:{port}/", None) == 401
+    for path in ("/", "/q/sample/0", "/image/cc3m/train/cc3m/train/1"):  # a page and an image served first
+        assert _get(f"http://127.0.0.1:{port}{path}", SET_TOKEN) == 200, path
     idle = _rss_kb(proc.pid)
     assert idle <= MAX_IDLE_RSS_KB, f"idle RSS {idle / 1024:.0f} MB"
+    assert "pyarrow/_dataset" not in Path(f"/proc/{proc.pid}/maps").read_text()  # ~50 MB, never needed here
     peak = [idle]
     done = threading.Event()
 
