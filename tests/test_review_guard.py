@@ -244,12 +244,26 @@ def test_an_accept_over_a_human_text_must_name_it(served) -> None:
     r = client.post("/api/correct", json={**accept, "replaces": ""})
     assert r.status_code == 409 and f"#{edit['id']} by ana" in r.json()["error"]
     assert r.json()["current"]["text_pt"] == "um carro encarnado"
-    assert client.post("/api/correct", json={**accept, "replaces": "999"}).status_code == 422
+    assert client.post("/api/correct", json={**accept, "replaces": "999"}).status_code == 409  # no such id
+    assert client.post("/api/correct", json={**accept, "replaces": "um carro encarnado"}).status_code == 409
     assert [x.text_pt for x in overlay.history("reference:v1", H)] == ["um carro encarnado"]
     ok = client.post("/api/correct", json={**accept, "replaces": str(edit["id"])})
     assert ok.status_code == 200 and overlay.corrections("reference:v1")[H].text_pt == "a red car"
     # a stale page (it saw the edit, someone accepted since): refused again
     assert client.post("/api/correct", json={**accept, "replaces": str(edit["id"])}).status_code == 409
+
+
+def test_an_edit_may_still_name_the_text_it_replaces(served) -> None:
+    """Clients that send the text shown (before ids): an edit is stored, compared by text."""
+    app, overlay, _ = served
+    client = client_of(app)
+    first = client.post("/api/correct", json={**EDIT, "replaces": "a red car"}).json()
+    assert first["superseded"] is None
+    again = client.post("/api/correct", json={**EDIT, "text_pt": "um carro rubro", "replaces": "a red car"}).json()
+    assert again["superseded"]["id"] == first["id"]  # it had not seen the first edit
+    third = client.post("/api/correct", json={**EDIT, "text_pt": "2", "replaces": "um carro rubro"}).json()
+    assert third["superseded"] is None
+    assert [r.replaces for r in overlay.history("reference:v1", H)] == ["a red car", "a red car", "um carro rubro"]
 
 
 def test_the_gold_row_holds_the_current_text(served) -> None:

@@ -6,9 +6,9 @@
 
 Bodies are JSON objects of strings or form-encoded; `engine` (default: the reviewed engine) names whose
 translation.  ``replaces`` is the id of the human correction the person saw as current, or "" when they
-saw the machine text.  An accept over a human text the person did not name is refused with 409 (one
-keypress must not undo someone's edit); an edit over an unseen edit is stored, last write wins, and
-says so.  Every text field follows translation/sendable.py's rules (422 naming the character and its
+saw the machine text (the text itself, as older clients sent it, still works for an edit).  An accept over
+a human text the person did not name by its id is refused with 409 (one keypress must not undo someone's
+edit); an edit over an unseen edit is stored, last write wins, and says so.  Every text field follows translation/sendable.py's rules (422 naming the character and its
 position), the same rules as the texts sent to an engine.  Whoever may post at all (token, origin,
 host) and how big a body may be were checked before a handler runs (guard.py, limits.py).
 """
@@ -123,24 +123,30 @@ def action_routes(review: Review) -> list[Route]:
             raise error(404, f"unknown text_hash {h!r}: no such source string in engine {name!r}'s tables")
         return table, row
 
-    def seen(body: dict, engine_id: str, row: dict) -> tuple[int | None, str]:
-        """(id of the human correction the person saw, or None for the machine text; the text they saw)."""
+    def seen(body: dict, engine_id: str, row: dict) -> tuple[dict, str]:
+        """(what the person saw, as record_correction's `seen` keyword or none; the text they saw).
+
+        ``replaces``: "" (the machine text), the id of one of the row's corrections, or, as clients sent
+        before ids, the text itself; such a text identifies no correction, so an edit is compared by text
+        (last write wins) and an accept over a human text is refused."""
         value = need(body, "replaces", " (the id of the human correction shown as current, or '' for the "
-                                       "machine text)").strip()
-        if not value:
-            return None, row["text_pt"] or ""
-        if not value.isdigit() or len(value) > 18:
-            raise error(422, f"replaces must be the id of a correction of this row, or '' (not {value[:40]!r})")
-        earlier = next((r for r in overlay.history(engine_id, row["text_hash"]) if r.id == int(value)), None)
-        if earlier is None:
-            raise error(422, f"replaces={value}: no correction #{value} of this row ('' means the machine text)")
-        return earlier.id, earlier.text_pt
+                                       "machine text)")
+        if not value.strip():
+            return {"seen": None}, row["text_pt"] or ""
+        if len(value) > MAX_TEXT_CHARS:
+            raise error(422, f"replaces is {len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
+        if value.strip().isdigit():
+            earlier = next((r for r in overlay.history(engine_id, row["text_hash"]) if str(r.id) == value.strip()),
+                           None)
+            if earlier is not None:
+                return {"seen": earlier.id}, earlier.text_pt
+        return ({"seen": None} if body.get("action") == "accept" else {}), value
 
     async def correct(request: Request) -> Response:
         body = await fields(request)
         table, row = target(body)
         action = body.get("action", "edit")
-        seen_id, replaces = await run_in_threadpool(seen, body, table.engine_id, row)
+        saw, replaces = await run_in_threadpool(seen, body, table.engine_id, row)
         source_id = None
         if action == "edit":
             text = checked_text(need(body, "text_pt"))
@@ -159,7 +165,7 @@ def action_routes(review: Review) -> list[Route]:
             rec = await run_in_threadpool(
                 overlay.record_correction, engine_id=table.engine_id, text_hash=row["text_hash"],
                 text_en=row["text_en"], text_pt=text, replaces=replaces, who=who, action=action,
-                source_engine=source_id, seen=seen_id, strict=action == "accept")
+                source_engine=source_id, strict=action == "accept", **saw)
         except NotCurrent as e:
             cur = e.current
             return JSONResponse({"error": f"not saved: the row's current text is a human {cur.action} (#{cur.id} "
