@@ -43,13 +43,17 @@ ENGINE_ID = "reference:v1"
 
 
 class Recorder:
-    """ASGI wrapper: every request the app saw (method, path, Host, Origin, cookie?) and its status."""
+    """ASGI wrapper: every request the app saw (method, path, Host, Origin, cookie?) and its status, but the
+    browser's favicon requests."""
 
     def __init__(self, app) -> None:
         self.app, self.seen = app, []
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/favicon.ico":  # the browser's own, whenever it likes: not part of any attack
             await self.app(scope, receive, send)
             return
         h = {k.decode(): v.decode() for k, v in scope["headers"]}
