@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline.io import write_text_atomic  # noqa: E402
+from ptvl_io.formatting import md_cell  # noqa: E402
 from translation.gold import load_flag_cases
 from translation.quality import FLAG_NAMES, FLAGS, QualityThresholds, flag_rates, flag_table  # noqa: E402
 from translation.scoring import flag_case_precision_recall
@@ -149,16 +150,12 @@ def _plots(all_rows: pl.DataFrame, engines: list[str], rates: pl.DataFrame) -> d
 
 # --- rendering ---------------------------------------------------------------------------------------
 
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _markdown(t: _Table) -> str:
     lines = [f"## {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
     for i, row in enumerate(t.cells):
         cells = []
         for j, text in enumerate(row):
-            cell = _md_cell(text)
+            cell = md_cell(text)  # captions and translations are data: no viewer may run them
             found = t.flags[i][j] if t.flags else []
             if found:
                 cell += " **⚑ " + ", ".join(f for f, _ in found) + "**"
@@ -185,8 +182,10 @@ def _html_table(t: _Table) -> str:
 
 
 def _from_markdown(title: str, md: str) -> _Table:
-    """A _Table from a pipe table without escaped pipes (render_table_5_2's output)."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    """A _Table from a pipe table whose cells went through md_cell (render_table_5_2's output): split on the
+    pipes, entities undone (_html_table escapes them again)."""
+    rows = [[html.unescape(c.strip()) for c in line.strip().strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("|")]
     if len(rows) < 2:
         return _Table(title, ["(empty)"], [])
     return _Table(title, rows[0], rows[2:])
@@ -334,7 +333,7 @@ def render_comparison(
     signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}
                         | {s["bleu_signature"] for s in gold_scores.values() if "bleu_signature" in s})
 
-    md = ["# Translator comparison", "", f"Engines: {', '.join(engines)}", ""]
+    md = ["# Translator comparison", "", f"Engines: {md_cell(', '.join(engines))}", ""]
     md += [_markdown(tables[0]), _markdown(tables[1]), "## Token statistics (Table 5.2 style)", "", table_5_2]
     md += [_markdown(t) for t in tables[2:]]
     if signatures:

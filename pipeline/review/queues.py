@@ -17,18 +17,17 @@ opened (a minute or two per million strings) and kept for the server's life.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from dataclasses import dataclass
 
 import polars as pl
-from sacrebleu.metrics import CHRF
 
 from pipeline.layout import RunLayout
 from pipeline.review.tables import RunTables
 from translation.quality import FLAG_NAMES
 
-_CHRF = CHRF()
 FIXED_QUEUES = ("worst", "qe", "disagree", "sample")
 
 
@@ -48,9 +47,16 @@ def sample_rank(seed: int, text_hash: str) -> str:
     return hashlib.blake2b(f"{seed}:{text_hash}".encode(), digest_size=8).hexdigest()
 
 
+@functools.cache
+def _chrf_metric():
+    from sacrebleu.metrics import CHRF  # deferred: sacrebleu (+ lxml, ~10 MB) only for the disagreement queue
+
+    return CHRF()
+
+
 def chrf(hypothesis: str, reference: str) -> float:
     """Sentence chrF (sacrebleu's defaults: character 6-grams, beta 2), 0..100."""
-    return _CHRF.sentence_score(hypothesis, [reference]).score
+    return _chrf_metric().sentence_score(hypothesis, [reference]).score
 
 
 class Queues:
