@@ -38,7 +38,15 @@ FAMILY = {
     "gpt_neo": dict(attention_types=[[["global", "local"], LAYERS // 2]], window_size=64),  # Glória's family
     "gptj": dict(rotary_dim=4), "codegen": dict(rotary_dim=4),  # rotary_dim <= head_dim
     "falcon": dict(head_dim=None),  # derived, read-only
+    "mamba2": dict(head_dim=2 * H // HEADS),  # the SSM head: expand * hidden = heads * head_dim
+    "zamba2": dict(layers_block_type=["linear_attention", "hybrid"]),  # default: a 54-layer pattern
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),  # no default pattern
+    "lfm2": dict(layer_types=["conv", "full_attention"]),
+    "zamba": dict(layers_block_type=["mamba", "hybrid"]),
 }
+# Hybrids whose default layer pattern leaves 2 layers without attention: one of each, as real checkpoints mix.
+FAMILY |= {name: dict(layer_types=["linear_attention", "full_attention"])
+           for name in ("granitemoehybrid", "qwen3_next", "kimi_linear", "bailing_hybrid", "qwen3_5_text")}
 # Scales whose defaults are 1 (a no-op that would hide a missed post-processing): Granite-3 / Falcon-H1 values.
 GRANITE = dict(embedding_multiplier=12.0, logits_scaling=8.0, residual_multiplier=0.22, attention_multiplier=0.0078125)
 FAMILY |= {"granite": GRANITE, "granitemoe": GRANITE, "granitemoeshared": GRANITE,
@@ -61,6 +69,7 @@ MAX_PARAMS = 2_000_000  # a family whose tiny build is bigger did not shrink (ne
 def tiny_config(model_type: str, vocab: int, bos: int, eos: int, pad: int):
     """A tiny config of `model_type`: the usual size settings under every name families give them."""
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     over = dict(
         hidden_size=H, n_embd=H, d_model=H, n_embed=H, embed_dim=H,
@@ -73,9 +82,28 @@ def tiny_config(model_type: str, vocab: int, bos: int, eos: int, pad: int):
         vocab_size=vocab, max_position_embeddings=128, n_positions=128, n_ctx=128,
         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, is_decoder=True,
         initializer_range=0.2,  # peaked random logits: a wrong scale shows
+        # State-space, linear-attention and latent-attention sizes (Mamba-2, Bamba, Zamba2, Nemotron-H,
+        # Qwen3-Next, DeepSeek-V3, Kimi-Linear): SSM width = expand * hidden = heads * head dim.
+        mamba_n_heads=HEADS, mamba_d_head=2 * H // HEADS, n_mamba_heads=HEADS, mamba_num_heads=HEADS,
+        mamba_head_dim=2 * H // HEADS, n_groups=1, mamba_n_groups=1, mamba_ngroups=1, state_size=8,
+        ssm_state_size=8, mamba_d_state=8, mamba_d_ssm=2 * H, chunk_size=16, mamba_chunk_size=16,
+        linear_num_key_heads=2, linear_num_value_heads=HEADS, linear_key_head_dim=H // HEADS,
+        linear_value_head_dim=H // HEADS, linear_num_heads=HEADS, linear_head_dim=H // HEADS,
+        kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=H // HEADS, qk_nope_head_dim=H // HEADS, v_head_dim=H // HEADS,
+        index_head_dim=H // HEADS, index_n_heads=HEADS,
+        n_group=1, topk_group=1, num_expert_group=1, first_k_dense_replace=1,
+        # Hybrids: one attention layer of the two, as in every real checkpoint (an attention-free tiny build
+        # cannot decode, in Hugging Face's generate() either).
+        attn_layer_period=2, attn_layer_offset=1, attn_layer_indices=[1], block_types=["recurrent", "attention"],
+        # Gemma-3n / Gemma-4: per-layer inputs, KV sharing, the global layers' head size.
+        hidden_size_per_layer_input=8, vocab_size_per_layer_input=vocab, laurel_rank=4, num_kv_shared_layers=0, global_head_dim=H // HEADS,
     )
     over.update(FAMILY.get(model_type, {}))
-    return AutoConfig.for_model(model_type, **{k: v for k, v in over.items() if v is not None})
+    cls = CONFIG_MAPPING[model_type]  # a name the family derives (a read-only property) is not set
+    if "kv_lora_rank" in getattr(cls, "__dataclass_fields__", {}):  # latent attention: every head has its K/V
+        over["num_key_value_heads"] = HEADS
+    return AutoConfig.for_model(model_type, **{k: v for k, v in over.items()
+                                               if v is not None and not isinstance(getattr(cls, k, None), property)})
 
 
 @pytest.fixture(scope="module")

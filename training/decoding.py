@@ -1,0 +1,184 @@
+"""Decoding with the frozen LLM: greedy and beam search over V-Glória's logits ([RET] included).
+
+One path for every family, built on what Hugging Face's own `generate()` passes to a model, so that what
+`generate()` gets right, this gets right, without a list of family quirks:
+- the cache is created as `generate()` creates it (a `DynamicCache` from the text config, or none where the
+  model builds its own: MiniMax's linear attention);
+- every fed token gets its position explicitly (`position_ids`), counted here. A body left to derive
+  positions from the cache reads `cache.get_seq_length()`, which a hybrid cache whose first layer is a
+  state-space layer reports as 0 (Bamba, MiniMax: every new token decoded as if at position 0), or refuses
+  to report (RecurrentGemma);
+- a cache the output does not return is the one passed in, updated in place (as `generate()` keeps it);
+- beam search reorders the cache with the model's own `_reorder_cache` when it has one, else the cache's
+  `reorder_cache`, as `generate()` does. A cache that can do neither, or a model that does not return its
+  cache (it keeps state in its own modules, which no reordering reaches: RecurrentGemma), falls back to the
+  uncached path.
+
+`Uncached` runs the whole sequence again at every step (no cache, positions from 0, exactly the training
+forward): the reference the cached path is tested against, and the fallback.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from training.model import VGloria
+
+
+def cache_of(out: Any) -> Any:
+    """The cache of a model output (`cache` in transformers >= 5.2x, `past_key_values` before), or None
+    where the output carries none (RecurrentGemma updates the cache it was given and its own modules)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")
+
+
+def new_cache(lm: Any) -> Any:
+    """The cache `generate()` would start with: a DynamicCache built from the text config, or None where
+    the model makes its own (`_supports_default_dynamic_cache` is False: MiniMax, RWKV, xLSTM, ...)."""
+    supports = getattr(type(lm), "_supports_default_dynamic_cache", None)
+    if supports is not None and not supports():
+        return None
+    from transformers import DynamicCache  # deferred: transformers loads only with a model
+
+    return DynamicCache(config=lm.config.get_text_config(decoder=True))
+
+
+def takes_positions(body: Any) -> bool:
+    """Whether the body's forward accepts `position_ids` (`generate()` passes them whenever it does)."""
+    return "position_ids" in inspect.signature(body.forward).parameters
+
+
+class Steps(Protocol):
+    """Feeds a growing batch of sequences to the LLM body and returns the last hidden state of each."""
+
+    def __call__(self, emb: Tensor) -> Tensor: ...  # (B, T, d) new embeddings -> (B, d)
+
+    def reorder(self, index: Tensor) -> None: ...  # keep/duplicate rows (beam search)
+
+
+class Cached:
+    """The incremental path: a KV / state cache, and each new token's position passed explicitly."""
+
+    def __init__(self, model: VGloria) -> None:
+        self.model = model
+        self.cache = new_cache(model.lm)
+        self.seen = 0  # tokens fed so far: the next token's position
+        self.returned = True  # every output carried the cache: no state outside it
+
+    def __call__(self, emb: Tensor) -> Tensor:
+        m = self.model
+        kw: dict[str, Any] = {m.cache_kw: self.cache}
+        if m.takes_positions:
+            pos = torch.arange(self.seen, self.seen + emb.shape[1], device=emb.device)
+            kw["position_ids"] = pos.unsqueeze(0).expand(emb.shape[0], -1)
+        out = m.body(inputs_embeds=emb, use_cache=True, **kw)
+        returned = cache_of(out)
+        self.returned = self.returned and returned is not None
+        self.cache = returned if returned is not None else self.cache
+        self.seen += emb.shape[1]
+        if self.cache is None:
+            raise RuntimeError(f"{m.model_type}: the body keeps no cache with use_cache=True")
+        return out.last_hidden_state[:, -1]
+
+    def can_reorder(self) -> bool:
+        return self.returned and (hasattr(self.model.lm, "_reorder_cache") or hasattr(self.cache, "reorder_cache"))
+
+    def reorder(self, index: Tensor) -> None:
+        own = getattr(self.model.lm, "_reorder_cache", None)
+        if own is not None:
+            self.cache = own(self.cache, index)
+        else:
+            self.cache.reorder_cache(index)
+
+
+class Uncached:
+    """The reference path: every step runs the whole sequence again, as the training forward does."""
+
+    def __init__(self, model: VGloria) -> None:
+        self.model = model
+        self.emb: Tensor | None = None
+
+    def __call__(self, emb: Tensor) -> Tensor:
+        self.emb = emb if self.emb is None else torch.cat([self.emb, emb], dim=1)
+        return self.model.body(inputs_embeds=self.emb, use_cache=False).last_hidden_state[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        self.emb = self.emb[index]
+
+
+def next_logits(model: VGloria, h: Tensor, allow_ret: bool) -> Tensor:
+    """(B, V + 1) logits of the next token; without allow_ret, [RET] can never win."""
+    logits = model.logits(h)
+    if not allow_ret:  # captioning (FROMAGe): [RET] is never generated, so it cannot cut a caption short
+        logits[..., model.ret_id] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def greedy_trace(model: VGloria, prefix: Tensor, steps: int, *, cached: bool = True, allow_ret: bool = True,
+                 stop: bool = True) -> tuple[list[int], Tensor]:
+    """Greedy continuation of one prefix (1, P, d): the ids and the (n, V + 1) logits each was chosen from.
+    With `stop`, it ends at EOS or [RET] (kept as the last id)."""
+    run: Steps = Cached(model) if cached else Uncached(model)
+    h = run(prefix)
+    ids: list[int] = []
+    rows = []
+    for _ in range(steps):
+        logits = next_logits(model, h, allow_ret)
+        rows.append(logits[0])
+        tok = int(logits[0].argmax())
+        ids.append(tok)
+        if stop and tok in (model.eos_id, model.ret_id):
+            break
+        h = run(model.embed(torch.tensor([[tok]], device=prefix.device)))
+    return ids, torch.stack(rows)
+
+
+@torch.no_grad()
+def generate_ids(model: VGloria, prefix: Tensor, max_new_tokens: int, num_beams: int = 1, allow_ret: bool = True,
+                 *, cached: bool = True) -> list[int]:
+    """Greedy (num_beams=1) or beam search continuation of one prefix (1, P, d); stops at EOS or [RET] (the
+    stop token is kept at the end of the returned ids). allow_ret=False never emits [RET]. cached=False
+    decodes without a cache (the reference)."""
+    if num_beams == 1:
+        return greedy_trace(model, prefix, max_new_tokens, cached=cached, allow_ret=allow_ret)[0]
+    run: Cached | Uncached = Cached(model) if cached else Uncached(model)
+    h = run(prefix)
+    if isinstance(run, Cached) and not run.can_reorder():  # a cache beam search cannot reorder: no cache
+        run = Uncached(model)
+        h = run(prefix)
+    return _beam(model, run, h, max_new_tokens, num_beams, prefix.device, allow_ret)
+
+
+def _beam(model: VGloria, run: Steps, h: Tensor, max_new: int, nb: int, device: torch.device,
+          allow_ret: bool) -> list[int]:
+    """Beam search scored by mean log-probability per token (finished beams) as before; `run` holds the live
+    beams, one row each."""
+    beams: list[tuple[list[int], float]] = [([], 0.0)]
+    done: list[tuple[list[int], float]] = []
+    for _ in range(max_new):
+        logp = F.log_softmax(next_logits(model, h, allow_ret).float(), -1)  # (n_live, V+1)
+        scores = torch.tensor([s for _, s in beams], device=device).unsqueeze(1) + logp
+        top = scores.flatten().topk(min(nb * 2, scores.numel()))
+        nxt, keep = [], []
+        for val, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            src, tok = divmod(flat, logp.shape[1])
+            seq = beams[src][0] + [tok]
+            if tok in (model.eos_id, model.ret_id):
+                done.append((seq, val / len(seq)))
+            else:
+                nxt.append((seq, val))
+                keep.append(src)
+            if len(nxt) == nb:
+                break
+        if not nxt or (len(done) >= nb and max(s for _, s in done) > max(v / len(q) for q, v in nxt)):
+            break
+        beams = nxt
+        run.reorder(torch.tensor(keep, device=device))
+        h = run(model.embed(torch.tensor([[q[-1]] for q, _ in beams], device=device)))
+    done += [(q, v / len(q)) for q, v in beams]
+    return max(done, key=lambda x: x[1])[0]
