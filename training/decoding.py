@@ -20,14 +20,27 @@ forward): the reference the cached path is tested against, and the fallback.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from training.model import VGloria
+
+class Model(Protocol):
+    """What decoding uses of V-Glória (training.model.VGloria, which imports this module)."""
+
+    lm: Any  # the frozen Hugging Face causal LM
+    body: Any  # its transformer body
+    cache_kw: str  # "cache" (transformers >= 5.2x) or "past_key_values"
+    takes_positions: bool  # the body's forward accepts position_ids
+    model_type: str
+    eos_id: int
+    ret_id: int
+
+    def embed(self, ids: Tensor, vis: Tensor | None = None) -> Tensor: ...
+
+    def logits(self, h: Tensor) -> Tensor: ...
 
 
 def cache_of(out: Any) -> Any:
@@ -63,7 +76,7 @@ class Steps(Protocol):
 class Cached:
     """The incremental path: a KV / state cache, and each new token's position passed explicitly."""
 
-    def __init__(self, model: VGloria) -> None:
+    def __init__(self, model: Model) -> None:
         self.model = model
         self.cache = new_cache(model.lm)
         self.seen = 0  # tokens fed so far: the next token's position
@@ -98,7 +111,7 @@ class Cached:
 class Uncached:
     """The reference path: every step runs the whole sequence again, as the training forward does."""
 
-    def __init__(self, model: VGloria) -> None:
+    def __init__(self, model: Model) -> None:
         self.model = model
         self.emb: Tensor | None = None
 
@@ -110,7 +123,7 @@ class Uncached:
         self.emb = self.emb[index]
 
 
-def next_logits(model: VGloria, h: Tensor, allow_ret: bool) -> Tensor:
+def next_logits(model: Model, h: Tensor, allow_ret: bool) -> Tensor:
     """(B, V + 1) logits of the next token; without allow_ret, [RET] can never win."""
     logits = model.logits(h)
     if not allow_ret:  # captioning (FROMAGe): [RET] is never generated, so it cannot cut a caption short
@@ -119,7 +132,7 @@ def next_logits(model: VGloria, h: Tensor, allow_ret: bool) -> Tensor:
 
 
 @torch.no_grad()
-def greedy_trace(model: VGloria, prefix: Tensor, steps: int, *, cached: bool = True, allow_ret: bool = True,
+def greedy_trace(model: Model, prefix: Tensor, steps: int, *, cached: bool = True, allow_ret: bool = True,
                  stop: bool = True) -> tuple[list[int], Tensor]:
     """Greedy continuation of one prefix (1, P, d): the ids and the (n, V + 1) logits each was chosen from.
     With `stop`, it ends at EOS or [RET] (kept as the last id)."""
@@ -139,7 +152,7 @@ def greedy_trace(model: VGloria, prefix: Tensor, steps: int, *, cached: bool = T
 
 
 @torch.no_grad()
-def generate_ids(model: VGloria, prefix: Tensor, max_new_tokens: int, num_beams: int = 1, allow_ret: bool = True,
+def generate_ids(model: Model, prefix: Tensor, max_new_tokens: int, num_beams: int = 1, allow_ret: bool = True,
                  *, cached: bool = True) -> list[int]:
     """Greedy (num_beams=1) or beam search continuation of one prefix (1, P, d); stops at EOS or [RET] (the
     stop token is kept at the end of the returned ids). allow_ret=False never emits [RET]. cached=False
@@ -154,7 +167,7 @@ def generate_ids(model: VGloria, prefix: Tensor, max_new_tokens: int, num_beams:
     return _beam(model, run, h, max_new_tokens, num_beams, prefix.device, allow_ret)
 
 
-def _beam(model: VGloria, run: Steps, h: Tensor, max_new: int, nb: int, device: torch.device,
+def _beam(model: Model, run: Steps, h: Tensor, max_new: int, nb: int, device: torch.device,
           allow_ret: bool) -> list[int]:
     """Beam search scored by mean log-probability per token (finished beams) as before; `run` holds the live
     beams, one row each."""

@@ -13,21 +13,35 @@ scoring each option alone):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from training.decoding import Cached
+from training.decoding import Model as DecodingModel
 
-if TYPE_CHECKING:
-    from training.model import Feats, VGloria
+Feats = dict[str, dict[int, Tensor]]
+
+
+class Model(DecodingModel, Protocol):
+    """What scoring uses of V-Glória (training.model.VGloria, which imports this module)."""
+
+    ret_in: Tensor
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]: ...
+
+    def pad(self, rows: list[list[int]], device: torch.device | str) -> Tensor: ...
+
+    def prefix_ids(self, text: list[int], k: int) -> list[int]: ...
+
+    def visual_tokens(self, feats: Feats) -> Tensor: ...
 
 Reduce = Literal["sum", "mean"]
 
 
-def shareable(model: VGloria, cache: object) -> bool:
+def shareable(model: Model, cache: object) -> bool:
     """A prefix cache that can be copied per option: HF's DynamicCache of plain key/value layers, in a
     model without a cache handling of its own."""
     from transformers.cache_utils import (  # deferred: transformers loads only with a model
@@ -41,12 +55,12 @@ def shareable(model: VGloria, cache: object) -> bool:
     return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers)
 
 
-def _option_ids(model: VGloria, options: list[str]) -> list[list[int]]:
+def _option_ids(model: Model, options: list[str]) -> list[list[int]]:
     """Token ids of each option; an empty option is scored as EOS (it ends the answer at once)."""
     return [t or [model.eos_id] for t in model.tokenize(options)]
 
 
-def _token_logp(model: VGloria, h: Tensor, targets: list[list[int]]) -> Tensor:
+def _token_logp(model: Model, h: Tensor, targets: list[list[int]]) -> Tensor:
     """(n,) summed log-probability of each row's target tokens; h[i, j] is the state that predicts
     targets[i][j]. Logits are computed at those states only (not over the prefix or the padding)."""
     rows = torch.cat([torch.full((len(t),), i, dtype=torch.long) for i, t in enumerate(targets)]).to(h.device)
@@ -56,7 +70,7 @@ def _token_logp(model: VGloria, h: Tensor, targets: list[list[int]]) -> Tensor:
     return torch.zeros(len(targets), device=h.device).index_add_(0, rows, logp)
 
 
-def _full(model: VGloria, prefix: list[int], vis: Tensor | None, opts: list[list[int]]) -> Tensor:
+def _full(model: Model, prefix: list[int], vis: Tensor | None, opts: list[list[int]]) -> Tensor:
     """Summed CE of each option: one uncached forward over [prefix; option] per row, right-padded."""
     device = model.ret_in.device
     ids = model.pad([prefix + o for o in opts], device)
@@ -65,7 +79,7 @@ def _full(model: VGloria, prefix: list[int], vis: Tensor | None, opts: list[list
     return -_token_logp(model, h[:, len(prefix) - 1 :], opts)
 
 
-def _shared(model: VGloria, prefix: Tensor, opts: list[list[int]]) -> Tensor | None:
+def _shared(model: Model, prefix: Tensor, opts: list[list[int]]) -> Tensor | None:
     """Summed CE of each option after one cached pass over the prefix (1, P, d); None where the cache
     cannot be shared (the caller scores with `_full`)."""
     run = Cached(model)
@@ -88,7 +102,7 @@ def _states(run: Cached, emb: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def option_losses(model: VGloria, feats: Feats, prefix_texts: list[str], options: list[list[str]],
+def option_losses(model: Model, feats: Feats, prefix_texts: list[str], options: list[list[str]],
                   chunk: int = 100, *, image: bool = True, reduce: Reduce = "sum",
                   how: Literal["auto", "full", "shared"] = "auto") -> Tensor:
     """(N, max options) cross-entropy of each option's tokens after [image] prefix_text (lower is better;
