@@ -27,6 +27,7 @@ import torch
 
 from training.config import ModelConfig
 from training.decoding import greedy_trace, next_logits
+from training.distributed import default_device
 from training.model import VIS, LLMUnsupported, VGloria, drop_handed_over, error_line, hand_over, vgloria
 from training.scoring import option_losses
 
@@ -187,11 +188,11 @@ def _model_type(llm: str) -> str:
         return "?"
 
 
-def check_llm(cfg: ModelConfig, device: torch.device | str = "cpu", *, keep: bool = False) -> LLMReport:
-    """Run the five checks on cfg.llm (in cfg.dtype on `device`); a check after a failed load is skipped.
-    keep=True hands the loaded LLM to the next `load_llm` of this process when every check passed. The
-    global random state is left as it was."""
-    device = torch.device(device)
+def check_llm(cfg: ModelConfig, device: torch.device | str | None = "cpu", *, keep: bool = False) -> LLMReport:
+    """Run the five checks on cfg.llm (in cfg.dtype on `device`; None: training's default, this rank's GPU
+    or the CPU); a check after a failed load is skipped. keep=True hands the loaded LLM to the next `load_llm`
+    of this process when every check passed. The global random state is left as it was."""
+    device = torch.device(device if device is not None else default_device())
     report = LLMReport(cfg.llm, dtype=cfg.dtype, device=str(device))
     probe_cfg = cfg.model_copy(update={"bridge": "cls", "bridge_kwargs": {}, "k": K, "layer": -1,
                                        "compile": False, "feature_norm": "none"})
@@ -230,7 +231,7 @@ def check_llm(cfg: ModelConfig, device: torch.device | str = "cpu", *, keep: boo
     return report
 
 
-def require_llm(cfg: ModelConfig, device: torch.device | str = "cpu", *, keep: bool = False) -> LLMReport:
+def require_llm(cfg: ModelConfig, device: torch.device | str | None = "cpu", *, keep: bool = False) -> LLMReport:
     """check_llm, raising `LLMRefused` (one line) when a check failed."""
     report = check_llm(cfg, device, keep=keep)
     if not report.ok:
