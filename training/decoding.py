@@ -9,10 +9,10 @@ One path for every family, built on what Hugging Face's own `generate()` passes 
   state-space layer reports as 0 (Bamba, MiniMax: every new token decoded as if at position 0), or refuses
   to report (RecurrentGemma);
 - a cache the output does not return is the one passed in, updated in place (as `generate()` keeps it);
-- beam search reorders the cache with the model's own `_reorder_cache` when it has one, else the cache's
-  `reorder_cache`, as `generate()` does. A cache that can do neither, or a model that does not return its
-  cache (it keeps state in its own modules, which no reordering reaches: RecurrentGemma), falls back to the
-  uncached path.
+- beam search reorders the cache with `reorder_cache` only where that provably reaches every state:
+  transformers' own DynamicCache of transformers' own layer classes, returned by the model. Otherwise (a
+  model's cache subclass with extra state, MiniMax; state kept in the model's modules, RecurrentGemma) beam
+  search runs uncached: slower, right.
 
 `Uncached` runs the whole sequence again at every step (no cache, positions from 0, exactly the training
 forward): the reference the cached path is tested against, and the fallback.
@@ -98,14 +98,18 @@ class Cached:
         return out.last_hidden_state[:, -1]
 
     def can_reorder(self) -> bool:
-        return self.returned and (hasattr(self.model.lm, "_reorder_cache") or hasattr(self.cache, "reorder_cache"))
+        """Whether reorder_cache reaches every state: transformers' own DynamicCache, made of transformers'
+        own layer classes (each reorders its tensors), returned by the model (no state kept elsewhere). A
+        model's cache subclass may hold state its reorder_cache misses (MiniMaxCache's linear-attention
+        states: Hugging Face's own beam search on MiniMax is wrong)."""
+        from transformers import cache_utils  # deferred: transformers loads only with a model
+
+        return (self.returned and type(self.cache) is cache_utils.DynamicCache
+                and not hasattr(self.model.lm, "_reorder_cache")
+                and all(type(layer).__module__ == cache_utils.__name__ for layer in self.cache.layers))
 
     def reorder(self, index: Tensor) -> None:
-        own = getattr(self.model.lm, "_reorder_cache", None)
-        if own is not None:
-            self.cache = own(self.cache, index)
-        else:
-            self.cache.reorder_cache(index)
+        self.cache.reorder_cache(index)
 
 
 class Uncached:
