@@ -60,16 +60,21 @@ def preflight_run(settings: Settings, config: str, plan: PlannedRun, *, workers:
                   allow_partial: bool) -> list[str]:
     """The paid engines' keys and quotas, before any request (nothing to check before translate); the LLM,
     before anything is trained (when the run builds its own LLM, the sample's, once that is built)."""
-    lines = []
+    lines: list[str] = []
+    first = sample_llm_tasks(settings, config) if plan.trains else []
+
+    def llm() -> None:
+        lines.extend(summary(preflight_training(settings, Path(config), workers=workers, local=not scheduler.host)))
+
+    if plan.trains and not first:  # an LLM that exists: checked before anything runs
+        llm()
     if plan.translates:
         lines += preflight_paid_engines(settings, config, settings.translate.engines, allow_partial=allow_partial,
                                         build_kwargs=scheduler.build_kwargs(workers))
-    if plan.trains:
-        first = sample_llm_tasks(settings, config)
-        if first and not run_dag(first, workers=workers, scheduler_host=scheduler.host,
-                                 scheduler_port=scheduler.port).complete:
-            return lines  # the run itself reports that task's failure
-        lines += summary(preflight_training(settings, Path(config), workers=workers, local=not scheduler.host))
+    if first:  # the run builds its LLM (the sample's): checked once built, before training
+        if not run_dag(first, workers=workers, scheduler_host=scheduler.host, scheduler_port=scheduler.port).complete:
+            return lines  # the run itself then reports that task's failure
+        llm()
     return lines
 
 
