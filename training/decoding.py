@@ -4,10 +4,13 @@ One path for every family, built on what Hugging Face's own `generate()` passes 
 `generate()` gets right, this gets right, without a list of family quirks:
 - the cache is created as `generate()` creates it (a `DynamicCache` from the text config, or none where the
   model builds its own: MiniMax's linear attention);
-- every fed token gets its position explicitly (`position_ids`), counted here. A body left to derive
-  positions from the cache reads `cache.get_seq_length()`, which a hybrid cache whose first layer is a
-  state-space layer reports as 0 (Bamba, MiniMax: every new token decoded as if at position 0), or refuses
-  to report (RecurrentGemma);
+- the body gets its own copy of the input embeddings, as `generate()` clones them (CTRL scales them in
+  place);
+- every fed token gets its position explicitly (`position_ids`), counted here, as `generate()` gives them.
+  A body left to derive positions may ignore the cache (Bamba numbers every step from 0; RoBERTa-style
+  embeddings do when fed inputs_embeds) or read a length a hybrid cache misreports (MiniMax) or cannot
+  report (RecurrentGemma). The first number is the one the body's own forward gives (0, or RoBERTa's padding
+  index + 1), found when the model is built;
 - a cache the output does not return is the one passed in, updated in place (as `generate()` keeps it);
 - beam search reorders the cache with `reorder_cache` only where that provably reaches every state:
   transformers' own DynamicCache of transformers' own layer classes, returned by the model. Otherwise (a
@@ -33,7 +36,7 @@ class Model(Protocol):
     lm: Any  # the frozen Hugging Face causal LM
     body: Any  # its transformer body
     cache_kw: str  # "cache" (transformers >= 5.2x) or "past_key_values"
-    takes_positions: bool  # the body's forward accepts position_ids
+    first_position: int | None  # position_ids o, o+1, ... give the body's own forward (None: no such o)
     model_type: str
     eos_id: int
     ret_id: int
@@ -82,14 +85,21 @@ class Cached:
         self.seen = 0  # tokens fed so far: the next token's position
         self.returned = True  # every output carried the cache: no state outside it
 
+    def positions(self, emb: Tensor) -> dict[str, Tensor]:
+        """`position_ids` of new embeddings (B, T, d), counted from the tokens fed so far, as `generate()`
+        gives them, from the number the body's own forward gives the first token (RoBERTa: its padding
+        index + 1); none where no numbering reproduces that forward (the body then derives them itself)."""
+        first = self.model.first_position
+        if first is None:
+            return {}
+        pos = torch.arange(first + self.seen, first + self.seen + emb.shape[1], device=emb.device)
+        return {"position_ids": pos.unsqueeze(0).expand(emb.shape[0], -1)}
+
     def __call__(self, emb: Tensor) -> Tensor:
         m = self.model
-        kw: dict[str, Any] = {m.cache_kw: self.cache}
-        if m.takes_positions:
-            pos = torch.arange(self.seen, self.seen + emb.shape[1], device=emb.device)
-            kw["position_ids"] = pos.unsqueeze(0).expand(emb.shape[0], -1)
-        out = m.body(inputs_embeds=emb, use_cache=True, **kw)
-        returned = cache_of(out)
+        kw: dict[str, Any] = {m.cache_kw: self.cache, **self.positions(emb)}
+        out = m.body(inputs_embeds=emb.clone(), use_cache=True, **kw)  # clone: as generate() does (CTRL
+        returned = cache_of(out)  # scales inputs_embeds in place, which would corrupt the caller's prefix)
         self.returned = self.returned and returned is not None
         self.cache = returned if returned is not None else self.cache
         self.seen += emb.shape[1]
@@ -121,7 +131,7 @@ class Uncached:
 
     def __call__(self, emb: Tensor) -> Tensor:
         self.emb = emb if self.emb is None else torch.cat([self.emb, emb], dim=1)
-        return self.model.body(inputs_embeds=self.emb, use_cache=False).last_hidden_state[:, -1]
+        return self.model.body(inputs_embeds=self.emb.clone(), use_cache=False).last_hidden_state[:, -1]
 
     def reorder(self, index: Tensor) -> None:
         self.emb = self.emb[index]

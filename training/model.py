@@ -164,8 +164,8 @@ class VGloria(nn.Module):
         # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
         params = inspect.signature(self.body.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.takes_positions = decoding.takes_positions(self.body)
         self._check_inputs_embeds(tokenizer)
+        self.first_position = self._first_position()  # decoding numbers fed tokens from here (None: the body)
         # W_t: one map per chosen layer, each as wide as that layer's hidden state (OPT-350m: the last
         # state is projected to the 512-d embedding width, the intermediate ones are 1024 wide).
         self.text_fc = nn.ModuleList(nn.Linear(w, cfg.q) for w in self._layer_widths(cfg.text_emb_layers))
@@ -240,6 +240,27 @@ class VGloria(nn.Module):
         except Exception as e:  # noqa: BLE001
             raise LLMUnsupported(f"{what}: its body refuses input rows that are not rows of its embedding table "
                                  f"({error_line(e)}), so [RET] and visual tokens cannot be fed") from None
+
+    @torch.no_grad()
+    def _first_position(self) -> int | None:
+        """The number the body's own forward gives the first token, when explicit position_ids o, o+1, ... give
+        exactly that forward: o = 0 almost everywhere, the padding index + 1 in RoBERTa-style embeddings. None
+        where no such numbering does (or the body takes no positions): decoding then leaves them to the body."""
+        if not decoding.takes_positions(self.body):
+            return None
+        table = self.lm.get_input_embeddings()
+        emb = table(torch.arange(1, 5, device=table.weight.device).clamp_max(self.vocab - 1).unsqueeze(0))
+        own = self.body(inputs_embeds=emb.clone(), use_cache=False).last_hidden_state.float()
+        pad = getattr(self.lm.config, "pad_token_id", None)
+        for first in dict.fromkeys([0, 1, 2] + ([pad + 1] if isinstance(pad, int) else [])):
+            pos = torch.arange(first, first + 4, device=emb.device).unsqueeze(0)
+            try:
+                given = self.body(inputs_embeds=emb.clone(), position_ids=pos, use_cache=False).last_hidden_state
+            except Exception:  # noqa: BLE001 - a body that refuses plain positions derives its own
+                return None
+            if torch.allclose(own, given.float(), rtol=1e-4, atol=1e-4 * float(own.abs().max())):
+                return first
+        return None
 
     @torch.no_grad()
     def _layer_widths(self, layers: list[int]) -> list[int]:

@@ -96,9 +96,8 @@ def _shared(model: Model, prefix: Tensor, opts: list[list[int]]) -> Tensor | Non
 def _states(run: Cached, emb: Tensor) -> Tensor:
     """(n, T, d) states of a batch fed after the cache: every position, not only the last."""
     m = run.model
-    pos = torch.arange(run.seen, run.seen + emb.shape[1], device=emb.device).unsqueeze(0).expand(emb.shape[0], -1)
-    kw = {"position_ids": pos} if m.takes_positions else {}
-    return m.body(inputs_embeds=emb, use_cache=True, **{m.cache_kw: run.cache}, **kw).last_hidden_state
+    kw = {m.cache_kw: run.cache, **run.positions(emb)}
+    return m.body(inputs_embeds=emb, use_cache=True, **kw).last_hidden_state
 
 
 @torch.no_grad()
