@@ -50,7 +50,8 @@ FAMILY = {
 }
 # Hybrids whose default layer pattern leaves 2 layers without attention: one of each, as real checkpoints mix.
 FAMILY |= {name: dict(layer_types=["linear_attention", "full_attention"])
-           for name in ("granitemoehybrid", "qwen3_next", "kimi_linear", "bailing_hybrid", "qwen3_5_text")}
+           for name in ("granitemoehybrid", "qwen3_next", "kimi_linear", "bailing_hybrid", "qwen3_5_text",
+                        "qwen3_5_moe_text", "qwen4_exp_text")}
 # Scales whose defaults are 1 (a no-op that would hide a missed post-processing): Granite-3 / Falcon-H1 values.
 GRANITE = dict(embedding_multiplier=12.0, logits_scaling=8.0, residual_multiplier=0.22, attention_multiplier=0.0078125)
 FAMILY |= {"granite": GRANITE, "granitemoe": GRANITE, "granitemoeshared": GRANITE,
@@ -77,6 +78,12 @@ REFUSED = {
     # Looped layers whose cache is an approximation by design: Hugging Face's own generate() differs from
     # the full forward by ~1% of the logits too.
     "dory": r"'decoding' failed: cached decoding differs from the uncached forward",
+    "xlstm": r"'decoding' failed: ValueError: matC_old has wrong shape",  # generate() fails alike
+    "xlnet": r"'forward' failed: not a causal LM",  # a permutation LM: its positions see the whole input
+    # An output layer that is not one row per input token: [RET] has no output row to add.
+    "moshi": r"'load' failed: .*the output layer is not a linear map over the \d+ input tokens",
+    "rembert": r"'load' failed: .*the output layer is not a linear map over the \d+ input tokens",
+    "xmod": r"'load' failed: .*its own forward fails on 4 ordinary tokens .*Input language unknown",
 }
 FULL_SWEEP = os.environ.get("PTVL_ALL_LLM_FAMILIES") == "1"
 MAX_PARAMS = 2_000_000  # a family whose tiny build is bigger did not shrink (nested vision/audio configs)
@@ -97,6 +104,7 @@ def tiny_config(model_type: str, vocab: int, bos: int, eos: int, pad: int):
         num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
         vocab_size=vocab, max_position_embeddings=128, n_positions=128, n_ctx=128,
         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, is_decoder=True,
+        bos_index=bos, eos_index=eos, pad_index=pad, causal=True,  # XLM's names (a CLM checkpoint is causal)
         initializer_range=0.2,  # peaked random logits: a wrong scale shows
         # State-space, linear-attention and latent-attention sizes (Mamba-2, Bamba, Zamba2, Nemotron-H,
         # Qwen3-Next, DeepSeek-V3, Kimi-Linear): SSM width = expand * hidden = heads * head dim.
@@ -168,7 +176,7 @@ class Resized:
         from transformers import AutoModelForCausalLM
 
         self.model, self.v = model, model.vocab
-        self.body_name = next(n for n, child in model.lm.named_children() if child is model.body)
+        self.body_name = next(n for n, mod in model.lm.named_modules() if mod is model.body)
         ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval().requires_grad_(False)
         ref.resize_token_embeddings(self.v + 1, mean_resizing=False)
         self.ref = ref
@@ -206,10 +214,10 @@ class Resized:
         input_ids, the plain token path, [RET] included."""
         kw = {"inputs_embeds": self.embed_rows(row, vis)} if vis is not None else {"input_ids": torch.tensor([row])}
         states = []  # the body's output, as ptvl reads it (Gemma-3n's hidden_states hold every AltUp stream)
-        hook = getattr(self.ref, self.body_name).register_forward_hook(
+        hook = self.ref.get_submodule(self.body_name).register_forward_hook(
             lambda mod, args, out: states.append(out.last_hidden_state))
         try:
-            out = torch.func.functional_call(self.ref, self.params(), args=(), kwargs=kw)
+            out = torch.func.functional_call(self.ref, self.params(), args=(), kwargs={**kw, "use_cache": False})
         finally:
             hook.remove()
         return out.logits[0], states[-1][0]
@@ -283,7 +291,10 @@ def _check_decoding(model: VGloria, family: str) -> None:
         ids, logits = greedy_trace(model, prefix, 6, allow_ret=allow_ret, stop=False)
         ref_ids, ref_logits = greedy_trace(model, prefix, 6, cached=False, allow_ret=allow_ret, stop=False)
         assert ids == ref_ids, (family, ids, ref_ids)
-        torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4, msg=lambda m: f"{family} decoding: {m}")
+        # fp32 rounding, relative to the logits' scale: a state-space layer steps by a recurrence where the full
+        # forward runs a chunked scan (Zamba2: 4e-4 of the largest logit apart).
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-3 * float(ref_logits.abs().max()),
+                                   msg=lambda m: f"{family} decoding: {m}")
         beams = [model.generate_ids(prefix, 5, num_beams=3, allow_ret=allow_ret, cached=c) for c in (True, False)]
         assert beams[0] == beams[1], (family, beams)
 
@@ -351,7 +362,7 @@ def test_family_is_right_or_refused_in_one_line(family, tokenizer_dir, tmp_path,
     # (1) logits, [RET] column included, on a row that also feeds [RET] as input.
     row = model.retrieval_rows(caps)[0] + caps[1][:3]
     ids = torch.tensor([row])
-    ours = model.logits(model.body(inputs_embeds=model.embed(ids)).last_hidden_state)[0]
+    ours = model.logits(model.body(inputs_embeds=model.embed(ids), use_cache=False).last_hidden_state)[0]
     theirs, _ = ref.forward(row)
     assert ours.shape == theirs.shape == (len(row), model.vocab + 1)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5, msg=lambda m: f"{family} logits: {m}")

@@ -17,8 +17,8 @@ One path for every family, built on what Hugging Face's own `generate()` passes 
   model's cache subclass with extra state, MiniMax; state kept in the model's modules, RecurrentGemma) beam
   search runs uncached: slower, right.
 
-`Uncached` runs the whole sequence again at every step (no cache, positions from 0, exactly the training
-forward): the reference the cached path is tested against, and the fallback.
+`Uncached` runs the whole sequence again at every step (no cache, exactly the training forward): the
+reference the cached path is tested against, and the path of a body that keeps no cache (GPT-1, RWKV).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Model(Protocol):
 
     lm: Any  # the frozen Hugging Face causal LM
     body: Any  # its transformer body
-    cache_kw: str  # "cache" (transformers >= 5.2x) or "past_key_values"
+    cache_kw: str | None  # "cache" (transformers >= 5.2x), "past_key_values" before, None: takes no cache
     first_position: int | None  # position_ids o, o+1, ... give the body's own forward (None: no such o)
     model_type: str
     eos_id: int
@@ -103,8 +103,6 @@ class Cached:
         self.returned = self.returned and returned is not None
         self.cache = returned if returned is not None else self.cache
         self.seen += emb.shape[1]
-        if self.cache is None:
-            raise RuntimeError(f"{m.model_type}: the body keeps no cache with use_cache=True")
         return out.last_hidden_state[:, -1]
 
     def can_reorder(self) -> bool:
@@ -145,13 +143,25 @@ def next_logits(model: Model, h: Tensor, allow_ret: bool) -> Tensor:
     return logits
 
 
+def start(model: Model, prefix: Tensor, cached: bool) -> tuple[Cached | Uncached, Tensor]:
+    """The decoding path for one prefix (1, P, d) and the prefix's last state. Cached where the body keeps a
+    cache; a body that takes none (GPT-1), or returns none and was given none (RWKV, XLNet keep theirs in
+    other arguments), decodes by full forwards."""
+    if cached and model.cache_kw is not None:
+        run = Cached(model)
+        h = run(prefix)
+        if run.cache is not None:
+            return run, h
+    run = Uncached(model)
+    return run, run(prefix)
+
+
 @torch.no_grad()
 def greedy_trace(model: Model, prefix: Tensor, steps: int, *, cached: bool = True, allow_ret: bool = True,
                  stop: bool = True) -> tuple[list[int], Tensor]:
     """Greedy continuation of one prefix (1, P, d): the ids and the (n, V + 1) logits each was chosen from.
     With `stop`, it ends at EOS or [RET] (kept as the last id)."""
-    run: Steps = Cached(model) if cached else Uncached(model)
-    h = run(prefix)
+    run, h = start(model, prefix, cached)
     ids: list[int] = []
     rows = []
     for _ in range(steps):
@@ -173,8 +183,7 @@ def generate_ids(model: Model, prefix: Tensor, max_new_tokens: int, num_beams: i
     decodes without a cache (the reference)."""
     if num_beams == 1:
         return greedy_trace(model, prefix, max_new_tokens, cached=cached, allow_ret=allow_ret)[0]
-    run: Cached | Uncached = Cached(model) if cached else Uncached(model)
-    h = run(prefix)
+    run, h = start(model, prefix, cached)
     if isinstance(run, Cached) and not run.can_reorder():  # a cache beam search cannot reorder: no cache
         run = Uncached(model)
         h = run(prefix)

@@ -112,23 +112,33 @@ def _real_tokens(model: VGloria, n: int) -> list[int]:
 
 @torch.no_grad()
 def check_forward(model: VGloria, tol: float) -> None:
-    """Visual rows and [RET] through the body and the head: V + 1 finite logits; before the first virtual
-    row, the logits of the LLM's own forward on the same ids."""
+    """Visual rows and [RET] through the body and the head: V + 1 finite logits. On the real tokens before the
+    first virtual row: the logits of the LLM's own forward, and the same logits as within the whole row (a
+    model whose earlier positions see later tokens is not a causal LM: XLNet, a bidirectional XLM)."""
     device = model.ret_in.device
     real = _real_tokens(model, 5)
     head = model.bos + real[:2]
     row = head + [VIS] * K + real[2:4] + [model.ret_id] + real[4:]
     vis = model.visual_tokens(_feats(1, device))[0]
-    h = model.body(inputs_embeds=model.embed(torch.tensor([row], device=device), vis), use_cache=False)
-    logits = model.logits(h.last_hidden_state)
-    if logits.shape != (1, len(row), model.vocab + 1):
-        raise AssertionError(f"logits of shape {tuple(logits.shape)}, expected (1, {len(row)}, {model.vocab + 1})")
-    if not torch.isfinite(logits).all():
+
+    def logits(ids: list[int], slots: torch.Tensor | None) -> torch.Tensor:
+        emb = model.embed(torch.tensor([ids], device=device), slots)
+        return model.logits(model.body(inputs_embeds=emb, use_cache=False).last_hidden_state)
+
+    full = logits(row, vis)
+    if full.shape != (1, len(row), model.vocab + 1):
+        raise AssertionError(f"logits of shape {tuple(full.shape)}, expected (1, {len(row)}, {model.vocab + 1})")
+    if not torch.isfinite(full).all():
         raise AssertionError("non-finite logits with visual rows and [RET] in the input")
+    alone = logits(head, None)
     own = model.lm(input_ids=torch.tensor([head], device=device), use_cache=False).logits
-    diff = _close(logits[:, : len(head), : model.vocab], own)
+    diff = _close(alone[..., : model.vocab], own)
     if diff > tol:
         raise AssertionError(f"logits differ from the LLM's own forward by {diff:.3g} (relative; allowed {tol:g})")
+    diff = _close(full[:, : len(head)], alone)
+    if diff > tol:
+        raise AssertionError(f"not a causal LM: later tokens change the logits of earlier ones (by {diff:.3g}, "
+                             "relative), so it cannot be trained to continue a prefix")
 
 
 def check_train_step(model: VGloria) -> None:

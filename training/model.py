@@ -162,8 +162,9 @@ class VGloria(nn.Module):
         self._head_only = _HeadOnly(lm, body_name)
         self.body = getattr(lm, body_name)  # the transformer without its head
         # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
+        # None: a body that takes no cache (GPT-1, RWKV's `state`) decodes by full forwards (training.decoding).
         params = inspect.signature(self.body.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
         self._check_inputs_embeds(tokenizer)
         self.first_position = self._first_position()  # decoding numbers fed tokens from here (None: the body)
         # W_t: one map per chosen layer, each as wide as that layer's hidden state (OPT-350m: the last

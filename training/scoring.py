@@ -82,6 +82,8 @@ def _full(model: Model, prefix: list[int], vis: Tensor | None, opts: list[list[i
 def _shared(model: Model, prefix: Tensor, opts: list[list[int]]) -> Tensor | None:
     """Summed CE of each option after one cached pass over the prefix (1, P, d); None where the cache
     cannot be shared (the caller scores with `_full`)."""
+    if model.cache_kw is None:
+        return None
     run = Cached(model)
     h0 = run(prefix)  # (1, d): the state predicting each option's first token
     if not (run.returned and shareable(model, run.cache)):
