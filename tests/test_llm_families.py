@@ -217,10 +217,12 @@ class Resized:
         hook = self.ref.get_submodule(self.body_name).register_forward_hook(
             lambda mod, args, out: states.append(out.last_hidden_state))
         try:
-            out = torch.func.functional_call(self.ref, self.params(), args=(), kwargs={**kw, "use_cache": False})
+            out = torch.func.functional_call(self.ref, self.params(), args=(),
+                                             kwargs={**kw, "use_cache": False, "output_hidden_states": True})
         finally:
             hook.remove()
-        return out.logits[0], states[-1][0]
+        # A wrapper body (BART's decoder wrapper) is never called itself: its decoder's last hidden state.
+        return out.logits[0], (states[-1] if states else out.hidden_states[-1])[0]
 
 
 def _ce_sum(logits: torch.Tensor, row: list[int]) -> tuple[torch.Tensor, int]:
