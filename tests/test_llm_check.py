@@ -139,3 +139,36 @@ def test_train_retrain_and_run_refuse_before_anything_is_written(folders, tmp_pa
     assert "(gemma4_text) cannot be used: the pre-flight check 'load' failed" in out.output
     assert "Traceback" not in out.output and "rerun" not in out.output
     assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize("llm", ["llama", "gemma4_text"])
+def test_run_checks_the_llm_the_run_builds_once_built_and_before_training(folders, tmp_path, monkeypatch, llm,
+                                                                          one_torch_thread):
+    """The sample's LLM is built by the DAG itself (PrepareSampleModels): `ptvl run` builds it first, then
+    pre-flights it, then runs the rest; a refusal stops the run there, in one line."""
+    import shutil
+
+    from pipeline import run_stage
+    from pipeline.settings import ConfigError, load_settings
+    from pipeline.tasks.model import PrepareSampleModels
+
+    config = _profile(tmp_path)
+    settings = load_settings(config)
+    built = []
+
+    def build_the_llm(tasks, **kw):
+        built.extend(tasks)
+        shutil.copytree(folders[llm], settings.root / "models" / "tiny-lm")
+        return run_stage.DagOutcome(complete=True)
+
+    monkeypatch.setattr(run_stage, "run_dag", build_the_llm)
+    plan = run_stage.PlannedRun("train", [], translates=False, trains=True)
+    kw = dict(workers=1, scheduler=run_stage.Scheduler(), allow_partial=False)
+    if llm == "gemma4_text":
+        with pytest.raises(ConfigError, match=r"\(gemma4_text\) cannot be used: the pre-flight check 'load'"):
+            run_stage.preflight_run(settings, str(config), plan, **kw)
+    else:
+        lines = run_stage.preflight_run(settings, str(config), plan, **kw)
+        assert len(lines) == 1 and "(llama, " in lines[0] and "5 checks passed" in lines[0]
+    assert [type(t) for t in built] == [PrepareSampleModels]
+    assert not (settings.root / "train").exists()
