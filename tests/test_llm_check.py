@@ -15,8 +15,8 @@ from pipeline.cli import app
 from tests.test_llm_families import build_folder
 from training import decoding, scoring
 from training.config import ModelConfig
+from training.llm_access import load_llm
 from training.llm_check import CHECKS, check_llm
-from training.model import load_llm
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,8 @@ import torch
 from training.config import ModelConfig
 from training.decoding import greedy_trace, next_logits
 from training.distributed import default_device
-from training.model import VIS, LLMUnsupported, VGloria, drop_handed_over, error_line, hand_over, vgloria
+from training.llm_access import LLMUnsupported, drop_handed_over, error_line, hand_over
+from training.model import VIS, VGloria, vgloria
 from training.scoring import option_losses
 
 CHECKS = ("load", "forward", "train step", "decoding", "visdial")

@@ -1,7 +1,9 @@
 """V-Glória: frozen CLIP features -> bridge -> k LLM input embeddings, plus a [RET] token for retrieval (FROMAGe).
 
-Reading order: the [RET] token handling, the model (sequence building, one forward, the losses), the
-generation API (captions, answers, retrieval, VisDial option scoring), then the `vgloria` builder.
+Reading order: the model (its [RET] and visual rows, sequence building, one forward, the losses), the
+inference API (captions, answers, retrieval, VisDial option scoring), then the `vgloria` builder. Loading the
+LLM, finding its body and running its head alone are in `training/llm_access.py`; decoding in
+`training/decoding.py`; option scoring in `training/scoring.py`.
 
 [RET] is a *virtual* token: its id is `V`, one past the LLM's embedding rows, and its input embedding (and,
 for untied heads, its output row) are trainable parameters spliced in explicitly. Nothing is resized, so
@@ -15,7 +17,7 @@ against the full Hugging Face forward of a resized model, for every causal-LM fa
   the table (Gemma's sqrt(d) scaling inside the embedding module under transformers 5; a plain
   nn.Embedding is a lookup, so they are spliced in directly);
 - output: logits come from the causal-LM class's own forward, run on our hidden states with its body
-  skipped, while a forward hook adds the [RET] column to the output layer. Whatever the family does after
+  skipped (llm_access.HeadOnly), while a forward hook adds the [RET] column to the output layer. Whatever the family does after
   the body (Gemma-2's soft-capping, Cohere's logit_scale, Granite's logits_scaling, a head bias, BERT's
   transform before the decoder) applies to [RET] as to any real token.
 """
@@ -35,6 +37,14 @@ from torch import Tensor, nn
 from training import decoding, scoring
 from training.bridges import build_bridge
 from training.features import VisualEncoder, load_clip
+from training.llm_access import (
+    HeadOnly,
+    check_inputs_embeds,
+    find_body,
+    first_position,
+    load_llm,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:  # only annotations: the GPU benchmark runs this module without pydantic installed
     from training.config import ModelConfig
@@ -60,66 +70,9 @@ class Losses:
         return {k: float(getattr(self, k).detach()) for k in ("total", "caption", "ret_ce", "i2t", "t2i")}
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
 def take_feats(feats: Feats, index: Tensor | list[int]) -> Feats:
     """Select images (rows) of a feature dict."""
     return {kind: {layer: t[index] for layer, t in d.items()} for kind, d in feats.items()}
-
-
-class _BodyOutput(tuple):
-    """What the causal-LM forward reads from its body, when `logits` skips the body: the given hidden states
-    as `last_hidden_state` / `[0]`; every other field (cache, router logits, attentions) is absent (None)."""
-
-    def __new__(cls, hidden: Tensor) -> _BodyOutput:
-        return super().__new__(cls, (hidden,))
-
-    @property
-    def last_hidden_state(self) -> Tensor:
-        return self[0]
-
-    def __getattr__(self, name: str) -> None:
-        return None
-
-
-class _SkipBody:
-    """Stands in for the transformer body: returns its `inputs_embeds` (our final hidden states) unchanged.
-    A sub-module of the body is skipped too (wrappers call `self.model.decoder(...)`); any other attribute is
-    the body's own (Falcon-H1 scales its logits by `self.model.lm_head_multiplier`)."""
-
-    def __init__(self, body: nn.Module) -> None:
-        self._body = body
-
-    def __call__(self, *args: Any, inputs_embeds: Tensor | None = None, **kw: Any) -> _BodyOutput:
-        if inputs_embeds is None:
-            raise TypeError("the causal-LM forward did not pass inputs_embeds to its body")
-        return _BodyOutput(inputs_embeds)
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._body, name)
-        return self if isinstance(value, nn.Module) else value
-
-
-class _HeadOnly:
-    """`self` for the causal-LM class's own forward: the LM, except that its body is `_SkipBody`."""
-
-    def __init__(self, lm: nn.Module, body_name: str) -> None:
-        self._lm, self._body_name, self._skip = lm, body_name, _SkipBody(getattr(lm, body_name))
-
-    def __getattr__(self, name: str) -> Any:
-        return self._skip if name == self._body_name else getattr(self._lm, name)
-
-
-class LLMUnsupported(ValueError):
-    """An LLM this model cannot address (one line: the family, what is wrong and why it matters)."""
-
-
-def error_line(e: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
@@ -143,7 +96,7 @@ class VGloria(nn.Module):
         self.bridge = bridge
         self.model_type = str(getattr(lm.config, "model_type", type(lm).__name__))
         table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
-        body_name = self._check_llm(lm, table, head)
+        body_name = find_body(lm, table, head)
         emb_in, emb_out = table.weight, head.weight
         self.vocab = emb_in.shape[0]  # V; [RET] gets id V
         self.ret_id = self.vocab
@@ -159,14 +112,16 @@ class VGloria(nn.Module):
         bias = getattr(head, "bias", None)
         self.register_buffer("ret_bias", None if bias is None else bias.detach().float().mean().reshape(1),
                              persistent=False)
-        self._head_only = _HeadOnly(lm, body_name)
+        self._head_only = HeadOnly(lm, body_name)
         self.body = getattr(lm, body_name)  # the transformer without its head
         # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
         # None: a body that takes no cache (GPT-1, RWKV's `state`) decodes by full forwards (training.decoding).
         params = inspect.signature(self.body.forward).parameters
         self.cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
-        self._check_inputs_embeds(tokenizer)
-        self.first_position = self._first_position()  # decoding numbers fed tokens from here (None: the body)
+        check_inputs_embeds(lm, self.body, tokenizer, lambda ids: self.embed(
+            torch.cat([ids[:, :2], torch.tensor([[self.ret_id, VIS]], device=ids.device), ids[:, 2:]], 1),
+            self.ret_in.detach().unsqueeze(0) * 0.5))
+        self.first_position = first_position(lm, self.body)  # decoding numbers fed tokens from here
         # W_t: one map per chosen layer, each as wide as that layer's hidden state (OPT-350m: the last
         # state is projected to the 512-d embedding width, the intermediate ones are 1024 wide).
         self.text_fc = nn.ModuleList(nn.Linear(w, cfg.q) for w in self._layer_widths(cfg.text_emb_layers))
@@ -189,79 +144,6 @@ class VGloria(nn.Module):
         self._body_fwd = self.body  # replaced by a compiled version when cfg.compile resolves on
         self.need_layers = any(i != -1 for i in cfg.text_emb_layers)
         self.feature_stats: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # cfg.feature_norm statistics
-
-    @staticmethod
-    def _check_llm(lm: nn.Module, table: Any, head: Any) -> str:
-        """Refuse, in one line, an LLM whose embedding, head or body this model cannot address. Returns the
-        attribute that holds the body: `base_model_prefix`, or else the one child that holds the input
-        embeddings (Llama4ForCausalLM names `language_model` but keeps its body at `model`)."""
-        name = f"{getattr(lm.config, 'model_type', '?')} ({type(lm).__name__})"
-        if not isinstance(table, nn.Embedding):
-            raise LLMUnsupported(f"{name}: the input embeddings are {type(table).__name__}, not an nn.Embedding "
-                                 "table, so [RET] and visual tokens cannot be added as rows")
-        if not isinstance(head, nn.Linear) or head.weight.shape != table.weight.shape:
-            raise LLMUnsupported(f"{name}: the output layer is not a linear map over the {table.weight.shape[0]} "
-                                 "input tokens, so [RET] cannot be added as an output row")
-        prefix = lm.base_model_prefix
-        if prefix and lm.base_model is not lm and getattr(lm, prefix, None) is lm.base_model:
-            return prefix
-        owners = [n for n, child in lm.named_children() if any(m is table for m in child.modules())]
-        if len(owners) != 1:
-            raise LLMUnsupported(f"{name}: no single sub-module holds the input embeddings (found "
-                                 f"{owners or 'none'}), so the transformer body cannot be run without its head")
-        return owners[0]
-
-    @torch.no_grad()
-    def _check_inputs_embeds(self, tokenizer: Any) -> None:
-        """ptvl feeds every sequence as inputs_embeds, [RET] and visual tokens as rows of no real token.
-        Refuse a body that cannot run from inputs_embeds alone (DeepSeek-V4 routes experts by input_ids),
-        whose input_ids path does more than look the ids up (Falcon-H1 multiplies by embedding_multiplier only
-        there: every token would be fed differently from real tokens), or that cannot take a row outside its
-        table (Gemma-4 maps inputs_embeds back to ids for its per-layer inputs)."""
-        table = self.lm.get_input_embeddings()
-        special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
-        ids = torch.tensor([[t for t in range(self.vocab) if t not in special][:4]], device=table.weight.device)
-        what = f"{self.model_type} ({type(self.lm).__name__})"
-        try:
-            by_ids = self.body(input_ids=ids, use_cache=False).last_hidden_state
-        except Exception as e:  # noqa: BLE001 - whatever the family raises, the answer is the same refusal
-            raise LLMUnsupported(f"{what}: its own forward fails on 4 ordinary tokens ({error_line(e)})") from None
-        try:
-            by_emb = self.body(inputs_embeds=table(ids), use_cache=False).last_hidden_state
-        except Exception as e:  # noqa: BLE001
-            raise LLMUnsupported(f"{what}: its body cannot run from input embeddings alone ({error_line(e)}), "
-                                 "so [RET] and visual tokens cannot be fed") from None
-        if not torch.allclose(by_ids.float(), by_emb.float(), rtol=1e-3, atol=1e-3 * float(by_ids.abs().max())):
-            raise LLMUnsupported(f"{what}: its body treats input_ids beyond an embedding lookup "
-                                 "(e.g. a multiplier applied only to input_ids), so input embeddings cannot be fed "
-                                 "as real tokens are")
-        virtual = torch.cat([ids[:, :2], torch.tensor([[self.ret_id, VIS]], device=ids.device), ids[:, 2:]], 1)
-        try:
-            self.body(inputs_embeds=self.embed(virtual, self.ret_in.detach().unsqueeze(0) * 0.5), use_cache=False)
-        except Exception as e:  # noqa: BLE001
-            raise LLMUnsupported(f"{what}: its body refuses input rows that are not rows of its embedding table "
-                                 f"({error_line(e)}), so [RET] and visual tokens cannot be fed") from None
-
-    @torch.no_grad()
-    def _first_position(self) -> int | None:
-        """The number the body's own forward gives the first token, when explicit position_ids o, o+1, ... give
-        exactly that forward: o = 0 almost everywhere, the padding index + 1 in RoBERTa-style embeddings. None
-        where no such numbering does (or the body takes no positions): decoding then leaves them to the body."""
-        if not decoding.takes_positions(self.body):
-            return None
-        table = self.lm.get_input_embeddings()
-        emb = table(torch.arange(1, 5, device=table.weight.device).clamp_max(self.vocab - 1).unsqueeze(0))
-        own = self.body(inputs_embeds=emb.clone(), use_cache=False).last_hidden_state.float()
-        pad = getattr(self.lm.config, "pad_token_id", None)
-        for first in dict.fromkeys([0, 1, 2] + ([pad + 1] if isinstance(pad, int) else [])):
-            pos = torch.arange(first, first + 4, device=emb.device).unsqueeze(0)
-            try:
-                given = self.body(inputs_embeds=emb.clone(), position_ids=pos, use_cache=False).last_hidden_state
-            except Exception:  # noqa: BLE001 - a body that refuses plain positions derives its own
-                return None
-            if torch.allclose(own, given.float(), rtol=1e-4, atol=1e-4 * float(own.abs().max())):
-                return first
-        return None
 
     @torch.no_grad()
     def _layer_widths(self, layers: list[int]) -> list[int]:
@@ -597,45 +479,6 @@ def resolve_compile(cfg: ModelConfig, device: torch.device | str) -> bool:
     return cfg.compile if cfg.compile is not None else torch.device(device).type == "cuda"
 
 
-# A loaded LLM handed from the pre-flight (training/llm_check.py) to the training that follows it in the same
-# process: one entry, taken once, so a 7B model is read and moved to the GPU once, not twice.
-_HANDED_OVER: dict[tuple[str, str, str | None, str], tuple[nn.Module, Any]] = {}
-
-
-def _llm_key(cfg: ModelConfig, device: torch.device | str) -> tuple[str, str, str | None, str]:
-    return cfg.llm, cfg.dtype, cfg.attn_implementation, str(torch.device(device))
-
-
-def hand_over(cfg: ModelConfig, device: torch.device | str, lm: nn.Module, tokenizer: Any) -> None:
-    """Keep (lm, tokenizer) for the next `load_llm` of the same LLM, dtype, attention and device (once)."""
-    _HANDED_OVER.clear()
-    _HANDED_OVER[_llm_key(cfg, device)] = (lm, tokenizer)
-
-
-def drop_handed_over() -> None:
-    """Free an LLM handed over and never taken (the training did not run in this process)."""
-    _HANDED_OVER.clear()
-
-
-def load_llm(cfg: ModelConfig, device: torch.device | str) -> tuple[nn.Module, Any]:
-    """Any Hugging Face causal LM by id or local folder, frozen, in cfg.dtype (the pre-flight's, if it
-    handed this one over)."""
-    kept = _HANDED_OVER.pop(_llm_key(cfg, device), None)
-    if kept is not None:
-        return kept
-    from transformers import (  # deferred: transformers loads only when a tokenizer or model is needed
-        AutoModelForCausalLM,
-        AutoTokenizer,
-    )
-
-    kw: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
-    if cfg.attn_implementation:
-        kw["attn_implementation"] = cfg.attn_implementation
-    lm = AutoModelForCausalLM.from_pretrained(cfg.llm, **kw).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
-    return lm, tokenizer
-
-
 def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: int | None = None,
             n_tokens: int | None = None, load_visual: bool = True, seed: int | None = None) -> VGloria:
     """Build V-Glória: load the frozen LLM (and CLIP unless load_visual=False, e.g. training on cached
@@ -649,7 +492,7 @@ def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: in
         # fp32 weights, bf16 autocast on GPU: open_clip's "bf16" casts weights but not the input pixels.
         clip, _ = load_clip(cfg.clip, pretrained=cfg.clip_pretrained or None, device=device, precision="fp32")
         use_amp = torch.device(device).type == "cuda" and cfg.dtype != "fp32"
-        visual = VisualEncoder(clip, name=cfg.clip, autocast=_dtype(cfg.dtype) if use_amp else None)
+        visual = VisualEncoder(clip, name=cfg.clip, autocast=torch_dtype(cfg.dtype) if use_amp else None)
         vis_dim, n_tokens = visual.width, visual.n_tokens
     if vis_dim is None:
         raise ValueError("vis_dim is required when the CLIP encoder is not loaded")
