@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from training.decoding import takes_positions
+from training import decoding
 
 if TYPE_CHECKING:  # only annotations: the GPU benchmark runs without pydantic installed
     from training.config import ModelConfig
@@ -136,7 +136,7 @@ def first_position(lm: nn.Module, body: nn.Module) -> int | None:
     """The number the body's own forward gives the first token, when explicit position_ids o, o+1, ... give
     exactly that forward: o = 0 almost everywhere, the padding index + 1 in RoBERTa-style embeddings. None
     where no such numbering does (or the body takes no positions): decoding then leaves them to the body."""
-    if not takes_positions(body):
+    if not decoding.takes_positions(body):
         return None
     table = lm.get_input_embeddings()
     emb = table(torch.arange(1, 5, device=table.weight.device).clamp_max(table.weight.shape[0] - 1).unsqueeze(0))
