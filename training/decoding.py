@@ -77,7 +77,7 @@ class Steps(Protocol):
 
 
 class Cached:
-    """The incremental path: a KV / state cache, and each new token's position passed explicitly."""
+    """The incremental path: a KV / state cache, and each new token's position passed explicitly (`positions`)."""
 
     def __init__(self, model: Model) -> None:
         self.model = model
@@ -98,8 +98,9 @@ class Cached:
     def __call__(self, emb: Tensor) -> Tensor:
         m = self.model
         kw: dict[str, Any] = {m.cache_kw: self.cache, **self.positions(emb)}
-        out = m.body(inputs_embeds=emb.clone(), use_cache=True, **kw)  # clone: as generate() does (CTRL
-        returned = cache_of(out)  # scales inputs_embeds in place, which would corrupt the caller's prefix)
+        # A copy, as generate() passes one: CTRL scales inputs_embeds in place, which would corrupt the prefix.
+        out = m.body(inputs_embeds=emb.clone(), use_cache=True, **kw)
+        returned = cache_of(out)
         self.returned = self.returned and returned is not None
         self.cache = returned if returned is not None else self.cache
         self.seen += emb.shape[1]

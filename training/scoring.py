@@ -1,15 +1,16 @@
 """VisDial option scoring: the cross-entropy of each candidate answer after [image] prefix (lower is better).
 
-Two ways that give the same scores (tests/test_option_scoring.py holds them to 1e-4 of each other and of
-scoring each option alone):
+Two ways that give the same scores (tests/test_llm_families.py holds them to 1e-4 of the resized
+Hugging Face model scoring each option alone):
 - `full`: one forward over [prefix; option] per option, batched and right-padded, without a cache, as the
   thesis code scores VisDial. Right padding needs no mask in a causal LM (real positions never see the pads),
   which is also how training batches its rows. Works for every family the training forward works for.
 - `shared`: the prefix runs once, its cache is copied for every option, and the options run as one batch
-  after it, each token at its explicit position. Only where copying the cache is plain tensor indexing and a
-  multi-token step after a cache is the family's ordinary attention path: a `DynamicCache` whose layers are
-  all key/value attention layers (full or sliding window). A state-space or linear-attention layer
-  (Mamba, Jamba, Qwen3-Next, ...) or a model-specific cache falls back to `full`.
+  after it, positioned as decoding positions new tokens (training/decoding.py). Only where copying the
+  cache is plain tensor indexing and a multi-token step after a cache is the family's ordinary attention
+  path: a `DynamicCache` whose layers are all key/value attention layers (full or sliding window). A
+  state-space or linear-attention layer (Mamba, Jamba, Qwen3-Next, ...) or a model-specific cache falls
+  back to `full`.
 """
 from __future__ import annotations
 
@@ -115,16 +116,16 @@ def option_losses(model: Model, feats: Feats, prefix_texts: list[str], options: 
     vis_all = model.visual_tokens(feats) if image else None
     device = model.ret_in.device
     result = torch.zeros(len(prefix_texts), max(map(len, options)), device=device)
+    share = how != "full"  # until a cache turns out not to be shareable (then for the rest of the call)
     for n, (prefix_text, opts) in enumerate(zip(prefix_texts, options, strict=True)):
         vis = None if vis_all is None else vis_all[n]
         prefix = model.prefix_ids(model.tokenize([prefix_text])[0], 0 if vis is None else vis.shape[0])
         for s in range(0, len(opts), chunk):
             toks = _option_ids(model, opts[s : s + chunk])
-            got = None
-            if how != "full":
-                got = _shared(model, model.embed(torch.tensor([prefix], device=device), vis), toks)
-                if got is None and how == "shared":
-                    raise ValueError(f"{model.model_type}: its cache cannot be shared between options")
+            got = _shared(model, model.embed(torch.tensor([prefix], device=device), vis), toks) if share else None
+            if got is None and how == "shared":
+                raise ValueError(f"{model.model_type}: its cache cannot be shared between options")
+            share = share and got is not None
             if got is None:
                 got = _full(model, prefix, vis, toks)
             if reduce == "mean":
