@@ -12,12 +12,12 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from pipeline import preflight
 from pipeline.billing import report_billing
-from pipeline.checks import check_engines, check_model, check_source_checkpoint, check_writable
+from pipeline.checks import check_engines, check_source_checkpoint, check_writable
 from pipeline.console import console, escape_help, setup_logging
+from pipeline.llm_preflight import check_llm_report, report_table
 from pipeline.memory_files import export_memory, import_memory
 from pipeline.retry_downloads import retry_downloads
 from pipeline.review.launch import ReviewOptions, check_options, launch
@@ -103,10 +103,6 @@ def _splits(settings: Settings, datasets: list[str] | None, splits: list[str] | 
             if (not datasets or d in datasets) and (not splits or sp in splits)]
 
 
-def _billing(settings: Settings, engines: list[str]) -> None:
-    report_billing(settings.root, engines, _say)
-
-
 @command()
 def run(
     config: Path = ConfigOpt,
@@ -138,7 +134,7 @@ def run(
         # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
         # once the DAG is complete the lines below say what happened instead.
         console.print(outcome.summary_text)
-    _billing(settings, list(settings.translate.engines))
+    report_billing(settings.root, list(settings.translate.engines), _say)
     error = outcome_error(outcome, sched)
     if error:
         _fail(error)
@@ -196,13 +192,7 @@ def translate(
     if dry_run:
         _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in settings.datasets.splits()])
         result = preflight.dry_run(settings, cfg, engine, targets, allow_partial=allow_partial)
-        table = Table(title=f"dry run: {engine} ({result.engine_id})")
-        for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
-            table.add_column(col, justify="right")
-        for label, est in result.rows:
-            table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}", f"{est.chars:,}",
-                          f"{est.eur:.2f}")
-        console.print(table)
+        console.print(result.table(engine))
         if result.quota:
             _say(result.quota)
         return
@@ -213,7 +203,7 @@ def translate(
     # The parts translate every string of the run (all splits: one payment per string); the joins are
     # written for the chosen splits.
     _build([Translate(config=cfg, dataset=d, split=sp, engine=engine) for d, sp in targets], workers)
-    _billing(settings, [engine])
+    report_billing(settings.root, [engine], _say)
 
 
 @command()
@@ -392,12 +382,26 @@ def train_cmd(
         if int(os.environ.get("RANK", "0")) == 0:
             console.print(f"run: {run_dir}")
         return
-    profile = train_profile(config, overrides, steps, run_name)
+    profile = train_profile(config, overrides, steps, run_name)  # checks the bridge, the root and the LLM
     settings = load_settings(profile)
-    check_model(settings)
-    check_writable(settings.root)
     _build([Train(config=str(profile))])
     console.print(f"run: {settings.layout.train_run(settings.training.run_name)}")
+
+
+@command("check-llm")
+def check_llm_cmd(
+    llm: str = typer.Argument(..., help="A Hugging Face causal LM: a local folder or a hub id."),
+    config: Path = typer.Option(None, "--config", "-c", help="Take [model] and [training] device from this profile."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the profile's, else the GPU)."),
+    dtype: str = typer.Option(None, "--dtype", help="bf16 or fp32 (default: the profile's, else bf16)."),
+) -> None:
+    """Pre-flight an LLM: load, a forward with [RET] and visual rows, a training step, cached against uncached
+    decoding, VisDial scoring; each check's result, reason and seconds, exit code 2 if one fails. `ptvl run`,
+    `train` and `retrain` run it before training."""
+    report = check_llm_report(llm, config, device=device, dtype=dtype)
+    console.print(report_table(report))
+    if not report.ok:
+        _fail(report.failure())
 
 
 @command()
@@ -481,8 +485,7 @@ escape_help(app)
 
 
 def main() -> None:
-    """Console-script entry point (`ptvl`).  img2dataset starts workers with spawn, which re-imports the
-    main module: this function is only called under the console script's own __main__ guard."""
+    """Console-script entry point (`ptvl`), called under its own __main__ guard (img2dataset's spawn re-imports)."""
     try:
         app()
     except ConfigError as e:

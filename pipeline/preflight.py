@@ -16,6 +16,7 @@ from pathlib import Path
 
 import luigi
 import polars as pl
+from rich.table import Table
 
 from pipeline.memory_files import memory_view
 from pipeline.settings import ConfigError, Settings, load_settings
@@ -160,6 +161,16 @@ class DryRun:
     engine_id: str
     rows: list[tuple[str, CostEstimate]]
     quota: str | None
+
+    def table(self, engine: str) -> Table:
+        """The estimate per dataset/split, as the console prints it."""
+        table = Table(title=f"dry run: {engine} ({self.engine_id})")
+        for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
+            table.add_column(col, justify="right")
+        for label, est in self.rows:
+            table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}", f"{est.chars:,}",
+                          f"{est.eur:.2f}")
+        return table
 
 
 def dry_run(settings: Settings, config: str, engine: str, targets: list[tuple[str, str]], *,

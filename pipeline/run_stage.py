@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import luigi
 
 from pipeline.checks import check_engines, check_luigid, check_model, check_neural_models, check_writable
+from pipeline.llm_preflight import preflight_training, sample_llm_tasks, summary
 from pipeline.preflight import preflight_paid_engines
 from pipeline.settings import ConfigError, Settings
 from pipeline.tasks import STAGES
-from pipeline.tasks.scheduling import DagOutcome
+from pipeline.tasks.scheduling import DagOutcome, run_dag
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class PlannedRun:
     stage: str
     tasks: list[luigi.Task]
     translates: bool  # the stage reaches translation: paid engines are pre-flighted first
+    trains: bool = False  # the stage reaches train: the LLM is pre-flighted first
 
 
 def plan_run(settings: Settings, config: str, until: str | None, scheduler: Scheduler) -> PlannedRun:
@@ -50,16 +53,30 @@ def plan_run(settings: Settings, config: str, until: str | None, scheduler: Sche
     check_writable(settings.root)
     if scheduler.host:
         check_luigid(scheduler.host, scheduler.port)
-    return PlannedRun(stage, STAGES[stage][1](config, settings), translates)
+    return PlannedRun(stage, STAGES[stage][1](config, settings), translates,
+                      names.index(stage) >= names.index("train"))
 
 
 def preflight_run(settings: Settings, config: str, plan: PlannedRun, *, workers: int, scheduler: Scheduler,
                   allow_partial: bool) -> list[str]:
-    """The paid engines' keys and quotas, before any request (nothing to check before translate)."""
-    if not plan.translates:
-        return []
-    return preflight_paid_engines(settings, config, settings.translate.engines, allow_partial=allow_partial,
-                                  build_kwargs=scheduler.build_kwargs(workers))
+    """The paid engines' keys and quotas, before any request (nothing to check before translate); the LLM,
+    before anything is trained (when the run builds its own LLM, the sample's, once that is built)."""
+    lines: list[str] = []
+    first = sample_llm_tasks(settings, config) if plan.trains else []
+
+    def llm() -> None:
+        lines.extend(summary(preflight_training(settings, Path(config), workers=workers, local=not scheduler.host)))
+
+    if plan.trains and not first:  # an LLM that exists: checked before anything runs
+        llm()
+    if plan.translates:
+        lines += preflight_paid_engines(settings, config, settings.translate.engines, allow_partial=allow_partial,
+                                        build_kwargs=scheduler.build_kwargs(workers))
+    if first:  # the run builds its LLM (the sample's): checked once built, before training
+        if not run_dag(first, workers=workers, scheduler_host=scheduler.host, scheduler_port=scheduler.port).complete:
+            return lines  # the run itself then reports that task's failure
+        llm()
+    return lines
 
 
 def outcome_error(outcome: DagOutcome, scheduler: Scheduler) -> str | None:

@@ -3,6 +3,7 @@ finished run's run.toml, and the retrain-with-a-new-LLM flow (train, evaluate, t
 runs).  Each function raises `ConfigError` (one line) or returns what the command prints."""
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass
@@ -12,11 +13,14 @@ from pydantic import ValidationError
 
 from pipeline.checks import check_model, check_writable
 from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.llm_preflight import preflight_training, run_check, summary
 from pipeline.settings import ConfigError, Settings, load_settings
 from pipeline.tasks.model import Evaluate, Train
 from pipeline.tasks.scheduling import build_local
 from training.config import RECIPES, ModelConfig, read_run_toml, to_toml
 from training.modelcard import refresh_model_card
+
+log = logging.getLogger("ptvl")
 
 # Overrides that name a different model, so the run gets a folder of its own by default.
 MODEL_OVERRIDES = ("llm", "bridge", "k", "layer")
@@ -36,12 +40,18 @@ def default_run_name(model: dict) -> str:
                                      f"k{model.get('k', 1)}", f"l{model.get('layer', -1)}"))
 
 
-def train_profile(config: Path, overrides: dict, steps: int | None, run_name: str | None) -> Path:
+def train_profile(config: Path, overrides: dict, steps: int | None, run_name: str | None, *,
+                  preflight: bool = True, workers: int = 1) -> Path:
     """The profile `ptvl train` runs: the user's file itself when nothing is overridden, else the profile with
     the overrides written into the run folder it names (train/<run>/profile.toml), never beside the user's
     file: two runs with different overrides must not overwrite each other, and a read-only config folder
-    must work."""
+    must work. `preflight`: the LLM pre-flight first (pipeline/llm_preflight.py), before anything is written."""
     if not overrides and steps is None and run_name is None:
+        settings = load_settings(config)
+        check_model(settings)  # the cheap checks first
+        check_writable(settings.root)
+        if preflight:
+            _preflight(settings, config, workers)
         return Path(config).resolve()
     settings = load_settings(config)  # the user's file must be valid on its own first
     data = read_profile(config)
@@ -61,9 +71,17 @@ def train_profile(config: Path, overrides: dict, steps: int | None, run_name: st
             f"[{'.'.join(map(str, x['loc']))}] {x['msg']}" for x in e.errors())) from None
     check_model(resolved)  # before anything is written: a typo in --bridge leaves no trace
     check_writable(resolved.root)
+    if preflight:  # so is an LLM that cannot be trained
+        _preflight(resolved, config, workers)
     dest = resolved.layout.train_run(resolved.training.run_name) / "profile.toml"
     write_text_atomic(dest, text)
     return dest
+
+
+def _preflight(settings: Settings, config: Path, workers: int) -> None:
+    report = preflight_training(settings, Path(config).resolve(), workers=workers)
+    for line in summary(report):
+        log.info(line)
 
 
 def train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_name: str | None) -> Path:
@@ -96,6 +114,10 @@ def train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_name
             raise ConfigError(f"{path} with the command-line overrides: {e}") from None
     train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
     run_dir = Path(inp.run_dir) if run_name is None else Path(inp.run_dir).parent / run_name
+    if not (run_dir / "_DONE.json").is_file():  # the LLM pre-flight, before anything is trained or written
+        report = run_check(model_cfg, inp.device, keep=True)
+        if not report.ok:
+            raise ConfigError(report.failure())
     try:
         res = train(model_cfg, train_cfg, [Path(s) for s in inp.shards], run_dir,
                     features_dir=Path(inp.features) if inp.features else None, progress=True, device=inp.device,
@@ -129,7 +151,7 @@ def retrain(config: Path, overrides: dict, steps: int | None, run_name: str | No
     from eval.report_tables import render_run_tables, write_run_tables  # deferred: imports torch
 
     load_settings(config)
-    resolved = train_profile(config, overrides, steps, run_name)
+    resolved = train_profile(config, overrides, steps, run_name, workers=workers)
     settings = load_settings(resolved)
     check_model(settings)
     check_writable(settings.root)

@@ -6,6 +6,7 @@ import torch
 
 from tests.trainfixtures import scenes
 from training.config import ModelConfig
+from training.decoding import Cached
 from training.lm_pretrain import pretrain_tiny_lm
 from training.model import IGNORE, VIS, VGloria, vgloria
 
@@ -173,7 +174,7 @@ def test_captions_never_emit_ret_but_answers_may(lms):
     f = feats(1)
     vis = model.visual_tokens(f)[0]
     prefix = model._prefix(vis, [])
-    h, _ = model._step(prefix, None)
+    h = Cached(model)(prefix)
     with torch.no_grad():  # [RET] now wins the first step by a logit margin of ~1000
         model.ret_out.copy_(h[0] * 1000 / h[0].pow(2).sum())
     assert model.generate_ids(prefix, 5) == [model.ret_id]  # allowed: stops at once

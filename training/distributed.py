@@ -20,12 +20,17 @@ class Dist:
         return self.rank == 0
 
 
+def default_device() -> str:
+    """This rank's GPU (torchrun's LOCAL_RANK) when there is one, else the CPU."""
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
 def setup(device: str | None = None) -> Dist:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1): nccl on GPUs, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -1,7 +1,9 @@
 """V-Glória: frozen CLIP features -> bridge -> k LLM input embeddings, plus a [RET] token for retrieval (FROMAGe).
 
-Reading order: the [RET] token handling, the model (sequence building, one forward, the losses), the
-generation API (captions, answers, retrieval, VisDial option scoring), then the `vgloria` builder.
+Reading order: the model (its [RET] and visual rows, sequence building, one forward, the losses), the
+inference API (captions, answers, retrieval, VisDial option scoring), then the `vgloria` builder. Loading the
+LLM, finding its body and running its head alone are in `training/llm_access.py`; decoding in
+`training/decoding.py`; option scoring in `training/scoring.py`.
 
 [RET] is a *virtual* token: its id is `V`, one past the LLM's embedding rows, and its input embedding (and,
 for untied heads, its output row) are trainable parameters spliced in explicitly. Nothing is resized, so
@@ -15,7 +17,7 @@ against the full Hugging Face forward of a resized model, for every causal-LM fa
   the table (Gemma's sqrt(d) scaling inside the embedding module under transformers 5; a plain
   nn.Embedding is a lookup, so they are spliced in directly);
 - output: logits come from the causal-LM class's own forward, run on our hidden states with its body
-  skipped, while a forward hook adds the [RET] column to the output layer. Whatever the family does after
+  skipped (llm_access.HeadOnly), while a forward hook adds the [RET] column to the output layer. Whatever the family does after
   the body (Gemma-2's soft-capping, Cohere's logit_scale, Granite's logits_scaling, a head bias, BERT's
   transform before the decoder) applies to [RET] as to any real token.
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -32,8 +34,17 @@ import torch.distributed.nn.functional as dnn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training import decoding, scoring
 from training.bridges import build_bridge
 from training.features import VisualEncoder, load_clip
+from training.llm_access import (
+    HeadOnly,
+    check_inputs_embeds,
+    find_body,
+    first_position,
+    load_llm,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:  # only annotations: the GPU benchmark runs this module without pydantic installed
     from training.config import ModelConfig
@@ -59,61 +70,9 @@ class Losses:
         return {k: float(getattr(self, k).detach()) for k in ("total", "caption", "ret_ce", "i2t", "t2i")}
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
 def take_feats(feats: Feats, index: Tensor | list[int]) -> Feats:
     """Select images (rows) of a feature dict."""
     return {kind: {layer: t[index] for layer, t in d.items()} for kind, d in feats.items()}
-
-
-class _BodyOutput(tuple):
-    """What the causal-LM forward reads from its body, when `logits` skips the body: the given hidden states
-    as `last_hidden_state` / `[0]`; every other field (cache, router logits, attentions) is absent (None)."""
-
-    def __new__(cls, hidden: Tensor) -> _BodyOutput:
-        return super().__new__(cls, (hidden,))
-
-    @property
-    def last_hidden_state(self) -> Tensor:
-        return self[0]
-
-    def __getattr__(self, name: str) -> None:
-        return None
-
-
-class _SkipBody:
-    """Stands in for the transformer body: returns its `inputs_embeds` (our final hidden states) unchanged.
-    A sub-module of the body is skipped too (wrappers call `self.model.decoder(...)`); any other attribute is
-    the body's own (Falcon-H1 scales its logits by `self.model.lm_head_multiplier`)."""
-
-    def __init__(self, body: nn.Module) -> None:
-        self._body = body
-
-    def __call__(self, *args: Any, inputs_embeds: Tensor | None = None, **kw: Any) -> _BodyOutput:
-        if inputs_embeds is None:
-            raise TypeError("the causal-LM forward did not pass inputs_embeds to its body")
-        return _BodyOutput(inputs_embeds)
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._body, name)
-        return self if isinstance(value, nn.Module) else value
-
-
-class _HeadOnly:
-    """`self` for the causal-LM class's own forward: the LM, except that its body is `_SkipBody`."""
-
-    def __init__(self, lm: nn.Module, body_name: str) -> None:
-        self._lm, self._body_name, self._skip = lm, body_name, _SkipBody(getattr(lm, body_name))
-
-    def __getattr__(self, name: str) -> Any:
-        return self._skip if name == self._body_name else getattr(self._lm, name)
-
-
-def _cache_of(out: Any) -> Any:
-    """The KV cache of a model output (`cache` in transformers >= 5.2x, `past_key_values` before)."""
-    return out.cache if "cache" in out else out.past_key_values
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
@@ -135,8 +94,9 @@ class VGloria(nn.Module):
         self.lm = lm.eval().requires_grad_(False)  # eval: no dropout in the frozen LLM
         self.visual = visual  # training.features.VisualEncoder (frozen, not an nn.Module) or None
         self.bridge = bridge
+        self.model_type = str(getattr(lm.config, "model_type", type(lm).__name__))
         table, head = lm.get_input_embeddings(), lm.get_output_embeddings()
-        self._check_llm(lm, table, head)
+        body_name = find_body(lm, table, head)
         emb_in, emb_out = table.weight, head.weight
         self.vocab = emb_in.shape[0]  # V; [RET] gets id V
         self.ret_id = self.vocab
@@ -152,9 +112,16 @@ class VGloria(nn.Module):
         bias = getattr(head, "bias", None)
         self.register_buffer("ret_bias", None if bias is None else bias.detach().float().mean().reshape(1),
                              persistent=False)
-        self._head_only = _HeadOnly(lm, lm.base_model_prefix)
-        self.body = self.lm.base_model  # the transformer without its head
-        self._check_inputs_embeds(tokenizer)
+        self._head_only = HeadOnly(lm, body_name)
+        self.body = getattr(lm, body_name)  # the transformer without its head
+        # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
+        # None: a body that takes no cache (GPT-1, RWKV's `state`) decodes by full forwards (training.decoding).
+        params = inspect.signature(self.body.forward).parameters
+        self.cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
+        check_inputs_embeds(lm, self.body, tokenizer, lambda ids: self.embed(
+            torch.cat([ids[:, :2], torch.tensor([[self.ret_id, VIS]], device=ids.device), ids[:, 2:]], 1),
+            self.ret_in.detach().unsqueeze(0) * 0.5))
+        self.first_position = first_position(lm, self.body)  # decoding numbers fed tokens from here
         # W_t: one map per chosen layer, each as wide as that layer's hidden state (OPT-350m: the last
         # state is projected to the 512-d embedding width, the intermediate ones are 1024 wide).
         self.text_fc = nn.ModuleList(nn.Linear(w, cfg.q) for w in self._layer_widths(cfg.text_emb_layers))
@@ -177,37 +144,6 @@ class VGloria(nn.Module):
         self._body_fwd = self.body  # replaced by a compiled version when cfg.compile resolves on
         self.need_layers = any(i != -1 for i in cfg.text_emb_layers)
         self.feature_stats: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # cfg.feature_norm statistics
-        # transformers >= 5.2x renamed `past_key_values` to `cache`; accept either generation.
-        params = inspect.signature(self.body.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    @staticmethod
-    def _check_llm(lm: nn.Module, table: Any, head: Any) -> None:
-        """Refuse, in one line, an LLM whose embedding, head or body this model cannot address."""
-        name = type(lm).__name__
-        if not isinstance(table, nn.Embedding):
-            raise ValueError(f"{name}: the input embeddings are {type(table).__name__}, not an nn.Embedding "
-                             "table, so [RET] and visual tokens cannot be added as rows")
-        if not isinstance(head, nn.Linear) or head.weight.shape != table.weight.shape:
-            raise ValueError(f"{name}: the output layer is not a linear map over the {table.weight.shape[0]} "
-                             "input tokens, so [RET] cannot be added as an output row")
-        if getattr(lm, lm.base_model_prefix, None) is not lm.base_model:
-            raise ValueError(f"{name}: no body at `{lm.base_model_prefix}`: cannot run the head on its own")
-
-    @torch.no_grad()
-    def _check_inputs_embeds(self, tokenizer: Any) -> None:
-        """ptvl feeds every sequence as inputs_embeds. Refuse a body whose input_ids path does more than
-        look the ids up (Falcon-H1 multiplies by embedding_multiplier only there): virtual rows, and in
-        fact every token, would then be fed differently from real tokens."""
-        weight = self.lm.get_input_embeddings().weight
-        special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
-        ids = torch.tensor([[t for t in range(self.vocab) if t not in special][:4]], device=weight.device)
-        by_ids = self.body(input_ids=ids, use_cache=False).last_hidden_state
-        by_emb = self.body(inputs_embeds=self.lm.get_input_embeddings()(ids), use_cache=False).last_hidden_state
-        if not torch.allclose(by_ids.float(), by_emb.float(), rtol=1e-3, atol=1e-3 * float(by_ids.abs().max())):
-            raise ValueError(f"{type(self.lm).__name__}: its body treats input_ids beyond an embedding lookup "
-                             "(e.g. a multiplier applied only to input_ids), so input embeddings cannot be fed "
-                             "as real tokens are")
 
     @torch.no_grad()
     def _layer_widths(self, layers: list[int]) -> list[int]:
@@ -281,7 +217,7 @@ class VGloria(nn.Module):
         if vis is not None:
             rows.append(vis.to(dtype))
             ids = ids.masked_scatter(is_vis, torch.arange(self.vocab + 1, self.vocab + 1 + len(vis),
-                                                          device=ids.device))
+                                                         device=ids.device))
         return torch.func.functional_call(table, {"weight": torch.cat(rows)}, (ids,))
 
     def _ret_column(self, module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
@@ -306,7 +242,7 @@ class VGloria(nn.Module):
         """Fix the (mean, std) per feature kind and layer used by cfg.feature_norm = "standardize"."""
         dev = self.ret_in.device
         self.feature_stats = {k: {int(layer): (m.float().to(dev), s.float().clamp_min(1e-6).to(dev))
-                                  for layer, (m, s) in d.items()} for k, d in stats.items()}
+                                 for layer, (m, s) in d.items()} for k, d in stats.items()}
 
     def norm_feats(self, feats: Feats) -> Feats:
         if self.cfg.feature_norm == "none":
@@ -469,69 +405,23 @@ class VGloria(nn.Module):
 
     # ------------------------------------------------------------------ inference API
 
-    def _prefix(self, vis: Tensor, text: list[int]) -> Tensor:
-        """(1, P, d) embeddings of [BOS] [VIS*k] text (fromage recipe: [VIS*k] [BOS] text) for one image's
-        visual tokens vis (k, d)."""
+    def prefix_ids(self, text: list[int], k: int) -> list[int]:
+        """[BOS] [VIS*k] text (fromage recipe: [VIS*k] [BOS] text); k=0: the text prefix with no image."""
         if self.recipe == "fromage":
-            ids = torch.tensor([[VIS] * vis.shape[0] + self.lead + text], device=vis.device)
-        else:
-            ids = torch.tensor([self.bos + [VIS] * vis.shape[0] + text], device=vis.device)
-        return self.embed(ids, vis)
+            return [VIS] * k + self.lead + text
+        return self.bos + [VIS] * k + text
 
-    def _step(self, emb: Tensor, cache: Any) -> tuple[Tensor, Any]:
-        out = self.body(inputs_embeds=emb, use_cache=True, **{self._cache_kw: cache})
-        return out.last_hidden_state[:, -1], _cache_of(out)
+    def _prefix(self, vis: Tensor, text: list[int]) -> Tensor:
+        """(1, P, d) embeddings of the prefix of one image's visual tokens vis (k, d) and text."""
+        return self.embed(torch.tensor([self.prefix_ids(text, vis.shape[0])], device=vis.device), vis)
 
     @torch.no_grad()
-    def _next_logits(self, h: Tensor, allow_ret: bool) -> Tensor:
-        logits = self.logits(h)
-        if not allow_ret:  # captioning (FROMAGe): [RET] is never generated, so it cannot cut a caption short
-            logits[..., self.ret_id] = float("-inf")
-        return logits
-
-    @torch.no_grad()
-    def generate_ids(self, prefix: Tensor, max_new_tokens: int, num_beams: int = 1, allow_ret: bool = True) -> list[int]:
+    def generate_ids(self, prefix: Tensor, max_new_tokens: int, num_beams: int = 1, allow_ret: bool = True,
+                     *, cached: bool = True) -> list[int]:
         """Greedy (num_beams=1) or beam search continuation of one prefix (1, P, d); stops at EOS or [RET]
-        (the stop token is kept at the end of the returned ids). allow_ret=False never emits [RET]."""
-        h, cache = self._step(prefix, None)
-        if num_beams == 1:
-            out: list[int] = []
-            for _ in range(max_new_tokens):
-                tok = int(self._next_logits(h, allow_ret).argmax(-1)[0])
-                out.append(tok)
-                if tok in (self.eos_id, self.ret_id):
-                    break
-                h, cache = self._step(self.embed(torch.tensor([[tok]], device=prefix.device)), cache)
-            return out
-        return self._beam(h, cache, max_new_tokens, num_beams, prefix.device, allow_ret)
-
-    def _beam(self, h: Tensor, cache: Any, max_new: int, nb: int, device: torch.device,
-              allow_ret: bool) -> list[int]:
-        beams: list[tuple[list[int], float]] = [([], 0.0)]
-        done: list[tuple[list[int], float]] = []
-        for _ in range(max_new):
-            logp = F.log_softmax(self._next_logits(h, allow_ret).float(), -1)  # (n_live, V+1)
-            scores = torch.tensor([s for _, s in beams], device=device).unsqueeze(1) + logp
-            top = scores.flatten().topk(min(nb * 2, scores.numel()))
-            nxt, keep = [], []
-            for val, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                src, tok = divmod(flat, logp.shape[1])
-                seq = beams[src][0] + [tok]
-                if tok in (self.eos_id, self.ret_id):
-                    done.append((seq, val / len(seq)))
-                else:
-                    nxt.append((seq, val))
-                    keep.append(src)
-                if len(nxt) == nb:
-                    break
-            if not nxt or (len(done) >= nb and max(s for _, s in done) > max(v / len(q) for q, v in nxt)):
-                break
-            beams = nxt
-            cache.reorder_cache(torch.tensor(keep, device=device))
-            toks = torch.tensor([[q[-1]] for q, _ in beams], device=device)
-            h, cache = self._step(self.embed(toks), cache)
-        done += [(q, v / len(q)) for q, v in beams]
-        return max(done, key=lambda x: x[1])[0]
+        (the stop token is kept at the end of the returned ids). allow_ret=False never emits [RET].
+        cached=False decodes without a cache (the reference; training/decoding.py)."""
+        return decoding.generate_ids(self, prefix, max_new_tokens, num_beams, allow_ret, cached=cached)
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids: no [RET], no EOS, no other special token of the tokenizer."""
@@ -572,30 +462,14 @@ class VGloria(nn.Module):
         sim = self.text_embeddings(texts) @ image_index.to(self.ret_in.device).float().t()
         return sim.topk(min(k, sim.shape[1]), dim=1)
 
-    @torch.no_grad()
     def option_losses(self, feats: Tensor | Feats, prefix_texts: list[str], options: list[list[str]],
-                      chunk: int = 100) -> Tensor:
-        """(N, n_options) summed CE of each option's tokens after [image] prefix_text (VisDial IT2T: lower is
-        better). The prefix runs once per example; its KV cache is repeated over the options, which run as
-        one batch (right-padded, so no mask is needed)."""
-        vis_all = self.visual_tokens(self._feats(feats))
-        device = self.ret_in.device
-        result = torch.zeros(len(prefix_texts), max(map(len, options)), device=device)
-        for n, (vis, prefix, opts) in enumerate(zip(vis_all, prefix_texts, options, strict=True)):
-            p_emb = self._prefix(vis, self.tokenize([prefix])[0])
-            for s in range(0, len(opts), chunk):
-                toks = self.tokenize(opts[s : s + chunk])
-                out = self.body(inputs_embeds=p_emb, use_cache=True)
-                h0, cache = out.last_hidden_state[:, -1:], _cache_of(out)
-                cache.batch_repeat_interleave(len(toks))
-                ids = self.pad([t or [self.eos_id] for t in toks], device)
-                h = self.body(inputs_embeds=self.embed(ids), use_cache=True, **{self._cache_kw: cache}).last_hidden_state
-                h = torch.cat([h0.expand(len(toks), 1, -1), h[:, :-1]], dim=1)  # state predicting each token
-                logp = F.log_softmax(self.logits(h).float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-                mask = torch.arange(ids.shape[1], device=device) < torch.tensor(
-                    [max(len(t), 1) for t in toks], device=device).unsqueeze(1)
-                result[n, s : s + len(toks)] = -(logp * mask).sum(1)
-        return result
+                      chunk: int = 100, *, image: bool = True, reduce: Literal["sum", "mean"] = "sum") -> Tensor:
+        """(N, max options) cross-entropy of each option's tokens after [image] prefix_text (VisDial IT2T:
+        lower is better). reduce="sum": summed over the option's tokens (the thesis' ranking), "mean": per
+        token (length-normalised); image=False: the same prefix without visual tokens (the LLM alone).
+        training/scoring.py: the prefix cache is shared between options where the cache allows it."""
+        feats = self._feats(feats) if image else feats
+        return scoring.option_losses(self, feats, prefix_texts, options, chunk, image=image, reduce=reduce)
 
 
 # ---------------------------------------------------------------------- builder
@@ -603,21 +477,6 @@ class VGloria(nn.Module):
 
 def resolve_compile(cfg: ModelConfig, device: torch.device | str) -> bool:
     return cfg.compile if cfg.compile is not None else torch.device(device).type == "cuda"
-
-
-def load_llm(cfg: ModelConfig, device: torch.device | str) -> tuple[nn.Module, Any]:
-    """Any Hugging Face causal LM by id or local folder, frozen, in cfg.dtype."""
-    from transformers import (  # deferred: transformers loads only when a tokenizer or model is needed
-        AutoModelForCausalLM,
-        AutoTokenizer,
-    )
-
-    kw: dict[str, Any] = {"dtype": _dtype(cfg.dtype)}
-    if cfg.attn_implementation:
-        kw["attn_implementation"] = cfg.attn_implementation
-    lm = AutoModelForCausalLM.from_pretrained(cfg.llm, **kw).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
-    return lm, tokenizer
 
 
 def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: int | None = None,
@@ -633,7 +492,7 @@ def vgloria(cfg: ModelConfig, device: torch.device | str = "cpu", *, vis_dim: in
         # fp32 weights, bf16 autocast on GPU: open_clip's "bf16" casts weights but not the input pixels.
         clip, _ = load_clip(cfg.clip, pretrained=cfg.clip_pretrained or None, device=device, precision="fp32")
         use_amp = torch.device(device).type == "cuda" and cfg.dtype != "fp32"
-        visual = VisualEncoder(clip, name=cfg.clip, autocast=_dtype(cfg.dtype) if use_amp else None)
+        visual = VisualEncoder(clip, name=cfg.clip, autocast=torch_dtype(cfg.dtype) if use_amp else None)
         vis_dim, n_tokens = visual.width, visual.n_tokens
     if vis_dim is None:
         raise ValueError("vis_dim is required when the CLIP encoder is not loaded")
