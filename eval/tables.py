@@ -114,7 +114,10 @@ def status_label(run: RunMetrics, benchmark: str) -> str:
 
 
 def run_name(run: RunMetrics) -> str:
-    return str(run.get("run_name") or str(run.get("run", DASH)).rstrip("/").rsplit("/", 1)[-1])
+    """The run folder's name (what `ptvl table` is given); the LLM for a record made without a folder."""
+    if run.get("run_name"):
+        return str(run["run_name"])
+    return str(run["run"]).rstrip("/").rsplit("/", 1)[-1] if run.get("run") else llm_label(run)
 
 
 def _value(run: RunMetrics, benchmark: str, key: str) -> float | None:
