@@ -128,18 +128,18 @@ def _record_silent_failures(train: Train, evaluations: list[Evaluate], build: Lo
     """Steps that did not finish and left no failure record (a killed worker, a task Luigi could not schedule)
     get one naming Luigi's status, so the run is listed as failed rather than missing."""
     settings = train.settings
-    why = (f"did not finish (Luigi: {build.status}) and recorded no error: the process may have been killed; "
-           "see the log above")
+    why = (f"did not finish (Luigi: {build.status}) and recorded no error: a step before it failed, or the "
+           "process was killed; see the log above")
     facts = {"expected": settings.eval.benchmarks, "engine": settings.training.engine}
     run_dir = train.run_dir()
     if not train.complete():
         if read_failure(run_dir) is None:
-            write_failure(run_dir, "training", f"training {why}", **facts)
+            write_failure(run_dir, "training", why, **facts)
         return  # no evaluation could start
     for task in evaluations:
         folder = Path(task.output().path).parent
         if not task.complete() and read_failure(folder) is None:
-            write_failure(folder, "evaluation", f"evaluation {why}", **facts)
+            write_failure(folder, "evaluation", why, **facts)
 
 
 def retrain(config: Path, overrides: dict, steps: int | None, run_name: str | None, workers: int,
