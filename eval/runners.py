@@ -37,7 +37,7 @@ from eval.metrics.visdial import (
     VISDIAL_RANKINGS,
     gt_standing,
     ndcg_per_round,
-    option_word_counts,
+    option_lengths,
     ranking_keys,
     translation_collisions,
     visdial_metrics,
@@ -419,7 +419,7 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
                 progress: Progress | None = None) -> VisDialResult:
     """Zero-shot VisDial: IT2T ranks each round's options by summed answer-token loss (the headline; all rounds
     of a dialog in one option_losses call: 10 prefixes x 100 options), by mean token loss, and, as baseline
-    records, with no image (unless `settings.visdial_no_image_baseline` is off) and by word count alone;
+    records, with no image (unless `settings.visdial_no_image_baseline` is off) and by length alone;
     T2I retrieves each dialog's image among `image_ids` (default: every dialog's image, i.e. all validation
     images)."""
     settings = settings or EvalSettings()
@@ -446,7 +446,7 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
             scores[name].append(share_equal_options(arr, [r.options for r in d.rounds]))
         if progress:
             progress("visdial it2t", n + 1, len(dialogs))
-    scores["length"] = [option_word_counts([r.options for r in d.rounds]) for d in dialogs]
+    scores["length"] = [option_lengths([r.options for r in d.rounds]) for d in dialogs]
     ranked = {name: rank_rounds(arrs, dialogs) for name, arrs in scores.items()}
 
     metrics: dict[str, float] = {}

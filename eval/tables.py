@@ -56,7 +56,7 @@ VISDIAL_NOTES = [
     "the image and dialogue, as the thesis ranks them; it favours short options. IT2T mean loss: ranked by "
     "mean token loss (length-normalised).",
     "Baselines, scored by the same code on the same rounds: \"<LLM>, no image\" is the same frozen LLM and "
-    "prompt with no visual tokens; \"options by length\" ranks options by word count, shortest first, with no "
+    "prompt with no visual tokens; \"options by length\" ranks options by character count, shortest first, with no "
     "model. An IT2T figure shows use of the image only where it beats both.",
 ]
 ABLATION_COLS: dict[str, list[tuple[str, str]]] = {

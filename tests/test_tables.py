@@ -137,7 +137,7 @@ def test_visdial_table_shows_both_rankings_above_the_two_baselines():
     # Both runs scored the same rounds: one length row, expected R@5 with the pessimistic figure beside it.
     assert md.count("| options by length (no model) |") == 1
     assert _cells(md, "options by length (no model)")[3:6] == ["baseline", "**40.0** (10.0)", "**60.0**"]
-    assert "\"options by length\" ranks options by word count, shortest first, with no model" in md
+    assert "\"options by length\" ranks options by character count, shortest first, with no model" in md
     # Collisions are the data's: one count per engine, naming the runs it was measured in.
     assert "PT-PT reference 0 (runs pretrained, random)." in md
 

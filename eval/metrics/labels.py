@@ -11,4 +11,4 @@ IT2T_SUM_LABEL = ("it2t_*: options ranked by summed answer-token loss after the 
 IT2T_MEAN_LABEL = "it2t_meanloss_*: options ranked by mean answer-token loss (length-normalised)"
 NO_IMAGE_LABEL = ("baseline no_image: the same frozen LLM and prompt with no visual tokens, both rankings "
                   "(what the text alone gives)")
-LENGTH_LABEL = "baseline length: options ranked by word count, shortest first, no model (ties: expected value)"
+LENGTH_LABEL = "baseline length: options ranked by character count, shortest first, no model (ties: expected value)"
