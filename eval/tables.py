@@ -211,7 +211,9 @@ FIELD_HEADERS = {"bridge": "Bridge", "layer": "Layer", "k": "k", "run": "Run"}
 
 
 def _key(run: RunMetrics, fields: Sequence[str]) -> tuple[str, ...]:
-    return tuple(str(run.get(f)) for f in ("llm", "engine", *fields))
+    """What a reader sees of a row's identity: the LLM and engine as printed (two folders of one name look
+    alike), and `fields`."""
+    return (llm_label(run), engine_label(run.get("engine")), *(str(run.get(f)) for f in fields))
 
 
 def _label_fields(runs: Sequence[RunMetrics], labels: Sequence[str]) -> list[str]:

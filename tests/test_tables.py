@@ -171,6 +171,9 @@ def test_rows_alike_in_every_label_get_the_run_folder():
     assert "| LLM Backbone | Run | Data Language | Steps | Status |" in md
     assert _cells(md, "/m/tiny-lm")[:4] == ["/m/tiny-lm", "tiny-a", "PT-PT reference", "20"]
     assert "| LLM Backbone | Data Language |" in table_5_5([a])  # one run: nothing to tell apart
+    # Two LLM folders of one name, described alike, read alike: the folders tell them apart.
+    c = {**a, "llm": "/other/tiny-lm", "llm_facts": TINY, "run": "/r/train/other"}
+    assert "| Run |" in table_5_5([{**a, "llm_facts": TINY}, c])
 
 
 LABELS = EvalSettings().scoring_labels()
