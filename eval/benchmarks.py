@@ -18,6 +18,9 @@ from PIL import Image
 
 from eval import qualitative
 from eval.common_subset import ITEMS_NAME
+from eval.failures import clear_failure
+from eval.llm_facts import llm_facts
+from eval.run_records import run_record
 from eval.runners import (
     CaptionedImage,
     Dialog,
@@ -108,10 +111,13 @@ def load_model(run_dir: Path, features_dir: Path | None, device: str):
 
 
 def run_info(run_dir: Path, engine: str) -> dict:
-    """What a results table needs to label a row (LLM, engine, bridge, layer, k)."""
+    """What a results table needs to label a row (LLM with its name, model_type and parameter count, engine,
+    bridge, layer, k) and which checkpoint step was evaluated."""
     cfg = read_run_toml(Path(run_dir) / "run.toml").model
-    return {"run": str(run_dir), "llm": cfg.llm, "engine": engine, "bridge": cfg.bridge, "layer": cfg.layer,
-            "k": cfg.k, "clip": cfg.clip}
+    found = ckpt.list_checkpoints(run_dir)
+    return {"run": str(run_dir), "llm": cfg.llm, "llm_facts": llm_facts(cfg.llm).as_dict(), "engine": engine,
+            "bridge": cfg.bridge, "layer": cfg.layer, "k": cfg.k, "clip": cfg.clip,
+            "checkpoint_step": found[-1][0] if found else None}
 
 
 def evaluate(
@@ -125,10 +131,13 @@ def evaluate(
     features_dir: Path | None = None,
     device: str = "cpu",
     progress: Callable | None = None,
+    expected: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate `run_dir` on one benchmark; writes out_dir/metrics.json and qualitative HTML pages.
 
-    Returns the metrics dict (fractions; the tables print them x100), labelled with run_info()."""
+    Returns the metrics dict (fractions; the tables print them x100), labelled with run_info(), the scoring
+    labels, VisDial's baseline records and `expected` (the profile's benchmarks, recorded as
+    `profile_benchmarks`: what a finished run must have evaluated)."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
     settings = settings or EvalSettings()
@@ -142,6 +151,7 @@ def evaluate(
     cache = out_dir / "index"
     n = settings.qualitative_examples
     metrics: dict[str, object] = {}
+    baselines: dict[str, dict[str, float]] = {}
     scored_items: dict = {}
     with torch.no_grad():
         if benchmark in ("cc3m-val", "coco"):
@@ -173,6 +183,7 @@ def evaluate(
             vd = run_visdial(model, features_for, dialogs, settings=settings, cache_dir=cache, model_key=key,
                              progress=progress)
             metrics = dict(vd.metrics)
+            baselines = vd.baselines
             scored_items = vd.items()
             qualitative.visdial_page(vd, dialogs, images.get, out_dir / "visdial.html", n=n)
         else:
@@ -187,11 +198,18 @@ def evaluate(
     labels = settings.scoring_labels()
     scoring = ({k: labels[k] for k in ("vqa_mode", "vqa_rule")} if benchmark == "vqav2"
                else {"tie_rule": labels["tie_rule"]})
+    if benchmark == "visdial":
+        scoring.update(settings.visdial_labels())
     result = {**run_info(run_dir, engine), "benchmark": benchmark, "shards": str(shard_dir),
               "images": len(images), "scoring": scoring, "metrics": metrics}
+    if baselines:
+        result["baselines"] = baselines
+    if expected is not None:
+        result["profile_benchmarks"] = list(expected)
     # Per-item scores first, metrics.json last: metrics.json marks a complete evaluation.
     _write_json(out_dir / ITEMS_NAME, scored_items)
     _write_json(out_dir / "metrics.json", result)
+    clear_failure(out_dir)  # an earlier failure of this benchmark is history now
     refresh_model_card(run_dir)  # the card's Results section now includes this benchmark
     return result
 
@@ -200,17 +218,9 @@ def _write_json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float) + "\n")
 
 
-def collect_runs(run_dirs: Sequence[Path]) -> list[dict]:
-    """One table row per run: {llm, engine, bridge, layer, k, metrics: {benchmark: {...}}, scoring:
-    {benchmark: labels}, eval_dirs: {benchmark: folder}} from every run's eval/<benchmark>/metrics.json."""
-    runs = []
-    for run_dir in run_dirs:
-        found = sorted(Path(run_dir).glob("eval/*/metrics.json"))
-        if not found:
-            raise FileNotFoundError(f"{run_dir}: no eval/<benchmark>/metrics.json; run `ptvl eval` first")
-        rows = [json.loads(p.read_text()) for p in found]
-        head = {k: rows[0][k] for k in ("run", "llm", "engine", "bridge", "layer", "k")}
-        runs.append({**head, "metrics": {r["benchmark"]: r["metrics"] for r in rows},
-                     "scoring": {r["benchmark"]: r.get("scoring", {}) for r in rows},
-                     "eval_dirs": {r["benchmark"]: str(p.parent) for r, p in zip(rows, found, strict=True)}})
-    return runs
+def collect_runs(run_dirs: Sequence[Path], expected: Sequence[str] | None = None) -> list[dict]:
+    """One table record per run (eval.run_records.run_record): {run, llm, llm_facts, engine, bridge, layer, k,
+    steps, steps_planned, status, errors, expected, metrics: {benchmark: {...}}, baselines, scoring:
+    {benchmark: labels}, eval_dirs: {benchmark: folder}}, from every run's eval/<benchmark>/metrics.json and
+    failure records. `expected`: the benchmarks a finished run must have (default: what the runs recorded)."""
+    return [run_record(Path(d), expected) for d in run_dirs]

@@ -8,7 +8,8 @@ engine-independent keys and re-scores each run on the intersection:
 - cc3m-val / coco retrieval: images by id, references by image id + English source (`caption_keys`); both
   directions recomputed from the cached embeddings over the common images and references only;
 - visdial: IT2T rounds by (image id, round) from their stored (a, w) standings, NDCG over the common dense
-  dialogs, T2I recomputed over the common dialogs and candidate images;
+  dialogs, for every ranking all the runs stored (summed and mean loss, and the baselines: no image, length),
+  T2I recomputed over the common dialogs and candidate images;
 - vqav2: questions by id, from their stored accuracies (the runs must share one VQA mode).
 Captioning scores are not re-scored here (they need the Java tokenizer and METEOR): tables show them on
 each engine's own references only.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from eval.metrics.retrieval import retrieval_metrics_from_embeddings
-from eval.metrics.visdial import standing_metrics
+from eval.metrics.visdial import VISDIAL_RANKINGS, ranking_keys, standing_metrics
 from eval.metrics.vqa import VQAScored, summarize_vqa
 
 ITEMS_NAME = "items.json"
@@ -62,7 +63,20 @@ def _retrieval(eval_dirs: Mapping[str, Path], items: Mapping[str, dict]) -> dict
     return out
 
 
-def _visdial(eval_dirs: Mapping[str, Path], items: Mapping[str, dict]) -> dict[str, dict[str, float]]:
+def _rescore(ranking: dict, rounds: set, dense: set) -> dict[str, float]:
+    """One ranking's metrics (unprefixed) over the common rounds and dense dialogs, from its stored standings."""
+    standing = torch.tensor([[a, w, 1] for i, k, a, w in ranking["rounds"] if (i, k) in rounds], dtype=torch.int64)
+    m = standing_metrics(standing)
+    values = [v for i, v in ranking["dense_ndcg"].items() if i in dense and v is not None]
+    if values:
+        m["ndcg"] = float(np.mean(values))
+    return m
+
+
+def _visdial_scored(eval_dirs: Mapping[str, Path], items: Mapping[str, dict]
+                    ) -> dict[str, tuple[dict[str, float], dict[str, dict[str, float]]]]:
+    """run -> (metrics, baseline records) on the common subset. A ranking some run did not store (evaluated
+    before it existed, or with the no-image baseline off) is left out for every run."""
     rounds = set.intersection(*({(i, k) for i, k, _, _ in it["rounds"]} for it in items.values()))
     dense = set.intersection(*(set(it["dense_ndcg"]) for it in items.values()))
     dialogs = set.intersection(*(set(it["dialogs"]) for it in items.values()))
@@ -70,13 +84,15 @@ def _visdial(eval_dirs: Mapping[str, Path], items: Mapping[str, dict]) -> dict[s
     dialogs &= candidates
     if not rounds:
         raise CommonSubsetError("the runs share no VisDial rounds")
+    shared = set.intersection(*(set(it.get("rankings", {})) for it in items.values()))
     out = {}
     for run, it in items.items():
-        standing = torch.tensor([[a, w, 1] for i, k, a, w in it["rounds"] if (i, k) in rounds], dtype=torch.int64)
-        m = {f"it2t_{k}": v for k, v in standing_metrics(standing).items()}
-        values = [v for i, v in it["dense_ndcg"].items() if i in dense and v is not None]
-        if values:
-            m["it2t_ndcg"] = float(np.mean(values))
+        m = ranking_keys("sum", _rescore(it, rounds, dense))
+        baselines: dict[str, dict[str, float]] = {}
+        for name in (n for n in VISDIAL_RANKINGS if n in shared):
+            record = VISDIAL_RANKINGS[name][0]
+            (baselines.setdefault(record, {}) if record else m).update(
+                ranking_keys(name, _rescore(it["rankings"][name], rounds, dense)))
         cand_pos = [n for n, i in enumerate(it["candidates"]) if i in candidates]
         where = {it["candidates"][p]: k for k, p in enumerate(cand_pos)}
         q_pos = [n for n, i in enumerate(it["dialogs"]) if i in dialogs]
@@ -85,8 +101,12 @@ def _visdial(eval_dirs: Mapping[str, Path], items: Mapping[str, dict]) -> dict[s
                                                     _index(eval_dirs[run], "dialogs")[q_pos],
                                                     np.asarray([where[it["dialogs"][n]] for n in q_pos]))
             m.update({k: v for k, v in ret.items() if k.startswith("t2i_")})
-        out[run] = m
+        out[run] = (m, baselines)
     return out
+
+
+def _visdial(eval_dirs: Mapping[str, Path], items: Mapping[str, dict]) -> dict[str, dict[str, float]]:
+    return {run: m for run, (m, _) in _visdial_scored(eval_dirs, items).items()}
 
 
 def _vqa(items: Mapping[str, dict]) -> dict[str, dict[str, float]]:
@@ -117,17 +137,26 @@ def common_subset_metrics(eval_dirs: Mapping[str, Path], benchmark: str) -> dict
 
 def common_subset_runs(runs: list[dict]) -> list[dict]:
     """Run records (as eval.benchmarks.collect_runs gives them) re-scored on the common subset of every
-    benchmark that two or more runs of DIFFERENT engines have; `subset` is "common" and `subset_n` holds
-    the common query counts. Empty when fewer than two engines are compared."""
+    benchmark that two or more runs of DIFFERENT engines have; `subset` is "common". Empty when fewer than
+    two engines are compared. `expected` is emptied: the subset tables show what was re-scored, not what
+    a run lacks (its own tables do)."""
     if len({r.get("engine") for r in runs}) < 2:
         return []
-    out = [{**r, "metrics": {}, "subset": "common"} for r in runs]
+    out = [{**r, "metrics": {}, "baselines": {}, "expected": [], "subset": "common"} for r in runs]
     benchmarks = sorted({b for r in runs for b in r.get("metrics", {})})
     for bench in benchmarks:
         having = [n for n, r in enumerate(runs) if bench in r.get("eval_dirs", {})]
         if len({runs[n].get("engine") for n in having}) < 2:
             continue
-        scored = common_subset_metrics({str(n): Path(runs[n]["eval_dirs"][bench]) for n in having}, bench)
+        dirs = {str(n): Path(runs[n]["eval_dirs"][bench]) for n in having}
+        if bench == "visdial":  # with its baseline records
+            scored = _visdial_scored(dirs, {run: _load(d) for run, d in dirs.items()})
+            for n in having:
+                out[n]["metrics"][bench], base = scored[str(n)]
+                if base:
+                    out[n]["baselines"][bench] = base
+            continue
+        metrics = common_subset_metrics(dirs, bench)
         for n in having:
-            out[n]["metrics"][bench] = scored[str(n)]
+            out[n]["metrics"][bench] = metrics[str(n)]
     return [r for r in out if r["metrics"]]

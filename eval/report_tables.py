@@ -53,7 +53,7 @@ def render_run_tables(rows: Sequence[RunMetrics], labels: tuple[str, ...] = (), 
     parts = [_render(render.__name__, lambda render=render: render(rows, labels=labels))
              for render in (table_5_3, table_5_4, table_5_5, table_vqa)]
     for bench, kind in ablations:
-        if any(bench in r["metrics"] for r in rows):
+        if any(bench in r["metrics"] or bench in r.get("expected", ()) for r in rows):
             parts.append(_render(f"ablation_table {bench} {kind}", lambda b=bench, k=kind: ablation_table(rows, b, k)))
     try:
         common = common_subset_runs(rows)

@@ -9,7 +9,10 @@ checkpoint; `model_key` (e.g. the checkpoint's hash) is stored beside the index 
 Prompt formats (documented constants, see `visdial_prefix`):
 - VisDial IT2T: "[image] <caption> Q: <q1> A: <a1> ... Q: <q_r> A:" and each option scored as " <option>"
   (leading space: in running text the answer follows "A: ", and BPE tokenizers fold that space into the
-  answer's first token). An option's score is the summed token loss: lower is better.
+  answer's first token). The headline ranks options by summed token loss (the thesis' ranking), lower is
+  better; beside it the mean token loss (length-normalised), and two baselines from the same rounds: the
+  same LLM with no visual tokens, and options ranked by length alone (no model). Summed loss favours short
+  options, and VisDial's right answers are short, so a figure means something only where it beats both.
 - VisDial T2I: "<caption> Q: <q1> A: <a1> ... Q: <q10> A: <a10>" (+[RET], which text_embeddings appends),
   ranked against ALL the benchmark's images (text-to-image, as the task's name says; FROMAGe's script
   ranks dialogs per image instead).
@@ -22,7 +25,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -30,7 +33,15 @@ from torch import Tensor
 
 from eval.metrics.caption import caption_scores
 from eval.metrics.retrieval import retrieval_metrics_from_embeddings
-from eval.metrics.visdial import gt_standing, ndcg_per_round, translation_collisions, visdial_metrics
+from eval.metrics.visdial import (
+    VISDIAL_RANKINGS,
+    gt_standing,
+    ndcg_per_round,
+    option_lengths,
+    ranking_keys,
+    translation_collisions,
+    visdial_metrics,
+)
 from eval.metrics.vqa import VQAScored, vqa_metrics
 from eval.settings import EvalSettings
 from ptvl_io import atomic_write
@@ -56,8 +67,11 @@ class EvalModel(Protocol):
         """One generated caption per image."""
         ...
 
-    def option_losses(self, feats: Any, prefix_texts: list[str], options: list[list[str]]) -> Tensor:
-        """(N, n_options) summed answer-token loss of each option after [image] prefix_text (lower = better)."""
+    def option_losses(self, feats: Any, prefix_texts: list[str], options: list[list[str]], chunk: int = 100, *,
+                      image: bool = True, reduce: Literal["sum", "mean"] = "sum") -> Tensor:
+        """(N, n_options) loss of each option's tokens after [image] prefix_text (lower = better): "sum" the
+        summed token cross-entropy (the thesis' ranking), "mean" the mean token loss (length-normalised).
+        image=False: the same prefix with no visual tokens (`feats` is then ignored)."""
         ...
 
     def answer(self, feats: Any, prompt: str) -> str:
@@ -323,23 +337,42 @@ def _check_dialog(d: Dialog) -> None:
 
 
 @dataclass
+class Ranking:
+    """One way of ranking every round's options, scored: its metrics (unprefixed, as visdial_metrics returns
+    them), each round's (image id, 1-based round, a, w) ground-truth standing and each dense dialog's NDCG
+    (None: no relevant option): what a common-subset comparison re-scores."""
+
+    metrics: dict[str, float]
+    rounds: list[tuple[str, int, int, int]]
+    dense_ndcg: dict[str, float | None]
+
+    def items(self) -> dict:
+        return {"rounds": [list(r) for r in self.rounds], "dense_ndcg": self.dense_ndcg}
+
+
+@dataclass
 class VisDialResult:
-    metrics: dict[str, float]  # it2t_* (r1, r5, r10, mean_rank, mrr, ndcg, _pess twins, collisions), t2i_*
-    losses: dict[str, np.ndarray]  # image id -> (n_rounds, n_options) losses (equal option texts share one)
-    chosen: dict[str, list[str]]  # image id -> the lowest-loss option of every round
+    metrics: dict[str, float]  # it2t_* (summed loss: r1, r5, r10, mean_rank, mrr, ndcg, _pess twins, collisions),
+    # it2t_meanloss_* (mean token loss), t2i_*
+    losses: dict[str, np.ndarray]  # image id -> (n_rounds, n_options) summed losses (equal option texts share one)
+    chosen: dict[str, list[str]]  # image id -> the lowest-summed-loss option of every round
     t2i_top: dict[str, list[str]]  # image id -> its dialog's 5 best images
-    # What a common-subset comparison re-scores: per round (image id, 1-based round, a, w) of the ground
-    # truth; per dense dialog its NDCG (None: no relevant option); the T2I candidates and queries.
+    # What a common-subset comparison re-scores: the headline ranking's standings (`round_standings`,
+    # `dense_ndcg`) and every other ranking's (`rankings`); the T2I candidates and queries.
     round_standings: list[tuple[str, int, int, int]] = field(default_factory=list)
     dense_ndcg: dict[str, float | None] = field(default_factory=dict)
     candidates: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)  # T2I queries (dialog image ids), in index order
     image_emb: np.ndarray | None = field(default=None, repr=False)
     dialog_emb: np.ndarray | None = field(default=None, repr=False)
+    # Baseline records, never the model's own figures: "no_image" (it2t_*, it2t_meanloss_*), "length" (it2t_*).
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    rankings: dict[str, Ranking] = field(default_factory=dict)  # VISDIAL_RANKINGS name -> scored, "sum" excepted
 
     def items(self) -> dict:
         """What eval.common_subset needs to re-score a subset (with the cached indexes)."""
         return {"rounds": [list(r) for r in self.round_standings], "dense_ndcg": self.dense_ndcg,
+                "rankings": {name: r.items() for name, r in self.rankings.items()},
                 "dialogs": self.dialogs, "candidates": self.candidates}
 
 
@@ -358,13 +391,37 @@ def share_equal_options(losses: np.ndarray, options: Sequence[Sequence[str]]) ->
     return out
 
 
+def rank_rounds(scores: Sequence[np.ndarray], dialogs: Sequence[Dialog]) -> Ranking:
+    """Score one ranking: `scores` holds one (n_rounds, n_options) lower-is-better array per dialog."""
+    gt = [r.gt_index for d in dialogs for r in d.rounds]
+    dense = [(d.image_id, s[d.dense_round - 1], d.dense_relevance) for d, s in zip(dialogs, scores, strict=True)
+             if d.dense_round is not None and d.dense_relevance is not None]
+    dense_scores = np.stack([s for _, s, _ in dense]) if dense else None
+    dense_rel = np.asarray([list(r) for _, _, r in dense]) if dense else None
+    flat = np.concatenate(scores)
+    metrics = visdial_metrics(flat, gt, higher_is_better=False, dense_scores=dense_scores, dense_relevance=dense_rel)
+    standing = gt_standing(flat, torch.as_tensor(gt), higher_is_better=False)
+    round_ids = [(d.image_id, k) for d in dialogs for k in range(1, len(d.rounds) + 1)]
+    rounds = [(i, k, int(a), int(w)) for (i, k), (a, w, _) in zip(round_ids, standing.tolist(), strict=True)]
+    ndcg = (dict(zip([i for i, _, _ in dense], ndcg_per_round(dense_scores, dense_rel, higher_is_better=False),
+                     strict=True)) if dense else {})
+    return Ranking(metrics, rounds, ndcg)
+
+
+# The model passes behind each model ranking: (option_losses image, reduce). "length" needs no model.
+_PASSES: dict[str, tuple[bool, Literal["sum", "mean"]]] = {
+    "sum": (True, "sum"), "mean": (True, "mean"), "no_image": (False, "sum"), "no_image_mean": (False, "mean")}
+
+
 def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[Dialog], *,
                 image_ids: Sequence[str] | None = None, settings: EvalSettings | None = None,
                 cache_dir: Path | None = None, model_key: str | None = None,
                 progress: Progress | None = None) -> VisDialResult:
-    """Zero-shot VisDial: IT2T ranks each round's options by summed answer-token loss (all rounds scored
-    in one option_losses call per dialog: 10 prefixes x 100 options); T2I retrieves each dialog's image
-    among `image_ids` (default: every dialog's image, i.e. all validation images)."""
+    """Zero-shot VisDial: IT2T ranks each round's options by summed answer-token loss (the headline; all rounds
+    of a dialog in one option_losses call: 10 prefixes x 100 options), by mean token loss, and, as baseline
+    records, with no image (unless `settings.visdial_no_image_baseline` is off) and by length alone;
+    T2I retrieves each dialog's image among `image_ids` (default: every dialog's image, i.e. all validation
+    images)."""
     settings = settings or EvalSettings()
     if not dialogs:
         raise BenchmarkInputError("no dialogs to evaluate")
@@ -372,41 +429,36 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
     for d in dialogs:
         _check_dialog(d)
     tags = {"q_tag": settings.visdial_question_tag, "a_tag": settings.visdial_answer_tag}
+    passes = {name: p for name, p in _PASSES.items() if p[0] or settings.visdial_no_image_baseline}
 
-    losses: dict[str, np.ndarray] = {}
-    chosen: dict[str, list[str]] = {}
-    all_scores, all_gt, dense_scores, dense_rel = [], [], [], []
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in passes}
     for n, d in enumerate(dialogs):
         prefixes = [visdial_prefix(d.caption, d.rounds[:k], r.question, **tags) for k, r in enumerate(d.rounds)]
         options = [[" " + o.strip() for o in r.options] for r in d.rounds]
-        with torch.no_grad():
-            out = model.option_losses(features_for([d.image_id] * len(d.rounds)), prefixes, options)
-        arr = out.detach().float().cpu().numpy()
-        if arr.shape != (len(d.rounds), len(d.rounds[0].options)):
-            raise RuntimeError(f"option_losses returned shape {arr.shape} for {len(d.rounds)} rounds x "
-                               f"{len(d.rounds[0].options)} options")
-        arr = share_equal_options(arr, [r.options for r in d.rounds])
-        losses[d.image_id] = arr
-        chosen[d.image_id] = [r.options[int(np.argmin(a))] for r, a in zip(d.rounds, arr, strict=True)]
-        all_scores.append(arr)
-        all_gt += [r.gt_index for r in d.rounds]
-        if d.dense_round is not None and d.dense_relevance is not None:
-            dense_scores.append(arr[d.dense_round - 1])
-            dense_rel.append(list(d.dense_relevance))
+        feats = features_for([d.image_id] * len(d.rounds))
+        for name, (image, reduce) in passes.items():
+            with torch.no_grad():
+                out = model.option_losses(feats, prefixes, options, image=image, reduce=reduce)
+            arr = out.detach().float().cpu().numpy()
+            if arr.shape != (len(d.rounds), len(d.rounds[0].options)):
+                raise RuntimeError(f"option_losses (image={image}, reduce={reduce!r}) returned shape {arr.shape} "
+                                   f"for {len(d.rounds)} rounds x {len(d.rounds[0].options)} options")
+            scores[name].append(share_equal_options(arr, [r.options for r in d.rounds]))
         if progress:
             progress("visdial it2t", n + 1, len(dialogs))
-    it2t = visdial_metrics(np.concatenate(all_scores), all_gt, higher_is_better=False,
-                           dense_scores=np.stack(dense_scores) if dense_scores else None,
-                           dense_relevance=np.asarray(dense_rel) if dense_rel else None)
-    metrics = {f"it2t_{k}": v for k, v in it2t.items()}
+    scores["length"] = [option_lengths([r.options for r in d.rounds]) for d in dialogs]
+    ranked = {name: rank_rounds(arrs, dialogs) for name, arrs in scores.items()}
+
+    metrics: dict[str, float] = {}
+    baselines: dict[str, dict[str, float]] = {}
+    for name, ranking in ranked.items():
+        record = VISDIAL_RANKINGS[name][0]
+        (baselines.setdefault(record, {}) if record else metrics).update(ranking_keys(name, ranking.metrics))
     metrics["it2t_translation_collisions"] = float(translation_collisions(
-        [r.options for d in dialogs for r in d.rounds], all_gt))
-    standing = gt_standing(np.concatenate(all_scores), torch.as_tensor(all_gt), higher_is_better=False)
-    round_ids = [(d.image_id, k) for d in dialogs for k in range(1, len(d.rounds) + 1)]
-    round_standings = [(i, k, int(a), int(w)) for (i, k), (a, w, _) in zip(round_ids, standing.tolist(), strict=True)]
-    dense_ids = [d.image_id for d in dialogs if d.dense_round is not None and d.dense_relevance is not None]
-    dense_ndcg = dict(zip(dense_ids, ndcg_per_round(np.stack(dense_scores), np.asarray(dense_rel),
-                                                    higher_is_better=False), strict=True)) if dense_ids else {}
+        [r.options for d in dialogs for r in d.rounds], [r.gt_index for d in dialogs for r in d.rounds]))
+    losses = {d.image_id: arr for d, arr in zip(dialogs, scores["sum"], strict=True)}
+    chosen = {d.image_id: [r.options[int(np.argmin(a))] for r, a in zip(d.rounds, arr, strict=True)]
+              for d, arr in zip(dialogs, scores["sum"], strict=True)}
 
     candidates = list(image_ids) if image_ids is not None else [d.image_id for d in dialogs]
     _unique_ids(candidates, "candidate image")
@@ -423,8 +475,9 @@ def run_visdial(model: EvalModel, features_for: FeaturesFor, dialogs: Sequence[D
     metrics.update({k: v for k, v in ret.items() if k.startswith("t2i_")})
     top = np.argsort(-(txt @ img.T), axis=1, kind="stable")[:, :5]
     t2i_top = {d.image_id: [candidates[j] for j in row] for d, row in zip(dialogs, top, strict=True)}
-    return VisDialResult(metrics, losses, chosen, t2i_top, round_standings, dense_ndcg, candidates,
-                         [d.image_id for d in dialogs], img, txt)
+    head = ranked.pop("sum")
+    return VisDialResult(metrics, losses, chosen, t2i_top, head.rounds, head.dense_ndcg, candidates,
+                         [d.image_id for d in dialogs], img, txt, baselines, ranked)
 
 
 # ---------------------------------------------------------------------- VQA

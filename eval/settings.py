@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from eval.metrics.labels import TIE_RULE_LABEL
+from eval.metrics.labels import IT2T_MEAN_LABEL, IT2T_SUM_LABEL, LENGTH_LABEL, NO_IMAGE_LABEL, TIE_RULE_LABEL
 from eval.metrics.vqa import VQA_MODE_LABELS
 
 
@@ -26,6 +26,9 @@ class EvalSettings(BaseModel):
     retrieval_chunk: int = Field(1024, ge=1, description="similarity rows computed at once")
     visdial_question_tag: str = Field("Q:", description="tag before each question in the dialogue prompt")
     visdial_answer_tag: str = Field("A:", description="tag before each answer in the dialogue prompt")
+    visdial_no_image_baseline: bool = Field(
+        True, description="also score every VisDial option with no image (the no-image baseline row): doubles "
+        "the IT2T scoring time")
     vqa_mode: Literal["official", "pt"] = Field(
         "pt", description="VQA answer matching: official (vqaEval.py, 2021 revision: agreeing references compared "
         "verbatim) or pt (Portuguese mode: both sides normalised, PT articles, contractions, numbers, decimal comma)")
@@ -35,6 +38,13 @@ class EvalSettings(BaseModel):
     def scoring_labels(self) -> dict[str, str]:
         """How answers and ties were scored, in words: stored beside the metrics and shown under every table."""
         return {"vqa_mode": self.vqa_mode, "vqa_rule": VQA_MODE_LABELS[self.vqa_mode], "tie_rule": TIE_RULE_LABEL}
+
+    def visdial_labels(self) -> dict[str, str]:
+        """Which ranking each VisDial IT2T key holds, and what each baseline record is (metrics.json `scoring`)."""
+        labels = {"it2t_ranking": IT2T_SUM_LABEL, "it2t_meanloss_ranking": IT2T_MEAN_LABEL, "baseline_length": LENGTH_LABEL}
+        if self.visdial_no_image_baseline:
+            labels["baseline_no_image"] = NO_IMAGE_LABEL
+        return labels
 
     @field_validator("vqa_prompt")
     @classmethod

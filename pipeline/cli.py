@@ -418,14 +418,16 @@ def retrain(
 ) -> None:
     """Retrain with a new LLM in one command: train, evaluate every benchmark of the profile's [eval]
     benchmarks, and print the thesis-layout tables with this run beside every earlier run under the
-    same root (train/*), rows labelled by LLM, bridge and layer.
+    same root (train/*), with steps and status; a failed step shows its error (exit code 1).
 
     Finished steps are kept: rerunning resumes training and skips finished evaluations."""
     from pipeline.train_runs import retrain as retrain_run  # deferred: imports torch (train and evaluate)
 
     done = retrain_run(config, _overrides(llm=llm, bridge=bridge, k=k, layer=layer), steps, run_name, workers, out)
-    console.print(f"run: {done.run_dir} ({done.earlier} earlier run(s) under {done.run_dir.parent})")
+    console.print(f"run: {done.run_dir}, {done.status} ({done.earlier} earlier run(s) under {done.run_dir.parent})")
     print(done.tables)
+    if done.status != "finished":  # the tables say what failed; scripts see it in the exit code
+        raise typer.Exit(1)
 
 
 @command("eval")

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from eval.failures import read_failure, write_failure
 from pipeline.checks import check_model, check_writable
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.llm_preflight import preflight_training, run_check, summary
 from pipeline.settings import ConfigError, Settings, load_settings
 from pipeline.tasks.model import Evaluate, Train
-from pipeline.tasks.scheduling import build_local
+from pipeline.tasks.scheduling import LocalBuild, build_local
 from training.config import RECIPES, ModelConfig, read_run_toml, to_toml
 from training.modelcard import refresh_model_card
 
@@ -136,31 +137,56 @@ def train_from_run_toml(path: Path, overrides: dict, steps: int | None, run_name
 
 @dataclass
 class Retrained:
-    """What `ptvl retrain` prints: the run folder, how many earlier runs sit beside it, and the tables."""
+    """What `ptvl retrain` prints: the run folder, its status (finished, partial, failed), how many earlier
+    runs sit beside it, and the tables (this run's row says what failed, if anything did)."""
 
     run_dir: Path
+    status: str
     earlier: int
     tables: str
+
+
+def _record_silent_failures(train: Train, evaluations: list[Evaluate], build: LocalBuild) -> None:
+    """Steps that did not finish and left no failure record (a killed worker, a task Luigi could not schedule)
+    get one naming Luigi's status, so the run is listed as failed rather than missing."""
+    settings = train.settings
+    why = (f"did not finish (Luigi: {build.status}) and recorded no error: a step before it failed, or the "
+           "process was killed; see the log above")
+    facts = {"expected": settings.eval.benchmarks, "engine": settings.training.engine}
+    run_dir = train.run_dir()
+    if not train.complete():
+        if read_failure(run_dir) is None:
+            write_failure(run_dir, "training", why, **facts)
+        return  # no evaluation could start
+    for task in evaluations:
+        folder = Path(task.output().path).parent
+        if not task.complete() and read_failure(folder) is None:
+            write_failure(folder, "evaluation", why, **facts)
 
 
 def retrain(config: Path, overrides: dict, steps: int | None, run_name: str | None, workers: int,
             out: Path | None) -> Retrained:
     """Train with `overrides` (a new LLM), evaluate every benchmark of the profile, and render the results
-    tables with this run under every earlier run of the same root."""
+    tables with this run under every earlier run of the same root, whatever happened: a run whose training
+    or some evaluations failed is listed with its one-line errors beside the results it has."""
     from eval.benchmarks import collect_runs  # deferred: imports torch
     from eval.report_tables import render_run_tables, write_run_tables  # deferred: imports torch
+    from eval.run_records import has_result  # deferred: imports torch
 
     load_settings(config)
     resolved = train_profile(config, overrides, steps, run_name, workers=workers)
     settings = load_settings(resolved)
     check_model(settings)
     check_writable(settings.root)
-    run_dir = Train(config=str(resolved)).run_dir()
-    build_local([Evaluate(config=str(resolved), benchmark=b) for b in settings.eval.benchmarks], workers)
+    train = Train(config=str(resolved))
+    run_dir = train.run_dir()
+    evaluations = [Evaluate(config=str(resolved), benchmark=b) for b in settings.eval.benchmarks]
+    build = build_local(evaluations, workers)  # trains first: every Evaluate requires Train
+    if not build.ok:
+        _record_silent_failures(train, evaluations, build)
     refresh_model_card(run_dir)  # with every benchmark, also when evaluations ran side by side
-    runs = [d for d in sorted(settings.layout.train_root.iterdir()) if any(d.glob("eval/*/metrics.json"))]
-    runs = [d for d in runs if d != run_dir] + [run_dir]  # this run last, under the earlier ones
-    rows = collect_runs(runs)
+    runs = [d for d in sorted(settings.layout.train_root.iterdir()) if d.is_dir() and d != run_dir and has_result(d)]
+    rows = collect_runs(runs) + collect_runs([run_dir], expected=settings.eval.benchmarks)  # this run last
     labels = ("bridge", "layer")
     tables = write_run_tables(rows, out, labels) if out else render_run_tables(rows, labels)
-    return Retrained(run_dir, len(runs) - 1, tables)
+    return Retrained(run_dir, rows[-1]["status"], len(runs), tables)

@@ -92,7 +92,16 @@ def test_visdial_benchmark_ranks_the_right_option_first(run, tmp_path):
                    settings=EvalSettings(meteor_mode="none"))
     m = res["metrics"]
     assert m["it2t_r1"] == 1.0 and m["it2t_mrr"] == 1.0 and m["it2t_n_rounds"] == 6
-    assert m["it2t_ndcg"] == pytest.approx(1.0)
+    assert m["it2t_ndcg"] == pytest.approx(1.0) and m["it2t_meanloss_r1"] == 1.0
+    # ... and so does the same LLM with no image: this benchmark is solved by the text alone, which is what
+    # the no-image baseline row is there to show. Length alone wins where the caption is the shortest option
+    # (the shortest gibberish has 30 characters; a tie with it counts one half).
+    assert res["baselines"]["no_image"]["it2t_r1"] == 1.0 and "t2i_r1" not in res["baselines"]["no_image"]
+    lengths = [len(captions(sc)[1][1]) for sc in world.heldout[:3]]
+    assert res["baselines"]["length"]["it2t_r1"] == pytest.approx(
+        sum(1.0 if n < 30 else 0.5 if n == 30 else 0.0 for n in lengths) / 3)
+    assert res["llm_facts"]["model_type"] == "gpt_neo" and res["llm_facts"]["params"] > 0
+    assert res["checkpoint_step"] == 20 and "summed answer-token loss" in res["scoring"]["it2t_ranking"]
     assert 0.0 <= m["t2i_r1"] <= 1.0
     runs = collect_runs([run_dir])
     assert set(runs[0]["metrics"]) >= {"visdial"}

@@ -81,6 +81,19 @@ def test_visdial_and_vqa_common_subsets(tmp_path):
     for key in ("it2t_r1", "it2t_mrr", "it2t_mean_rank", "it2t_r1_pess", "it2t_ndcg", "t2i_r1", "t2i_medr"):
         assert got["A"][key] == pytest.approx(direct[key]), key
         assert got["B"][key] == pytest.approx(rb.metrics[key]), key
+    # The mean-loss ranking and both baselines are re-scored on the common rounds too.
+    full = run_visdial(model, features_for, da[:2])
+    runs = [{"llm": "G", "engine": e, "metrics": {"visdial": r.metrics}, "baselines": {"visdial": r.baselines},
+             "expected": ["visdial"], "eval_dirs": {"visdial": str(tmp_path / n)}}
+            for e, n, r in (("deepl", "A", ra), ("madlad", "B", rb))]
+    common = common_subset_runs(runs)
+    assert common[0]["metrics"]["visdial"]["it2t_meanloss_mrr"] == pytest.approx(full.metrics["it2t_meanloss_mrr"])
+    for kind in ("no_image", "length"):
+        for key in ("it2t_mrr", "it2t_r1_pess", "it2t_ndcg"):
+            assert common[0]["baselines"]["visdial"][kind][key] == pytest.approx(full.baselines[kind][key])
+            assert common[1]["baselines"]["visdial"][kind][key] == pytest.approx(rb.baselines[kind][key])
+    assert common[0]["baselines"]["visdial"]["length"]["it2t_n_rounds"] == 4 != ra.baselines["length"]["it2t_n_rounds"]
+    assert common[0]["expected"] == []  # the subset tables show what was re-scored, no "not evaluated" rows
 
     qa = [VQAQuestion(str(n), "i", "q", ("sim",) * 10 if n % 2 else ("2",) * 10, "yes/no" if n % 2 else "number")
           for n in range(6)]
@@ -146,6 +159,6 @@ def test_ptvl_table_labels_the_rules_and_adds_the_common_subset(tmp_path):
     md = (tmp_path / "tables.md").read_text()
     own, common = md.split("## Common subset of all engines")
     assert "Ties: R@k = expected value under random tie-breaking" in own
-    assert "VQA answers: Portuguese mode" in own and "| Glória | PT-PT DeepL | pt | **100.00** |" in own
+    assert "VQA answers: Portuguese mode" in own and "| Glória | PT-PT DeepL | pt | – | finished | **100.00** |" in own
     assert "(common subset of all engines)" in common and common.count("VQA answers: Portuguese mode") == 1
     assert "Table 5.3" in common and "Table 5.5" not in common

@@ -333,6 +333,8 @@ def test_batch_job_sees_progress_and_no_chatter(tiny_run: TinyRun) -> None:
 def test_retrain_is_one_command(tiny_run: TinyRun) -> None:
     """`ptvl retrain` trains, evaluates every benchmark and prints the tables beside the earlier run; the
     two runs differ only in the ViT layer, and the rows say so."""
+    from eval.llm_facts import format_params, llm_facts
+
     lm = tiny_run.root / "models" / "tiny-lm"
     res = ptvl("retrain", "--config", str(tiny_run.config), "--llm", str(lm), "--layer", "-2", "--steps", "2")
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
@@ -340,12 +342,19 @@ def test_retrain_is_one_command(tiny_run: TinyRun) -> None:
     for bench in ("coco", "visdial", "vqav2"):
         assert (run / "eval" / bench / "metrics.json").is_file()
     out = res.stdout
+    assert re.search(r"tiny-lm-cls-k1-l-2, finished \(1 earlier", " ".join(out.split()))
+    facts = llm_facts(str(lm))
+    name = f"tiny-lm ({facts.model_type}, {format_params(facts.params)})"  # e.g. tiny-lm (gpt_neo, 25.1K)
+    assert facts.model_type == "gpt_neo" and facts.params and facts.params > 1000
     t53 = out[out.index("Table 5.3"):out.index("Table 5.4")]
-    assert "| LLM | Bridge | Layer | Data Language | IT2T R@5" in t53
-    assert f"| MSCOCO | {lm} | cls | L | PT-PT reference |" in t53  # the earlier run first
-    assert f"|  | {lm} | cls | L-1 | PT-PT reference |" in t53  # then the retrained one
+    assert "| LLM | Bridge | Layer | Data Language | Steps | Status | IT2T R@5" in t53
+    assert f"| MSCOCO | {name} | cls | L | PT-PT reference | 3 | finished |" in t53  # the earlier run first
+    assert f"|  | {name} | cls | L-1 | PT-PT reference | 2 | finished |" in t53  # then the retrained one
     t55 = out[out.index("Table 5.5"):]
     assert "| LLM Backbone | Bridge | Layer |" in t55 and "| cls | L-1 |" in t55 and "| cls | L |" in t55
+    # The same LLM without the image, and the options by length alone, scored by the same code: one row each.
+    assert t55.count(f"| {name}, no image | – | – | PT-PT reference | – | baseline |") == 1
+    assert t55.count("| options by length (no model) | – | – | PT-PT reference | – | baseline |") == 1
     card = (run / "README.md").read_text()
     assert "### vqav2" in card and "ViT layer -2" in card
 

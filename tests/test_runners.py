@@ -47,10 +47,15 @@ class TableModel:
     def caption(self, feats, max_new_tokens, num_beams=1):
         return [self.captions[i] for i in feats]
 
-    def option_losses(self, feats, prefix_texts, options):
-        self.option_calls.append((list(feats), list(prefix_texts), [list(o) for o in options]))
-        # Loss = length of the option text: the shortest option wins.
-        return torch.tensor([[float(len(o)) for o in opts] for opts in options])
+    def option_losses(self, feats, prefix_texts, options, chunk=100, *, image=True, reduce="sum"):
+        self.option_calls.append((list(feats), list(prefix_texts), [list(o) for o in options], image, reduce))
+        # With the image the summed loss is the option's length in characters (the shortest option wins), its
+        # mean the characters per word; without the image the longest option wins (100 - characters).
+        def loss(o: str) -> float:
+            chars = float(len(o)) if image else 100.0 - len(o)
+            return chars if reduce == "sum" else chars / max(len(o.split()), 1)
+
+        return torch.tensor([[loss(o) for o in opts] for opts in options])
 
     def answer(self, feats, prompt):
         self.prompts.append(prompt)
@@ -151,8 +156,10 @@ def test_run_visdial_it2t_and_t2i_by_hand(tmp_path):
     model = TableModel(images, texts)
     res = run_visdial(model, features_for, [d1, d2], image_ids=["img1", "img2", "img3"], cache_dir=tmp_path)
     # Every dialog is one option_losses call: its rounds' prefixes, the image repeated, options with a space.
-    feats, prefixes, options = model.option_calls[0]
-    assert feats == ["img1"] * 3 and len(model.option_calls) == 2
+    feats, prefixes, options, _, _ = model.option_calls[0]
+    # Four passes per dialog: summed and mean loss with the image, and both without (the no-image baseline).
+    assert [c[3:] for c in model.option_calls] == [(True, "sum"), (True, "mean"), (False, "sum"), (False, "mean")] * 2
+    assert feats == ["img1"] * 3 and all(c[1] == prefixes and c[2] == options for c in model.option_calls[:4])
     assert prefixes[0] == "um quadrado vermelho Q: que cor tem? A:"
     assert prefixes[2].endswith("Q: quantas? A: duas Q: é um desenho? A:")
     assert options[0] == [" vermelho", " azul claro", " verde-escuro", " sim"]
@@ -176,13 +183,50 @@ def test_run_visdial_it2t_and_t2i_by_hand(tmp_path):
     items = res.items()
     assert items["rounds"][:2] == [["img1", 1, 1, 0], ["img1", 2, 1, 1]] and items["candidates"] == ["img1", "img2", "img3"]
     assert set(items["dense_ndcg"]) == {"img1"} and items["dialogs"] == ["img1", "img2"]
+    assert set(items["rankings"]) == {"mean", "no_image", "no_image_mean", "length"}
+    assert items["rankings"]["length"]["rounds"][0] == ["img1", 1, 1, 0]  # 'vermelho' is longer than 'sim'
+
+
+def test_run_visdial_mean_loss_ranking_and_the_two_baselines_by_hand():
+    d1, d2 = _dialogs()
+    model = TableModel({"img1": E[0], "img2": E[1]}, {dialog_text(d1): E[0], dialog_text(d2): E[1]})
+    res = run_visdial(model, features_for, [d1, d2])
+    m, base = res.metrics, res.baselines
+    # Mean loss (characters per word, " " included): round 1 'vermelho' 9 is behind 'sim' 4 and 'azul claro'
+    # 5.5 (rank 3); round 2 as summed (2.5); round 3 'não, é um desenho' 18/4 = 4.5 behind 'sim', 'não'
+    # (rank 3); d2 'sim' ties 'não' (1.5).
+    assert m["it2t_meanloss_mean_rank"] == pytest.approx((3 + 2.5 + 3 + 1.5) / 4)
+    assert m["it2t_meanloss_r1"] == pytest.approx(0.5 / 4) and m["it2t_meanloss_r1_pess"] == 0.0
+    assert "it2t_meanloss_n_rounds" not in m and m["it2t_n_rounds"] == 4  # counted once, under the headline
+    # No image: the longest option wins. Ranks 3, 2.5 (ties 'três'), 1, 3.5 (behind 'talvez', 'nunca', tied).
+    assert set(base) == {"no_image", "length"}
+    assert base["no_image"]["it2t_mean_rank"] == pytest.approx(2.5) and base["no_image"]["it2t_r1"] == 0.25
+    assert base["no_image"]["it2t_meanloss_mean_rank"] == pytest.approx(2.5)
+    # Length alone (characters, shortest first): this model's summed loss IS the length, so its headline
+    # figures are exactly the length baseline's (what the baseline row exposes). No T2I for a baseline.
+    headline = {k: v for k, v in m.items() if k.startswith("it2t_") and not k.startswith(("it2t_meanloss_",
+                                                                                        "it2t_translation"))}
+    assert base["length"] == pytest.approx(headline) and base["length"]["it2t_mean_rank"] == 2.5
+    assert not [k for k in base["length"] if k.startswith(("t2i_", "it2t_meanloss_"))]
+    assert not [k for k in m if k.startswith("no_image")]  # a baseline never lands in the run's own metrics
+
+
+def test_visdial_no_image_baseline_can_be_turned_off():
+    d1, d2 = _dialogs()
+    model = TableModel({"img1": E[0], "img2": E[1]}, {dialog_text(d1): E[0], dialog_text(d2): E[1]})
+    settings = EvalSettings(visdial_no_image_baseline=False)
+    res = run_visdial(model, features_for, [d1, d2], settings=settings)
+    assert [c[3:] for c in model.option_calls] == [(True, "sum"), (True, "mean")] * 2
+    assert set(res.baselines) == {"length"} and set(res.items()["rankings"]) == {"mean", "length"}
+    assert "baseline_no_image" not in settings.visdial_labels()
+    assert "summed answer-token loss" in settings.visdial_labels()["it2t_ranking"]
 
 
 class PositionModel(TableModel):
     """Losses that depend on an option's POSITION as well as its text (as batched scoring can): length +
     0.001 x index."""
 
-    def option_losses(self, feats, prefix_texts, options):
+    def option_losses(self, feats, prefix_texts, options, chunk=100, *, image=True, reduce="sum"):
         return torch.tensor([[len(o) + 0.001 * i for i, o in enumerate(opts)] for opts in options])
 
 

@@ -38,12 +38,16 @@ from tests.helpers import jpeg
 from tests.test_runners import TableModel, features_for
 
 RUNS = [
-    {"llm": "Glória 1.3B", "engine": "deepl", "bridge": "cls", "layer": -1, "k": 1,
+    {"llm": "Glória 1.3B", "engine": "deepl", "bridge": "cls", "layer": -1, "k": 1, "steps": 5000,
+     "steps_planned": 5000, "status": "finished",
      "metrics": {"cc3m-val": {"i2t_r5": 0.234, "i2t_r10": 0.459, "t2i_r5": 0.233, "t2i_r10": 0.459,
                               "bleu1": 0.118, "meteor_en": 0.137},
                  "coco": {"i2t_r5": 0.302, "i2t_r10": 0.411, "t2i_r5": 0.301, "t2i_r10": 0.407},
                  "visdial": {"it2t_r5": 0.042, "it2t_r10": 0.141, "t2i_r5": 0.173, "t2i_r10": 0.252}}},
-    {"llm": "Gervásio 7B", "engine": "madlad", "bridge": "cls", "layer": -2, "k": 1,
+    # Trained 20 of 500 steps; its COCO evaluation failed.
+    {"llm": "Gervásio 7B", "engine": "madlad", "bridge": "cls", "layer": -2, "k": 1, "steps": 20,
+     "steps_planned": 500, "status": "partial", "expected": ["cc3m-val", "coco", "visdial"],
+     "errors": {"coco": "evaluation failed: RuntimeError: CUDA out of memory"},
      "metrics": {"cc3m-val": {"i2t_r5": 0.155, "i2t_r10": 0.338, "t2i_r5": 0.153, "t2i_r10": 0.344,
                               "bleu1": 0.096, "meteor_en": 0.123},
                  "visdial": {"it2t_r5": 0.040, "it2t_r10": 0.139, "t2i_r5": 0.082, "t2i_r10": 0.140}}},
@@ -57,32 +61,119 @@ def _cells(md: str, first: str) -> list[str]:
 
 def test_table_5_3_layout_percentages_and_bold_best():
     md = table_5_3(RUNS)
-    assert "| | LLM | Data Language | IT2T R@5 | IT2T R@10 | T2I R@5 | T2I R@10 |" in md.replace("|  |", "| |")
-    assert _cells(md, "CC3M") == ["CC3M", "Glória 1.3B", "PT-PT DeepL", "**23.4**", "**45.9**", "**23.3**",
-                                  "**45.9**"]
-    assert "| | Gervásio 7B | PT-PT MADLAD-400 | 15.5 | 33.8 | 15.3 | 34.4 |" in md.replace("|  |", "| |")
-    # MSCOCO has a single run: nothing to compare, nothing bold.
-    assert _cells(md, "MSCOCO") == ["MSCOCO", "Glória 1.3B", "PT-PT DeepL", "30.2", "41.1", "30.1", "40.7"]
+    assert "| | LLM | Data Language | Steps | Status | IT2T R@5 | IT2T R@10 | T2I R@5 | T2I R@10 |" in \
+        md.replace("|  |", "| |")
+    assert _cells(md, "CC3M") == ["CC3M", "Glória 1.3B", "PT-PT DeepL", "5,000", "finished", "**23.4**", "**45.9**",
+                                  "**23.3**", "**45.9**"]
+    # The short run says how far it got.
+    assert "| | Gervásio 7B | PT-PT MADLAD-400 | 20 of 500 | partial | 15.5 | 33.8 | 15.3 | 34.4 |" in \
+        md.replace("|  |", "| |")
+    # MSCOCO: Gervásio's evaluation failed, so it is listed with its error, and Glória is alone (not bold).
+    assert _cells(md, "MSCOCO") == ["MSCOCO", "Glória 1.3B", "PT-PT DeepL", "5,000", "finished", "30.2", "41.1",
+                                    "30.1", "40.7"]
+    assert ("| | Gervásio 7B | PT-PT MADLAD-400 | 20 of 500 | partial: evaluation failed: RuntimeError: CUDA out "
+            "of memory | – | – | – | – |") in md.replace("|  |", "| |")
 
 
 def test_table_5_4_and_5_5():
     md = table_5_4(RUNS)
-    assert _cells(md, "CC3M")[3:] == ["**11.8**", "–", "–", "–", "**13.7**"]
+    assert _cells(md, "CC3M")[5:] == ["**11.8**", "–", "–", "–", "**13.7**"]
     md = table_5_5(RUNS)
-    assert _cells(md, "Glória 1.3B") == ["Glória 1.3B", "PT-PT DeepL", "**4.2**", "**14.1**", "**17.3**",
-                                         "**25.2**"]
-    assert _cells(md, "Gervásio 7B")[2:] == ["4.0", "13.9", "8.2", "14.0"]
+    assert "| LLM Backbone | Data Language | Steps | Status | IT2T R@5 summed loss (thesis) | IT2T R@10 summed loss " \
+           "(thesis) | IT2T R@5 mean loss | IT2T R@10 mean loss | T2I R@5 | T2I R@10 |" in md
+    assert _cells(md, "Glória 1.3B") == ["Glória 1.3B", "PT-PT DeepL", "5,000", "finished", "**4.2**", "**14.1**",
+                                         "–", "–", "**17.3**", "**25.2**"]
+    assert _cells(md, "Gervásio 7B")[2:] == ["20 of 500", "partial", "4.0", "13.9", "–", "–", "8.2", "14.0"]
+    assert "IT2T summed loss (thesis): every round's 100 options ranked by the summed token loss" in md
 
 
 def test_ablation_rows_are_labelled_by_what_varies():
     md = ablation_table(RUNS, "cc3m-val", "cc3m")
-    assert "| Layer | BLEU-1 |" in md  # only the layer differs between the two runs
-    assert _cells(md, "L")[:2] == ["L", "**11.80**"] and _cells(md, "L-1")[1] == "9.60"
+    assert "| LLM | Layer | Steps | Status | BLEU-1 |" in md  # only the layer differs between the two runs
+    assert _cells(md, "Glória 1.3B")[1:5] == ["L", "5,000", "finished", "**11.80**"]
+    assert _cells(md, "Gervásio 7B")[1:5] == ["L-1", "20 of 500", "partial", "9.60"]
     assert layer_label(-4) == "L-3"
     with pytest.raises(TableInputError, match="lacks"):
         ablation_table([{"metrics": {"coco": {}}}], "coco", "captioning")
     with pytest.raises(ValueError, match="kind"):
         ablation_table(RUNS, "coco", "speed")
+
+
+def _vd(r5: float, r10: float, mean5: float | None = None, collisions: float | None = None) -> dict:
+    m = {"it2t_r5": r5, "it2t_r10": r10}
+    if mean5 is not None:
+        m["it2t_meanloss_r5"] = mean5
+    if collisions is not None:
+        m["it2t_translation_collisions"] = collisions
+    return m
+
+
+TINY = {"name": "tiny-lm", "model_type": "gpt_neo", "params": 1_234_567}
+RANDOM = {"name": "tiny-lm-random", "model_type": "gpt_neo", "params": 1_234_567}
+
+
+def _vd_run(name: str, facts: dict, metrics: dict, baselines: dict, **extra) -> dict:
+    return {"run": f"/runs/train/{name}", "run_name": name, "llm": f"/runs/models/{facts['name']}", "llm_facts": facts,
+            "engine": "reference", "bridge": "crossattn", "layer": -1, "k": 8, "steps": 500, "steps_planned": 500,
+            "status": "finished", "errors": {}, "expected": ["visdial"], "metrics": {"visdial": metrics},
+            "baselines": {"visdial": baselines}, **extra}
+
+
+def test_visdial_table_shows_both_rankings_above_the_two_baselines():
+    length = {"it2t_r5": 0.40, "it2t_r10": 0.60, "it2t_r5_pess": 0.10}
+    runs = [_vd_run("pretrained", TINY, {**_vd(0.058, 0.12, 0.21, 0.0), "t2i_r5": 0.3},
+                    {"no_image": _vd(0.05, 0.11, 0.19), "length": length}),
+            _vd_run("random", RANDOM, _vd(0.344, 0.50, 0.02, 0.0), {"no_image": _vd(0.343, 0.5, 0.02), "length": length})]
+    md = table_5_5(runs)
+    assert _cells(md, "tiny-lm (gpt_neo, 1.2M)") == ["tiny-lm (gpt_neo, 1.2M)", "PT-PT reference", "500", "finished",
+                                                     "5.8", "12.0", "**21.0**", "–", "30.0", "–"]
+    # The random LLM's 34.4 is no better than its own no-image row, and the length baseline beats both: bold
+    # goes to the best row, a baseline included, so nobody reads 34.4 as the best dialogue model.
+    assert _cells(md, "tiny-lm-random (gpt_neo, 1.2M)")[4:6] == ["34.4", "50.0"]
+    assert _cells(md, "tiny-lm-random (gpt_neo, 1.2M), no image") == [
+        "tiny-lm-random (gpt_neo, 1.2M), no image", "PT-PT reference", "–", "baseline", "34.3", "50.0", "2.0", "–",
+        "–", "–"]
+    assert _cells(md, "tiny-lm (gpt_neo, 1.2M), no image")[4:8] == ["5.0", "11.0", "19.0", "–"]
+    # Both runs scored the same rounds: one length row, expected R@5 with the pessimistic figure beside it.
+    assert md.count("| options by length (no model) |") == 1
+    assert _cells(md, "options by length (no model)")[3:6] == ["baseline", "**40.0** (10.0)", "**60.0**"]
+    assert "\"options by length\" ranks options by character count, shortest first, with no model" in md
+    # Collisions are the data's: one count per engine, naming the runs it was measured in.
+    assert "PT-PT reference 0 (runs pretrained, random)." in md
+
+
+def test_a_failed_run_is_listed_in_every_table_with_its_one_line_error():
+    ok = {"run": "/r/train/ok", "llm": "/m/tiny-lm", "llm_facts": TINY, "engine": "reference", "bridge": "cls",
+          "layer": -1, "k": 1, "steps": 500, "steps_planned": 500, "status": "finished", "errors": {},
+          "expected": ["coco", "visdial", "vqav2"],
+          "metrics": {"coco": {"i2t_r5": 0.5, "bleu1": 0.4}, "visdial": _vd(0.1, 0.2), "vqav2": {"overall": 0.3}}}
+    failed = {"run": "/r/train/big", "llm": "/m/<big>|lm", "llm_facts": {"name": "<big>|lm", "model_type": "llama",
+                                                                          "params": 7_000_000_000},
+              "engine": "reference", "bridge": "cls", "layer": -1, "k": 1, "steps": None, "steps_planned": 500,
+              "status": "failed", "expected": ["coco", "visdial", "vqav2"], "metrics": {},
+              "errors": {"training": "training failed: OutOfMemoryError: CUDA out of memory <tried 2 GiB>"}}
+    text = render_run_tables([ok, failed])
+    row = ("| &lt;big&gt;&#124;lm (llama, 7.0B) | PT-PT reference | – | failed: training failed: OutOfMemoryError: "
+           "CUDA out of memory &lt;tried 2 GiB&gt; |")
+    # Tables 5.3 (COCO group), 5.4, 5.5, VQA and the COCO ablation each list it, escaped, with dashes.
+    assert text.count(row) == 3 and text.count("| LLM | Bridge | Steps | Status |") == 1
+    assert "| &lt;big&gt;&#124;lm (llama, 7.0B) | PT-PT reference | – | – | failed: training failed:" in text  # VQA
+    assert "| &lt;big&gt;&#124;lm (llama, 7.0B) | cls | – | failed: training failed:" in text  # the ablation
+    assert "<big>" not in text
+    assert _cells(table_5_5([ok, failed]), "tiny-lm (gpt_neo, 1.2M)")[4] == "10.0"  # one figure: nothing to bold
+
+
+def test_rows_alike_in_every_label_get_the_run_folder():
+    a = {"run": "/r/train/tiny-a", "llm": "/m/tiny-lm", "engine": "reference", "bridge": "cls", "layer": -1, "k": 1,
+         "steps": 20, "steps_planned": 20, "status": "finished", "metrics": {"visdial": _vd(0.1, 0.2)}}
+    b = {**a, "run": "/r/train/tiny-b", "steps": 500, "steps_planned": 500, "metrics": {"visdial": _vd(0.2, 0.3)}}
+    md = table_5_5([a, b])
+    assert "| LLM Backbone | Run | Data Language | Steps | Status |" in md
+    assert _cells(md, "/m/tiny-lm")[:4] == ["/m/tiny-lm", "tiny-a", "PT-PT reference", "20"]
+    assert "| LLM Backbone | Data Language |" in table_5_5([a])  # one run: nothing to tell apart
+    # Two LLM folders of one name, described alike, read alike: the folders tell them apart.
+    c = {**a, "llm": "/other/tiny-lm", "llm_facts": TINY, "run": "/r/train/other"}
+    assert "| Run |" in table_5_5([{**a, "llm_facts": TINY}, c])
 
 
 LABELS = EvalSettings().scoring_labels()
@@ -99,13 +190,13 @@ def test_ranked_cells_show_the_pessimistic_figure_beside_and_tables_name_the_rul
     runs[0]["metrics"]["cc3m-val"] = {**runs[0]["metrics"]["cc3m-val"], "i2t_r5_pess": 0.2, "i2t_r10_pess": 0.459}
     md = table_5_3(runs)
     # Expected 23.4 (the headline, bold as the best), pessimistic 20.0 beside it; equal figures print once.
-    assert _cells(md, "CC3M")[3:5] == ["**23.4** (20.0)", "**45.9**"]
+    assert _cells(md, "CC3M")[5:7] == ["**23.4** (20.0)", "**45.9**"]
     assert "Ties: R@k = expected value under random tie-breaking (headline); _pess = pessimistic" in md
     assert "floor(median)+1 (vsepp)" in md and "no scoring labels" not in md
     runs[1]["metrics"]["visdial"] = {**runs[1]["metrics"]["visdial"], "it2t_translation_collisions": 7.0}
     md = table_5_5(runs)
     assert "Translation collisions (rounds whose ground-truth PT option equals another option): " \
-           "PT-PT MADLAD-400 7." in md and "Ties:" in md
+           "PT-PT MADLAD-400 7 (run Gervásio 7B)." in md and "Ties:" in md  # no folder: named by its LLM
     # Metrics written before the labels existed are called out, not passed off as labelled.
     assert "carry no scoring labels" in table_5_3(RUNS)
 
@@ -117,9 +208,9 @@ def test_vqa_table_labels_every_row_with_its_mode():
                        "metrics": {"vqav2": {"overall": 0.3, "yes/no": 0.6, "number": float("nan"), "other": 0.1}}},
                       vqa_mode="official")]
     md = table_vqa(runs)
-    assert _cells(md, "Glória 1.3B") == ["Glória 1.3B", "PT-PT DeepL", "pt", "**45.12**", "**70.00**", "20.00",
-                                         "**30.00**"]
-    assert "| Glória 1.3B | PT-PT DeepL | official | 30.00 | 60.00 | – | 10.00 |" in md
+    assert _cells(md, "Glória 1.3B") == ["Glória 1.3B", "PT-PT DeepL", "pt", "–", "–", "**45.12**", "**70.00**",
+                                         "20.00", "**30.00**"]
+    assert "| Glória 1.3B | PT-PT DeepL | official | – | – | 30.00 | 60.00 | – | 10.00 |" in md
     assert "VQA answers: official vqaEval.py (2021 revision" in md and "VQA answers: Portuguese mode" in md
     assert "VQA answers: Portuguese mode" in ablation_table([{**r, "bridge": "cls", "layer": -1, "k": n}
                                                              for n, r in enumerate(runs)], "vqav2", "vqa")

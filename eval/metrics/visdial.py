@@ -20,6 +20,10 @@ and ties resolved the way retrieval resolves them (eval.metrics.retrieval).
   (the official code would produce NaN).
 - Translation collisions: distinct English options can become one Portuguese string; a round whose
   ground-truth option's PT text equals another option's is counted by `translation_collisions`.
+- Rankings (`VISDIAL_RANKINGS`): one evaluation scores the rounds several ways, each under its own keys:
+  the model's summed answer loss (`it2t_*`, the thesis' headline) and mean token loss (`it2t_meanloss_*`), and
+  as separate baseline records the same LLM with no image and options ranked by length alone
+  (`option_lengths`). Summed loss favours short options, and VisDial's right answers are short.
 """
 from __future__ import annotations
 
@@ -32,6 +36,18 @@ from torch import Tensor
 from eval.metrics.retrieval import expected_hits
 
 KS = (1, 5, 10)
+
+# ranking -> (record, key prefix). Record None: the run's own metrics; otherwise a baseline record of that
+# name (metrics.json `baselines`), so a baseline can never be read as the model's own figure.
+VISDIAL_RANKINGS: dict[str, tuple[str | None, str]] = {
+    "sum": (None, "it2t_"),
+    "mean": (None, "it2t_meanloss_"),
+    "no_image": ("no_image", "it2t_"),
+    "no_image_mean": ("no_image", "it2t_meanloss_"),
+    "length": ("length", "it2t_"),
+}
+# Counts that are the same under every ranking of the same rounds: kept once, under the headline.
+_SHARED = ("n_rounds", "ndcg_skipped")
 
 
 class VisDialInputError(ValueError):
@@ -114,6 +130,21 @@ def ndcg(scores: Tensor | np.ndarray, relevance: Tensor | np.ndarray, *, higher_
     values = ndcg_per_round(scores, relevance, higher_is_better=higher_is_better)
     kept = [v for v in values if v is not None]
     return (float(np.mean(kept)) if kept else float("nan")), len(values) - len(kept)
+
+
+def ranking_keys(ranking: str, metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` of one ranking (as visdial_metrics / standing_metrics return them) under that ranking's
+    prefix; the counts every ranking of a record shares are kept once, under the `it2t_` prefix."""
+    prefix = VISDIAL_RANKINGS[ranking][1]
+    return {f"{prefix}{k}": v for k, v in metrics.items() if prefix == "it2t_" or k not in _SHARED}
+
+
+def option_lengths(options: Sequence[Sequence[str]]) -> np.ndarray:
+    """(n_rounds, n_options) character count of every (stripped) option: the length-only baseline's scores,
+    lower = better. Characters, not words: a summed token loss grows with tokens, which follow characters,
+    and word counts tie most options (VisDial's answers are 1-2 words), which would make a weaker baseline
+    (on the sample: R@5 66 by characters, 24 by words)."""
+    return np.asarray([[len(o.strip()) for o in opts] for opts in options], dtype=np.float64)
 
 
 def translation_collisions(options: Sequence[Sequence[str]], gt_index: Sequence[int]) -> int:

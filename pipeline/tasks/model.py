@@ -7,6 +7,7 @@ from pathlib import Path
 import luigi
 import polars as pl
 
+from eval.failures import clear_failure, write_failure
 from pipeline.io import write_json_atomic
 from pipeline.tasks.base import PtvlTask, log
 from pipeline.tasks.shards import BuildShards, shard_dir
@@ -186,10 +187,28 @@ class Train(PtvlTask):
         write_json_atomic(self.output().path, {"steps": res.step, "trainable_params": res.trainable_params,
                                                "loss_first": first, "loss_last": last,
                                                "checkpoint": str(res.checkpoint)})
+        clear_failure(self.run_dir())  # an earlier failure of this run is history now
+
+    def on_failure(self, exception: BaseException) -> str:
+        """Record the one-line error in train/<run>/_FAILED.json, so the results tables list the run as failed
+        (with the benchmarks its profile expected) instead of leaving it out."""
+        _record_failure(self.run_dir(), "training", exception, self)
+        return super().on_failure(exception)
+
+
+def _record_failure(folder: Path, stage: str, exception: BaseException, task: PtvlTask) -> None:
+    """eval.failures.write_failure, never raising from Luigi's failure hook: a disk that refuses the record
+    must not hide the error being reported."""
+    try:
+        write_failure(folder, stage, exception, expected=task.settings.eval.benchmarks,
+                      engine=task.settings.training.engine)
+    except OSError as e:
+        log.warning("could not record the failure in %s: %s", folder, e)
 
 
 class Evaluate(PtvlTask):
-    """One benchmark of the trained run: metrics.json, tables and qualitative pages."""
+    """One benchmark of the trained run: metrics.json (with the profile's benchmarks, so a table can tell a
+    finished run from a partial one), tables and qualitative pages; a failure leaves its one-line error."""
 
     benchmark = luigi.Parameter()
 
@@ -226,5 +245,11 @@ class Evaluate(PtvlTask):
             evaluate(req["train"].run_dir(), str(self.benchmark), shard_dir(self.root, engine, dataset, split),
                      Path(self.output().path).parent, engine=engine, settings=s.eval.settings,
                      features_dir=req["features"].folder() if "features" in req else None,
-                     device=s.training.device, progress=progress)
+                     device=s.training.device, progress=progress, expected=s.eval.benchmarks)
+
+    def on_failure(self, exception: BaseException) -> str:
+        """Record the one-line error in train/<run>/eval/<benchmark>/_FAILED.json: the tables show the run's
+        other results as partial and this benchmark's error."""
+        _record_failure(Path(self.output().path).parent, "evaluation", exception, self)
+        return super().on_failure(exception)
 

@@ -110,7 +110,7 @@ class FinalReport(PtvlTask):
         png, series = training_curves(run_dir)
         write_bytes_atomic(reports / "training_curves.png", png)
         done = json.loads(Path(train.output().path).read_text())
-        runs = collect_runs([run_dir])
+        runs = collect_runs([run_dir], expected=s.eval.benchmarks)
         metrics = runs[0]["metrics"]
 
         # Link only what this run actually wrote: a profile without COCO val has no coco/val card.
