@@ -13,10 +13,10 @@ from pathlib import Path
 import typer
 import uvicorn
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from pipeline import preflight
-from pipeline.billing import report_billing
+from pipeline.billing import EXIT_BILLING_DIFFERENCE, engine_ids, report_billing
 from pipeline.checks import check_engines, check_model, check_source_checkpoint, check_writable
 from pipeline.console import console, escape_help, setup_logging
 from pipeline.memory_files import export_memory, import_memory
@@ -24,15 +24,16 @@ from pipeline.retry_downloads import retry_downloads
 from pipeline.review.serve import review_server
 from pipeline.run_stage import Scheduler, outcome_error, outcome_lines, plan_run, preflight_run
 from pipeline.sample.write import write_sample
-from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.settings import ConfigError, load_settings
+from pipeline.status import run_status
 from pipeline.tasks import STAGES
-from pipeline.tasks.acquire import AvailabilityReport, IngestSegments
+from pipeline.tasks.acquire import AvailabilityReport
 from pipeline.tasks.curate import CompareTranslators
 from pipeline.tasks.model import Train
 from pipeline.tasks.scheduling import build_local, run_dag
-from pipeline.tasks.translate import Translate
 from pipeline.train_runs import read_profile, train_profile
 from pipeline.translate_plan import context_entry
+from pipeline.translate_run import select_splits, translate_engine
 from ptvl_io.formatting import format_metric
 from ptvl_io.progress import stage_progress
 from translation.convert import ConversionError, convert_model
@@ -99,15 +100,6 @@ def _build(tasks: list, workers: int = 1) -> None:
         _fail(f"did not finish ({result.status}); rerun to resume: finished work is kept")
 
 
-def _splits(settings: Settings, datasets: list[str] | None, splits: list[str] | None = None) -> list[tuple[str, str]]:
-    return [(d, sp) for d, sp in settings.datasets.splits()
-            if (not datasets or d in datasets) and (not splits or sp in splits)]
-
-
-def _billing(settings: Settings, engines: list[str]) -> None:
-    report_billing(settings.root, engines, _say)
-
-
 @command()
 def run(
     config: Path = ConfigOpt,
@@ -139,7 +131,7 @@ def run(
         # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
         # once the DAG is complete the lines below say what happened instead.
         console.print(outcome.summary_text)
-    _billing(settings, list(settings.translate.engines))
+    report_billing(settings.root, engine_ids(settings, list(settings.translate.engines)), _say)
     error = outcome_error(outcome, sched)
     if error:
         _fail(error)
@@ -179,42 +171,51 @@ def translate(
     workers: int = typer.Option(1, "--workers", "-w", min=1),
     allow_partial: bool = typer.Option(
         False, "--allow-partial", help="Start even if the estimate exceeds the remaining DeepL quota."),
+    accept_billing_difference: bool = typer.Option(
+        False, "--accept-billing-difference",
+        help="Acknowledge the engine's unexplained billing difference (recorded in the billing ledger, so later "
+        f"runs stop warning for it); without it, exit code {EXIT_BILLING_DIFFERENCE}."),
 ) -> None:
     """Translate the configured datasets with one engine (memory first, engine for misses).
 
     Every distinct string of the run (all datasets and splits, the gold set, VisDial dialog texts with
-    context) is sent at most once, in `translate.parts` hash parts.  Safe to interrupt: every stored
-    request is durable, and a rerun pays only for what is still missing."""
+    context) is sent at most once, in `translate.parts` hash parts, each leased to one sender at a time.
+    Safe to interrupt: a rerun pays only for what is still missing.  Exit codes: 0 done; 2 did not finish
+    (rerun to resume); 3 done, but DeepL's counter differs from what the memory explains."""
     settings = load_settings(config)
     if engine not in settings.engines:
         _fail(f"no [engines.{engine}] table in {config}; configured: {', '.join(settings.engines)}")
-    targets = _splits(settings, dataset, split)
+    targets = select_splits(settings, dataset, split)
     if not targets:
         _fail("no dataset/split matches the filters")
     cfg = str(config.resolve())
     context_entry(settings, engine)  # translate.visdial_context: the engine must take a context
     check_writable(settings.root)
     if dry_run:
-        _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in settings.datasets.splits()])
         result = preflight.dry_run(settings, cfg, engine, targets, allow_partial=allow_partial)
-        table = Table(title=f"dry run: {engine} ({result.engine_id})")
-        for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
-            table.add_column(col, justify="right")
-        for label, est in result.rows:
-            table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}", f"{est.chars:,}",
-                          f"{est.eur:.2f}")
+        table = Table(*(Column(h, justify="right") for h in preflight.DRY_RUN_HEADER),
+                      title=f"dry run: {engine} ({result.engine_id})")
+        for cells in result.cells():
+            table.add_row(*cells)
         console.print(table)
-        if result.quota:
-            _say(result.quota)
+        for line in result.lines():
+            _say(line)
         return
-    check_engines(settings, [engine])
-    for line in preflight.preflight_paid_engines(settings, cfg, [engine], allow_partial=allow_partial,
-                                                 build_kwargs={"workers": workers, "local_scheduler": True}):
+    outcome = translate_engine(settings, cfg, engine, targets, workers=workers, allow_partial=allow_partial,
+                               accept_difference=accept_billing_difference, say=_say)
+    if outcome.exit_code == 2:
+        _fail(f"did not finish ({outcome.build.status}); rerun to resume: finished work is kept")
+    raise typer.Exit(outcome.exit_code)
+
+
+@command()
+def status(config: Path = ConfigOpt) -> None:
+    """What the run root holds: each stage's targets, the memory per engine id, the part leases held now, and
+    the billing per engine.  Exit code 3 when a billing difference is unexplained."""
+    result = run_status(load_settings(config), str(config.resolve()))
+    for line in result.lines:
         _say(line)
-    # The parts translate every string of the run (all splits: one payment per string); the joins are
-    # written for the chosen splits.
-    _build([Translate(config=cfg, dataset=d, split=sp, engine=engine) for d, sp in targets], workers)
-    _billing(settings, [engine])
+    raise typer.Exit(EXIT_BILLING_DIFFERENCE if result.warnings else 0)
 
 
 @command()
