@@ -80,8 +80,9 @@ class Billing:
 
     @property
     def open_difference(self) -> int:
-        """The unexplained characters nobody acknowledged: what warns and sets the exit code."""
-        return self.unexplained - self.accepted
+        """The unexplained characters nobody acknowledged: what warns and sets the exit code.  0 while an
+        attempt runs: DeepL's counter then holds some of its billing, its journal not all of it yet."""
+        return 0 if self.running else self.unexplained - self.accepted
 
     def line(self, engine: str) -> str:
         s = f"{engine}: billed (memory) {self.memory_chars:,} chars"
@@ -94,7 +95,8 @@ class Billing:
         s += ")"
         if self.deepl_chars is not None and self.possibly_twice_chars:
             s += f"; paid twice {self.paid_twice:,} chars (DeepL's count beyond the memory's)"
-        notes = [f"{self.died} died" if self.died else "", f"{self.running} still running" if self.running else "",
+        notes = [f"{self.died} died" if self.died else "",
+                 f"{self.running} still running: reconciled once they end" if self.running else "",
                  f"{self.accepted:+,} chars acknowledged" if self.accepted else ""]
         if any(notes):
             s += f"; {self.attempts} part attempts (" + ", ".join(n for n in notes if n) + ")"
@@ -102,7 +104,7 @@ class Billing:
 
     def warning(self, engine: str) -> str | None:
         """The loud warning when DeepL's count differs from what the memory explains, else None."""
-        if self.deepl_chars is None or (self.open_difference == 0 and not self.unclosed):
+        if self.deepl_chars is None or self.running or (self.open_difference == 0 and not self.unclosed):
             return None
         if self.open_difference == 0:
             return (f"{engine}: {self.unclosed} part attempt(s) died with no later DeepL reading, so DeepL's count "

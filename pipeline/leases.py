@@ -60,14 +60,18 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _pid_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused PID apart; None elsewhere
-    or when the process is gone."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (Linux), None elsewhere or when the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _pid_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused PID apart."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None  # field 22
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:
@@ -77,7 +81,12 @@ def _pid_alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:  # another user's process: alive
         return True
-    return start is None or _pid_start(pid) in (None, start)
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: the signal said it exists
+    # A zombie is dead (an orphan nobody reaps, in a container without an init, stays one); a PID whose start
+    # time differs is another process.
+    return stat[0] not in ("Z", "X") and (start is None or stat[19] == start)
 
 
 @dataclass(frozen=True)
