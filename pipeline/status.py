@@ -15,7 +15,7 @@ from pipeline.tasks import STAGES
 
 @dataclass
 class RunStatus:
-    """The lines `ptvl status` prints, and the billing warnings among them (they set its exit code)."""
+    """The lines `ptvl status` prints (the billing warnings last), and those warnings (they set its exit code)."""
 
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -65,4 +65,5 @@ def run_status(settings: Settings, config: str) -> RunStatus:
         w = b.warning(name)
         if w:
             st.warnings.append(w)
+    st.lines += [f"WARNING: {w}" for w in st.warnings]
     return st
