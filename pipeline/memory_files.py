@@ -76,10 +76,20 @@ def memory_view(root: Path, engine_id: str | None = None, *, writer: Path | None
             if f == writer or sibling:
                 continue
             files.append(f)
+    readers = [r for r in (_reader(f) for f in files) if r is not None]
     w = open_memory(writer) if writer is not None else None
-    if w is None and not files:  # nothing stored yet: an empty shared memory, so look-ups work
+    if w is None and not readers:  # nothing stored yet: an empty shared memory, so look-ups work
         w = open_memory(main)
-    return MemoryStack(w, [open_memory(f, read_only=True) for f in files])
+    return MemoryStack(w, readers)
+
+
+def _reader(path: Path) -> TranslationMemory | None:
+    """`path` opened read-only, or None while another process is creating it (no table yet: nothing in it)."""
+    mem = open_memory(path, read_only=True)
+    if mem.ready():
+        return mem
+    mem.close()
+    return None
 
 
 def memory_census(root: Path) -> dict[str, MemoryStats]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -35,6 +37,7 @@ from pipeline.contracts import SEGMENTS
 from pipeline.io import write_parquet_atomic
 from pipeline.ledger import read_attempts
 from tests.fake_deepl import FakeDeepL
+from tests.helpers import free_port
 from tests.test_pipeline import PTVL
 from translation.textkey import text_hash
 
@@ -90,11 +93,15 @@ def profile(tmp: Path, url: str, *, parts: int, table: str = "deepl", extra: str
     return cfg
 
 
-def start(cfg: Path, *args: str, engine: str = "deepl") -> subprocess.Popen:
-    """`ptvl translate` in the background, its output to a file beside the profile (`output`): a pipe would
-    tie the test to every process holding it, orphans included."""
+COMMANDS = {"translate": ("translate", "--engine", "deepl"), "translate_eu": ("translate", "--engine", "deepl_eu"),
+            "run": ("run", "--until", "translate")}
+
+
+def start(cfg: Path, *args: str, command: str = "translate") -> subprocess.Popen:
+    """`ptvl translate` (or `ptvl run --until translate`) in the background, its output to a file beside the
+    profile (`output`): a pipe would tie the test to every process holding it, orphans included."""
     log = open(cfg.parent / f"{cfg.stem}.{time.monotonic_ns()}.out", "w")  # noqa: SIM115 - closed by `output`
-    p = subprocess.Popen([*PTVL, "translate", "--engine", engine, "--config", str(cfg), *args],
+    p = subprocess.Popen([*PTVL, *COMMANDS[command], "--config", str(cfg), *args],
                          env={**os.environ, "DEEPL_AUTH_KEY": KEY, "COLUMNS": "200"}, stdout=log,
                          stderr=subprocess.STDOUT, text=True)
     p.log = log
@@ -171,10 +178,11 @@ def ledger(root: Path) -> list:
     return read_attempts(folder / "_ledger")
 
 
-def test_kill_9_of_a_multi_worker_translate_leaves_no_sender_and_the_rerun_pays_nothing_twice(tmp_path: Path):
+@pytest.mark.parametrize("command", ["translate", "run"])
+def test_kill_9_of_a_multi_worker_run_leaves_no_sender_and_the_rerun_pays_nothing_twice(tmp_path: Path, command: str):
     with FakeDeepL(KEY, slow_s=0.3) as server:
         cfg = profile(tmp_path, server.url, parts=4)
-        proc = start(cfg, "--workers", "4")
+        proc = start(cfg, "--workers", "4", command=command)
         # Several parts are sending at once, with requests stored and more to come.
         wait_for(lambda: len(server.translate_requests()) >= 8 and len(children(proc.pid)) >= 2, "the workers")
         workers = children(proc.pid)
@@ -183,14 +191,19 @@ def test_kill_9_of_a_multi_worker_translate_leaves_no_sender_and_the_rerun_pays_
         output(proc)
         wait_for(lambda: not any(alive(p) for p in workers), "the orphaned workers to stop", timeout=30)
         # Not one request after the kill (translate or usage): the requests in flight were finished and stored.
+        print(f"measured[{command} --workers 4]: {len(workers)} task processes, {at_kill} requests before the "
+              f"kill, {len(server.requests) - at_kill} after it")
         assert len(server.requests) == at_kill
         stopped = ledger(tmp_path / "run")
         # Every worker closed its attempt: the ones mid-part stopped before their next request.
         assert stopped and all(a.ended for a in stopped)
         assert any((a.outcome or "").startswith("Stopping") for a in stopped)
         assert sum(a.in_flight_chars for a in stopped) == 0  # every intent closed: nothing lost in flight
-        code, out = translate(cfg, "--workers", "4")
-        assert code == 0, out[-3000:]
+        rerun = start(cfg, "--workers", "4", command=command)
+        out = output(rerun)
+        assert rerun.returncode == 0, out[-3000:]
+        print(f"measured[{command} --workers 4, rerun]: paid twice {len(paid_twice(server))} texts, "
+              f"{server.character_count - unique_chars()} chars")
         assert paid_twice(server) == [] and set(server.sent_texts()) == set(texts())
         assert server.character_count == unique_chars()
         assert summary_line(server) in out and "WARNING" not in out
@@ -209,6 +222,8 @@ def test_kill_9_in_flight_then_a_rerun_with_another_part_count_explains_the_diff
         code, out = translate(profile(tmp_path, server.url, parts=3, name="p3.toml"))
         assert code == 0, out[-3000:]
         twice = paid_twice(server)
+        print(f"measured[kill in flight, parts 2 -> 3]: paid twice {len(twice)} texts, "
+              f"{server.character_count - unique_chars()} chars (one request holds {PER_REQUEST} texts)")
         assert len(twice) <= PER_REQUEST  # at most the request in flight at the kill
         assert set(server.sent_texts()) == set(texts())
         extra = sum(map(len, twice))
@@ -223,17 +238,24 @@ def test_kill_9_in_flight_then_a_rerun_with_another_part_count_explains_the_diff
 
 
 def test_two_translate_processes_at_once_pay_each_text_once(tmp_path: Path):
+    """Two `ptvl translate` of one table, and a third of another table with the same settings (one engine id:
+    one memory, one lease per part), all at once on one root, no luigid."""
     with FakeDeepL(KEY, slow_s=0.05) as server:
         cfg = profile(tmp_path, server.url, parts=4)
-        procs = [start(cfg, "--workers", "2") for _ in range(2)]
+        same = profile(tmp_path, server.url, parts=4, table="deepl_eu", name="eu.toml")
+        procs = [start(cfg, "--workers", "2"), start(cfg, "--workers", "2"),
+                 start(same, "--workers", "2", command="translate_eu")]
         outs = [output(p) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [o[-2000:] for o in outs]
+        print(f"measured[three translates at once]: paid twice {len(paid_twice(server))} texts, "
+              f"{server.character_count - unique_chars()} chars")
         assert paid_twice(server) == [] and set(server.sent_texts()) == set(texts())
         assert server.character_count == unique_chars()
-        assert summary_line(server) in outs[0] + outs[1]
-        # Each part was sent by one process; the other one's attempt found it all in the memory.
+        assert summary_line(server) in "".join(outs)
+        # Each part was sent by one process; the others' attempts found it all in the memory.
         attempts = ledger(tmp_path / "run")
         assert sum(a.memory_billed for a in attempts) == unique_chars()
+        assert {a.engine for a in attempts} <= {"deepl", "deepl_eu"} and len(attempts) == 12
 
 
 def test_a_renamed_table_or_an_old_layout_pays_nothing_and_new_settings_are_named(tmp_path: Path):
@@ -304,3 +326,56 @@ def test_an_unexplained_difference_exits_3_until_acknowledged_and_a_failed_run_p
         assert code == 2 and "HTTP 456" in out, out[-3000:]
         assert (f"billed (memory) {server.character_count - 777:,} chars, billed (DeepL) "
                 f"{server.character_count:,} chars") in out.replace("\n", " ")
+
+
+@pytest.fixture
+def fast_luigid(tmp_path: Path):
+    """A real luigid that declares a silent worker lost after 3 s and offers its tasks again 1 s later (the
+    defaults, 60 s and 15 min, are what made the issue's takeover take 150 s)."""
+    home = tmp_path / "luigid"
+    (home / "logs").mkdir(parents=True)
+    (home / "luigid.cfg").write_text("[scheduler]\nworker_disconnect_delay = 3\nretry_delay = 1\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir",
+         str(home / "logs"), "--state-path", str(home / "state.pickle")],
+        cwd=home, env={**os.environ, "LUIGI_CONFIG_PATH": str(home / "luigid.cfg")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "luigid did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_kill_9_under_luigid_then_another_process_takes_over_and_pays_nothing_twice(tmp_path: Path, fast_luigid,
+                                                                                   monkeypatch):
+    (tmp_path / "luigi.cfg").write_text("[worker]\nkeep_alive = true\nwait_interval = 0.2\nping_interval = 0.5\n")
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(tmp_path / "luigi.cfg"))  # inherited by the two processes
+    with FakeDeepL(KEY, slow_s=0.3) as server:
+        cfg = profile(tmp_path, server.url, parts=2)
+        args = ("--workers", "2", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(fast_luigid))
+        first = start(cfg, *args, command="run")
+        wait_for(lambda: len(server.translate_requests()) >= 6, "the first machine's requests")
+        first.kill()
+        at_kill = len(server.translate_requests(None))
+        output(first)
+        second = start(cfg, *args, command="run")  # at once: luigid still thinks the parts run on the first
+        out = output(second)
+        assert second.returncode == 0, out[-3000:]
+        print(f"measured[luigid]: {at_kill} translate requests before the kill; paid twice "
+              f"{len(paid_twice(server))} texts, {server.character_count - unique_chars()} chars")
+        assert paid_twice(server) == [] and set(server.sent_texts()) == set(texts())
+        assert server.character_count == unique_chars()
+        assert summary_line(server) in out and "WARNING" not in out
+        # Each part: the first machine's attempt stopped before its next request, the second finished it.
+        attempts = ledger(tmp_path / "run")
+        assert sorted(a.part for a in attempts) == [0, 0, 1, 1] and all(a.ended for a in attempts)
