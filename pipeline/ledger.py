@@ -8,7 +8,8 @@ written:
 - ``start``: the engine table and id, the part, host and PID, DeepL's /v2/usage counter before anything is
   sent (`deepl_before`), and the attempts found dead or expired on the way to the lease (`closes`): this
   reading, taken after they died, closes their interval on DeepL's counter.
-- ``send`` (the intent), written *before* each request leaves: the texts' memory keys and characters.
+- ``send`` (the intent), written *before* each request leaves: the texts' characters and, for a paid
+  engine, their memory keys (a local engine's calls of thousands of texts would only grow the file).
 - ``stored`` once its answer is in the memory (the characters billed, the engine's counters so far), or
   ``failed`` when the engine refused it for good (429 after the back-off, 456, 400: not billed; a request
   that timed out is in the engine's own "possibly billed twice" counters).
@@ -59,10 +60,11 @@ class AttemptJournal:
     killed attempt's timeouts are not lost)."""
 
     def __init__(self, path: Path, *, before_each: Callable[[], None] | None = None,
-                 counters: Callable[[], dict] | None = None) -> None:
+                 counters: Callable[[], dict] | None = None, keys: bool = True) -> None:
         self.path = Path(path)
         self.before_each = before_each
         self.counters = counters
+        self.keys = keys
         self._seq = 0
 
     def start(self, **fields: object) -> None:
@@ -79,8 +81,10 @@ class AttemptJournal:
             self.before_each()
         self._seq += 1
         lens = [len(t) for t in texts]
-        _append(self.path, {"event": "send", "seq": self._seq, "at": now(), "chars": sum(lens), "keys": list(keys),
-                            "lens": lens})
+        record = {"event": "send", "seq": self._seq, "at": now(), "n": len(lens), "chars": sum(lens)}
+        if self.keys:
+            record |= {"keys": list(keys), "lens": lens}
+        _append(self.path, record)
         return self._seq
 
     def after_store(self, ticket: int, billed_chars: int) -> None:
@@ -110,6 +114,7 @@ class Attempt:
     memory_billed: int  # characters billed for what it stored
     in_flight_chars: int = 0  # intents never closed: possibly billed twice
     in_flight_requests: int = 0
+    in_flight_keys: list[str] = field(default_factory=list)  # their memory keys (a paid engine's journal)
     timeout_chars: int = 0  # the engine's "possibly billed twice" counters (timeouts, lost connections)
     timeout_requests: int = 0
     retries_429: int = 0
@@ -137,12 +142,12 @@ def parse_journal(path: Path) -> Attempt | None:
                 closes=[c["attempt"] for c in s.get("closes", [])])
     if a.deepl_before is not None:
         a.readings.append((s["at"], a.deepl_before))
-    open_intents: dict[int, int] = {}
+    open_intents: dict[int, dict] = {}
     counters: dict = {}
     for r in lines[1:]:
         ev = r.get("event")
         if ev == "send":
-            open_intents[r["seq"]] = r["chars"]
+            open_intents[r["seq"]] = r
         elif ev in ("stored", "failed"):
             open_intents.pop(r["seq"], None)
             a.memory_billed += r.get("billed", 0)
@@ -152,7 +157,9 @@ def parse_journal(path: Path) -> Attempt | None:
             counters = r
             if a.deepl_after is not None:
                 a.readings.append((r["at"], a.deepl_after))
-    a.in_flight_chars, a.in_flight_requests = sum(open_intents.values()), len(open_intents)
+    a.in_flight_chars = sum(r["chars"] for r in open_intents.values())
+    a.in_flight_requests = len(open_intents)
+    a.in_flight_keys = [k for r in open_intents.values() for k in r.get("keys", [])]
     a.timeout_chars = int(counters.get(_TWICE[0], 0))
     a.timeout_requests = int(counters.get(_TWICE[1], 0))
     a.retries_429 = int(counters.get(_TWICE[2], 0))

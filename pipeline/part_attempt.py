@@ -121,7 +121,8 @@ def _attempt(settings: Settings, work: PartWork, engine_id: str, attempt: str, l
     layout = settings.layout
     engines: list[Engine] = []
     journal = AttemptJournal(layout.ledger_dir(engine_id) / f"{part_name(work.part, work.parts)}.{attempt}.jsonl",
-                             before_each=lease.check, counters=lambda: _counters(engines))
+                             before_each=lease.check, counters=lambda: _counters(engines),
+                             keys=settings.engines[work.name].paid)
     batch = settings.translate.batch_size
     t0 = time.perf_counter()
     writer = layout.part_memory(engine_id, work.part, work.parts)

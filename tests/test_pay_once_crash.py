@@ -235,6 +235,9 @@ def test_kill_9_in_flight_then_a_rerun_with_another_part_count_explains_the_diff
         attempts = ledger(tmp_path / "run")
         assert sum(a.memory_billed for a in attempts) == unique_chars()
         assert any(killed[0].id in a.closes for a in attempts)
+        # The journal named the request in flight before it left: what was paid twice is among its texts.
+        died = next(a for a in attempts if a.id == killed[0].id)
+        assert {text_hash(t) for t in twice} <= set(died.in_flight_keys) and extra <= died.in_flight_chars
 
 
 def test_two_translate_processes_at_once_pay_each_text_once(tmp_path: Path):
