@@ -28,11 +28,10 @@ class TranslateOutcome:
 
     @property
     def exit_code(self) -> int:
+        """2 when the run did not finish, else 3 while a billing difference is unacknowledged, else 0."""
         if not self.build.ok:
             return 2
-        if any(b.open_difference for b in self.billing.values()) and not self.accepted:
-            return EXIT_BILLING_DIFFERENCE
-        return 0
+        return EXIT_BILLING_DIFFERENCE if any(b.open_difference for b in self.billing.values()) else 0
 
 
 def select_splits(settings: Settings, datasets: list[str] | None,
