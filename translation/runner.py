@@ -234,6 +234,7 @@ def _translate_and_store(engine: Engine, memory: TranslationMemory, hashes: list
     check_stop()  # never a request once a stop was asked for (the parent died, SIGTERM)
     ticket = request_log.before_send(hashes, texts) if request_log is not None else 0
     try:
+        check_stop()  # again after the journal's fsync: the stop may have come meanwhile
         results: list[Result] = engine.translate(texts, ctx)
     except (EngineError, Stopping) as e:
         if request_log is not None:

@@ -277,6 +277,7 @@ class DeepLEngine(BaseEngine):
         spell_429 = 0.0  # seconds waited in the current 429 spell
         failures = 0  # 5xx / network failures in a row
         while True:
+            lifetime.check_stop()  # as late as can be: a stop asked for now sends nothing more, retries included
             try:
                 return self._call(fn, raw=True)
             except deepl.TooManyRequestsException:
