@@ -60,6 +60,14 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def user() -> str:
+    """The login name, or the uid where the container has no passwd entry for it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _proc_stat(pid: int) -> list[str] | None:
     """/proc/<pid>/stat's fields after the command name (Linux), None elsewhere or when the process is gone."""
     try:
@@ -232,7 +240,7 @@ class PartLease:
 
     def _content(self, released: bool = False) -> dict:
         pid = os.getpid()
-        return {"owner": self.token, "user": getpass.getuser(), "host": _host(), "pid": pid,
+        return {"owner": self.token, "user": user(), "host": _host(), "pid": pid,
                 "pid_start": _pid_start(pid), "attempt": self.attempt, "engine_id": self.engine_id,
                 "part": self.part, "parts": self.parts, "beat": self._beat, "beat_at": time.time(),
                 "released": released}

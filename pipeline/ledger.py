@@ -21,7 +21,6 @@ record billing differences a person acknowledged (`ptvl translate --accept-billi
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import secrets
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.leases import user
 from ptvl_io import write_json_atomic
 
 
@@ -205,7 +205,7 @@ def accept_difference(folder: Path, amount: int, **context: object) -> Path:
     """Record that a person acknowledged `amount` unexplained characters (later summaries stop warning for
     them); the record's path."""
     path = Path(folder) / f"accepted-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(2)}.json"
-    write_json_atomic(path, {"at": now(), "user": getpass.getuser(), "host": socket.gethostname(),
+    write_json_atomic(path, {"at": now(), "user": user(), "host": socket.gethostname(),
                              "amount": int(amount), **context})
     return path
 
