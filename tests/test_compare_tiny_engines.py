@@ -215,7 +215,7 @@ def test_cost_and_throughput_come_from_the_run(run):
         assert float(throughput[engine][0]) == pytest.approx(speed, abs=0.051)
         assert speed > 0
     # The reference is an imported memory: nothing was sent, so it has no throughput to report.
-    assert "reference" not in throughput and billing["reference"] == ["0", "n/a", "0", "0.00"]
+    assert "reference" not in throughput and billing["reference"] == ["0", "n/a", "0", "0", "0.00"]
 
 
 def test_translated_parquet_names_the_ct2_engine(run):
