@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import write_text_atomic
+from ptvl_io.formatting import md_cell, md_code
 
 LICENCE_NOTES = {
     "cc3m": (
@@ -90,23 +91,23 @@ def write_dataset_card(
         schema = pq.read_schema(parts[0]) if parts else None
     dropped = {k: v for k, v in stats.items() if k.startswith("dropped_")}
     lines = [
-        f"# {dataset}/{split} in European Portuguese ({engine})",
+        f"# {md_cell(dataset)}/{md_cell(split)} in European Portuguese ({md_cell(engine)})",
         "",
         "Written by ptvl's BuildShards stage. Load with "
         "`datasets.load_dataset(\"parquet\", data_files=\"part-*.parquet\")` or `polars.scan_parquet`.",
         "",
         "| | |",
         "|---|---|",
-        f"| source dataset | {dataset} (split `{split}`) |",
-        *([f"| split drawn as | {source_note} |"] if source_note else []),
-        f"| translation engine | `{engine}` (`{engine_id}`) |",
+        f"| source dataset | {md_cell(dataset)} (split {md_code(split)}) |",
+        *([f"| split drawn as | {source_note} |"] if source_note else []),  # ptvl's own Markdown (split_note)
+        f"| translation engine | {md_code(engine)} ({md_code(engine_id)}) |",
         f"| layout | {layout} |",
-        f"| filter policy | {'drop rows flagged ' + ', '.join(f'`{p}`' for p in policy) if policy else 'none (all rows kept)'} |",
+        f"| filter policy | {'drop rows flagged ' + ', '.join(md_code(p) for p in policy) if policy else 'none (all rows kept)'} |",
         f"| rows considered | {stats.get('total', 0):,} |",
         f"| rows kept | {stats.get('kept', 0):,} |",
         *_review_rows(stats),
         f"| images | {stats.get('images', 0):,} |",
-        f"| files | {', '.join(stats.get('files', []))} |",
+        f"| files | {md_cell(', '.join(stats.get('files', [])))} |",
         "",
         "## Columns",
         "",
@@ -116,7 +117,7 @@ def write_dataset_card(
         "",
     ]
     if dropped:
-        lines += ["| reason | rows |", "|---|---|"] + [f"| {k[8:]} | {v:,} |" for k, v in sorted(dropped.items())]
+        lines += ["| reason | rows |", "|---|---|"] + [f"| {md_cell(k[8:])} | {v:,} |" for k, v in sorted(dropped.items())]
     else:
         lines.append("Nothing was dropped.")
     if availability_md:

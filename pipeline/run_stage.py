@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import luigi
 
-from pipeline.checks import check_engines, check_luigid, check_model, check_writable
+from pipeline.checks import check_engines, check_luigid, check_model, check_neural_models, check_writable
 from pipeline.preflight import preflight_paid_engines
 from pipeline.settings import ConfigError, Settings
 from pipeline.tasks import STAGES
@@ -44,6 +44,7 @@ def plan_run(settings: Settings, config: str, until: str | None, scheduler: Sche
     translates = names.index(stage) >= names.index("translate")
     if translates:  # stages before translate need no engine
         check_engines(settings)
+        check_neural_models(settings)
     if names.index(stage) >= names.index("train"):
         check_model(settings)
     check_writable(settings.root)
