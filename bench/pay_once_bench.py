@@ -7,15 +7,25 @@ train), then runs `ptvl translate --engine deepl --workers N` (the real `Transla
 `translate.parts` hash parts of the run-wide unique-string table, then the per-split joins) with the
 real DeepL client.  The fake server runs in this process, ptvl in a child process.  Printed: strings and
 characters per split, the run-wide unique characters, what the server billed, the ratio (1.000 is the
-guarantee), requests, the memory's count and DeepL's count from the run's reconciliation, and time.
+guarantee), texts the server billed twice, requests, the run's reconciliation line, and time.
+
+Scenarios (issue #23), each judged by the server's own log:
+
+- ``plain``: one `ptvl translate`.
+- ``kill``: `kill -9` of `ptvl translate --workers N` once `--kill-after` requests were answered, then the
+  same command again at once (as a user does); also counts the requests the server got between the kill
+  and the rerun's start (an orphaned worker's).
+- ``concurrent``: two `ptvl translate --workers N` started together on one root.
 
     .venv/bin/python bench/pay_once_bench.py                       # VisDial v1.0 size, 8 workers
     .venv/bin/python bench/pay_once_bench.py --scale 0.1 --workers 8 --parts 8
+    .venv/bin/python bench/pay_once_bench.py --scale 0.02 --scenario kill --slow 0.05
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,12 +83,56 @@ def segments(split: str, lists: dict[str, list[str]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SEGMENTS.names, orient="row")
 
 
+def _ptvl(cfg: Path, workers: int) -> subprocess.Popen:
+    # Output to a file, not a pipe: reading a pipe would wait for every process holding it, orphans included.
+    log = open(cfg.with_suffix(f".{time.monotonic_ns()}.out"), "w")  # noqa: SIM115 - closed by _finish
+    p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "translate", "--engine", "deepl", "--config",
+                          str(cfg), "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "DEEPL_AUTH_KEY": KEY, "COLUMNS": "200"})
+    p.log = log
+    return p
+
+
+def _finish(p: subprocess.Popen, check: bool = True) -> str:
+    p.wait()
+    p.log.close()
+    out = Path(p.log.name).read_text()
+    if check and p.returncode not in (0, 3):
+        raise SystemExit(f"ptvl translate failed ({p.returncode}):\n{out[-3000:]}")
+    return out
+
+
+def run_scenario(scenario: str, cfg: Path, server: FakeDeepL, args: argparse.Namespace) -> list[str]:
+    """Run `scenario` against `server`; notes to print."""
+    if scenario == "plain":
+        _finish(_ptvl(cfg, args.workers))
+        return []
+    if scenario == "concurrent":
+        procs = [_ptvl(cfg, args.workers) for _ in range(2)]
+        codes = [(_finish(p), p.returncode)[1] for p in procs]
+        return [f"two processes at once, exit codes {codes}"]
+    first = _ptvl(cfg, args.workers)
+    while len(server.translate_requests()) < args.kill_after:
+        if first.poll() is not None:
+            raise SystemExit("the run ended before the kill; lower --kill-after or raise --slow")
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)  # the parent only: its workers are on their own now
+    at_kill = len(server.translate_requests(None))
+    _finish(first, check=False)
+    rerun = _ptvl(cfg, args.workers)  # at once, as a user does
+    _finish(rerun)
+    return [f"kill -9 after {at_kill} translate requests; the rerun started at once"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of VisDial v1.0 train size")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenario", choices=("plain", "kill", "concurrent"), default="plain")
+    ap.add_argument("--kill-after", type=int, default=40, help="kill: answered translate requests before the kill")
+    ap.add_argument("--slow", type=float, default=0.0, help="seconds each answer of the fake server is late")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     n_dialogs, n_q, n_a = (max(int(x * args.scale), 20) for x in (123_287, 376_082, 337_527))
@@ -90,8 +144,9 @@ def main() -> None:
                        train={"question": q_u, "answer": a_u, "caption": train["caption"]})
 
     from pipeline.billing import billing_summary
+    from pipeline.settings import load_settings
 
-    with tempfile.TemporaryDirectory() as tmp, FakeDeepL(KEY) as server:
+    with tempfile.TemporaryDirectory() as tmp, FakeDeepL(KEY, slow_s=args.slow) as server:
         root = Path(tmp) / "run"
         per_split = {}
         for split, lists in (("train", train), ("val", val)):
@@ -106,26 +161,27 @@ def main() -> None:
             all_u |= set(pl.read_parquet(root / "segments" / "visdial" / f"{split}.parquet")["text_en"].to_list())
         unique_chars = sum(map(len, all_u))
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "pipeline.cli", "translate", "--engine", "deepl", "--config",
-                              str(cfg), "--workers", str(args.workers)], capture_output=True, text=True,
-                             env={**os.environ, "DEEPL_AUTH_KEY": KEY})
+        notes = run_scenario(args.scenario, cfg, server, args)
         seconds = time.perf_counter() - t0
-        if res.returncode != 0:
-            raise SystemExit(f"ptvl translate failed:\n{res.stderr[-3000:]}")
         billed = server.character_count
         sent = server.sent_texts()
-        summary = billing_summary(root, "deepl")
+        twice = [t for t, n in Counter(sent).items() if n > 1]
+        summary = billing_summary(root, "deepl", load_settings(cfg).engines["deepl"].engine_id("deepl"))
         n_req = len(server.translate_requests())
-    print(f"scale {args.scale}, {args.workers} workers, {args.parts} parts")
+    print(f"scale {args.scale}, {args.workers} workers, {args.parts} parts, scenario {args.scenario}")
+    for note in notes:
+        print(f"  {note}")
     for split, (n, c) in per_split.items():
         print(f"  {split:5}: {n:,} distinct strings, {c:,} chars")
     print(f"  split by split (each split's distinct strings paid on its own): {sum(c for _, c in per_split.values()):,} chars")
     print(f"  run-wide unique: {len(all_u):,} strings, {unique_chars:,} chars")
     print(f"  billed by the server: {billed:,} chars in {n_req:,} requests ({len(sent):,} texts, "
-          f"{len(sent) - len(set(sent))} sent twice)")
+          f"{len(twice)} texts billed twice: {sum(map(len, twice)):,} chars)")
     print(f"  billed / unique = {billed / unique_chars:.4f}")
     print(f"  reconciliation: {summary.line('deepl')}")
-    print(f"  {seconds:.1f} s wall for `ptvl translate` (start-up and joins included), "
+    warning = summary.warning("deepl")
+    print(f"  reconciliation warning: {warning}" if warning else "  reconciliation: no warning")
+    print(f"  {seconds:.1f} s wall for the scenario's `ptvl translate` runs (start-up and joins included), "
           f"{len(sent) / seconds:,.0f} texts/s")
 
 

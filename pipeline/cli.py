@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from pipeline import preflight
-from pipeline.billing import report_billing
+from pipeline.billing import EXIT_BILLING_DIFFERENCE, engine_ids, report_billing
 from pipeline.checks import check_engines, check_source_checkpoint, check_writable
 from pipeline.console import console, escape_help, setup_logging
 from pipeline.llm_preflight import check_llm_report, report_table
@@ -23,15 +23,16 @@ from pipeline.retry_downloads import retry_downloads
 from pipeline.review.launch import ReviewOptions, check_options, launch
 from pipeline.run_stage import Scheduler, outcome_error, outcome_lines, plan_run, preflight_run
 from pipeline.sample.write import write_sample
-from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.settings import ConfigError, load_settings
+from pipeline.status import run_status
 from pipeline.tasks import STAGES
-from pipeline.tasks.acquire import AvailabilityReport, IngestSegments
+from pipeline.tasks.acquire import AvailabilityReport
 from pipeline.tasks.curate import CompareTranslators
 from pipeline.tasks.model import Train
 from pipeline.tasks.scheduling import build_local, run_dag
-from pipeline.tasks.translate import Translate
 from pipeline.train_runs import read_profile, train_profile
 from pipeline.translate_plan import context_entry
+from pipeline.translate_run import translate_engine, translate_targets
 from ptvl_io.formatting import format_metric
 from ptvl_io.progress import stage_progress
 from translation.convert import ConversionError, convert_model
@@ -58,6 +59,7 @@ memory_app = typer.Typer(
 app.add_typer(memory_app, name="memory")
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="TOML run profile (configs/*.toml).")
+
 
 def _fail(msg: str) -> None:
     console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)  # one line, however long
@@ -98,11 +100,6 @@ def _build(tasks: list, workers: int = 1) -> None:
         _fail(f"did not finish ({result.status}); rerun to resume: finished work is kept")
 
 
-def _splits(settings: Settings, datasets: list[str] | None, splits: list[str] | None = None) -> list[tuple[str, str]]:
-    return [(d, sp) for d, sp in settings.datasets.splits()
-            if (not datasets or d in datasets) and (not splits or sp in splits)]
-
-
 @command()
 def run(
     config: Path = ConfigOpt,
@@ -134,7 +131,7 @@ def run(
         # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
         # once the DAG is complete the lines below say what happened instead.
         console.print(outcome.summary_text)
-    report_billing(settings.root, list(settings.translate.engines), _say)
+    report_billing(settings.root, engine_ids(settings, list(settings.translate.engines)), _say)
     error = outcome_error(outcome, sched)
     if error:
         _fail(error)
@@ -172,38 +169,44 @@ def translate(
         help="Print what would be billed (only texts missing from the memory, the gold set included), check "
         "the DeepL key and quota, and stop."),
     workers: int = typer.Option(1, "--workers", "-w", min=1),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Start even if the estimate exceeds the remaining DeepL quota."),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="Start even if the estimate exceeds the remaining DeepL quota."),
+    accept_billing_difference: bool = typer.Option(False, "--accept-billing-difference", help=(
+        "Acknowledge the engine's unexplained billing difference (recorded in the billing ledger, so later runs "
+        f"stop warning for it); without it, exit code {EXIT_BILLING_DIFFERENCE}.")),
 ) -> None:
     """Translate the configured datasets with one engine (memory first, engine for misses).
 
     Every distinct string of the run (all datasets and splits, the gold set, VisDial dialog texts with
-    context) is sent at most once, in `translate.parts` hash parts.  Safe to interrupt: every stored
-    request is durable, and a rerun pays only for what is still missing."""
+    context) is sent at most once, in `translate.parts` hash parts, each leased to one sender at a time.
+    Safe to interrupt: a rerun pays only for what is still missing.  Exit codes: 0 done; 2 did not finish
+    (rerun to resume); 3 done, but DeepL's counter differs from what the memory explains."""
     settings = load_settings(config)
-    if engine not in settings.engines:
-        _fail(f"no [engines.{engine}] table in {config}; configured: {', '.join(settings.engines)}")
-    targets = _splits(settings, dataset, split)
-    if not targets:
-        _fail("no dataset/split matches the filters")
+    targets = translate_targets(settings, engine, config, dataset, split)
     cfg = str(config.resolve())
     context_entry(settings, engine)  # translate.visdial_context: the engine must take a context
     check_writable(settings.root)
     if dry_run:
-        _build([IngestSegments(config=cfg, dataset=d, split=sp) for d, sp in settings.datasets.splits()])
         result = preflight.dry_run(settings, cfg, engine, targets, allow_partial=allow_partial)
         console.print(result.table(engine))
-        if result.quota:
-            _say(result.quota)
+        for line in result.lines():
+            _say(line)
         return
-    check_engines(settings, [engine])
-    for line in preflight.preflight_paid_engines(settings, cfg, [engine], allow_partial=allow_partial,
-                                                 build_kwargs={"workers": workers, "local_scheduler": True}):
+    outcome = translate_engine(settings, cfg, engine, targets, workers=workers, allow_partial=allow_partial,
+                               accept_difference=accept_billing_difference, say=_say)
+    if outcome.exit_code == 2:
+        _fail(f"did not finish ({outcome.build.status}); rerun to resume: finished work is kept")
+    raise typer.Exit(outcome.exit_code)
+
+
+@command()
+def status(config: Path = ConfigOpt) -> None:
+    """What the run root holds: each stage's targets, the memory per engine id, the part leases held now, and
+    the billing per engine.  Exit code 3 when a billing difference is unexplained."""
+    result = run_status(load_settings(config), str(config.resolve()))
+    for line in result.lines:
         _say(line)
-    # The parts translate every string of the run (all splits: one payment per string); the joins are
-    # written for the chosen splits.
-    _build([Translate(config=cfg, dataset=d, split=sp, engine=engine) for d, sp in targets], workers)
-    report_billing(settings.root, [engine], _say)
+    raise typer.Exit(EXIT_BILLING_DIFFERENCE if result.warnings else 0)
 
 
 @command()
@@ -217,7 +220,6 @@ def download(
     timeout: int = typer.Option(None, "--timeout", help="With --retry-failed: a longer per-image timeout (s)."),
 ) -> None:
     """Download the images of the configured datasets (img2dataset) and write the availability table.
-
     Without --retry-failed this is `ptvl run --until images`."""
     settings = load_settings(config)
     check_writable(settings.root)
@@ -398,8 +400,7 @@ def check_llm_cmd(
     """Pre-flight an LLM: load, a forward with [RET] and visual rows, a training step, cached against uncached
     decoding, VisDial scoring; each check's result, reason and seconds, exit code 2 if one fails. `ptvl run`,
     `train` and `retrain` run it before training."""
-    report = check_llm_report(llm, config, device=device, dtype=dtype)
-    console.print(report_table(report))
+    console.print(report_table(report := check_llm_report(llm, config, device=device, dtype=dtype)))
     if not report.ok:
         _fail(report.failure())
 

@@ -5,7 +5,7 @@ A run root holds one folder per stage (README, "Stages"):
     sources/<dataset>/[<split>/]        official files (or the sample) and what the readers set aside
     segments/<dataset>/<split>.parquet  every translatable string (SEGMENTS)
     images/<dataset>/<split>/           img2dataset output, availability.parquet, _MANIFEST.json
-    memory/                             translation memories (shared, per engine, per part) + human.sqlite
+    memory/                             translation memories (shared, per engine id, per part) + human.sqlite
     translated/<engine>/...             the joins (TRANSLATED), set-aside rows, part stats and audits
     neural/                             QE per string per engine, COMET on the gold set (score caches)
     reports/                            availability, token statistics, comparison, quarantine, README.md
@@ -19,12 +19,24 @@ use it (it sits at the bottom of the `pipeline` package).
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 SHARED_MEMORY = "memory.sqlite"
 HUMAN_OVERLAY = "human.sqlite"
 IMPORTED_MEMORY = "imported.sqlite"
+# Inside each engine id's memory folder: the full id it holds (the folder's name is a digest of it).
+ENGINE_ID_FILE = "ENGINE_ID"
+
+
+def memory_folder_name(engine_id: str) -> str:
+    """`deepl-3f2a9c1b0d4e`: the folder of one engine id's memory, named by what decides the output (the
+    engine id: kind, model, formality, glossary, ...), never by the [engines.<name>] table: renaming a
+    table, or two tables with the same settings, find the same memory, and the same leases."""
+    kind = re.sub(r"[^A-Za-z0-9_.-]+", "-", engine_id.split(":", 1)[0]).strip("-.")[:32] or "engine"
+    return f"{kind}-{hashlib.sha256(engine_id.encode('utf-8')).hexdigest()[:12]}"
 
 
 def part_name(part: int, parts: int) -> str:
@@ -77,16 +89,29 @@ class RunLayout:
         machine memory, never inside it."""
         return self.memory_dir / HUMAN_OVERLAY
 
-    def engine_memory(self, engine: str) -> Path:
-        """The folder of one engine's memory files (its parts, and a reference engine's import)."""
+    def engine_memory(self, engine_id: str) -> Path:
+        """The folder of one engine id's memory files (its parts, a reference engine's import, the parts'
+        leases and billing ledger), shared by every table with those settings."""
+        return self.memory_dir / memory_folder_name(engine_id)
+
+    def legacy_engine_memory(self, engine: str) -> Path:
+        """Where runs before the id folders kept an [engines.<name>] table's memory (read, never written)."""
         return self.memory_dir / engine
 
-    def part_memory(self, engine: str, part: int, parts: int) -> Path:
-        """Written only by the one process holding the part."""
-        return self.engine_memory(engine) / f"{part_name(part, parts)}.sqlite"
+    def part_memory(self, engine_id: str, part: int, parts: int) -> Path:
+        """Written only by the one process holding the part's lease."""
+        return self.engine_memory(engine_id) / f"{part_name(part, parts)}.sqlite"
 
-    def imported_memory(self, engine: str) -> Path:
-        return self.engine_memory(engine) / IMPORTED_MEMORY
+    def imported_memory(self, engine_id: str) -> Path:
+        return self.engine_memory(engine_id) / IMPORTED_MEMORY
+
+    def leases_dir(self, engine_id: str) -> Path:
+        """The parts' leases (`pipeline.leases`): one sender per part, whoever runs it."""
+        return self.engine_memory(engine_id) / "_leases"
+
+    def ledger_dir(self, engine_id: str) -> Path:
+        """The billing ledger (`pipeline.ledger`): one journal per part attempt, and acknowledged differences."""
+        return self.engine_memory(engine_id) / "_ledger"
 
     # -- translated tables ----------------------------------------------------------------------------------
 
@@ -109,7 +134,8 @@ class RunLayout:
         return self.translated_dir(engine) / "visdial" / f"{split}.context.parquet"
 
     def parts_dir(self, engine: str) -> Path:
-        """Part stats (`<part>-<fingerprint>.json`) and billing audits (`<part>.audit.jsonl`)."""
+        """Part stats (`<part>-<fingerprint>.json`), and the billing audits of runs before the ledger
+        (`<part>.audit.jsonl`, still read)."""
         return self.translated_dir(engine) / "_parts"
 
     def part_stem(self, engine: str, part: int, parts: int) -> Path:

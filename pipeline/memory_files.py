@@ -2,25 +2,34 @@
 
 Layout (safe on a shared NFS run root; SQLite WAL is not), see `pipeline.layout.RunLayout`:
 
-- ``memory/<engine>/part-<i>-of-<n>.sqlite``: written only by the process holding translation part i
-  (one writer per file), in SQLite's rollback-journal mode (no shared-memory file); each request's
+- ``memory/<engine key>/`` (`memory_folder_name`: the engine id's kind and a digest of it, with the full id
+  in its ``ENGINE_ID`` file): one folder per engine id, i.e. per set of settings that decides the output,
+  never per [engines.<name>] table.  Renaming a table, or two tables with the same settings, find the same
+  memory (and the same part leases, `pipeline.leases`); a table whose settings differ is another engine id,
+  with a folder of its own.
+- ``memory/<engine key>/part-<i>-of-<n>.sqlite``: written only by the process holding translation part i's
+  lease (one writer per file), in SQLite's rollback-journal mode (no shared-memory file); each request's
   results are committed (fsync'd) before the next request goes out, so a killed part loses at most the
   request in flight and its rerun pays only for what is missing.
-- ``memory/<engine>/imported.sqlite``: a reference engine's imported Parquet memory.
+- ``memory/<engine key>/imported.sqlite``: a reference engine's imported Parquet memory.
 - ``memory/memory.sqlite``: the run's shared memory, written only by `ptvl memory import` (never by a
   running pipeline); read by every part, so translations imported from elsewhere are never paid again.
+- ``memory/<table name>/``: where runs before the id folders kept a table's files.  They are read by every
+  view (their rows carry their engine id, so only the same id's rows ever match) and never written: a
+  memory paid for under an old layout, or a table since renamed, is never paid again.
 
-A part reads the shared memory and its engine's files from other part counts (a changed
-`translate.parts`), never the files of its sibling parts (disjoint keys, and being written right now).
-`memory_view` reads all of them together (joins, reports, `ptvl memory export`).
+A part reads the shared memory, its engine id's files from other part counts (a changed
+`translate.parts`) and the old folders, never the files of its sibling parts (disjoint keys, and being
+written right now).  `memory_view` reads all of them together (joins, reports, `ptvl memory export`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.human_review import human_export_path, is_overlay_export
-from pipeline.layout import RunLayout
-from translation.memory import MemoryStack, TranslationMemory
+from pipeline.layout import ENGINE_ID_FILE, RunLayout
+from ptvl_io import write_text_atomic
+from translation.memory import MemoryStack, MemoryStats, TranslationMemory
 from translation.overlay import HumanOverlay
 
 
@@ -29,27 +38,65 @@ def open_memory(path: str | Path, *, read_only: bool = False) -> TranslationMemo
     return TranslationMemory(path, journal="delete", read_only=read_only)
 
 
-def memory_view(root: Path, engine: str | None = None, *, writer: Path | None = None,
+def engine_folder(layout: RunLayout, engine_id: str) -> Path:
+    """The engine id's memory folder, made (with its ``ENGINE_ID`` file) if missing."""
+    folder = layout.engine_memory(engine_id)
+    marker = folder / ENGINE_ID_FILE
+    if not marker.exists():
+        write_text_atomic(marker, engine_id + "\n")
+    return folder
+
+
+def legacy_folders(layout: RunLayout) -> list[Path]:
+    """Memory folders of the layout before the id folders (named after a table, no ``ENGINE_ID`` file)."""
+    if not layout.memory_dir.is_dir():
+        return []
+    return sorted(p for p in layout.memory_dir.iterdir() if p.is_dir() and not (p / ENGINE_ID_FILE).exists())
+
+
+def memory_view(root: Path, engine_id: str | None = None, *, writer: Path | None = None,
                 skip_part_count: int | None = None) -> MemoryStack:
     """A `MemoryStack` over the run's memory files: `writer` (opened for writing) first, then the shared
-    memory and every file under memory/<engine>/ (every engine when None), read-only.  Part files of
-    `skip_part_count` parts (a part's siblings) are left out."""
+    memory, the files of `engine_id`'s folder (every folder when None) and of the old table-named folders,
+    read-only.  Part files of `skip_part_count` parts in the id's folder (a part's siblings) are left out."""
     layout = RunLayout(Path(root))
     files = []
     main = layout.shared_memory
     if main.exists():
         files.append(main)
-    dirs = [layout.engine_memory(engine)] if engine is not None else sorted(
-        p for p in layout.memory_dir.glob("*") if p.is_dir())
+    own = layout.engine_memory(engine_id) if engine_id is not None else None
+    if own is None:
+        dirs = sorted(p for p in layout.memory_dir.glob("*") if p.is_dir())
+    else:
+        dirs = [own, *legacy_folders(layout)]
     for d in dirs:
         for f in sorted(d.glob("*.sqlite")):
-            if f == writer or (skip_part_count is not None and f.name.endswith(f"-of-{skip_part_count:03d}.sqlite")):
+            sibling = (d == own and skip_part_count is not None
+                       and f.name.endswith(f"-of-{skip_part_count:03d}.sqlite"))
+            if f == writer or sibling:
                 continue
             files.append(f)
+    readers = [r for r in (_reader(f) for f in files) if r is not None]
     w = open_memory(writer) if writer is not None else None
-    if w is None and not files:  # nothing stored yet: an empty shared memory, so look-ups work
+    if w is None and not readers:  # nothing stored yet: an empty shared memory, so look-ups work
         w = open_memory(main)
-    return MemoryStack(w, [open_memory(f, read_only=True) for f in files])
+    return MemoryStack(w, readers)
+
+
+def _reader(path: Path) -> TranslationMemory | None:
+    """`path` opened read-only, or None while another process is creating it (no table yet: nothing in it)."""
+    mem = open_memory(path, read_only=True)
+    if mem.ready():
+        return mem
+    mem.close()
+    return None
+
+
+def memory_census(root: Path) -> dict[str, MemoryStats]:
+    """Every engine id the run's memory holds rows for, with their count and billed characters (a key
+    stored in several files counts once)."""
+    with memory_view(root) as mem:
+        return {e: mem.stats(e) for e in mem.engine_ids()}
 
 
 def export_memory(layout: RunLayout, out: Path, *, engine_id: str | None, human: bool) -> list[str]:

@@ -6,6 +6,8 @@ CLI's business.
 - `check_paid_engines`: the key of every paid engine answers, and the run's estimate fits its remaining
   quota (unless allowed to stop part-way); run by `ptvl run` and `ptvl translate` before any request.
 - `dry_run`: the per-split table `ptvl translate --dry-run` prints, and the quota line.
+- `memory_note`: an engine whose id has nothing in the memory while the memory holds other ids of its
+  kind (settings changed, so everything is paid again): said before anything is sent.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from rich.table import Table
 
 from pipeline.memory_files import memory_view
 from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.tasks.acquire import IngestSegments
+from pipeline.tasks.scheduling import build_local
 from pipeline.tasks.translate import UniqueStrings
 from pipeline.translate_plan import context_cost, context_engine_id, unique_strings
 from translation.cost import CostEstimate, estimate
@@ -85,13 +89,33 @@ def open_engine(settings: Settings, name: str) -> Engine:
         raise PreflightError(str(e)) from None
 
 
+def memory_note(settings: Settings, name: str) -> str | None:
+    """One line when engine `name`'s id has nothing in the run's memory but other ids of the same kind do
+    (a setting that decides the output changed: a new engine, paid again in full), else None."""
+    engine_id = settings.engines[name].engine_id(name)
+    kind = engine_id.split(":", 1)[0]
+    with memory_view(settings.root) as mem:  # every folder: a renamed table's memory is found too
+        ids = mem.engine_ids()
+        if engine_id in ids:
+            return None
+        others = {e: mem.stats(e) for e in ids if e.split(":", 1)[0] == kind}
+    if not others:
+        return None
+    tables = {settings.engines[n].engine_id(n): n for n in settings.engines}
+    held = "; ".join(f"{st.billed_chars:,} billed characters ({st.rows:,} texts) under {e}"
+                     + (f" (engine {tables[e]})" if e in tables else "") for e, st in sorted(others.items()))
+    return (f"engine {name}: new engine id {engine_id}, nothing in memory for it; the memory holds {held}. "
+            "A setting that decides the output differs, so every text is paid for again; if that is not "
+            "intended, restore the settings of the table that paid")
+
+
 def spend(settings: Settings, name: str) -> tuple[CostEstimate, CostEstimate]:
     """What `name` still has to send for the whole run: (all of it, the gold set's share).  Needs the
     segments ingested."""
     entry = settings.engines[name]
     table = unique_strings(settings, name)
     engine_id, ctx_id, price = entry.engine_id(name), context_engine_id(settings, name), entry.price_per_million()
-    with memory_view(settings.root, name) as mem:
+    with memory_view(settings.root, engine_id) as mem:
         total = estimate_table(table, mem, engine_id, ctx_id, price)
         gold = estimate_table(table.filter(pl.col("kind") == "gold"), mem, engine_id, None, price)
     return total, gold
@@ -125,6 +149,9 @@ def check_quotas(settings: Settings, config: str, names: list[str], *, allow_par
     PreflightError.  The segments must be ingested (the unique-string tables exist)."""
     lines = []
     for name in paid_engines(settings, names):
+        note = memory_note(settings, name)
+        if note:
+            lines.append(f"WARNING: {note}")
         total = spend_in_child(config, name)
         eng = open_engine(settings, name)
         try:
@@ -153,6 +180,9 @@ def preflight_paid_engines(settings: Settings, config: str, names: list[str], *,
     return check_quotas(settings, config, paid, allow_partial=allow_partial)
 
 
+DRY_RUN_HEADER = ("dataset/split", "rows", "unique", "missing", "chars", "EUR")
+
+
 @dataclass
 class DryRun:
     """What `ptvl translate --dry-run` shows: rows of (label, estimate) and the quota line (or why the
@@ -161,25 +191,38 @@ class DryRun:
     engine_id: str
     rows: list[tuple[str, CostEstimate]]
     quota: str | None
+    note: str | None = None  # `memory_note`
+
+    def lines(self) -> list[str]:
+        """What follows the table: the memory note (as a warning) and the quota line."""
+        return [f"WARNING: {self.note}"] * bool(self.note) + [self.quota] * bool(self.quota)
+
+    def cells(self) -> list[list[str]]:
+        """The rows as printed, under `DRY_RUN_HEADER`."""
+        return [[label, f"{e.rows:,}", f"{e.unique:,}", f"{e.unique_missing:,}", f"{e.chars:,}", f"{e.eur:.2f}"]
+                for label, e in self.rows]
 
     def table(self, engine: str) -> Table:
         """The estimate per dataset/split, as the console prints it."""
         table = Table(title=f"dry run: {engine} ({self.engine_id})")
-        for col in ("dataset/split", "rows", "unique", "missing", "chars", "EUR"):
+        for col in DRY_RUN_HEADER:
             table.add_column(col, justify="right")
-        for label, est in self.rows:
-            table.add_row(label, f"{est.rows:,}", f"{est.unique:,}", f"{est.unique_missing:,}", f"{est.chars:,}",
-                          f"{est.eur:.2f}")
+        for cells in self.cells():
+            table.add_row(*cells)
         return table
 
 
 def dry_run(settings: Settings, config: str, engine: str, targets: list[tuple[str, str]], *,
             allow_partial: bool) -> DryRun:
-    """Price `engine` on the `targets` splits without sending anything (the segments must be ingested)."""
+    """Price `engine` on the `targets` splits without sending anything (the segments are ingested first)."""
+    built = build_local([IngestSegments(config=config, dataset=d, split=sp) for d, sp in settings.datasets.splits()])
+    if not built.ok:
+        raise PreflightError(f"could not read the segments ({built.status}); fix the error above and rerun"
+                             f"\n{built.summary_text}")
     entry = settings.engines[engine]
     engine_id = entry.engine_id(engine)
     rows: list[tuple[str, CostEstimate]] = []
-    with memory_view(settings.root, engine) as mem:
+    with memory_view(settings.root, engine_id) as mem:
         for d, sp in targets:
             texts = pl.read_parquet(settings.layout.segments(d, sp))["text_en"].to_list()
             rows.append((f"{d}/{sp}", estimate(texts, mem, engine_id, entry.price_per_million())))
@@ -191,13 +234,14 @@ def dry_run(settings: Settings, config: str, engine: str, targets: list[tuple[st
     rows.append(("all (shared strings once)", total))
     if not entry.paid:
         return DryRun(engine_id, rows, None)
+    note = memory_note(settings, engine)
     try:
         entry.check(engine, settings.layout.sources, sample=settings.sample.enabled)
     except ConfigurationError as e:
-        return DryRun(engine_id, rows, f"quota not checked: {e}")
+        return DryRun(engine_id, rows, f"quota not checked: {e}", note)
     eng = open_engine(settings, engine)
     try:
-        return DryRun(engine_id, rows, quota_status(eng, total.chars, allow_partial=allow_partial))
+        return DryRun(engine_id, rows, quota_status(eng, total.chars, allow_partial=allow_partial), note)
     except ConfigurationError as e:
         raise PreflightError(str(e)) from None
     finally:

@@ -54,6 +54,9 @@ class Request:
     glossary_id: str | None = None
     options: dict = field(default_factory=dict)  # preserve_formatting, model_type, split_sentences as sent
     auth: str | None = None  # the Authorization header as received
+    peer: int | None = None  # the client's port: one per kept-alive connection, i.e. per client process
+    arrived: float = 0.0  # time.monotonic() when the request arrived (before its body was read)
+    answered: float | None = None  # time.monotonic() once its answer was written (None: the client was gone)
 
 
 class FakeDeepL:
@@ -134,11 +137,13 @@ class FakeDeepL:
         return Handler
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        arrived = time.monotonic()
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
         path = urllib.parse.urlsplit(h.path).path
         auth = h.headers.get("Authorization")
-        rec = Request(method=method, path=path, status=0, body_bytes=len(raw), auth=auth)
+        rec = Request(method=method, path=path, status=0, body_bytes=len(raw), auth=auth, peer=h.client_address[1],
+                      arrived=arrived)
         delay = 0.0
         try:
             if auth != f"DeepL-Auth-Key {self.auth_key}":
@@ -160,7 +165,8 @@ class FakeDeepL:
         rec.status = status
         with self._lock:
             self.requests.append(rec)
-        self._send(h, status, payload, delay)
+        if self._send(h, status, payload, delay):
+            rec.answered = time.monotonic()
 
     def _translate(self, h: BaseHTTPRequestHandler, raw: bytes, rec: Request) -> tuple[int, dict, float]:
         ctype = h.headers.get("Content-Type", "")
@@ -210,7 +216,8 @@ class FakeDeepL:
         return 200, {"translations": translations}, delay
 
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, payload: dict, delay: float) -> None:
+    def _send(h: BaseHTTPRequestHandler, status: int, payload: dict, delay: float) -> bool:
+        """Write the answer; False when the client was gone before it was written."""
         data = json.dumps(payload).encode("utf-8")
         try:
             h.send_response(status)
@@ -221,5 +228,7 @@ class FakeDeepL:
             if delay:
                 time.sleep(delay)  # a slow body: headers are out, the payload is late
             h.wfile.write(data)
+            h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout, or killed)
-            pass
+            return False
+        return True

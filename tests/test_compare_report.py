@@ -122,8 +122,9 @@ def test_numbers_in_tables(report):
     assert _md_row(gold_section, "good")[1:3] == ["100.00", "100.00"]
     assert float(_md_row(gold_section, "bad")[1]) == pytest.approx(scores["bad"]["chrf"], abs=0.01)
     assert float(_md_row(gold_section, "bad")[1]) < 90
-    # billed (memory), billed (DeepL), possibly billed twice, cost; "n/a" for an engine DeepL did not bill
-    assert "| good | 1,234,567 | 1,234,600 | 33 | 24.69 |" in md and "| bad | 0 | n/a | 0 | 0.00 |" in md
+    # billed (memory), billed (DeepL), possibly billed twice, paid twice, cost; "n/a" for an engine DeepL did
+    # not bill
+    assert "| good | 1,234,567 | 1,234,600 | 33 | 0 | 24.69 |" in md and "| bad | 0 | n/a | 0 | 0 | 0.00 |" in md
     assert "| bad | 310.2 |" in md or "| bad | 310.3 |" in md
     assert "sacrebleu signatures: `nrefs:1|" in md
 
@@ -135,3 +136,21 @@ def test_same_seed_same_report(engines, report, tmp_path):
                               billing={}, throughput={}, seed=3, n_random=4, n_worst=6)
     first = paths.markdown.read_text(encoding="utf-8").split("## Flag rates")[0]
     assert again.markdown.read_text(encoding="utf-8").split("## Flag rates")[0] == first
+
+
+def test_an_unexplained_billing_difference_comes_first(engines, tmp_path):
+    """The reconciliation's warning opens both files, before any table (pipeline.billing.Billing.warning)."""
+    translated, _ = engines
+    warning = "good: DeepL counted 1,300 characters while the parts ran, the memory 1,234: +66 characters unexplained"
+    paths = render_comparison(
+        tmp_path, translated=translated, token_stats=token_stats([translated["good"].lazy()]), gold_scores={},
+        billing={"good": {"chars": 1_234, "deepl_chars": 1_300, "twice_chars": 0, "warning": warning, "eur": 0.03},
+                 "bad": {"chars": 0, "eur": 0.0}},
+        throughput={}, seed=3)
+    md, page = paths.markdown.read_text(encoding="utf-8"), paths.html.read_text(encoding="utf-8")
+    assert md.index("**Billing warning:** " + warning) < md.index("Engines:") < md.index("## Random examples")
+    assert page.index("Billing warning:</strong> " + warning) < page.index("<table")
+    quiet = render_comparison(tmp_path / "quiet", translated=translated,
+                              token_stats=token_stats([translated["good"].lazy()]), gold_scores={},
+                              billing={"good": {"chars": 1_234, "deepl_chars": 1_234, "eur": 0.03}}, throughput={})
+    assert "Billing warning" not in quiet.markdown.read_text(encoding="utf-8")

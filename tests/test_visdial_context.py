@@ -96,9 +96,12 @@ def source_dialogs(root: Path) -> list[dict]:
 
 
 def memory_rows(root: Path) -> list[tuple]:
-    """Every row of the engine's memory files (one per translation part)."""
+    """Every row of the DeepL engine id's memory files (one per translation part; the folder is named by the
+    engine id, whose ENGINE_ID file names it)."""
     out = []
-    for f in sorted((root / "memory" / "deepl").glob("part-*.sqlite")):
+    (folder,) = [d for d in (root / "memory").iterdir()
+                 if (d / "ENGINE_ID").exists() and (d / "ENGINE_ID").read_text().startswith("deepl:")]
+    for f in sorted(folder.glob("part-*.sqlite")):
         with sqlite3.connect(f) as db:
             out += db.execute("SELECT engine_id, text_hash, text_en, context, text_pt FROM memory").fetchall()
     return out

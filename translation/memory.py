@@ -178,6 +178,10 @@ class TranslationMemory(SQLiteFile):
                 db.execute("ALTER TABLE memory ADD COLUMN input_truncated INTEGER")
         self._has_truncated = self._column_exists("memory", "input_truncated")
 
+    def ready(self) -> bool:
+        """Whether the file holds the memory table (False for a file its writer is creating right now)."""
+        return self._column_exists("memory", "text_hash")
+
     def _columns_sql(self) -> str:
         """`_COLUMNS` as a SELECT list; an old read-only file without input_truncated reads it as null."""
         return ", ".join(c if c != "input_truncated" or self._has_truncated else "NULL AS input_truncated"

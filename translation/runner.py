@@ -2,14 +2,18 @@
 
 The cost and resume guarantee lives here: a batch's results are committed (fsync'd) to the memory
 before the next request is sent, so ``kill -9`` at any moment loses at most the request in flight,
-and a rerun asks the memory first and never pays for a stored text again.
+and a rerun asks the memory first and never pays for a stored text again.  A caller that journals its
+requests (the pipeline's billing ledger) passes a `RequestLog`, told before each request leaves and once
+its answer is stored; no request is sent once a stop was asked for (`ptvl_io.lifetime`).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from ptvl_io.lifetime import Stopping, check_stop
 from translation.engines.base import Engine, Result
 from translation.errors import ConfigurationError, EngineError, QuotaExceeded, RequestRejected
 from translation.memory import MemoryRow, TranslationMemory, memory_key
@@ -40,6 +44,23 @@ class RunStats:
 ProgressFn = Callable[[RunStats], None]
 
 
+class RequestLog(Protocol):
+    """Told about each engine call around it: the pipeline's intent journal (`pipeline.ledger`)."""
+
+    def before_send(self, keys: Sequence[str], texts: Sequence[str]) -> int:
+        """Called before the call leaves (raise to refuse it); returns a ticket for the two below."""
+        ...
+
+    def after_store(self, ticket: int, billed_chars: int) -> None:
+        """The call's results are stored (durably) in the memory."""
+        ...
+
+    def after_failure(self, ticket: int, error: BaseException) -> None:
+        """The engine raised for the call (refused, quota, rate limit, a stop between retries): nothing of it
+        was stored.  Not called when the process dies or an unexpected error escapes: the intent stays open."""
+        ...
+
+
 def set_aside_reason(text: str, engine: Engine, context: str | None = None) -> str | None:
     """Why `text` is never sent to `engine`, or None: ``lone_surrogate`` / ``control_chars`` for every
     engine (`text_problem`), plus the engine's own limits (DeepL: ``over_max_chars``,
@@ -57,6 +78,7 @@ def translate_missing(
     batch_size: int = 50,
     max_batch_bytes: int | None = None,
     progress: ProgressFn | None = None,
+    request_log: RequestLog | None = None,
 ) -> RunStats:
     """Make sure every text of `texts` has a translation by `engine` in `memory`; pay only for misses.
 
@@ -71,13 +93,15 @@ def translate_missing(
         50 + 14 requests.  Every call's results are stored (one chunk, one transaction) before the
         next call is made, so a kill loses at most the call in flight.
     progress: called with the running stats after each stored batch.
+    request_log: told before each engine call and after its results are stored (see `RequestLog`).
 
     Never sent: empty and whitespace-only texts (stored as "" without a request), and texts with a
     `set_aside_reason` (listed in ``stats.set_aside``; the rest completes).
 
-    Raises QuotaExceeded (with ``done``/``remaining``) when the engine's quota runs out, and
-    EngineError (RateLimited, ...) when a request fails for good.  Either way everything translated so
-    far is stored, and rerunning the same call resumes with the remaining texts.
+    Raises QuotaExceeded (with ``done``/``remaining``) when the engine's quota runs out, EngineError
+    (RateLimited, ...) when a request fails for good, and `ptvl_io.lifetime.Stopping` when a stop was asked
+    for (checked before every call).  Whatever stops it, everything translated so far is stored, and
+    rerunning the same call resumes with the remaining texts.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -132,7 +156,7 @@ def translate_missing(
                 chunk_texts = [wanted[h][0] for h in chunk]
                 parts = requests if requests is not None else [slice(0, len(chunk))]
                 for part in parts:
-                    _send(engine, memory, chunk[part], chunk_texts[part], ctx, wanted, stats)
+                    _send(engine, memory, chunk[part], chunk_texts[part], ctx, wanted, stats, request_log)
                     if progress is not None:
                         progress(stats)
     except QuotaExceeded as e:
@@ -172,19 +196,19 @@ def engine_call_size(engine: Engine, batch_size: int) -> int:
 
 
 def _send(engine: Engine, memory: TranslationMemory, hashes: list[str], texts: list[str], ctx: str | None,
-          wanted: dict[str, tuple[str, str | None]], stats: RunStats) -> None:
+          wanted: dict[str, tuple[str, str | None]], stats: RunStats, request_log: RequestLog | None) -> None:
     """One request; if the engine refuses it as malformed (HTTP 400/413), halve it until the one text
     at fault is found and set aside: a bad text never blocks the rest."""
     try:
-        _translate_and_store(engine, memory, hashes, texts, ctx, wanted, stats)
+        _translate_and_store(engine, memory, hashes, texts, ctx, wanted, stats, request_log)
     except RequestRejected as e:
         if len(hashes) == 1:
             log.warning("%s: text %s set aside, the engine refused it: %s", engine.engine_id, hashes[0], e)
             stats.set_aside[hashes[0]] = "rejected_by_engine"
             return
         mid = len(hashes) // 2
-        _send(engine, memory, hashes[:mid], texts[:mid], ctx, wanted, stats)
-        _send(engine, memory, hashes[mid:], texts[mid:], ctx, wanted, stats)
+        _send(engine, memory, hashes[:mid], texts[:mid], ctx, wanted, stats, request_log)
+        _send(engine, memory, hashes[mid:], texts[mid:], ctx, wanted, stats, request_log)
 
 
 def _chunks(hashes: list[str], wanted: dict[str, tuple[str, str | None]], batch_size: int,
@@ -205,8 +229,17 @@ def _chunks(hashes: list[str], wanted: dict[str, tuple[str, str | None]], batch_
 
 
 def _translate_and_store(engine: Engine, memory: TranslationMemory, hashes: list[str], texts: list[str],
-                         ctx: str | None, wanted: dict[str, tuple[str, str | None]], stats: RunStats) -> None:
-    results: list[Result] = engine.translate(texts, ctx)
+                         ctx: str | None, wanted: dict[str, tuple[str, str | None]], stats: RunStats,
+                         request_log: RequestLog | None) -> None:
+    check_stop()  # never a request once a stop was asked for (the parent died, SIGTERM)
+    ticket = request_log.before_send(hashes, texts) if request_log is not None else 0
+    try:
+        check_stop()  # again after the journal's fsync: the stop may have come meanwhile
+        results: list[Result] = engine.translate(texts, ctx)
+    except (EngineError, Stopping) as e:
+        if request_log is not None:
+            request_log.after_failure(ticket, e)
+        raise
     if len(results) != len(texts):
         raise EngineError(f"{engine.engine_id} returned {len(results)} results for {len(texts)} texts")
     rows = [
@@ -215,9 +248,12 @@ def _translate_and_store(engine: Engine, memory: TranslationMemory, hashes: list
         for h, t, r in zip(hashes, texts, results, strict=True)
     ]
     memory.put_batch(engine.engine_id, rows)  # durable before the next request goes out
+    billed = sum(r.billed_chars for r in results)
+    if request_log is not None:
+        request_log.after_store(ticket, billed)
     stats.requests += 1
     stats.sent += len(rows)
-    stats.billed_chars += sum(r.billed_chars for r in results)
+    stats.billed_chars += billed
 
 
 def translations_for(texts: Sequence[str], engine_id: str, memory: TranslationMemory,

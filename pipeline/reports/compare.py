@@ -285,7 +285,10 @@ def render_comparison(
     token_stats: translation.tokstats.token_stats output.  gold_scores: engine -> score_against_gold dict.
     billing: engine -> {"chars": int (billed, as the memory recorded), "deepl_chars": int | None (DeepL's own
     /v2/usage counter over the run's part attempts; None for engines that do not bill), "twice_chars":
-    int (requests that timed out after they were sent, possibly billed twice), "eur": float}.  throughput: engine -> sentences per second.
+    int (requests that timed out after they were sent, or were in flight when an attempt died: possibly
+    billed twice), "paid_twice": int (of those, what DeepL's counter shows was billed), "warning": str |
+    None (an unexplained difference: shown at the top of both files), "eur": float}.  throughput: engine ->
+    sentences per second.
     truncation: engine -> {"rows": int, "truncated": int, "unique": int} (sources cut at the engine's
     max_input_length, summed over the splits' stats; engines that do not tokenize are left out).
     The random examples are drawn with `seed`; the worst cases are the segments with the most flags
@@ -317,10 +320,12 @@ def render_comparison(
                [[e, f"{s['chrf']:.2f}", f"{s['bleu']:.2f}", str(s.get("n", ""))]
                 for e, s in sorted(gold_scores.items())]),
         _Table("Characters billed and estimated cost",
-               ["engine", "billed (memory)", "billed (DeepL)", "possibly billed twice", "estimated cost (EUR)"],
+               ["engine", "billed (memory)", "billed (DeepL)", "possibly billed twice", "paid twice",
+                "estimated cost (EUR)"],
                [[e, f"{int(b.get('chars', 0)):,}",
                  f"{int(b['deepl_chars']):,}" if b.get("deepl_chars") is not None else "n/a",
-                 f"{int(b.get('twice_chars', 0)):,}", f"{float(b.get('eur', 0.0)):.2f}"]
+                 f"{int(b.get('twice_chars', 0)):,}", f"{int(b.get('paid_twice', 0)):,}",
+                 f"{float(b.get('eur', 0.0)):.2f}"]
                 for e, b in sorted(billing.items())]),
         _Table("Throughput", ["engine", "sentences/s"], [[e, f"{v:.1f}"] for e, v in sorted(throughput.items())]),
         _Table("Inputs cut at max_input_length", ["engine", "rows", "truncated rows", "share", "distinct strings"],
@@ -333,7 +338,10 @@ def render_comparison(
     signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}
                         | {s["bleu_signature"] for s in gold_scores.values() if "bleu_signature" in s})
 
-    md = ["# Translator comparison", "", f"Engines: {md_cell(', '.join(engines))}", ""]
+    # An unexplained billing difference comes first: money is the one thing a reader must not miss.
+    warnings = [b["warning"] for _, b in sorted(billing.items()) if b.get("warning")]
+    md = ["# Translator comparison", "", *[f"> **Billing warning:** {md_cell(w)}\n" for w in warnings],
+          f"Engines: {md_cell(', '.join(engines))}", ""]
     md += [_markdown(tables[0]), _markdown(tables[1]), "## Token statistics (Table 5.2 style)", "", table_5_2]
     md += [_markdown(t) for t in tables[2:]]
     if signatures:
@@ -345,7 +353,9 @@ def render_comparison(
         md += [neural.markdown, ""]
 
     plots = _plots(all_rows, engines, rates)
-    parts = [f"<h1>Translator comparison</h1><p>Engines: {html.escape(', '.join(engines))}</p>"]
+    parts = ["<h1>Translator comparison</h1>"]
+    parts += [f'<p class="billing-warning"><strong>Billing warning:</strong> {html.escape(w)}</p>' for w in warnings]
+    parts.append(f"<p>Engines: {html.escape(', '.join(engines))}</p>")
     parts += [_html_table(tables[0]), _html_table(tables[1])]
     parts.append(_html_table(_from_markdown("Token statistics (Table 5.2 style)", table_5_2)))
     parts += [_html_table(t) for t in tables[2:]]

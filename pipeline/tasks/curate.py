@@ -125,7 +125,7 @@ class CompareTranslators(PtvlTask):
             entry = s.engines[engine]
             engine_id = stats[0]["engine_id"]
             parts = latest_parts(self.root, engine, s.translate.parts)
-            with memory_view(self.root, engine) as mem:
+            with memory_view(self.root, entry.engine_id(engine)) as mem:
                 # The gold set is in every translating engine's unique-string table, so its parts
                 # translated (and billed) it once with everything else; here it is only looked up.
                 if gold is not None and entry.translates:
@@ -133,13 +133,15 @@ class CompareTranslators(PtvlTask):
                     gold_scores[engine] = score_against_gold(hyps, gold["pt_pt"].to_list())
                 ids = {engine_id, parts[0].get("context_engine_id")} - {None}
                 stored = sum(mem.stats(i).billed_chars for i in ids)
-            summary = billing_summary(self.root, engine)
+            summary = billing_summary(self.root, engine, entry.engine_id(engine))
             # Same basis as DeepL's count (this run's part attempts); a memory filled before the audit
             # existed falls back to its stored billed characters.
             chars = summary.memory_chars if summary else stored
             deepl = summary.deepl_chars if summary else None
             billing[engine] = {"chars": chars, "deepl_chars": deepl,
                                "twice_chars": summary.possibly_twice_chars if summary else 0,
+                               "paid_twice": summary.paid_twice if summary else 0,
+                               "warning": summary.warning(engine) if summary else None,
                                "eur": (deepl if deepl is not None else chars) / 1e6 * entry.price_per_million()}
             sent = sum(p["sent"] for p in parts)
             seconds = sum(p["seconds"] for p in parts)

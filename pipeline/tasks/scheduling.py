@@ -19,9 +19,17 @@ What a shared `luigid` needs from each process, and why:
   again: `configs/luigid.cfg` sets 60 s.
 - **Completion is checked after a run**, so a task whose run returned but whose output is not on the
   shared disk is not marked done for the other machines.
+
+And what every process needs, local scheduler or not:
+
+- **No orphans.**  With ``--workers N`` Luigi forks a process per running task.  Killed with SIGKILL, the
+  parent cannot stop them: they would live on under PID 1, finish their parts and race the rerun.  Each
+  task process here is tied to the worker that forked it (`ptvl_io.lifetime.die_with_parent`): when that
+  dies, a translation part finishes the request in flight and sends no other; any other task is killed.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import luigi
@@ -29,6 +37,19 @@ import luigi.execution_summary
 import luigi.rpc
 import luigi.scheduler
 import luigi.worker
+
+from ptvl_io.lifetime import die_with_parent
+
+
+class _TaskProcess(luigi.worker.ContextManagedTaskProcess):
+    """Luigi's task process, tied to the process that forked it (set as the class of the one Luigi built)."""
+
+    parent_pid: int
+
+    def run(self) -> None:
+        if self.use_multiprocessing:  # a forked child (with one worker the task runs in the parent itself)
+            die_with_parent(self.parent_pid)
+        super().run()
 
 
 class _DagWorker(luigi.worker.Worker):
@@ -38,6 +59,14 @@ class _DagWorker(luigi.worker.Worker):
         return super()._keep_alive(get_work_response) or bool(
             self._config.keep_alive and get_work_response.running_tasks
         )
+
+    def _create_task_process(self, task):
+        # Luigi's own construction (its arguments change between versions), then our subclass, which only
+        # adds what its child runs first.  The parent's pid is read here, before the fork.
+        process = super()._create_task_process(task)
+        process.__class__ = _TaskProcess
+        process.parent_pid = os.getpid()
+        return process
 
 
 class _Factory:
@@ -116,8 +145,10 @@ class LocalBuild:
 
 
 def build_local(tasks: list[luigi.Task], workers: int = 1) -> LocalBuild:
-    """Build `tasks` (and what they need) with a local scheduler; never raises for a failed task."""
+    """Build `tasks` (and what they need) with a local scheduler, its task processes tied to this one; never
+    raises for a failed task."""
     luigi.configuration.get_config().set("core", "no_configure_logging", "true")
-    result = luigi.build(tasks, workers=workers, local_scheduler=True, detailed_summary=True)
+    result = luigi.build(tasks, workers=workers, local_scheduler=True, detailed_summary=True,
+                         worker_scheduler_factory=_Factory())
     return LocalBuild(result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY"), result.status.name,
                       result.summary_text)

@@ -2,23 +2,22 @@
 
 `UniqueStrings` writes the engine's run-wide unique-string table (`pipeline.translate_plan`);
 `TranslatePart` tasks translate its disjoint hash parts, one Luigi task per (engine, part), each into its
-own memory file (`pipeline.memory_files`), with a billing audit line per attempt (`pipeline.billing`);
+own memory file (`pipeline.memory_files`) under the part's lease, every request journalled in the billing
+ledger (`pipeline.part_attempt`);
 `Translate` (per dataset/split) only joins segments with the memory and flags them: it sends nothing.
 `ImportReferenceMemory` imports a reference engine's Parquet memory instead of translating.
 """
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
 
 import luigi
 import polars as pl
 
-from pipeline.billing import COUNTER_KEYS, append_audit, read_counter
 from pipeline.contracts import SET_ASIDE, TRANSLATED, VISDIAL_CONTEXT_TRANSLATED
 from pipeline.io import write_json_atomic, write_parquet_atomic
-from pipeline.memory_files import memory_view, open_memory
+from pipeline.memory_files import engine_folder, memory_view, open_memory
+from pipeline.part_attempt import COUNTER_KEYS, PartWork, run_part
 from pipeline.tasks.acquire import GenerateSample, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
 from pipeline.translate_plan import (
@@ -30,10 +29,8 @@ from pipeline.translate_plan import (
     unique_path,
     unique_strings,
 )
-from ptvl_io.progress import ProgressReporter
 from translation.errors import MemoryIntegrityError
 from translation.quality import flag_table
-from translation.runner import translate_missing
 from translation.variety import VarietyClassifier, add_variety_evidence
 
 
@@ -51,7 +48,9 @@ class ImportReferenceMemory(PtvlTask):
     def run(self) -> None:
         entry = self.settings.engines[str(self.engine)]
         path = entry.memory_path(self.layout.sources)
-        with open_memory(self.layout.imported_memory(str(self.engine))) as mem:
+        engine_id = entry.engine_id(str(self.engine))
+        engine_folder(self.layout, engine_id)
+        with open_memory(self.layout.imported_memory(engine_id)) as mem:
             stats = mem.import_parquet(path, engine_id=str(self.engine))
         write_json_atomic(self.output().path, {"source": str(path), **vars(stats)})
 
@@ -78,31 +77,12 @@ class UniqueStrings(PtvlTask):
         write_parquet_atomic(self.output().path, table.to_arrow())
 
 
-def _fill(engine, mem, texts: list[str], label: str, name: str, batch_size: int,
-          contexts: list[str] | None = None):
-    """`translate_missing` with a progress report (a bar on a terminal, log lines in batch and luigid logs);
-    the total is known once the memory has been asked what is missing, at the first stored batch."""
-    reporter: list[ProgressReporter] = []
-
-    def progress(stats) -> None:
-        if not reporter:
-            reporter.append(ProgressReporter(f"translate {label} [{name}]",
-                                             stats.unique - stats.hits - len(stats.set_aside), unit="texts",
-                                             fields_fmt="{chars:,} chars billed"))
-        reporter[0].update(stats.sent, chars=stats.billed_chars)
-
-    try:
-        return translate_missing(texts, engine, mem, contexts=contexts, batch_size=batch_size, progress=progress)
-    finally:
-        if reporter:
-            reporter[0].close()
-
-
 class TranslatePart(PtvlTask):
-    """Translate one hash part of the engine's unique-string table into the part's own memory file.
+    """Translate one hash part of the engine's unique-string table into the part's own memory file, under
+    the part's lease, every request journalled (`pipeline.part_attempt.run_part`).
 
     A paid engine's own billing counter (DeepL's /v2/usage) is read before and after, and both it and the
-    memory's own count go into the part's stats and audit line (`pipeline.billing` reconciles them)."""
+    memory's own count go into the part's stats and its ledger journal (`pipeline.billing` reconciles them)."""
 
     engine = luigi.Parameter()
     part = luigi.IntParameter()
@@ -119,67 +99,28 @@ class TranslatePart(PtvlTask):
         table = pl.read_parquet(unique_path(self.settings, name))
         mine = table.filter(part_of(table["part_key"], i, n))
         plain, ctx = mine.filter(pl.col("kind") != "context"), mine.filter(pl.col("kind") == "context")
-        stem = self.layout.part_stem(name, i, n)
-        batch = self.settings.translate.batch_size
-        label = f"part {i + 1}/{n}"
-        audit = stem.with_name(stem.name + ".audit.jsonl")
-        engines = []
-        stats_plain = stats_ctx = None
-        t0 = time.perf_counter()
-        part_file = self.layout.part_memory(name, i, n)
-        with memory_view(self.root, name, writer=part_file, skip_part_count=n) as mem:
-            engine = self.settings.engines[name].build(name)
-            engines.append(engine)
-            deepl_before = engine.billed_so_far()
-            billed_before = mem.writer.total_billed()
-            append_audit(audit, {"event": "start", "at": datetime.now(UTC).isoformat(), "deepl_before": deepl_before,
-                                 "memory_before": billed_before})
-            end: dict = {"event": "end", "outcome": "running"}
-            try:
-                stats_plain = _fill(engine, mem, plain["text_en"].to_list(), label, name, batch)
-                if ctx.height:
-                    ctx_engine = context_entry(self.settings, name).build(name)
-                    engines.append(ctx_engine)
-                    stats_ctx = _fill(ctx_engine, mem, ctx["text_en"].to_list(), f"{label} with context", name,
-                                      batch, contexts=ctx["context"].to_list())
-                end["outcome"] = "done"
-            except Exception as e:
-                end["outcome"] = f"{type(e).__name__}: {e}"
-                raise
-            finally:
-                end["at"] = datetime.now(UTC).isoformat()
-                end["deepl_after"] = read_counter(engine.billed_so_far) if deepl_before is not None else None
-                end["seconds"] = time.perf_counter() - t0
-                # What the memory recorded as billed in this attempt (also when it failed half-way).
-                end["memory_billed"] = mem.writer.total_billed() - billed_before
-                counters = [e.counters.as_dict() for e in engines]
-                end["requests"] = sum(c["requests"] for c in counters)
-                for k in COUNTER_KEYS:
-                    end[k] = sum(c[k] for c in counters)
-                append_audit(audit, end)
-                for e in engines:
-                    e.close()
-        record = {"deepl_before": deepl_before, **end}
-        set_aside = [(h, r, "segment") for h, r in stats_plain.set_aside.items()]
-        if stats_ctx is not None:
-            set_aside += [(h, r, "context") for h, r in stats_ctx.set_aside.items()]
+        r = run_part(self.settings, PartWork(name, i, n, plain["text_en"].to_list(), ctx["text_en"].to_list(),
+                                             ctx["context"].to_list()))
+        stats = [s for s in (r.plain, r.context) if s is not None]
+        set_aside = [(h, why, "segment") for h, why in r.plain.set_aside.items()]
+        if r.context is not None:
+            set_aside += [(h, why, "context") for h, why in r.context.set_aside.items()]
         out = {
-            "engine_id": engines[0].engine_id,
+            "engine_id": r.engine_id,
             # The built engine's id (a glossary name resolved to its id); from the settings when this part
             # holds no dialog text at all.
-            "context_engine_id": engines[1].engine_id if len(engines) > 1 else context_engine_id(self.settings, name),
+            "context_engine_id": r.context_engine_id or context_engine_id(self.settings, name),
             "context_rows": ctx.height,
             "part": i, "parts": n,
             "unique": mine.height,
-            "hits": stats_plain.hits + (stats_ctx.hits if stats_ctx else 0),
-            "sent": stats_plain.sent + (stats_ctx.sent if stats_ctx else 0),
-            "requests": stats_plain.requests + (stats_ctx.requests if stats_ctx else 0),
-            "billed_chars": record["memory_billed"],
-            "deepl_billed_chars": (record["deepl_after"] - record["deepl_before"]
-                                   if record["deepl_before"] is not None else None),
+            "hits": sum(s.hits for s in stats),
+            "sent": sum(s.sent for s in stats),
+            "requests": sum(s.requests for s in stats),
+            "billed_chars": r.memory_billed,
+            "deepl_billed_chars": r.deepl_billed,
             "set_aside": set_aside,
-            "seconds": record["seconds"],
-            **{k: record[k] for k in COUNTER_KEYS},
+            "seconds": r.seconds,
+            **{k: r.counters[k] for k in COUNTER_KEYS},
         }
         log.info("%s part %d/%d: %d unique, %d sent, %d chars billed (memory), %s (DeepL), %d set aside", name,
                  i + 1, n, out["unique"], out["sent"], out["billed_chars"], out["deepl_billed_chars"], len(set_aside))
@@ -228,7 +169,7 @@ class Translate(PtvlTask):
             pl.col("text_en").str.len_chars().alias("chars"),
             pl.col("text_hash").replace_strict(set_aside, default=None, return_dtype=pl.String).alias("reason"),
         ).select(SET_ASIDE.names).to_arrow(), SET_ASIDE)
-        with memory_view(self.root, engine) as mem:
+        with memory_view(self.root, self.settings.engines[engine].engine_id(engine)) as mem:
             flagged, stats = self._join(mem, seg.filter(~pl.col("text_hash").is_in(list(set_aside))),
                                         parts[0]["engine_id"], "segments", "")
             stats["set_aside"] = dict(aside["text_hash"].replace_strict(set_aside, return_dtype=pl.String)

@@ -29,6 +29,7 @@ import deepl.http_client
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
+from ptvl_io import lifetime
 from translation.engines.base import BaseEngine, Quota, Result
 from translation.errors import ConfigurationError, EngineError, QuotaExceeded, RateLimited, RequestRejected
 from translation.secrets import Secret, install_log_redaction, load_secret
@@ -119,7 +120,9 @@ class DeepLEngine(BaseEngine):
 
     `translate` splits its input into requests within the limits; `request_batches` exposes that
     split so the runner can store each request's results before sending the next one.
-    `sleep` and `clock` replace time.sleep / time.monotonic (tests run minutes of back-off virtually).
+    `sleep` and `clock` replace time.sleep / time.monotonic (tests run minutes of back-off virtually).  The
+    default sleep ends a back-off with `ptvl_io.lifetime.Stopping` once a stop is asked for (the parent
+    died): no retry is sent after that.
     """
 
     def __init__(self, settings: DeepLSettings, auth_key: Secret | None = None, *,
@@ -129,7 +132,7 @@ class DeepLEngine(BaseEngine):
         key = auth_key or load_secret(env=settings.auth_key_env, file=settings.auth_key_file, what="DeepL key")
         install_log_redaction(key)
         self._key = key
-        self._sleep = sleep or time.sleep
+        self._sleep = sleep or lifetime.sleep
         self._clock = clock or time.monotonic
         # The client keeps these as module globals: no retries of its own (ours are above), our timeout.
         deepl.http_client.max_network_retries = 0
@@ -274,6 +277,7 @@ class DeepLEngine(BaseEngine):
         spell_429 = 0.0  # seconds waited in the current 429 spell
         failures = 0  # 5xx / network failures in a row
         while True:
+            lifetime.check_stop()  # as late as can be: a stop asked for now sends nothing more, retries included
             try:
                 return self._call(fn, raw=True)
             except deepl.TooManyRequestsException:
