@@ -1,0 +1,122 @@
+"""Die with the parent: a worker process must never outlive the process that started it.
+
+When a parent is killed with SIGKILL its children are not told: they are re-parented (to PID 1 or a
+subreaper) and carry on.  img2dataset's pool workers left like that went on downloading (1,576 requests
+after a `kill -9` of `ptvl run`, two more shards written into a folder the rerun was about to use).
+
+Two entry points:
+
+- `die_with_parent()`, called first thing in a child: the kernel sends the child `sig` (default SIGKILL)
+  when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``, through ctypes; elsewhere a watchdog thread
+  polls ``os.getppid()``).
+- `spawned_children_die_with_me()`, a context manager for a parent that runs a library which starts its
+  own workers (img2dataset: a ``spawn`` pool and a logger process), so no code of ours runs in them
+  first.  Inside the block multiprocessing starts every ``spawn`` child through a small launcher
+  (`multiprocessing.set_executable`, the documented hook): the launcher calls `die_with_parent` and
+  then `exec`s the real interpreter with the same arguments.  The parent-death signal survives
+  ``execve``, so the worker is tied to this process before it runs a line of Python, and it is killed
+  by the kernel the moment this process dies: no request after the kill, not even one polling period
+  later.  `output=` also sends the children's stdout and stderr to a file (their chatter is a log, not
+  console output).
+
+Limits, both the kernel's: the signal follows the *thread* that forked the child, so start children
+from a thread that lives as long as the work (multiprocessing pools do: the calling thread, then the
+pool's own worker-handler thread); and the launcher's tie needs Linux (elsewhere the block only
+redirects output: a child there must call `die_with_parent` itself, whose watchdog then polls).
+
+This file is also the launcher: ``python -I -S lifetime.py --parent PID [--output FILE] -- ARGS...``
+(standard library only, so it starts in milliseconds and needs no ``sys.path``).
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.spawn
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """Ask the kernel for `sig` when the parent (thread) dies; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch(parent_pid: int, sig: int, poll_s: float) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), sig)
+
+
+def die_with_parent(parent_pid: int | None = None, *, sig: int = signal.SIGKILL, poll_s: float = 0.5) -> bool:
+    """Tie this process to its parent: `sig` is delivered to it when the parent dies.
+
+    Call it first thing in the child.  `parent_pid`, read by the parent before it started the child, also
+    catches a parent that died before this call (the child is then signalled at once).  Returns True when
+    the kernel enforces the tie (Linux); otherwise a daemon thread polls ``os.getppid()`` every `poll_s`
+    seconds, which does not survive an ``exec``."""
+    parent = os.getppid() if parent_pid is None else parent_pid
+    enforced = _set_pdeathsig(sig)
+    if not enforced:
+        threading.Thread(target=_watch, args=(parent, sig, poll_s), name="ptvl-die-with-parent",
+                         daemon=True).start()
+    if os.getppid() != parent:  # it died before the tie was made
+        os.kill(os.getpid(), sig)
+    return enforced
+
+
+@contextmanager
+def spawned_children_die_with_me(output: str | Path | None = None) -> Iterator[None]:
+    """Inside the block, every process multiprocessing starts with the "spawn" method (and its resource
+    tracker, if first started here) dies with this process; with `output`, its stdout and stderr are
+    appended to that file.  Restores the previous executable on exit.  See the module docstring."""
+    previous = multiprocessing.spawn.get_executable()
+    folder = Path(tempfile.mkdtemp(prefix="ptvl-spawn-"))
+    launcher = folder / "python"
+    args = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--parent", str(os.getpid())]
+    if output is not None:
+        args += ["--output", str(Path(output).resolve())]
+    # A shell script, not a Python shebang: a shebang line is cut at 127 bytes on older kernels, and a
+    # virtual environment's interpreter path can be longer.
+    launcher.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in args) + ' -- "$@"\n')
+    launcher.chmod(0o700)
+    multiprocessing.set_executable(str(launcher))
+    try:
+        yield
+    finally:
+        multiprocessing.set_executable(os.fsdecode(previous))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _launch(argv: list[str]) -> None:
+    """The launcher: tie to the parent, redirect output, then become the real interpreter."""
+    split = argv.index("--")
+    opts, rest = argv[:split], argv[split + 1:]
+    parent = int(opts[opts.index("--parent") + 1])
+    die_with_parent(parent, sig=signal.SIGKILL)
+    if "--output" in opts:
+        fd = os.open(opts[opts.index("--output") + 1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    os.execv(sys.executable, [sys.executable, *rest])
+
+
+if __name__ == "__main__":
+    _launch(sys.argv[1:])
