@@ -25,8 +25,9 @@ from pipeline.review.serve import review_server
 from pipeline.run_stage import Scheduler, outcome_error, outcome_lines, plan_run, preflight_run
 from pipeline.sample.write import write_sample
 from pipeline.settings import ConfigError, Settings, load_settings
+from pipeline.source_import import import_sources
 from pipeline.tasks import STAGES
-from pipeline.tasks.acquire import AvailabilityReport, IngestSegments
+from pipeline.tasks.acquire import IngestSegments
 from pipeline.tasks.curate import CompareTranslators
 from pipeline.tasks.model import Train
 from pipeline.tasks.scheduling import build_local, run_dag
@@ -41,22 +42,15 @@ from translation.errors import ConfigurationError
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 DEFAULT_CONFIG = Path("configs/sample.toml")
-app = typer.Typer(
-    help=(
-        "ptvl: European-Portuguese (PT-PT) vision-and-language datasets, translator comparison and "
-        "V-Glória training.\n\n"
-        "Start with `ptvl run` (the whole DAG on the embedded offline sample), then point "
-        "`--config` at configs/full.toml for the real datasets."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
-memory_app = typer.Typer(
-    help="Share translation memories and the human-review overlay (people's corrections, flag verdicts, "
-    "gold rows): export and import Parquet files.",
-    no_args_is_help=True,
-)
+app = typer.Typer(help=(
+    "ptvl: European-Portuguese (PT-PT) vision-and-language datasets, translator comparison and V-Glória "
+    "training.\n\nStart with `ptvl run` (the whole DAG on the embedded offline sample), then point "
+    "`--config` at configs/full.toml for the real datasets."), no_args_is_help=True, pretty_exceptions_show_locals=False)
+memory_app = typer.Typer(help="Share translation memories and the human-review overlay (people's corrections, "
+                         "flag verdicts, gold rows): export and import Parquet files.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
+sources_app = typer.Typer(help="The official source files: use the ones you already have.", no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="TOML run profile (configs/*.toml).")
 
@@ -76,10 +70,8 @@ def command(*args, target: typer.Typer = app, **kwargs) -> Callable:
                 return fn(*a, **kw)
             except (ConfigError, ConfigurationError) as e:  # PreflightError is a ConfigError
                 _fail(str(e))
-
         target.command(*args, **kwargs)(wrapper)
         return fn
-
     return register
 
 
@@ -231,11 +223,22 @@ def download(
 
     Without --retry-failed this is `ptvl run --until images`."""
     settings = load_settings(config)
+    if not retry_failed:  # the checks of `ptvl run --until images`, the unreachable sources included
+        return _build(plan_run(settings, str(config.resolve()), "images", Scheduler()).tasks)
     check_writable(settings.root)
-    if not retry_failed:
-        _build([AvailabilityReport(config=str(config.resolve()))])
-        return
     console.print(retry_downloads(settings, dataset, timeout, _say))
+
+
+@command("import", target=sources_app)
+def sources_import(dataset: str = typer.Argument(..., help="cc3m, coco, visdial or vqav2."),
+                   files: list[Path] = typer.Argument(..., help="Official files of that dataset, from any folder."),
+                   config: Path = ConfigOpt, accept_checksum: bool = typer.Option(
+                       False, "--accept-checksum", help="Use a file whose sha256 is not the manifest's.")) -> None:
+    """Use official files you already have: each is checked against the manifest (size, sha256; a mismatch
+    names both hashes and the likely cause), hard-linked (or, across filesystems, copied) into the run root,
+    never modified; `ptvl run` then fetches nothing for them and the dataset cards record their hashes."""
+    for line in import_sources(load_settings(config), dataset, files, accept_checksum=accept_checksum):
+        _say(line)
 
 
 @command("convert-model")

@@ -253,7 +253,7 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
     # The progress bar is entered first: it must bind the console before img2dataset's thread is redirected.
     with session, _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n), \
             img2dataset_workers(log_path(output_folder.parent), verbose):
-        _download(img2dataset, url_list, output_folder, s)
+        img2dataset.download(**img2dataset_kwargs(url_list, output_folder, s))
 
 
 class _DownloadProgress:
@@ -287,8 +287,10 @@ class _DownloadProgress:
         self.bar.close()
 
 
-def _download(img2dataset, url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
-    img2dataset.download(
+def img2dataset_kwargs(url_list: Path, output_folder: Path, s: DownloadSettings) -> dict:
+    """The arguments of the `img2dataset.download` call for `s` (bench/download_scale_bench.py makes the
+    same call without ptvl around it)."""
+    return dict(
         url_list=str(url_list),
         input_format="parquet",
         url_col="url",
