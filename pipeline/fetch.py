@@ -548,8 +548,7 @@ def _imported_entry(manifest: Manifest, entry: FileEntry, dest_dir: Path, record
         except CountMismatch as e:
             if not record.get("checksum_accepted"):
                 raise
-            mismatch = str(e)
-            log.warning("%s/%s (imported, checksum accepted): %s", manifest.name, entry.name, e)
+            mismatch = str(e)  # known and accepted at import: recorded, shown in the dataset cards
     report = FetchReport(
         url=entry.url, path=entry.name, status="imported", size=path.stat().st_size, sha256=digest,
         sha256_expected=entry.sha256, sha256_pending=entry.sha256 is None, counts=counts,

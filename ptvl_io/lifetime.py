@@ -8,21 +8,24 @@ Two entry points:
 
 - `die_with_parent()`, called first thing in a child: the kernel sends the child `sig` (default SIGKILL)
   when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``, through ctypes; elsewhere a watchdog thread
-  polls ``os.getppid()``).
+  polls ``os.getppid()``).  The kernel ties the child to the parent *thread* that forked it: fork from a
+  thread that lives as long as the work.
 - `spawned_children_die_with_me()`, a context manager for a parent that runs a library which starts its
   own workers (img2dataset: a ``spawn`` pool and a logger process), so no code of ours runs in them
-  first.  Inside the block multiprocessing starts every ``spawn`` child through a small launcher
-  (`multiprocessing.set_executable`, the documented hook): the launcher calls `die_with_parent` and
-  then `exec`s the real interpreter with the same arguments.  The parent-death signal survives
-  ``execve``, so the worker is tied to this process before it runs a line of Python, and it is killed
-  by the kernel the moment this process dies: no request after the kill, not even one polling period
-  later.  `output=` also sends the children's stdout and stderr to a file (their chatter is a log, not
-  console output).
+  first.  Inside the block multiprocessing starts every ``spawn`` child through a launcher
+  (`multiprocessing.set_executable`, the documented hook) that sets the parent-death signal (SIGKILL),
+  checks that the parent is still there (one that died in between is caught), optionally sends its
+  stdout/stderr to `output`, and ``exec``s the real interpreter with the same arguments; the signal
+  survives ``exec``.  The kernel kills such a worker while this process dies, synchronously, so it sends
+  no request after the kill.
 
-Limits, both the kernel's: the signal follows the *thread* that forked the child, so start children
-from a thread that lives as long as the work (multiprocessing pools do: the calling thread, then the
-pool's own worker-handler thread); and the launcher's tie needs Linux (elsewhere the block only
-redirects output: a child there must call `die_with_parent` itself, whose watchdog then polls).
+  The signal follows the forking *thread*, and the library forks from threads it owns: a pool replaces
+  a worker every few tasks from its worker-handler thread, which ends when the pool terminates.  Tied to
+  that thread, those workers were killed at `terminate()`, one holding the pool's task-queue lock, and
+  `terminate()` then waited for ever (the 200k-URL bench hung there).  So inside the block every spawn
+  is forked from one daemon thread of this module that lives as long as the process
+  (`multiprocessing.util.spawnv_passfds`, which every spawn goes through, is routed to it, with the
+  caller's signal mask): the signal then means "this process died", nothing else.
 
 This file is also the launcher: ``python -I -S lifetime.py --parent PID [--output FILE] -- ARGS...``
 (standard library only, so it starts in milliseconds and needs no ``sys.path``).
@@ -32,7 +35,9 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import multiprocessing.spawn
+import multiprocessing.util
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -81,12 +86,56 @@ def die_with_parent(parent_pid: int | None = None, *, sig: int = signal.SIGKILL,
     return enforced
 
 
+class _Spawner:
+    """One daemon thread, alive as long as the process, that runs the forks of the spawned children."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="ptvl-spawner", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, args, mask, box, done = self._jobs.get()
+            own = signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the child inherits the caller's mask
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as e:  # handed back to the caller
+                box.append((False, e))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, own)
+                done.set()
+
+    def call(self, fn, *args):  # noqa: ANN001, ANN201 - spawnv_passfds' own signature
+        box: list = []
+        done = threading.Event()
+        self._jobs.put((fn, args, signal.pthread_sigmask(signal.SIG_BLOCK, []), box, done))
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _the_spawner() -> _Spawner:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        return _spawner
+
+
 @contextmanager
 def spawned_children_die_with_me(output: str | Path | None = None) -> Iterator[None]:
     """Inside the block, every process multiprocessing starts with the "spawn" method (and its resource
-    tracker, if first started here) dies with this process; with `output`, its stdout and stderr are
-    appended to that file.  Restores the previous executable on exit.  See the module docstring."""
+    tracker, if first started here) dies with this process, even when it is killed by SIGKILL; with
+    `output`, their stdout and stderr are appended to that file.  See the module docstring."""
     previous = multiprocessing.spawn.get_executable()
+    original = multiprocessing.util.spawnv_passfds
+    spawner = _the_spawner()
     folder = Path(tempfile.mkdtemp(prefix="ptvl-spawn-"))
     launcher = folder / "python"
     args = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--parent", str(os.getpid())]
@@ -97,9 +146,11 @@ def spawned_children_die_with_me(output: str | Path | None = None) -> Iterator[N
     launcher.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in args) + ' -- "$@"\n')
     launcher.chmod(0o700)
     multiprocessing.set_executable(str(launcher))
+    multiprocessing.util.spawnv_passfds = lambda path, argv, passfds: spawner.call(original, path, argv, passfds)
     try:
         yield
     finally:
+        multiprocessing.util.spawnv_passfds = original
         multiprocessing.set_executable(os.fsdecode(previous))
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -108,8 +159,7 @@ def _launch(argv: list[str]) -> None:
     """The launcher: tie to the parent, redirect output, then become the real interpreter."""
     split = argv.index("--")
     opts, rest = argv[:split], argv[split + 1:]
-    parent = int(opts[opts.index("--parent") + 1])
-    die_with_parent(parent, sig=signal.SIGKILL)
+    die_with_parent(int(opts[opts.index("--parent") + 1]), sig=signal.SIGKILL)
     if "--output" in opts:
         fd = os.open(opts[opts.index("--output") + 1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         os.dup2(fd, 1)

@@ -21,13 +21,17 @@ from ptvl_io.lifetime import spawned_children_die_with_me
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel tie is Linux's prctl")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; die_with_parent "
+                                "uses Linux's prctl")
 
 SCRIPT = textwrap.dedent("""
     import multiprocessing, os, sys, time
     from contextlib import nullcontext
     from pathlib import Path
     from ptvl_io.lifetime import spawned_children_die_with_me
+
+    def quick(i):
+        return i
 
     def work(folder):
         Path(folder, str(os.getpid())).write_text("")
@@ -37,8 +41,11 @@ SCRIPT = textwrap.dedent("""
     if __name__ == "__main__":
         folder, tie, log = sys.argv[1], sys.argv[2] == "tie", sys.argv[3]
         with spawned_children_die_with_me(output=log) if tie else nullcontext():
-            with multiprocessing.get_context("spawn").Pool(2) as pool:
-                pool.map(work, [folder, folder])
+            # maxtasksperchild=1, as img2dataset's 5: the second pair of workers is forked by the pool's
+            # worker-handler thread, not by the main thread
+            with multiprocessing.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:
+                pool.map(quick, [0, 1], chunksize=1)
+                pool.map(work, [folder, folder], chunksize=1)
 """)
 
 
@@ -96,8 +103,33 @@ def test_without_the_tie_the_workers_outlive_their_parent(tmp_path: Path) -> Non
                 os.kill(p, signal.SIGKILL)
 
 
-def test_the_previous_interpreter_is_restored(tmp_path: Path) -> None:
+def test_a_pool_that_replaces_workers_still_terminates(tmp_path: Path) -> None:
+    """img2dataset's pool replaces a worker every 5 tasks from its handler thread, then terminates.  A tie
+    to the forking thread killed those workers when that thread ended, one holding the task-queue lock,
+    and terminate() waited for ever (the 200k-URL bench hung there).  In this process, with a timeout."""
     before = multiprocessing.spawn.get_executable()
+    script = tmp_path / "pool.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, time
+        from ptvl_io.lifetime import spawned_children_die_with_me
+
+        def double(i):
+            return 2 * i
+
+        if __name__ == "__main__":
+            with spawned_children_die_with_me():
+                pool = multiprocessing.get_context("spawn").Pool(2, maxtasksperchild=1)
+                print(sorted(pool.imap_unordered(double, range(6))), flush=True)
+                time.sleep(3)  # the replacement workers wait for tasks, one holding the queue's lock
+                pool.terminate()
+                pool.join()
+                del pool
+            print("terminated", flush=True)
+    """))
+    # The tie to the forking thread hung here until this timeout.
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.stdout.split("\n")[:2] == ["[0, 2, 4, 6, 8, 10]", "terminated"], res.stderr[-2000:]
     with spawned_children_die_with_me(output=tmp_path / "x.log"):
         launcher = Path(os.fsdecode(multiprocessing.spawn.get_executable()))
         assert launcher != Path(os.fsdecode(before)) and launcher.is_file()

@@ -4,7 +4,7 @@ img2dataset starts its own workers (a "spawn" pool and a logger process), so no 
 before they download.  Around each img2dataset call, `img2dataset_workers`:
 
 - ties every process it spawns to this one (`ptvl_io.lifetime.spawned_children_die_with_me`): when this
-  process dies, even by SIGKILL, the kernel kills them before they send another request;
+  process dies, even by SIGKILL, they are killed within milliseconds, before they send another request;
 - unless `verbose` (`ptvl -v`), keeps img2dataset's own output off the console: the workers' and the
   logger's stdout/stderr, and what img2dataset prints in this process (its shard progress bar, "Starting
   the downloading of this file", the reader's "Sharding file ..." from the pool's task thread, retries),
