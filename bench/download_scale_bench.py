@@ -73,15 +73,17 @@ def _tree_memory(pid: int) -> tuple[int, int, int]:
 
 
 def run_child(args: list[str], log: Path) -> dict:
-    """Run this script with `--child ...`; its last stdout line is a JSON dict, merged with wall time and
-    peak memory (process tree PSS and RSS sums and the largest process, sampled each second; and wait4's
-    maxrss)."""
+    """Run this script with `--child ...`; it writes a JSON dict to `log` + ".json", merged here with wall
+    time and peak memory (process tree PSS and RSS sums and the largest process, sampled each second;
+    and wait4's maxrss)."""
     peak = {"pss": 0, "rss": 0, "max": 0}
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE,
-                                stderr=out, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+        result_file = log.with_suffix(".json")
+        result_file.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, __file__, "--result", str(result_file), "--child", *args],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
         stop = threading.Event()
 
         def sample() -> None:
@@ -91,14 +93,13 @@ def run_child(args: list[str], log: Path) -> dict:
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
-        stdout = proc.stdout.read()  # type: ignore[union-attr]
         _, status, usage = os.wait4(proc.pid, 0)
         stop.set()
         thread.join()
     wall = time.perf_counter() - t0
-    if status != 0:
+    if status != 0 or not result_file.exists():
         raise SystemExit(f"child {args[0]} failed (status {status}); see {log}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+    result = json.loads(result_file.read_text())
     return {**result, "wall_s": wall, "peak_tree_pss": peak["pss"], "peak_tree_rss": peak["rss"],
             "peak_process_rss": max(peak["max"], usage.ru_maxrss * 1024), "load_start": load0,
             "load_end": os.getloadavg()[0]}
@@ -133,10 +134,7 @@ def child_plain(url_list: str, out: str, settings_json: str) -> dict:
 
     s = DownloadSettings.model_validate_json(settings_json)
     t0 = time.perf_counter()
-    real_stdout = os.dup(1)
-    os.dup2(2, 1)  # img2dataset prints on stdout; the last stdout line is ours
     img2dataset.download(**img2dataset_kwargs(Path(url_list), Path(out), s))
-    os.dup2(real_stdout, 1)
     ok = sum(json.loads(p.read_text())["successes"] for p in Path(out).glob("*_stats.json"))
     return {"call_s": time.perf_counter() - t0, "available": ok}
 
@@ -207,11 +205,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep the files here (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, *rest = args.child
         fn = {"ptvl": child_ptvl, "plain": child_plain, "features": child_features}[kind]
-        print(json.dumps(fn(*rest)), flush=True)
+        result = fn(*rest)
+        args.result.write_text(json.dumps(result))
+        print(f"child {kind} done: {result}; fd 1 is {os.readlink('/proc/self/fd/1')}", file=sys.stderr, flush=True)
         return
 
     import pyarrow as pa

@@ -528,3 +528,25 @@ def test_kill_9_of_the_parent_leaves_no_worker_sending_requests(tmp_path: Path) 
     # At most one request per download thread was in flight; none arrived later.
     assert len(after) <= 4 and all(dt < 1.0 for dt in after), after
     assert len(list((out / "shards").glob("*_stats.json"))) < 40
+
+
+def test_16bit_fixes_in_many_threads_leave_the_console_alone(tmp_path: Path) -> None:
+    """img2dataset's Resizer points file descriptors 1 and 2 at /dev/null while it runs and back after:
+    called from fixes' thread pool, two calls interleaved and left them at /dev/null for good (the rest
+    of `ptvl run` printed nothing, and a bench child's result line vanished).  Calls are serialised."""
+    from multiprocessing.pool import ThreadPool
+
+    from pipeline.images.fixes import _from_16bit
+
+    before = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with FaultMixServer() as srv, ThreadPool(32) as pool:
+            out = pool.map(lambda i: _from_16bit(f"{srv.base}/png16/{i}.png", _settings(image_size=64)), range(96))
+        after = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    finally:  # a failure must not leave pytest's own output at /dev/null
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+    assert all(o is not None and o[:3] == b"\xff\xd8\xff" for o in out)
+    assert after == before
