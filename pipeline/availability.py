@@ -14,6 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
+from ptvl_io.formatting import md_cell
+
 OK = "ok"
 # Every class `classify` can return, besides the open family http_<code>.
 REASONS: tuple[str, ...] = (
@@ -252,9 +254,9 @@ def render_markdown(table: pl.DataFrame) -> str:
             return f"{v:,}"
         if isinstance(v, float):
             return f"{v:.1f}"
-        return str(v).replace("|", "\\|")
+        return md_cell(v)  # reasons and error texts come from the sources and the network
 
-    head = "| " + " | ".join(table.columns) + " |"
+    head = "| " + " | ".join(md_cell(c) for c in table.columns) + " |"
     sep = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.iter_rows()]
     return "\n".join([head, sep, *body]) + "\n"

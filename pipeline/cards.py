@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import write_text_atomic
-from ptvl_io.formatting import md_cell
+from ptvl_io.formatting import md_cell, md_code
 
 LICENCE_NOTES = {
     "cc3m": (
@@ -68,17 +68,17 @@ def sources_section(marker: Path | None) -> list[str]:
     lines += ["| file | sha256 | obtained |", "|---|---|---|"]
     for f in data["files"]:
         if f["status"] == "imported":
-            how = f"imported by the user from {md_cell(f['imported_from'])} ({md_cell(f['placed_by'])})"
+            how = f"imported by the user from {md_code(f['imported_from'])} ({md_cell(f['placed_by'])})"
             if f.get("checksum_accepted"):
-                how += (f"; **not the manifest's sha256** ({md_cell(f['sha256_expected'] or 'none recorded')}), "
+                how += (f"; **not the manifest's sha256** ({md_code(f['sha256_expected'] or 'none recorded')}), "
                         "accepted with --accept-checksum")
                 if f.get("count_mismatch"):
                     how += f"; {md_cell(f['count_mismatch'])}"
         else:
-            how = f"downloaded from {md_cell(f['url'])}"
+            how = f"downloaded from {md_code(f['url'])}"
         if not f.get("checksum_accepted"):
             how += "; sha256 not yet in the manifest" if f.get("sha256_pending") else "; sha256 as in the manifest"
-        lines.append(f"| {md_cell(f['path'])} | {md_cell(f['sha256'])} | {how} |")
+        lines.append(f"| {md_code(f['path'])} | {md_code(f['sha256'])} | {how} |")
     return lines + [""]
 
 
@@ -121,23 +121,23 @@ def write_dataset_card(
         schema = pq.read_schema(parts[0]) if parts else None
     dropped = {k: v for k, v in stats.items() if k.startswith("dropped_")}
     lines = [
-        f"# {dataset}/{split} in European Portuguese ({engine})",
+        f"# {md_cell(dataset)}/{md_cell(split)} in European Portuguese ({md_cell(engine)})",
         "",
         "Written by ptvl's BuildShards stage. Load with "
         "`datasets.load_dataset(\"parquet\", data_files=\"part-*.parquet\")` or `polars.scan_parquet`.",
         "",
         "| | |",
         "|---|---|",
-        f"| source dataset | {dataset} (split `{split}`) |",
-        *([f"| split drawn as | {source_note} |"] if source_note else []),
-        f"| translation engine | `{engine}` (`{engine_id}`) |",
+        f"| source dataset | {md_cell(dataset)} (split {md_code(split)}) |",
+        *([f"| split drawn as | {source_note} |"] if source_note else []),  # ptvl's own Markdown (split_note)
+        f"| translation engine | {md_code(engine)} ({md_code(engine_id)}) |",
         f"| layout | {layout} |",
-        f"| filter policy | {'drop rows flagged ' + ', '.join(f'`{p}`' for p in policy) if policy else 'none (all rows kept)'} |",
+        f"| filter policy | {'drop rows flagged ' + ', '.join(md_code(p) for p in policy) if policy else 'none (all rows kept)'} |",
         f"| rows considered | {stats.get('total', 0):,} |",
         f"| rows kept | {stats.get('kept', 0):,} |",
         *_review_rows(stats),
         f"| images | {stats.get('images', 0):,} |",
-        f"| files | {', '.join(stats.get('files', []))} |",
+        f"| files | {md_cell(', '.join(stats.get('files', [])))} |",
         "",
         "## Columns",
         "",
@@ -147,7 +147,7 @@ def write_dataset_card(
         "",
     ]
     if dropped:
-        lines += ["| reason | rows |", "|---|---|"] + [f"| {k[8:]} | {v:,} |" for k, v in sorted(dropped.items())]
+        lines += ["| reason | rows |", "|---|---|"] + [f"| {md_cell(k[8:])} | {v:,} |" for k, v in sorted(dropped.items())]
     else:
         lines.append("Nothing was dropped.")
     if availability_md:

@@ -82,6 +82,23 @@ def check_engines(settings: Settings, names: list[str] | None = None) -> None:
             raise ConfigError(str(e)) from None
 
 
+def check_neural_models(settings: Settings) -> None:
+    """[curate] comet_model, qe_model and variety_model that name a local folder: the folder exists and (for
+    COMET) holds hparams.yaml and checkpoints/model.ckpt.  Hub ids are left to load time (no network here)."""
+    c = settings.curate
+    for key, model in (("comet_model", c.comet_model), ("qe_model", c.qe_model), ("variety_model", c.variety_model)):
+        if model is None:
+            continue
+        path = Path(model).expanduser()
+        looks_local = path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1
+        if looks_local and not path.is_dir():
+            raise ConfigError(f"[curate] {key} = {model!r}: no such folder (a COMET checkpoint folder or a Hugging "
+                              "Face id such as Unbabel/wmt22-cometkiwi-da)")
+        if path.is_dir() and key != "variety_model" and not (path / "checkpoints" / "model.ckpt").is_file():
+            raise ConfigError(f"[curate] {key} = {model!r}: not a COMET model folder (it needs hparams.yaml and "
+                              "checkpoints/model.ckpt)")
+
+
 def check_luigid(host: str, port: int) -> None:
     """A scheduler that cannot be reached is a one-line error before any task, not Luigi's RPC retries
     (minutes) ending in a traceback."""

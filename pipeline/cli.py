@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
-import uvicorn
 from rich.markup import escape
 from rich.table import Table
 
@@ -21,7 +20,7 @@ from pipeline.checks import check_engines, check_model, check_source_checkpoint,
 from pipeline.console import console, escape_help, setup_logging
 from pipeline.memory_files import export_memory, import_memory
 from pipeline.retry_downloads import retry_downloads
-from pipeline.review.serve import review_server
+from pipeline.review.launch import ReviewOptions, check_options, launch
 from pipeline.run_stage import Scheduler, outcome_error, outcome_lines, plan_run, preflight_run
 from pipeline.sample.write import write_sample
 from pipeline.settings import ConfigError, Settings, load_settings
@@ -332,8 +331,12 @@ def review(
                                help="Engine whose translations you correct (default: [training] engine)."),
     port: int = typer.Option(8765, "--port", "-p", min=1, max=65535, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", "--host",
-                             help="Address to bind. The default serves this machine only; anything else (0.0.0.0) "
-                             "lets anyone who can reach the port write corrections: there is no login."),
+                             help="Address to bind. The default serves this machine only; 0.0.0.0 lets other "
+                             "machines in (with the token, over plain HTTP: a trusted network or an HTTPS proxy)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another Host name to answer to (a proxy's, "
+                                         "this machine's DNS name); any other name is refused (DNS rebinding)."),
+    token_file: Path = typer.Option(None, "--token-file", help="Read the token from this file (first line) "
+                                    "instead of $PTVL_REVIEW_TOKEN or a random one per start."),
     reviewer: str = typer.Option(None, "--reviewer",
                                  help="Name stored with every correction (default: your login name)."),
     queue_size: int = typer.Option(500, "--queue-size", min=1,
@@ -342,30 +345,24 @@ def review(
 ) -> None:
     """Correct translations in the browser: a local web app over the run root's translated tables.
 
-    Open http://127.0.0.1:8765/ (the port you chose). Queues, each with reviewed / total:
+    Open the link it prints, http://127.0.0.1:8765/?token=... (a random token per start; set your own in
+    $PTVL_REVIEW_TOKEN or --token-file): it logs the browser in. Queues, each with reviewed / total:
     flag:<name> (every row raising that quality flag), worst (lowest engine scores), disagree (lowest chrF
     between the engines' outputs for the same source string; needs two engines), sample (random rows, a
     fixed seed). A row shows the EN source, every engine's PT side by side with the flags and their
-    evidence, the image (CC3M, COCO) or the dialog around it (VisDial).
+    evidence, the image (CC3M, COCO), the dialog around it (VisDial) or the question and its answers (VQAv2).
 
-    Keys: j/k next/previous row, a accept the engine's output, 1-9 accept engine N's output, e edit
-    (Ctrl+Enter saves), f/c mark the first open flag a false alarm/confirmed, g add to the gold set,
-    ? help.
+    Keys: j/k next/previous row, a accept the engine's output, 1-9 accept engine N's output (both ask first
+    on a row with a human text), e edit (Ctrl+Enter saves), f/c mark the first open flag a false
+    alarm/confirmed, g add to the gold set, ? help.
 
     Corrections never overwrite the machine output: they are appended to memory/human.sqlite as a human
     overlay (who, when, the text they replace; two tabs on one row: the last write wins, both are kept and
     the override is logged). Rebuild the shards afterwards with `ptvl run --config ... --until shards`:
     they use the human text, and each dataset card counts the human-corrected rows. Share the overlay
     with `ptvl memory export` / `ptvl memory import`."""
-    server = review_server(load_settings(config), engine, host=host, port=port, reviewer=reviewer,
-                           queue_size=queue_size, seed=seed)
-    _say(server.banner)
-    if server.warning:
-        console.print(f"[yellow]warning:[/] {escape(server.warning)}")
-    try:
-        uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False)
-    finally:
-        server.overlay.close()
+    options = ReviewOptions(config, engine, host, port, reviewer, queue_size, seed, tuple(allow_host), token_file)
+    launch(check_options(load_settings(config), options))  # the server: a lighter process of its own
 
 
 def _overrides(**values) -> dict:

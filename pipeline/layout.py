@@ -7,6 +7,7 @@ A run root holds one folder per stage (README, "Stages"):
     images/<dataset>/<split>/           img2dataset output, availability.parquet, _MANIFEST.json
     memory/                             translation memories (shared, per engine, per part) + human.sqlite
     translated/<engine>/...             the joins (TRANSLATED), set-aside rows, part stats and audits
+    neural/                             QE per string per engine, COMET on the gold set (score caches)
     reports/                            availability, token statistics, comparison, quarantine, README.md
     shards/<engine>/<dataset>/<split>/  the trainer's shards and dataset cards
     features/<clip>/<dataset>/<split>/  CLIP feature caches
@@ -126,6 +127,38 @@ class RunLayout:
 
     def unique_strings(self, engine: str, fingerprint: str) -> Path:
         return self.translated_dir(engine) / f"_unique-{fingerprint}.parquet"
+
+    # -- neural scores (COMET, CometKiwi) -------------------------------------------------------------------
+
+    @property
+    def neural_dir(self) -> Path:
+        return self.root / "neural"
+
+    def qe_store(self, engine: str) -> Path:
+        """The engine's QE score cache (translation.qe_store), written only by its QEScores task."""
+        return self.neural_dir / engine / "qe.sqlite"
+
+    def qe_scores(self, engine: str) -> Path:
+        """QE per translated string (text_hash, qe) under the profile's qe_model."""
+        return self.neural_dir / engine / "qe.parquet"
+
+    def qe_summary(self, engine: str) -> Path:
+        """What the QEScores task did (model, strings, computed, cached): written last."""
+        return self.neural_dir / engine / "_QE.json"
+
+    @property
+    def gold_comet_store(self) -> Path:
+        """COMET scores of every engine's gold-set translations (and the PT-BR yardstick), cached."""
+        return self.neural_dir / "gold_comet.sqlite"
+
+    @property
+    def gold_comet(self) -> Path:
+        """COMET per (engine, gold sentence) under the profile's comet_model."""
+        return self.neural_dir / "gold_comet.parquet"
+
+    @property
+    def gold_comet_summary(self) -> Path:
+        return self.neural_dir / "_GOLD_COMET.json"
 
     # -- reports --------------------------------------------------------------------------------------------
 

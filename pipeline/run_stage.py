@@ -10,6 +10,7 @@ from pipeline.checks import (
     check_features,
     check_luigid,
     check_model,
+    check_neural_models,
     check_sources_reachable,
     check_writable,
 )
@@ -53,6 +54,7 @@ def plan_run(settings: Settings, config: str, until: str | None, scheduler: Sche
     translates = names.index(stage) >= names.index("translate")
     if translates:  # stages before translate need no engine
         check_engines(settings)
+        check_neural_models(settings)
     if names.index(stage) >= names.index("features"):
         check_features(settings)
     if names.index(stage) >= names.index("train"):

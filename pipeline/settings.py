@@ -156,6 +156,20 @@ class CurateSection(Strict):
     # Run the hand-written gold PT-PT set (data_manifests/gold/) through every engine that translates.
     gold: bool = True
     seed: int = 0  # which random examples the report shows
+    # Neural metrics (translation/comet/, README "Neural metrics"): a COMET checkpoint folder (checkpoints/
+    # model.ckpt + hparams.yaml) or a Hugging Face id.  comet_model scores the gold set against its PT-PT
+    # references (e.g. Unbabel/wmt22-comet-da); qe_model scores every translated string without a reference
+    # (e.g. Unbabel/wmt22-cometkiwi-da, CC BY-NC-SA 4.0).  Unset: the comparison runs without them and says so.
+    comet_model: str | None = None
+    qe_model: str | None = None
+    # A sequence classifier telling PT-PT from PT-BR (a folder or id); its PT-BR probability is evidence for
+    # the `brazilian` flag beside the lexical rules.  variety_label names its PT-BR class (found in id2label).
+    variety_model: str | None = None
+    variety_label: str = "PT-BR"
+    variety_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    # Where and how the neural models run: "cpu", "cuda" or "cuda:N"; segments per forward pass.
+    neural_device: str = "cpu"
+    neural_batch_size: int = Field(32, ge=1)
 
 
 class SampleModelsSection(Strict):
@@ -238,6 +252,9 @@ class Settings(Strict):
             )
         # [training] and [features] are checked by the stages that read them (pipeline/checks.py: features,
         # train), so a profile for `--until images` never has to name training data it does not build.
+        if self.shards.min_qe is not None and self.curate.qe_model is None:
+            raise ValueError("shards.min_qe drops rows by their QE score, but curate.qe_model is not set; set "
+                             "curate.qe_model (e.g. \"Unbabel/wmt22-cometkiwi-da\") or remove shards.min_qe")
         # The pipeline derives the caption-context engine from translate.visdial_context; an entry's own
         # use_context would move every context-free translation to another memory id and pay again.
         own = [n for n, e in self.engines.items() if getattr(e, "use_context", False)]

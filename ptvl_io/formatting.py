@@ -7,6 +7,8 @@ metric at all.  Beside the atomic writes and the progress bars: the other things
 """
 from __future__ import annotations
 
+import re
+
 
 def is_count(key: str) -> bool:
     """Metrics that count things (VQA's `n`, VisDial's `n_rounds`): whole numbers, not fractions."""
@@ -33,3 +35,13 @@ def md_cell(text: object) -> str:
     s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     s = s.replace("|", "&#124;").replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
     return s.replace("`", "&#96;")
+
+
+def md_code(text: object) -> str:
+    """`text` as an inline code span in a Markdown table cell: shown exactly as it is (a code span is never
+    markup, so nothing is HTML-escaped), fenced with more backticks than it holds, `|` escaped so the cell
+    does not end (GFM), line breaks as spaces."""
+    s = str(text).replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"

@@ -19,6 +19,7 @@ BROWSER_MARKS = [
 ]
 
 
-def launch(p):
-    """A headless Chromium from a `playwright.sync_playwright()` context (no sandbox: tests run as root)."""
-    return p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+def launch(p, *args: str):
+    """A headless Chromium from a `playwright.sync_playwright()` context (no sandbox: tests run as root);
+    `args`: more command-line switches (e.g. --host-resolver-rules, to point a name at a local address)."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", *args])

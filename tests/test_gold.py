@@ -137,16 +137,17 @@ def test_flag_case_files_shape():
 
 
 def test_flag_precision_recall_held_out():
+    from translation.gold import FLAG_CASE_FLAGS
+
     figures = _figures()
     for flag, r in figures.items():
         print(f"\nheld-out {flag}: precision {r['precision']:.2f} recall {r['recall']:.2f} "
               f"(tp {r['tp']} fp {r['fp']} fn {r['fn']} tn {r['tn']})")
-    for flag in ("untranslated", "repetitive", "truncated"):
-        assert figures[flag]["precision"] >= 0.9 and figures[flag]["recall"] >= 0.8, flag
-    # brazilian misses the precision goal on held-out: the grammar heuristics fire on first-person verbs
-    # ending in -endo ('eu vendo', 'não entendo'), on 'o que se vê' and on 'de sua autoria', and the
-    # lexicon on PT-PT 'cachorros' (puppies) and 'percurso pedestre' (README, quality flags).
-    assert figures["brazilian"]["precision"] >= 0.7 and figures["brazilian"]["recall"] >= 0.8
+    # Issue #27: every flag, brazilian included (0.73 before its rules were fixed on the tuning part), reaches
+    # precision 0.9 on the held-out file, read afresh here.
+    assert set(figures) == set(FLAG_CASE_FLAGS)
+    for flag, r in figures.items():
+        assert r["precision"] >= 0.9 and r["recall"] >= 0.8, (flag, r)
 
 
 def test_flag_precision_recall_tuning_part():
@@ -187,15 +188,15 @@ def test_comparison_report_shows_held_out_figures():
     assert [c[:4] for c in table.cells] == [
         [f, f"{r['precision']:.2f}", f"{r['recall']:.2f}", str(r["positives"] + r["negatives"])]
         for f, r in figures.items()]
-    assert "| brazilian | 0.73 | 0.85 | 55 |" in _markdown(table)
+    assert "| brazilian | 1.00 | 0.85 | 55 |" in _markdown(table)
     # What limits a flag is shown: its first false alarms (label 0 cases it flags) and misses (label 1 it
     # does not), as "en -> pt"; a flag without any shows "-".
     cases = load_flag_cases()
     row = next(c for c in table.cells if c[0] == "brazilian")
-    negatives = cases.filter((pl.col("flag") == "brazilian") & ~pl.col("label"))
-    shown = row[4].split("; ")
-    assert len(shown) == 3 and all(x.split(" -> ")[1] in {p[:40] for p in negatives["pt"].to_list()} for x in shown)
-    assert next(c for c in table.cells if c[0] == "repetitive")[4] == "-"  # precision 1.00: no false alarm
+    positives = cases.filter((pl.col("flag") == "brazilian") & pl.col("label"))
+    shown = row[5].split("; ")
+    assert len(shown) == 3 and all(x.split(" -> ")[1] in {p[:40] for p in positives["pt"].to_list()} for x in shown)
+    assert row[4] == "-"  # precision 1.00: no false alarm
     # the run's thresholds are the ones measured: no wordfreq margin makes 'frisbee'-like answers English
     strict = _flag_heldout_table(QualityThresholds(portuguese_zipf_margin=0.0, portuguese_zipf=9.0))
     assert strict.cells[0][0] == "untranslated" and float(strict.cells[0][1]) < float(table.cells[0][1])

@@ -242,3 +242,38 @@ def test_import_merges_by_time_and_rejects_a_bad_file(tmp_path):
         pq.write_table(table.drop(["uid"]), tmp_path / "nouid.parquet")
         with pytest.raises(ValueError, match="not a human overlay export"):
             b.import_parquet(tmp_path / "nouid.parquet")
+
+
+def test_a_strict_write_over_an_unseen_text_is_refused_inside_the_transaction(ov):
+    """An accept names the correction it replaces (`seen`); any other current row refuses it (NotCurrent),
+    a plain edit is stored and names the row it overrode."""
+    from translation.overlay import NotCurrent
+
+    first = ov.record_correction(engine_id=E, text_hash=H, text_en=EN, text_pt="um cão corre na praia",
+                                 replaces="machine", who="ana", seen=None)
+    with pytest.raises(NotCurrent, match=f"#{first.id} by ana") as e:
+        ov.record_correction(engine_id=E, text_hash=H, text_en=EN, text_pt="machine", replaces="machine",
+                             who="rui", action="accept", source_engine=E, seen=None, strict=True)
+    assert e.value.current == first
+    assert [r.id for r in ov.history(E, H)] == [first.id]
+    ok = ov.record_correction(engine_id=E, text_hash=H, text_en=EN, text_pt="machine", replaces=first.text_pt,
+                              who="rui", action="accept", source_engine=E, seen=first.id, strict=True)
+    assert ok.superseded is None and ov.corrections(E)[H].text_pt == "machine"
+    stale = ov.record_correction(engine_id=E, text_hash=H, text_en=EN, text_pt="um cão", replaces=first.text_pt,
+                                 who="ana", seen=first.id)
+    assert stale.superseded == ok.id
+    with pytest.raises(ValueError, match="#7 is not one of this row's"):
+        ov.record_correction(engine_id=E2, text_hash=H, text_en=EN, text_pt="x", replaces="", who="a", seen=7)
+
+
+def test_a_gold_row_follows_its_engines_current_text(ov):
+    """The gold set and the shards read one current text: a correction after the row went gold appends the
+    gold row again (same style) with the new text; another engine's correction leaves it alone."""
+    ov.record_correction(engine_id=E, text_hash=H, text_en=EN, text_pt="um cão editado", replaces="m", who="ana")
+    ov.add_gold(text_hash=H, text_en=EN, text_pt="um cão editado", style="cc3m", who="ana", from_engine=E)
+    ov.record_correction(engine_id=E2, text_hash=H, text_en=EN, text_pt="outro motor", replaces="m", who="ana")
+    assert [(g.text_pt, g.from_engine) for g in ov.gold()] == [("um cão editado", E)]
+    ov.record_correction(engine_id=E, text_hash=H, text_en=EN, text_pt="um cão na praia", replaces="um cão editado",
+                         who="rui", action="accept", source_engine=E2)
+    assert [(g.text_pt, g.style, g.who, g.from_engine) for g in ov.gold()] == [("um cão na praia", "cc3m", "rui", E)]
+    assert ov.gold()[0].text_pt == ov.corrections(E)[H].text_pt

@@ -343,3 +343,40 @@ def test_prefilter_holds_under_non_default_thresholds():
     th = QualityThresholds(tandem_copies=2, min_score=-1.1)
     assert flag_table(df, th)["flags"].to_list() == q.flag_table_reference(df, th)["flags"].to_list() == [
         ["repetitive"], ["low_score"]]
+
+
+@pytest.mark.parametrize(
+    ("en", "pt"),
+    [("lol", "hahaha"), ("lol", "kkkkkkkkk"), ("a man laughing", "um homem a rir: ha ha ha ha"),
+     ("blah", "blablabla"), ("haha", "hahahahahaha")],
+)
+def test_interjections_are_not_repetitive(en, pt):
+    # Issue #27: laughter and onomatopoeia (one syllable repeated, as one word or as words) are not loops,
+    # whatever the source says.
+    assert q.detect_repetitive(en, pt) is None
+
+
+def test_interjection_past_its_cap_and_glued_pieces_still_loop():
+    from translation.quality.repetitive import MAX_INTERJECTION_COPIES
+
+    assert q.detect_repetitive("lol", "ha" * MAX_INTERJECTION_COPIES) is None
+    assert "'ha' x3+ in a row inside a word" in q.detect_repetitive("lol", "ha" * (MAX_INTERJECTION_COPIES + 1))
+    assert "'qj' x3+ in a row inside a word" in q.detect_repetitive("red", "vermelhaqjqjqjqj")  # glued to a stem
+    assert "'casa' x3+ in a row inside a word" in q.detect_repetitive("a house", "casacasacasa")  # a real word
+
+
+@pytest.mark.parametrize(
+    ("en", "pt", "fires"),
+    [("a lioness feeding her cubs", "uma leoa a alimentar os cachorros", False),  # PT-PT cachorro = cub
+     ("two dogs in the park", "dois cachorros no parque", True),
+     ("a hiking route", "um percurso pedestre", False),
+     ("pedestrians at the light", "os pedestres esperam no semáforo", True),
+     ("i defend my ideas", "eu defendo as minhas ideias", False),  # first-person verb, not a gerund
+     ("a girl reading", "uma menina lendo um livro", True),
+     ("what happens next?", "o que se passa a seguir?", False),  # 'que' attracts the clitic in PT-PT
+     ("the sun sets", "o sol se põe", True),
+     ("of his own free will", "de sua livre vontade", False),  # a fixed PT-PT phrase
+     ("in her apartment", "ela mora em seu apartamento", True)],
+)
+def test_brazilian_rules_tell_ptpt_readings_apart(en, pt, fires):
+    assert (q.detect_brazilian(pt, en) is not None) == fires

@@ -1,7 +1,8 @@
 """`ptvl review`'s web app (pipeline/review), driven with Starlette's TestClient over a small run root
 built here: two engines' translated tables (CC3M and VisDial), an img2dataset parquet shard, a VisDial
 dialog.  Queues and their counts, the row page's data, every action stored in the human overlay with
-its provenance, two tabs editing one row, path traversal, and malformed requests."""
+its provenance, two tabs editing one row, path traversal, and malformed requests.  (The token, origin,
+host and body-limit guards: tests/test_review_guard.py.)"""
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,22 @@ VISDIAL = [
      "eles estão dormindo?", None, ["brazilian"]),
     ("visdial/val/answer/0", "visdial/val/answers", "answer", "black", "pretos", "pretos", None, []),
     ("visdial/val/answer/1", "visdial/val/answers", "answer", "yes", "sim", "sim", None, []),
+    # offered as an option in round 2, never a ground-truth answer (most of VisDial's answer list is like this)
+    ("visdial/val/answer/2", "visdial/val/answers", "answer", "maybe", "talvez", "talvez", None, []),
 ]
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"token {TOKEN}"}
+
+
+def make_app(root: Path, tables: RunTables, overlay: HumanOverlay, **kw):
+    """The app as `ptvl review` builds it, answering TestClient's Host (testserver) with TOKEN."""
+    return create_app(root, tables, overlay, token=TOKEN, hosts=kw.pop("hosts", ["testserver"]),
+                      **{"who": "ana", **kw})
+
+
+def client_of(app, **kw) -> TestClient:
+    return TestClient(app, headers=AUTH, **kw)
 
 
 IMAGES = {"000000000": jpeg((24, 16), (200, 30, 30)), "000000001": jpeg((24, 16), (30, 200, 30))}
@@ -80,7 +95,7 @@ def build_root(root: Path, engines: tuple[str, ...] = ("reference", "other")) ->
     dialogs = root / "sources" / "visdial" / "val"
     dialogs.mkdir(parents=True)
     rnd = [{"question": 0, "answer": 0, "answer_options": [0, 1], "gt_index": 0},
-           {"question": 1, "answer": 1, "answer_options": [0, 1], "gt_index": 1}]
+           {"question": 1, "answer": 1, "answer_options": [0, 1, 2], "gt_index": 1}]
     pq.write_table(pa.Table.from_pylist(
         [{"image_id": "visdial/7", "visdial_image_id": 7, "caption_segment_id": "visdial/val/caption/7",
           "rounds": rnd, "dense_round": None, "dense_relevance": None}], schema=DIALOGS), dialogs / "dialogs.parquet")
@@ -92,8 +107,8 @@ def run(tmp_path):
     root = build_root(tmp_path / "run")
     tables = RunTables(root, ["reference", "other"], SPLITS, "reference")
     overlay = HumanOverlay(root / "memory" / "human.sqlite")
-    app = create_app(root, tables, overlay, who="ana", queue_size=3, seed=7)
-    with TestClient(app) as client:
+    app = make_app(root, tables, overlay, queue_size=3, seed=7)
+    with client_of(app) as client:
         yield client, overlay, root
     overlay.close()
 
@@ -108,7 +123,9 @@ def queues(client) -> dict[str, dict]:
 def test_queues_hold_the_right_rows_in_order_with_counts(run) -> None:
     client, _, root = run
     q = queues(client)
-    assert list(q) == ["flag:untranslated", "flag:brazilian", "worst", "disagree", "sample"]
+    assert list(q) == ["flag:untranslated", "flag:brazilian", "worst", "qe", "disagree", "sample"]
+    # no QE scores in this run: the queue is empty and says how to get them
+    assert q["qe"]["total"] == 0 and "qe_model" in client.get("/api/queue/qe").json()["note"]
     assert (q["flag:untranslated"]["total"], q["flag:brazilian"]["total"]) == (1, 2)
     assert all(v["reviewed"] == 0 for v in q.values())
     assert client.get("/api/queue/flag:untranslated").json()["hashes"] == [H["a red car"]]
@@ -127,20 +144,20 @@ def test_queues_hold_the_right_rows_in_order_with_counts(run) -> None:
     # sample: 3 of the 9 strings, ranked by a hash of seed and text_hash: the same in a new app (a restart)
     sample = client.get("/api/queue/sample").json()["hashes"]
     assert sample == sorted(H.values(), key=lambda h: sample_rank(7, h))[:3]
-    again = create_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"),
-                       HumanOverlay(root / "memory" / "human.sqlite"), who="x", queue_size=3, seed=7)
-    assert TestClient(again).get("/api/queue/sample").json()["hashes"] == sample
+    again = make_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"),
+                     HumanOverlay(root / "memory" / "human.sqlite"), who="x", queue_size=3, seed=7)
+    assert client_of(again).get("/api/queue/sample").json()["hashes"] == sample
     page = client.get("/")
     assert page.status_code == 200 and "flag: untranslated" in page.text and "0 / 2" in page.text
 
 
 def test_one_engine_the_disagree_queue_says_it_needs_two(tmp_path) -> None:
     root = build_root(tmp_path / "run", engines=("reference",))
-    app = create_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"),
-                     HumanOverlay(root / "memory" / "human.sqlite"), who="ana")
-    q = queues(TestClient(app))["disagree"]
+    app = make_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"),
+                   HumanOverlay(root / "memory" / "human.sqlite"))
+    q = queues(client_of(app))["disagree"]
     assert q["total"] == 0 and "needs a second engine" in q["note"]
-    assert "This queue is empty" in TestClient(app).get("/q/disagree/0").text
+    assert "This queue is empty" in client_of(app).get("/q/disagree/0").text
 
 
 def test_no_translated_tables_is_a_clear_error(tmp_path) -> None:
@@ -149,7 +166,7 @@ def test_no_translated_tables_is_a_clear_error(tmp_path) -> None:
 
 
 def test_a_row_shows_every_engine_flags_image_and_dialog_context(run) -> None:
-    client, _, _ = run
+    client, overlay, root = run
     row = client.get(f"/api/row/{H['a red car']}").json()
     assert [(m["engine"], m["text_pt"]) for m in row["machine"]] == [("reference", "a red car"),
                                                                      ("other", "um carro vermelho")]
@@ -169,13 +186,24 @@ def test_a_row_shows_every_engine_flags_image_and_dialog_context(run) -> None:
     page = client.get("/q/flag:brazilian/1").text  # the same row's page (brazilian: the bus, then this one)
     assert "Dialog context (VisDial)" in page and "dois gatos num sofá" in page
     assert '<li value="2" class="marked">' in page and "<img" not in page
+    # an answer that is only an option of round 2 shows that dialog too, the option named in the marked round
+    option = client.get(f"/api/row/{H['maybe']}").json()["dialogs"]
+    assert [(d["image_id"], d["option"]["pt"], [(r["round"], r["marked"]) for r in d["rounds"]]) for d in option] == [
+        ("visdial/7", "talvez", [(1, False), (2, True)])]
+    every = client_of(make_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"), overlay,
+                               queue_size=50))  # a sample of every string, so the row has a page
+    assert "option offered in this round:</b> talvez" in every.get(f"/q/sample/{_pos(every, H['maybe'])}").text
+
+
+def _pos(client, h: str) -> int:
+    return client.get("/api/queue/sample").json()["hashes"].index(h)
 
 
 def test_each_action_is_stored_with_provenance_and_counted(run) -> None:
     client, overlay, _ = run
     h = H["a red car"]
     r = client.post("/api/correct", json={"text_hash": h, "action": "edit", "text_pt": "um carro encarnado",
-                                          "replaces": "a red car"})
+                                          "replaces": ""})
     assert r.status_code == 200 and r.json()["superseded"] is None
     rec = overlay.corrections("reference:v1")[h]
     assert (rec.text_pt, rec.replaces, rec.action, rec.who, rec.source_engine) == (
@@ -183,7 +211,7 @@ def test_each_action_is_stored_with_provenance_and_counted(run) -> None:
     # accept another engine's output: the server takes the text from that engine's table
     b = H["a bus on the street"]
     r = client.post("/api/correct", json={"text_hash": b, "action": "accept", "source_engine": "other",
-                                          "replaces": "um ônibus na rua"})
+                                          "replaces": ""})
     assert r.status_code == 200
     rec = overlay.corrections("reference:v1")[b]
     assert (rec.text_pt, rec.action, rec.source_engine, rec.replaces) == (
@@ -211,11 +239,12 @@ def test_each_action_is_stored_with_provenance_and_counted(run) -> None:
 def test_two_tabs_editing_one_row_both_kept_last_wins_and_logged(run, caplog) -> None:
     client, overlay, _ = run
     h = H["a dog runs on the beach"]
-    shown = client.get(f"/api/row/{h}").json()["current"]  # both tabs opened the row and saw this
-    tab_a = client.post("/api/correct", json={"text_hash": h, "text_pt": "um cão corre pela praia", "replaces": shown})
+    shown = client.get(f"/api/row/{h}").json()["human_id"]  # both tabs opened the row: the machine text
+    assert shown is None
+    tab_a = client.post("/api/correct", json={"text_hash": h, "text_pt": "um cão corre pela praia", "replaces": ""})
     with caplog.at_level(logging.WARNING, logger="ptvl.review"):
         tab_b = client.post("/api/correct", json={"text_hash": h, "text_pt": "um cão a correr na praia",
-                                                  "replaces": shown})
+                                                  "replaces": ""})
     assert tab_a.json()["superseded"] is None
     assert tab_b.status_code == 200
     assert tab_b.json()["superseded"] == {"id": tab_a.json()["id"], "text_pt": "um cão corre pela praia", "who": "ana"}
@@ -226,7 +255,7 @@ def test_two_tabs_editing_one_row_both_kept_last_wins_and_logged(run, caplog) ->
     assert any("supersedes" in r.getMessage() for r in caplog.records)
     # a third edit made on the page after reloading (replaces = the latest) supersedes nothing
     tab_c = client.post("/api/correct", json={"text_hash": h, "text_pt": "um cão na praia",
-                                              "replaces": "um cão a correr na praia"})
+                                              "replaces": str(tab_b.json()["id"])})
     assert tab_c.json()["superseded"] is None
 
 
@@ -257,22 +286,22 @@ def _count(overlay: HumanOverlay) -> int:
 @pytest.mark.parametrize("path,kind,body,status,message", [
     ("/api/correct", "application/json", b'{"text_hash": "abc", ', 400, "malformed JSON"),
     ("/api/correct", "application/json", b"[1, 2]", 400, "must be an object"),
-    ("/api/correct", "application/json", b'{"text_pt": "x", "replaces": "y"}', 422, "missing field 'text_hash'"),
+    ("/api/correct", "application/json", b'{"text_pt": "x", "replaces": ""}', 422, "missing field 'text_hash'"),
     ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": "x"}', 422, "missing field 'replaces'"),
-    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "replaces": "y"}', 422, "missing field 'text_pt'"),
-    ("/api/correct", "application/json", b'{"text_hash": "0000", "text_pt": "x", "replaces": "y"}', 404,
+    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "replaces": ""}', 422, "missing field 'text_pt'"),
+    ("/api/correct", "application/json", b'{"text_hash": "0000", "text_pt": "x", "replaces": ""}', 404,
      "unknown text_hash"),
-    ("/api/correct", "application/json", b'{"engine": "deepl", "text_hash": "%(h)s", "text_pt": "x", "replaces": "y"}',
+    ("/api/correct", "application/json", b'{"engine": "deepl", "text_hash": "%(h)s", "text_pt": "x", "replaces": ""}',
      404, "unknown engine 'deepl'"),
-    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": "%(long)s", "replaces": "y"}', 422,
+    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": "%(long)s", "replaces": ""}', 422,
      f"at most {MAX_TEXT_CHARS:,}"),
-    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": "   ", "replaces": "y"}', 422, "empty"),
-    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": 5, "replaces": "y"}', 422,
+    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": "   ", "replaces": ""}', 422, "empty"),
+    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "text_pt": 5, "replaces": ""}', 422,
      "must be strings"),
-    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "action": "delete", "replaces": "y"}', 422,
+    ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "action": "delete", "replaces": ""}', 422,
      "unknown action"),
     ("/api/correct", "application/json", b'{"text_hash": "%(h)s", "action": "accept", "source_engine": "x", '
-     b'"replaces": "y"}', 404, "unknown source_engine"),
+     b'"replaces": ""}', 404, "unknown source_engine"),
     ("/api/correct", "text/plain", b"text_hash=%(h)s", 415, "application/json"),
     ("/api/correct", "", b"", 415, "application/json"),
     ("/api/correct", "application/json", b'{"text_hash": "\xff\xfe"}', 400, "not UTF-8"),
@@ -297,7 +326,7 @@ def test_malformed_posts_get_a_4xx_with_a_message_and_store_nothing(run, path, k
 
 def test_cross_site_posts_and_unknown_pages_are_refused(run) -> None:
     client, overlay, _ = run
-    r = client.post("/api/correct", json={"text_hash": H["a red car"], "text_pt": "x", "replaces": "a red car"},
+    r = client.post("/api/correct", json={"text_hash": H["a red car"], "text_pt": "x", "replaces": ""},
                     headers={"origin": "http://evil.example"})
     assert r.status_code == 403 and "cross-site" in r.json()["error"]
     assert _count(overlay) == 0
@@ -326,13 +355,30 @@ def test_cli_review_fails_clearly_without_translations_and_its_help_teaches(tmp_
         assert needle in text, needle
 
 
-def test_on_loopback_only_loopback_host_names_are_served(tmp_path) -> None:
+def test_only_the_host_names_given_are_served(tmp_path) -> None:
     """DNS rebinding: a page on evil.example that re-points its name at 127.0.0.1 sends Host: evil.example."""
     root = build_root(tmp_path / "run")
-    app = create_app(root, RunTables(root, ["reference"], SPLITS, "reference"),
-                     HumanOverlay(root / "memory" / "human.sqlite"), who="ana",
-                     allowed_hosts=["127.0.0.1", "localhost"])
-    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/api/queues").status_code == 200
-    r = TestClient(app, base_url="http://evil.example:8765").post(
-        "/api/correct", json={"text_hash": H["a red car"], "text_pt": "x", "replaces": "a red car"})
-    assert r.status_code == 400 and b"Invalid host" in r.content
+    app = make_app(root, RunTables(root, ["reference"], SPLITS, "reference"),
+                   HumanOverlay(root / "memory" / "human.sqlite"), hosts=["127.0.0.1", "localhost"])
+    assert client_of(app, base_url="http://127.0.0.1:8765").get("/api/queues").status_code == 200
+    r = client_of(app, base_url="http://evil.example:8765").post(
+        "/api/correct", json={"text_hash": H["a red car"], "text_pt": "x", "replaces": ""})
+    assert r.status_code == 403 and "Host 'evil.example' is not served" in r.json()["error"]
+    assert client_of(app, base_url="http://evil.example:8765").get("/").status_code == 403
+
+
+def test_qe_queue_lists_the_lowest_qe_strings_of_the_engine(tmp_path) -> None:
+    import polars as pl
+
+    from pipeline.review.queues import Queues
+
+    root = build_root(tmp_path / "run")
+    qe_path = root / "neural" / "reference" / "qe.parquet"
+    qe_path.parent.mkdir(parents=True)
+    strings = [r[3] for r in CC3M + VISDIAL]
+    scores = [0.9 - 0.1 * i for i in range(len(strings))]  # the last strings score lowest
+    pl.DataFrame({"text_hash": [text_hash(t) for t in strings] + ["not-in-this-run"],
+                  "qe": scores + [-5.0]}).write_parquet(qe_path)
+    queue = Queues(RunTables(root, ["reference", "other"], SPLITS, "reference"), size=3).get("qe")
+    assert list(queue.hashes) == [text_hash(t) for t in strings[::-1][:3]]
+    assert queue.note == f"the 3 lowest QE scores of {len(strings)} scored strings"

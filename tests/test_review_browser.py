@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +32,16 @@ pytestmark = BROWSER_MARKS
 EDITED = "TEXTO HUMANO: um quadrado corrigido à mão"
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
+def _get(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
         return json.loads(r.read())
+
+
+def _token(log: Path) -> str | None:
+    """The token from the address `ptvl review` printed (`open http://127.0.0.1:PORT/?token=...`)."""
+    found = re.search(r"\?token=(\S+)", log.read_text())
+    return found.group(1) if found else None
 
 
 @pytest.fixture
@@ -55,25 +63,28 @@ def reviewed_run(tiny_run: TinyRun, tmp_path: Path):
         deadline = time.monotonic() + 120
         while True:
             try:
-                _get(base + "/api/queues")
-                break
+                token = _token(log)
+                if token:
+                    _get(base + "/api/queues", token)
+                    break
             except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ptvl review did not start: {log.read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield root, config, base, server, log
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ptvl review did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield root, config, base, server, token
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def _cc3m_positions(base: str) -> list[tuple[int, dict]]:
+def _cc3m_positions(base: str, token: str) -> list[tuple[int, dict]]:
     """Positions in the sample queue of rows that occur only in CC3M train (their shards hold one
     caption per row, and they show an image)."""
-    hashes = _get(base + "/api/queue/sample")["hashes"]
+    hashes = _get(base + "/api/queue/sample", token)["hashes"]
     found = []
     for pos, h in enumerate(hashes):
-        row = _get(f"{base}/api/row/{h}")
+        row = _get(f"{base}/api/row/{h}", token)
         if {(o["dataset"], o["split"]) for o in row["occurrences"]} == {("cc3m", "train")} and row["images"]:
             found.append((pos, row))
         if len(found) == 2:
@@ -82,8 +93,8 @@ def _cc3m_positions(base: str) -> list[tuple[int, dict]]:
 
 
 def test_review_in_a_browser_then_the_shards_carry_the_human_text(reviewed_run) -> None:
-    root, config, base, server, log = reviewed_run
-    (edit_pos, edit_row), (accept_pos, accept_row) = _cc3m_positions(base)
+    root, config, base, server, token = reviewed_run
+    (edit_pos, edit_row), (accept_pos, accept_row) = _cc3m_positions(base, token)
     with playwright.sync_playwright() as p:
         browser = launch(p)
         page = browser.new_page(viewport={"width": 1280, "height": 860})
@@ -91,9 +102,10 @@ def test_review_in_a_browser_then_the_shards_carry_the_human_text(reviewed_run) 
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
-        # open a queue from the index page: its progress reads 0 / N
-        page.goto(base + "/")
-        total = len(_get(base + "/api/queue/sample")["hashes"])
+        # the printed link logs the browser in; open a queue from the index page: its progress reads 0 / N
+        page.goto(f"{base}/?token={token}")
+        assert page.url == base + "/"
+        total = len(_get(base + "/api/queue/sample", token)["hashes"])
         assert page.locator("tr", has=page.locator("a[data-queue=sample]")).locator(".progress").inner_text() \
             == f"0 / {total}"
         page.click("a[data-queue=sample]")
@@ -174,12 +186,12 @@ def test_flag_gold_engine_and_help_keys_in_a_browser(tmp_path: Path) -> None:
 
     from pipeline.review.app import create_app
     from pipeline.review.tables import RunTables
-    from tests.test_review_app import SPLITS, build_root
+    from tests.test_review_app import SPLITS, TOKEN, build_root
 
     root = build_root(tmp_path / "run")
     overlay = HumanOverlay(root / "memory" / "human.sqlite")
     app = create_app(root, RunTables(root, ["reference", "other"], SPLITS, "reference"), overlay, who="keys",
-                     allowed_hosts=["127.0.0.1"])
+                     token=TOKEN, hosts=["127.0.0.1"])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -195,7 +207,7 @@ def test_flag_gold_engine_and_help_keys_in_a_browser(tmp_path: Path) -> None:
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base + "/")
+            page.goto(f"{base}/?token={TOKEN}")
             page.click('a[data-queue="flag:untranslated"]')
             page.wait_for_selector(".engine.reviewed .flag")
             with page.expect_navigation():
@@ -220,7 +232,9 @@ def test_flag_gold_engine_and_help_keys_in_a_browser(tmp_path: Path) -> None:
 
     h = text_hash("a red car")
     assert overlay.verdicts("reference:v1") == {(h, "untranslated"): "false_alarm"}
-    assert [(g.text_hash, g.text_pt, g.who) for g in overlay.gold()] == [(h, "a red car", "keys")]
+    # g took the row's text then; the accept (2) since made engine 2's output current, and the gold row
+    # follows it: the gold set and the shards read one current human text
+    assert [(g.text_hash, g.text_pt, g.who) for g in overlay.gold()] == [(h, "um carro vermelho", "keys")]
     fix = overlay.corrections("reference:v1")[h]
     assert (fix.text_pt, fix.action, fix.source_engine, fix.replaces) == ("um carro vermelho", "accept", "other:v1",
                                                                          "a red car")

@@ -114,6 +114,29 @@ def test_caption_shards_carry_human_text_and_overruled_flags(tmp_path):
     assert "`text_source`" in card and "`caption_machine`" in card
 
 
+def test_an_accept_after_an_edit_the_shard_and_the_gold_row_agree(tmp_path):
+    """Edit, add to gold, then accept the engine's output on purpose (naming the edit it replaces): the shard
+    ships the accepted text as the human text, and the gold row holds that same text."""
+    translated, availability, images = _caption_inputs(tmp_path)
+    en, machine, _ = CAPTIONS[0]
+    with HumanOverlay(tmp_path / "memory" / "human.sqlite") as ov:
+        edit = ov.record_correction(engine_id=E, text_hash=text_hash(en), text_en=en, text_pt="um cão editado",
+                                    replaces=machine, who="ana", seen=None)
+        ov.add_gold(text_hash=text_hash(en), text_en=en, text_pt=edit.text_pt, style="cc3m", who="ana",
+                    from_engine=E)
+        ov.record_correction(engine_id=E, text_hash=text_hash(en), text_en=en, text_pt=machine,
+                             replaces=edit.text_pt, who="ana", action="accept", source_engine=E, seen=edit.id,
+                             strict=True)
+        gold = {g.text_hash: g.text_pt for g in ov.gold()}
+    out = tmp_path / "shards"
+    out.mkdir()
+    build_caption_shards(apply_review(translated, *load_review(tmp_path, E)), availability, images, out,
+                         engine="opus", policy=FilterPolicy(drop=[]), rows_per_shard=100, group_by_image=False)
+    row = next(r for r in pq.read_table(out / "part-00000.parquet").to_pylist() if r["caption_en"] == en)
+    assert (row["caption"], row["text_source"], row["caption_machine"]) == (machine, "human", machine)
+    assert gold == {text_hash(en): row["caption"]}
+
+
 def test_without_review_every_text_is_the_machines(tmp_path):
     translated, availability, images = _caption_inputs(tmp_path)
     applied = apply_review(translated, *load_review(tmp_path, E))  # no overlay file at all

@@ -151,11 +151,11 @@ def test_import_checks_places_and_records_then_nothing_is_fetched(world) -> None
     card = write_dataset_card(root / "card", dataset="cc3m", split="train", engine="reference", engine_id="ref",
                               layout="x", policy=None, stats={"total": 2, "kept": 2}, availability_md=None,
                               sources_marker=dest / "_FETCHED.json").read_text()
-    row = next(x for x in card.splitlines() if x.startswith("| Train_GCC-training.tsv |"))
-    assert _sha(train.read_bytes()) in row and f"imported by the user from {train}" in row
-    assert f"**not the manifest's sha256** ({_sha(TRAIN)}), accepted with --accept-checksum" in row
+    row = next(x for x in card.splitlines() if x.startswith("| `Train_GCC-training.tsv` |"))
+    assert f"| `{_sha(train.read_bytes())}` |" in row and f"imported by the user from `{train}`" in row
+    assert f"**not the manifest's sha256** (`{_sha(TRAIN)}`), accepted with --accept-checksum" in row
     assert "expected 5 rows, found 2" in row
-    val_row = next(x for x in card.splitlines() if x.startswith("| Validation_GCC-1.1.0-Validation.tsv |"))
+    val_row = next(x for x in card.splitlines() if x.startswith("| `Validation_GCC-1.1.0-Validation.tsv` |"))
     assert "; sha256 as in the manifest" in val_row and "(hardlink)" in val_row
 
 

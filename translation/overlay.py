@@ -19,8 +19,14 @@ whichever file it came from.  Every superseded row stays in the log.
 
 Two browser tabs (threads or processes) editing the same row: each write is one ``BEGIN IMMEDIATE``
 transaction (writers queue on the lock, ``busy_timeout``), both rows are stored, the later one wins,
-and when its ``replaces`` is not the text of the row it overrode, the record's ``superseded`` names
-that row's id, so the caller can log or tell the person that an unseen edit was overridden.
+and when the person had not seen the row it overrode (``seen``: the id of the correction they saw, or
+else ``replaces`` compared by text), the record's ``superseded`` names that row's id, so the caller
+can log or tell the person that an unseen edit was overridden.  With ``strict`` (an accept: one
+keypress must not replace a person's text unseen) such a write is refused instead (`NotCurrent`).
+
+One current human text: a gold row added from an engine's row follows that row's later corrections
+(`record_correction` appends the gold row again, with the new text, in the same transaction), so the
+gold set and the shards never disagree on what a person approved.
 
 Durability: rollback journal (``journal_mode=DELETE``, safe on NFS for the single review server) and
 ``synchronous=FULL``, like the pipeline's memory files: a row is on disk when its method returns.
@@ -201,6 +207,19 @@ class ImportStats:
     already_present: int  # rows whose uid was stored before
 
 
+class NotCurrent(Exception):
+    """A strict correction (`record_correction(strict=True)`) named a current text that is no longer
+    current: someone changed the row since the person saw it.  `current` is the row's latest correction."""
+
+    def __init__(self, current: HumanRecord) -> None:
+        super().__init__(f"the row's current text is correction #{current.id} by {current.who} "
+                         f"({current.text_pt[:80]!r}), not the one you saw")
+        self.current = current
+
+
+_UNSEEN = object()  # `seen` not given: compare `replaces` by text, as before ids were sent
+
+
 def _require(value: str | None, name: str) -> str:
     if value is None or not str(value).strip():
         raise ValueError(f"{name} must not be empty")
@@ -235,8 +254,15 @@ class HumanOverlay(SQLiteFile):
 
     def record_correction(self, *, engine_id: str, text_hash: str, text_en: str, text_pt: str,
                           replaces: str | None, who: str, action: str = "edit",
-                          source_engine: str | None = None) -> HumanRecord:
+                          source_engine: str | None = None, seen: int | None | object = _UNSEEN,
+                          strict: bool = False) -> HumanRecord:
         """Append a correction; the returned record is now the current one for (engine_id, text_hash).
+
+        `replaces`: the text the person saw as current (provenance).  `seen`: the id of the correction they
+        saw as current, None for the machine text; a write over any other row is stored with
+        ``superseded`` set, or with `strict` refused with `NotCurrent` (checked inside the write
+        transaction, so two tabs cannot both pass).  A gold row of this string taken from this engine
+        is appended again with the new text (see the module docstring).
 
         ValueError on an unknown action, an empty engine_id/text_pt/who, an ``accept`` without
         source_engine, or a text_hash that is not the hash of text_en.
@@ -252,10 +278,18 @@ class HumanOverlay(SQLiteFile):
         _check_hash(text_hash, text_en)
         with self._write() as db:
             prev = db.execute(
-                "SELECT id, text_pt FROM corrections WHERE engine_id = ? AND text_hash = ? "
+                f"SELECT {', '.join(_CORR_COLS)} FROM corrections WHERE engine_id = ? AND text_hash = ? "
                 "ORDER BY created_at DESC, id DESC LIMIT 1", [engine_id, text_hash]).fetchone()
+            if seen is _UNSEEN:
+                unseen = prev is not None and prev[4] != replaces
+            elif prev is None and seen is not None:
+                raise ValueError(f"correction #{seen} is not one of this row's: the row has no correction yet")
+            else:
+                unseen = (prev[0] if prev is not None else None) != seen
+            if unseen and strict:
+                raise NotCurrent(self._record(prev))
             # Another tab wrote a human text the person did not see: store anyway (last write wins), say so.
-            superseded = prev[0] if prev is not None and prev[1] != replaces else None
+            superseded = prev[0] if unseen else None
             created = self._next_time(db, "corrections")
             uid = _uid("correction", engine_id, text_hash, text_en, text_pt, replaces, action, source_engine, who,
                        created)
@@ -265,8 +299,21 @@ class HumanOverlay(SQLiteFile):
                 [uid, engine_id, text_hash, text_en, text_pt, replaces, action, source_engine, who, created,
                  superseded])
             row_id = int(cur.lastrowid)
+            self._follow_gold(db, engine_id, text_hash, text_pt, who)
         return HumanRecord(row_id, engine_id, text_hash, text_en, text_pt, replaces, action, source_engine, who,
                            _to_datetime(created), superseded)
+
+    def _follow_gold(self, db: sqlite3.Connection, engine_id: str, text_hash: str, text_pt: str, who: str) -> None:
+        """The gold row of `text_hash`, when it came from `engine_id` and holds another text, appended again
+        with `text_pt` (inside the correction's transaction): the gold set reads the current human text."""
+        gold = db.execute(f"SELECT {', '.join(_GOLD_COLS)} FROM gold WHERE text_hash = ? "
+                          "ORDER BY created_at DESC, id DESC LIMIT 1", [text_hash]).fetchone()
+        if gold is None or gold[5] != engine_id or gold[3] == text_pt:
+            return
+        created = self._next_time(db, "gold")
+        uid = _uid("gold", text_hash, gold[2], text_pt, gold[4], engine_id, who, created)
+        db.execute("INSERT INTO gold (uid, text_hash, text_en, text_pt, style, from_engine, who, created_at) "
+                   "VALUES (?,?,?,?,?,?,?,?)", [uid, text_hash, gold[2], text_pt, gold[4], engine_id, who, created])
 
     @staticmethod
     def _record(row: tuple) -> HumanRecord:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from ptvl_io.formatting import md_cell
+
 ENGLISH = "English"
 KEYS = ("dataset", "split")
 _INPUT_COLUMNS = ("segment_id", "dataset", "split", "engine", "text_en", "text_pt")
@@ -131,7 +133,7 @@ def render_table_5_2(df: pl.DataFrame, *, merge_splits: bool = False) -> str:
         )
     engines = sorted(c for c in df["column"].unique().to_list() if c != ENGLISH)
     columns = ([ENGLISH] if ENGLISH in df["column"].to_list() else []) + engines
-    lines = ["| | statistic | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    lines = ["| | statistic | " + " | ".join(md_cell(c) for c in columns) + " |", "|---|---|" + "---|" * len(columns)]
     blocks = df.select("dataset", "split").unique().sort("dataset", "split").rows()
     for dataset, split in blocks:
         part = df.filter((pl.col("dataset") == dataset) & (pl.col("split") == split))
@@ -142,5 +144,5 @@ def render_table_5_2(df: pl.DataFrame, *, merge_splits: bool = False) -> str:
             ("tokens/sample", "tokens_per_sample", lambda x: f"{x:.2f}"),
         ]):
             cells = [fmt(by_col[c][key]) if c in by_col else "–" for c in columns]
-            lines.append(f"| {label if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_cell(label) if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

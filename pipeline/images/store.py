@@ -96,6 +96,23 @@ def _containers(images_dir: Path) -> Iterator[_Container]:
         yield _Container("folder", folder, folder.parent)  # output_format="files": <shards_dir>/<shard>/<key>.jpg
 
 
+# One Parquet file is read with pq.ParquetFile, never pq.read_table: read_table goes through pyarrow.dataset,
+# whose import alone adds ~50 MB to a process (the review server reads single images and stays light).
+def _read(path: Path, columns: list[str]):
+    """The columns of one Parquet file (a pyarrow Table)."""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
+def _jpg_of(path: Path, key: str) -> bytes | None:
+    """The `jpg` of the first row whose `key` is `key`, reading only the row group that holds it."""
+    f = pq.ParquetFile(path)
+    for i in range(f.num_row_groups):
+        keys = f.read_row_group(i, columns=["key"]).column("key").to_pylist()
+        if key in keys:
+            return f.read_row_group(i, columns=["jpg"]).column("jpg")[keys.index(key)].as_py()
+    return None
+
+
 def _holds_images(pf: Path) -> bool:
     """Parquet output carries key and jpg; webdataset metadata, URL lists and tables do not."""
     return {"jpg", "key"} <= set(pq.read_schema(pf).names)
@@ -121,7 +138,7 @@ def _locations(c: _Container, accept: Accept) -> Iterator[ImageLocation]:
             for stem, _ in _jpg_members(tf):
                 yield ImageLocation("tar", c.path, stem)
     elif _holds_images(c.path):
-        for key in pq.read_table(c.path, columns=["key"]).column("key").to_pylist():
+        for key in _read(c.path, ["key"]).column("key").to_pylist():
             yield ImageLocation("parquet", c.path, key)
 
 
@@ -134,7 +151,7 @@ def _read_container(c: _Container) -> dict[str, bytes]:
             return {stem: f.read() for stem, member in _jpg_members(tf) if (f := tf.extractfile(member)) is not None}
     if not _holds_images(c.path):
         return {}
-    table = pq.read_table(c.path, columns=["key", "jpg"])
+    table = _read(c.path, ["key", "jpg"])
     return {k: v for k, v in zip(table.column("key").to_pylist(), table.column("jpg").to_pylist(), strict=False)
             if v is not None}
 
@@ -147,7 +164,7 @@ def fixed_images(shards_dir: Path) -> dict[str, bytes]:
     path = fixes_for(shards_dir)
     if not path.exists():
         return {}
-    t = pq.read_table(path, columns=["key", "jpg"])
+    t = _read(path, ["key", "jpg"])
     return dict(zip(t.column("key").to_pylist(), t.column("jpg").to_pylist(), strict=True))
 
 
@@ -156,8 +173,7 @@ def fixed_image(shards_dir: Path, key: str) -> bytes | None:
     path = fixes_for(shards_dir)
     if not path.exists():
         return None
-    t = pq.read_table(path, columns=["key", "jpg"], filters=[("key", "=", key)])
-    return t.column("jpg")[0].as_py() if t.num_rows else None
+    return _jpg_of(path, key)
 
 
 # ------------------------------------------------------------------------------ readers
@@ -202,8 +218,7 @@ def read_image(loc: ImageLocation) -> bytes | None:
     """The bytes img2dataset stored at `loc` (not the corrected ones: see `fixed_image`), or None when
     there are none (a row of a failed URL, a missing member)."""
     if loc.kind == "parquet":
-        t = pq.read_table(loc.path, columns=["key", "jpg"], filters=[("key", "=", loc.key)])
-        return t.column("jpg")[0].as_py() if t.num_rows else None
+        return _jpg_of(loc.path, loc.key)
     if loc.kind == "tar":
         with tarfile.open(loc.path) as tf:
             try:

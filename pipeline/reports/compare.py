@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline.io import write_text_atomic  # noqa: E402
+from ptvl_io.formatting import md_cell  # noqa: E402
 from translation.gold import load_flag_cases
 from translation.quality import FLAG_NAMES, FLAGS, QualityThresholds, flag_rates, flag_table  # noqa: E402
 from translation.scoring import flag_case_precision_recall
@@ -149,16 +150,12 @@ def _plots(all_rows: pl.DataFrame, engines: list[str], rates: pl.DataFrame) -> d
 
 # --- rendering ---------------------------------------------------------------------------------------
 
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _markdown(t: _Table) -> str:
     lines = [f"## {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
     for i, row in enumerate(t.cells):
         cells = []
         for j, text in enumerate(row):
-            cell = _md_cell(text)
+            cell = md_cell(text)  # captions and translations are data: no viewer may run them
             found = t.flags[i][j] if t.flags else []
             if found:
                 cell += " **⚑ " + ", ".join(f for f, _ in found) + "**"
@@ -185,8 +182,10 @@ def _html_table(t: _Table) -> str:
 
 
 def _from_markdown(title: str, md: str) -> _Table:
-    """A _Table from a pipe table without escaped pipes (render_table_5_2's output)."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    """A _Table from a pipe table whose cells went through md_cell (render_table_5_2's output): split on the
+    pipes, entities undone (_html_table escapes them again)."""
+    rows = [[html.unescape(c.strip()) for c in line.strip().strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("|")]
     if len(rows) < 2:
         return _Table(title, ["(empty)"], [])
     return _Table(title, rows[0], rows[2:])
@@ -278,6 +277,7 @@ def render_comparison(
     truncation: dict[str, dict] | None = None,
     scoring: dict[str, str] | None = None,
     review: dict | None = None,
+    neural=None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
 
@@ -292,7 +292,8 @@ def render_comparison(
     summed over engines (ties by segment id). scoring: EvalSettings.scoring_labels() of the evaluation that
     compares the engines' models (VQA mode, tie rule), stated in a section of its own.  review:
     pipeline.human_review.review_figures (flag verdicts and reviewed gold from `ptvl review`), shown in
-    tables labelled as coming from human review; None or empty: no such tables.
+    tables labelled as coming from human review; None or empty: no such tables.  neural: a
+    pipeline.reports.neural_scores.NeuralSection (COMET on gold, QE), appended as it comes.
     """
     if not translated:
         raise ValueError("render_comparison: no engines given")
@@ -332,7 +333,7 @@ def render_comparison(
     signatures = sorted({s["chrf_signature"] for s in gold_scores.values() if "chrf_signature" in s}
                         | {s["bleu_signature"] for s in gold_scores.values() if "bleu_signature" in s})
 
-    md = ["# Translator comparison", "", f"Engines: {', '.join(engines)}", ""]
+    md = ["# Translator comparison", "", f"Engines: {md_cell(', '.join(engines))}", ""]
     md += [_markdown(tables[0]), _markdown(tables[1]), "## Token statistics (Table 5.2 style)", "", table_5_2]
     md += [_markdown(t) for t in tables[2:]]
     if signatures:
@@ -340,6 +341,8 @@ def render_comparison(
     rules = _scoring_lines(scoring)
     if rules:
         md += ["## Evaluation scoring rules", "", *[f"- {line}" for line in rules], ""]
+    if neural is not None:
+        md += [neural.markdown, ""]
 
     plots = _plots(all_rows, engines, rates)
     parts = [f"<h1>Translator comparison</h1><p>Engines: {html.escape(', '.join(engines))}</p>"]
@@ -353,6 +356,8 @@ def render_comparison(
                      + "</ul>")
     for title, b64 in plots.items():
         parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
+    if neural is not None:
+        parts.append(neural.html)
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Translator comparison</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 

@@ -66,6 +66,14 @@ class ImageStore:
                 self._index[(dataset, split)] = (ids, index_images(folder, accept=self._inside))
             return self._index[(dataset, split)]
 
+    def has(self, dataset: str, split: str, image_id: str) -> bool:
+        """Whether the image was downloaded (so a page shows it, not a broken image)."""
+        try:
+            ids, _ = self._load(dataset, split)
+        except (ImageNotFound, OutsideRoot):
+            return False
+        return image_id in ids
+
     def read(self, dataset: str, split: str, image_id: str) -> bytes:
         """The image's bytes; ImageNotFound or OutsideRoot otherwise."""
         ids, where = self._load(dataset, split)

@@ -6,6 +6,8 @@
 - ``disagree``: the `size` rows whose translations differ most between engines: chrF of the reviewed
   engine's output against each other engine's output for the same source string, lowest (most
   different) first; needs a second engine's translated tables;
+- ``qe``: the `size` rows with the lowest QE score ([curate] qe_model, e.g. CometKiwi; read from
+  neural/<engine>/qe.parquet, which the curate stage writes; without it the queue says how to get it);
 - ``sample``: `size` rows drawn at random with a fixed seed, stable across restarts and row order
   (ranked by a hash of seed and text_hash, not by position).
 
@@ -15,18 +17,18 @@ opened (a minute or two per million strings) and kept for the server's life.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from dataclasses import dataclass
 
 import polars as pl
-from sacrebleu.metrics import CHRF
 
+from pipeline.layout import RunLayout
 from pipeline.review.tables import RunTables
 from translation.quality import FLAG_NAMES
 
-_CHRF = CHRF()
-FIXED_QUEUES = ("worst", "disagree", "sample")
+FIXED_QUEUES = ("worst", "qe", "disagree", "sample")
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,16 @@ def sample_rank(seed: int, text_hash: str) -> str:
     return hashlib.blake2b(f"{seed}:{text_hash}".encode(), digest_size=8).hexdigest()
 
 
+@functools.cache
+def _chrf_metric():
+    from sacrebleu.metrics import CHRF  # deferred: sacrebleu (+ lxml, ~10 MB) only for the disagreement queue
+
+    return CHRF()
+
+
 def chrf(hypothesis: str, reference: str) -> float:
     """Sentence chrF (sacrebleu's defaults: character 6-grams, beta 2), 0..100."""
-    return _CHRF.sentence_score(hypothesis, [reference]).score
+    return _chrf_metric().sentence_score(hypothesis, [reference]).score
 
 
 class Queues:
@@ -69,6 +78,7 @@ class Queues:
         self.worst = Queue("worst", "worst by score", tuple(scored["text_hash"].head(size).to_list()),
                            note=(f"the {size} lowest engine scores (mean token log-prob)" if scored.height else
                                  f"engine {tables.chosen.name!r} gives no scores, so there is nothing to rank"))
+        self.qe = _qe_queue(tables, size)
         ranked = sorted(rows["text_hash"].to_list(), key=lambda h: sample_rank(seed, h))[:size]
         self.sample = Queue("sample", "random sample", tuple(ranked),
                             note=f"{len(ranked)} rows drawn with seed {seed} (the same on every start)")
@@ -89,6 +99,8 @@ class Queues:
             return self.worst
         if name == "sample":
             return self.sample
+        if name == "qe":
+            return self.qe
         if name == "disagree":
             with self._lock:  # two first requests compute it once
                 if self._disagree is None:
@@ -121,3 +133,15 @@ class Queues:
         return Queue("disagree", "engines disagree", tuple(h for h, _ in ordered),
                      note=f"lowest chrF of {chosen.name!r} against {names} ({len(worst):,} shared strings)",
                      scores=tuple(s for _, s in ordered))
+
+
+def _qe_queue(tables: RunTables, size: int) -> Queue:
+    """The chosen engine's strings with the lowest QE, lowest first (ties by text_hash)."""
+    path = RunLayout(tables.root).qe_scores(tables.chosen.name)
+    if not path.is_file():
+        return Queue("qe", "lowest QE", (), note="no QE scores: set [curate] qe_model (e.g. Unbabel/wmt22-cometkiwi-da) "
+                     "and run the curate stage")
+    qe = pl.read_parquet(path).join(tables.chosen.rows.select("text_hash"), on="text_hash", how="semi")
+    lowest = qe.drop_nulls("qe").sort(["qe", "text_hash"]).head(size)
+    return Queue("qe", "lowest QE", tuple(lowest["text_hash"].to_list()),
+                 note=f"the {lowest.height} lowest QE scores of {qe.height:,} scored strings")

@@ -1,21 +1,29 @@
 """Everything one review row shows: the EN source, every engine's PT side by side with its flags, the
 current human text (the overlay's latest correction) and its history, where the string occurs, the
-images of its CC3M/COCO occurrences, and for VisDial the dialog around it (caption and earlier rounds).
+images of its CC3M/COCO occurrences, for VisDial the dialog around it (caption and earlier rounds, and
+its image), for VQAv2 the image, the question and its 10 answers.
 """
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+from dataclasses import dataclass
 
-import polars as pl
-
-from pipeline.layout import RunLayout
+from pipeline.review.dialogs import MAX_DIALOGS, DialogIndex, dialog_context
+from pipeline.review.images import ImageStore
 from pipeline.review.tables import RunTables
+from pipeline.review.vqa import MAX_QUESTIONS, QuestionIndex, vqa_context
 from translation.overlay import HumanOverlay
 
-IMAGE_DATASETS = ("cc3m", "coco")  # the datasets whose rows show their image (VisDial shows the dialog)
+IMAGE_DATASETS = ("cc3m", "coco")  # the datasets whose rows show their image (VisDial and VQAv2: their context)
 MAX_IMAGES = 4
-MAX_DIALOGS = 2
+
+
+@dataclass
+class Context:
+    """Where a row's context is looked up: images, VisDial dialogs, VQAv2 questions."""
+
+    images: ImageStore
+    dialogs: DialogIndex
+    questions: QuestionIndex
 
 
 def gold_style(dataset: str, field: str) -> str | None:
@@ -27,80 +35,7 @@ def gold_style(dataset: str, field: str) -> str | None:
     return None
 
 
-class DialogIndex:
-    """VisDial rounds, one row per (dialog, round), read from sources/visdial/<split>/dialogs.parquet the
-    first time a split's context is asked for."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._lock = threading.Lock()
-        self._rounds: dict[str, pl.DataFrame] = {}
-
-    def rounds(self, split: str) -> pl.DataFrame:
-        with self._lock:
-            if split not in self._rounds:
-                path = RunLayout(self.root).source_split("visdial", split) / "dialogs.parquet"
-                if not path.is_file():
-                    self._rounds[split] = pl.DataFrame()
-                else:
-                    d = pl.read_parquet(path, columns=["image_id", "caption_segment_id", "rounds"])
-                    self._rounds[split] = (
-                        d.explode("rounds")
-                        .with_columns((pl.int_range(pl.len()).over("image_id") + 1).alias("round"))
-                        .with_columns(pl.col("rounds").struct.field("question"),
-                                      pl.col("rounds").struct.field("answer"))
-                        .drop("rounds"))
-            return self._rounds[split]
-
-
-def dialog_context(tables: RunTables, overlay: HumanOverlay | None, dialogs: DialogIndex, occurrence: dict,
-                   limit: int = MAX_DIALOGS) -> list[dict]:
-    """Dialogs where a VisDial string occurs: the caption and the rounds up to the one that uses it
-    (the string's round marked), or the first three rounds for a caption."""
-    split, field = occurrence["split"], occurrence["field"]
-    rounds = dialogs.rounds(split)
-    if not rounds.height:
-        return []
-    if field == "caption":
-        hits = rounds.filter((pl.col("image_id") == occurrence["item_id"]) & (pl.col("round") <= 3))
-        at = {occurrence["item_id"]: 0}
-    else:
-        index = int(occurrence["segment_id"].rsplit("/", 1)[1])
-        first = (rounds.filter(pl.col(field) == index).group_by("image_id", maintain_order=True)
-                 .agg(pl.col("round").min()).head(limit))
-        at = dict(first.iter_rows())
-        hits = rounds.join(first.rename({"round": "_at"}), on="image_id").filter(pl.col("round") <= pl.col("_at"))
-    if not hits.height:
-        return []
-    ids = set(hits["caption_segment_id"].to_list())
-    for f in ("question", "answer"):
-        ids |= {f"visdial/{split}/{f}/{i}" for i in hits[f].drop_nulls().to_list()}
-    texts = tables.by_segment(tables.chosen.name, "visdial", split, sorted(ids))
-    human = overlay.corrections(tables.chosen.engine_id, [t["text_hash"] for t in texts.values()]) if overlay else {}
-
-    def text(segment_id: str) -> dict:
-        t = texts.get(segment_id)
-        if t is None:
-            return {"en": "", "pt": ""}
-        h = human.get(t["text_hash"])
-        return {"en": t["text_en"], "pt": h.text_pt if h else t["text_pt"], "human": h is not None}
-
-    out = []
-    for image_id, group in hits.group_by("image_id", maintain_order=True):
-        image_id = image_id[0]
-        group = group.sort("round")
-        out.append({
-            "image_id": image_id,
-            "caption": text(group["caption_segment_id"][0]),
-            "rounds": [{"round": r["round"], "marked": r["round"] == at.get(image_id),
-                        "question": text(f"visdial/{split}/question/{r['question']}"),
-                        "answer": text(f"visdial/{split}/answer/{r['answer']}") if r["answer"] is not None else None}
-                       for r in group.iter_rows(named=True)],
-        })
-    return out[:limit]
-
-
-def row_view(tables: RunTables, overlay: HumanOverlay | None, dialogs: DialogIndex, text_hash: str) -> dict | None:
+def row_view(tables: RunTables, overlay: HumanOverlay | None, context: Context, text_hash: str) -> dict | None:
     """The page's data for one distinct source string of the reviewed engine; None if it has none."""
     chosen = tables.chosen
     base = chosen.row(text_hash)
@@ -124,9 +59,16 @@ def row_view(tables: RunTables, overlay: HumanOverlay | None, dialogs: DialogInd
               for o in occurrences if o["dataset"] in IMAGE_DATASETS]
     images = list({i["image_id"]: i for i in images}.values())[:MAX_IMAGES]
     dialog_rows: list[dict] = []
+    questions: list[dict] = []
     for o in occurrences:
         if o["dataset"] == "visdial" and len(dialog_rows) < MAX_DIALOGS:
-            dialog_rows += dialog_context(tables, overlay, dialogs, o, MAX_DIALOGS - len(dialog_rows))
+            dialog_rows += dialog_context(tables, overlay, context.dialogs, o, MAX_DIALOGS - len(dialog_rows))
+        elif o["dataset"] == "vqav2" and len(questions) < MAX_QUESTIONS:
+            questions += vqa_context(tables, overlay, context.questions, o, base["text_en"],
+                                     MAX_QUESTIONS - len(questions))
+    for d, dataset in [(d, "visdial") for d in dialog_rows] + [(q, "vqav2") for q in questions]:
+        d["image"] = (f"/image/{dataset}/{d['split']}/{d['image_id']}"
+                      if context.images.has(dataset, d["split"], d["image_id"]) else None)
     current = history[-1] if history else None
     return {
         "text_hash": text_hash,
@@ -138,6 +80,7 @@ def row_view(tables: RunTables, overlay: HumanOverlay | None, dialogs: DialogInd
         # what the person sees as current (and what an edit replaces): the latest human text, else the machine's
         "current": current.text_pt if current else (base["text_pt"] or ""),
         "human": _record(current) if current else None,
+        "human_id": current.id if current else None,
         "history": [_record(r) for r in history],
         "verdicts": verdicts,
         "gold": {"text_pt": gold.text_pt, "who": gold.who, "created_at": gold.created_at.isoformat()} if gold else None,
@@ -146,6 +89,7 @@ def row_view(tables: RunTables, overlay: HumanOverlay | None, dialogs: DialogInd
         "occurrences": occurrences,
         "images": images,
         "dialogs": dialog_rows,
+        "vqa": questions,
     }
 
 

@@ -21,6 +21,12 @@ _DISTINCT = ("text_en", "text_pt", "score", "flags", "flag_reasons", "engine_id"
 class NoTranslations(RuntimeError):
     """The run root has no translated table for the engine: nothing to review yet."""
 
+    @classmethod
+    def for_engine(cls, root: Path, engine: str) -> NoTranslations:
+        return cls(f"no translated tables for engine {engine!r} under {RunLayout(root).translated_dir(engine)} "
+                   "(expected <dataset>/<split>.parquet): run the translation first "
+                   "(`ptvl run --config ... --until translate`)")
+
 
 @dataclass
 class EngineTable:
@@ -67,10 +73,7 @@ class RunTables:
             if table is not None:
                 self.engines[name] = table
         if chosen not in self.engines:
-            where = RunLayout(root).translated_dir(chosen)
-            raise NoTranslations(
-                f"no translated tables for engine {chosen!r} under {where} (expected <dataset>/<split>.parquet): "
-                "run the translation first (`ptvl run --config ... --until translate`)")
+            raise NoTranslations.for_engine(root, chosen)
         self.chosen = self.engines[chosen]
 
     def occurrences(self, text_hash: str, limit: int = 12) -> list[dict]:

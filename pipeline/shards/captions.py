@@ -33,6 +33,8 @@ def build_caption_shards(
     policy: FilterPolicy,
     rows_per_shard: int,
     group_by_image: bool,
+    qe: pl.DataFrame | None = None,
+    min_qe: float | None = None,
 ) -> ShardStats:
     """Write caption shards for one (engine, dataset, split).
 
@@ -45,17 +47,26 @@ def build_caption_shards(
     flags in policy order, no downloaded image.  Kept rows go out in image order (img2dataset shards in
     name order, keys sorted inside each), an image's captions in their order in `translated`; an
     image met twice is written once.
+
+    qe (text_hash, qe) and min_qe: a row whose machine text scores below min_qe is dropped as
+    `qe_below_min`, after the flags (a person's text is kept: its QE was the machine's).
     """
     captions = _caption_rows(translated)
+    if min_qe is not None:
+        if qe is None:
+            raise ValueError("build_caption_shards: min_qe needs the QE scores (qe)")
+        captions = captions.join(qe.select("text_hash", "qe"), on="text_hash", how="left", maintain_order="left")
+    else:
+        captions = captions.with_columns(pl.lit(None, pl.Float64).alias("qe"))
     stats = ShardStats(total=captions.height)
-    reason = _policy_reason("text_pt", "flags", policy)
+    reason = _policy_reason("text_pt", "flags", policy, min_qe, human_text=True)
     reason = pl.when(reason.is_null() & pl.col("_address").is_null()).then(pl.lit("image_unavailable")).otherwise(reason)
     kept = keep_rows(stats, with_address(captions, "item_id", availability), reason)
     kept = kept.sort("_address", "_row").select(
         "_address", "segment_id", "item_id", "text_pt", "text_en", "dataset", "split",
         pl.col("flags").fill_null(pl.lit([], pl.List(pl.String))), "text_source", "text_pt_machine",
         pl.col("flags_machine").fill_null(pl.lit([], pl.List(pl.String))),
-        (pl.col("text_source") == "human").alias("_human"), _kept_by(policy).alias("_kept_by"))
+        (pl.col("text_source") == "human").alias("_human"), _kept_by(policy, min_qe).alias("_kept_by"))
     schema, to_table = (EVAL_CAPTION_SHARD, _eval_table) if group_by_image else (CAPTION_SHARD, _train_table)
     return write_parts(kept, images_dir, RollingWriter(out_dir, schema, rows_per_shard), stats,
                        partial(to_table, engine=engine))
@@ -69,18 +80,25 @@ def _caption_rows(translated: pl.DataFrame) -> pl.DataFrame:
     cols = translated.columns
     flags = pl.col("flags") if "flags" in cols else pl.lit(None, pl.List(pl.String)).alias("flags")
     return translated.select(
-        "segment_id", "item_id", "text_pt", "text_en", "dataset", "split", "field", flags,
+        "segment_id", "item_id", "text_pt", "text_en", "text_hash", "dataset", "split", "field", flags,
         pl.col("text_source") if "text_source" in cols else pl.lit("machine").alias("text_source"),
         pl.col("text_pt_machine") if "text_pt_machine" in cols else pl.col("text_pt").alias("text_pt_machine"),
         pl.col("flags_machine") if "flags_machine" in cols else flags.alias("flags_machine"),
     ).filter(pl.col("field") == "caption").drop("field").with_row_index("_row")
 
 
-def _policy_reason(text: str, flags: str, policy: FilterPolicy) -> pl.Expr:
+def _policy_reason(text: str, flags: str, policy: FilterPolicy, min_qe: float | None = None, *,
+                   human_text: bool = False) -> pl.Expr:
     """Why `policy` drops a row with `flags` (and `text`): "flag_empty" for an empty text when the policy
-    drops "empty", else the first of the policy's flags the row carries, in policy order; null when the
-    policy keeps it."""
+    drops "empty", else the first of the policy's flags the row carries, in policy order, else
+    "qe_below_min" when its QE is under `min_qe` (with `human_text`, never for a person's text); null when
+    the policy keeps it."""
     reason = pl.lit(None, pl.String)
+    if min_qe is not None:
+        low = pl.col("qe") < min_qe
+        if human_text:
+            low = low & (pl.col("text_source") != "human")
+        reason = pl.when(low.fill_null(False)).then(pl.lit("qe_below_min")).otherwise(reason)
     for flag in reversed(policy.drop):  # built inside out: the first flag of the policy wins
         reason = pl.when(pl.col(flags).list.contains(flag)).then(pl.lit(f"flag_{flag}")).otherwise(reason)
     if "empty" in policy.drop:
@@ -89,10 +107,10 @@ def _policy_reason(text: str, flags: str, policy: FilterPolicy) -> pl.Expr:
     return reason
 
 
-def _kept_by(policy: FilterPolicy) -> pl.Expr:
+def _kept_by(policy: FilterPolicy, min_qe: float | None = None) -> pl.Expr:
     """Why a kept row that the policy would have dropped for its machine text alone is kept: a person's
     text ("human_text") or a flag judged a false alarm ("false_alarm"); null otherwise."""
-    return (pl.when(_policy_reason("text_pt_machine", "flags_machine", policy).is_not_null())
+    return (pl.when(_policy_reason("text_pt_machine", "flags_machine", policy, min_qe).is_not_null())
             .then(pl.when(pl.col("text_source") == "human").then(pl.lit("human_text"))
                   .otherwise(pl.lit("false_alarm"))).otherwise(pl.lit(None, pl.String)))
 

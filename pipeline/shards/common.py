@@ -42,6 +42,9 @@ class ShardSettings(BaseModel):
     default_policy: FilterPolicy = FilterPolicy()
     # engine name -> policy overriding the default (e.g. madlad = {drop = ["empty", "untranslated", "brazilian"]})
     policy: dict[str, FilterPolicy] = {}
+    # Drop caption rows whose QE score ([curate] qe_model, e.g. CometKiwi) is below this, counted as
+    # `qe_below_min` like the flags; None keeps every row whatever its QE.
+    min_qe: float | None = None
 
     def policy_for(self, engine: str) -> FilterPolicy:
         return self.policy.get(engine, self.default_policy)

@@ -11,7 +11,9 @@ from pipeline.human_review import digest_for, review_figures
 from pipeline.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from pipeline.memory_files import memory_view
 from pipeline.reports.compare import render_comparison
+from pipeline.reports.neural_scores import NeuralSection, neural_section
 from pipeline.tasks.base import PtvlTask
+from pipeline.tasks.neural import GoldComet, QEScores
 from pipeline.tasks.translate import Translate
 from pipeline.translate_plan import latest_parts
 from translation.gold import load_gold
@@ -57,11 +59,33 @@ class TokenStats(PtvlTask):
         )
 
 
+_NEURAL_OFF = {"comet_model": None, "qe_model": None}
+
+
+def _neural_models(task: PtvlTask) -> dict[str, str | None]:
+    c = task.settings.curate
+    return {"comet_model": c.comet_model if c.gold else None, "qe_model": c.qe_model}
+
+
+def _neural_section(task: PtvlTask, gold_scores: dict[str, dict]) -> NeuralSection:
+    s, layout = task.settings, task.layout
+    qe = {e: pl.read_parquet(layout.qe_scores(e)) for e in s.translate.engines} if s.curate.qe_model else {}
+    comet = pl.read_parquet(layout.gold_comet) if s.curate.comet_model and s.curate.gold else None
+    return neural_section(comet_model=s.curate.comet_model, qe_model=s.curate.qe_model, gold_comet=comet,
+                          gold_scores=gold_scores, qe=qe, min_qe=s.shards.min_qe)
+
+
 class CompareTranslators(PtvlTask):
     """One self-contained HTML report (plus Markdown) comparing every configured engine."""
 
     def requires(self):
-        return {"translated": _translate_tasks(self), "tokens": TokenStats(config=self.config)}
+        c = self.settings.curate
+        needs = {"translated": _translate_tasks(self), "tokens": TokenStats(config=self.config)}
+        if c.qe_model:
+            needs["qe"] = {e: QEScores(config=self.config, engine=e) for e in self.settings.translate.engines}
+        if c.comet_model and c.gold:
+            needs["comet"] = GoldComet(config=self.config)
+        return needs
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.layout.comparison_html))
@@ -75,8 +99,11 @@ class CompareTranslators(PtvlTask):
         if not super().complete():
             return False
         record = self._review_record()
-        recorded = json.loads(record.read_text())["digest"] if record.exists() else empty_digest()
-        return recorded == digest_for(self.root, None)
+        data = json.loads(record.read_text()) if record.exists() else {}
+        # A neural model switched on (or changed) since the report re-runs it, as a review does.
+        if data.get("neural", _NEURAL_OFF) != _neural_models(self):
+            return False
+        return data.get("digest", empty_digest()) == digest_for(self.root, None)
 
     def run(self) -> None:
         s = self.settings
@@ -137,6 +164,7 @@ class CompareTranslators(PtvlTask):
             truncation=truncation,
             scoring=s.eval.settings.scoring_labels(),
             review=review,
+            neural=_neural_section(self, gold_scores),
         )
         # After the report: a kill in between leaves the old digest, so the next run redoes the report.
-        write_json_atomic(self._review_record(), review)
+        write_json_atomic(self._review_record(), {**review, "neural": _neural_models(self)})

@@ -13,6 +13,7 @@ from pipeline.io import write_bytes_atomic, write_text_atomic
 from pipeline.tasks.base import PtvlTask
 from pipeline.tasks.curate import CompareTranslators
 from pipeline.tasks.model import Evaluate, Train
+from ptvl_io.formatting import md_cell
 from training.modelcard import refresh_model_card
 
 
@@ -73,9 +74,9 @@ def write_quarantine_report(root: Path, splits: list[tuple[str, str]], dest: Pat
         lines += ["| reason | rows | examples (line: detail) |", "|---|---|---|"]
         for reason, n in counts.iter_rows():
             ex = q.filter(pl.col("reason") == reason).sort("line").head(examples)
-            shown = "; ".join(f"{line}: {' '.join((detail or '').split()).replace('|', '/')[:80]}" for line, detail in
+            shown = "; ".join(f"{line}: {' '.join((detail or '').split())[:80]}" for line, detail in
                               ex.select("line", "detail").iter_rows())
-            lines.append(f"| {reason} | {n:,} | {shown} |")
+            lines.append(f"| {md_cell(reason)} | {n:,} | {md_cell(shown)} |")  # details quote the sources
         lines.append("")
     write_text_atomic(dest, "\n".join(lines))
     return total

@@ -15,6 +15,7 @@ from pipeline.io import write_json_atomic
 from pipeline.shards import build_caption_shards, build_visdial_shards, build_vqa_shards
 from pipeline.tasks.acquire import AvailabilityReport, DownloadImages, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
+from pipeline.tasks.neural import QEScores
 from pipeline.tasks.translate import Translate
 from translation.overlay import empty_digest
 from translation.textkey import text_hash
@@ -39,12 +40,15 @@ class BuildShards(PtvlTask):
 
     def requires(self):
         args = dict(config=self.config, dataset=self.dataset, split=self.split)
-        return {
+        needs = {
             "translated": Translate(engine=self.engine, **args),
             "images": DownloadImages(**args),
             "segments": IngestSegments(**args),
             "availability": AvailabilityReport(config=self.config),
         }
+        if self.settings.shards.min_qe is not None:  # [shards] min_qe drops captions by their QE
+            needs["qe"] = QEScores(config=self.config, engine=self.engine)
+        return needs
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(shard_dir(self.root, str(self.engine), str(self.dataset), str(self.split)) / "_SHARDS.json"))
@@ -56,6 +60,9 @@ class BuildShards(PtvlTask):
             summary = json.load(f)
         # VisDial shards built under the other translate.visdial_context policy are rebuilt, not reused.
         if self.dataset == "visdial" and summary.get("visdial_context", False) != self.settings.translate.visdial_context:
+            return False
+        # Caption shards built under another [shards] min_qe are rebuilt (VisDial and VQA take no QE filter).
+        if self.dataset not in ("visdial", "vqav2") and summary.get("min_qe") != self.settings.shards.min_qe:
             return False
         # A review since the build (a correction or flag verdict for this engine id) rebuilds the folder;
         # other engines' shards are not touched.  A folder built before the overlay existed records no
@@ -121,13 +128,15 @@ class BuildShards(PtvlTask):
         else:
             group = (dataset, split) in EVAL_SPLITS
             policy = self.settings.shards.policy_for(engine)
+            min_qe = self.settings.shards.min_qe
+            qe = pl.read_parquet(self.layout.qe_scores(engine)) if min_qe is not None else None
             stats = build_caption_shards(translated, availability, images_dir, out, engine=engine, policy=policy,
-                                         rows_per_shard=rows, group_by_image=group)
+                                         rows_per_shard=rows, group_by_image=group, qe=qe, min_qe=min_qe)
             layout = (
                 "one row per image with all its references (EVAL_CAPTION_SHARD)" if group
                 else "one row per (image, caption) (CAPTION_SHARD)"
             )
-            policy = list(policy.drop)
+            policy = list(policy.drop) + ([f"qe < {min_qe:g}"] if min_qe is not None else [])
             captions = aside.filter(pl.col("field") == "caption")
             dropped_aside = Counter(captions["reason"].to_list())
         # Texts set aside by the translation (never sent: too long, control characters, ...) take their
@@ -137,6 +146,7 @@ class BuildShards(PtvlTask):
             stats.total += n
         summary = stats.as_dict()
         summary["engine_id"] = engine_id
+        summary["min_qe"] = self.settings.shards.min_qe
         summary["human_overlay"] = overlay_digest
         summary["human_review"] = review_fingerprint(corrections, verdicts, translated["text_hash"].to_list())
         if dataset == "visdial":

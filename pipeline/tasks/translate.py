@@ -34,6 +34,7 @@ from ptvl_io.progress import ProgressReporter
 from translation.errors import MemoryIntegrityError
 from translation.quality import flag_table
 from translation.runner import translate_missing
+from translation.variety import VarietyClassifier, add_variety_evidence
 
 
 class ImportReferenceMemory(PtvlTask):
@@ -211,6 +212,10 @@ class Translate(PtvlTask):
         # its parts) run again: the joins are memory hits, only the dialog texts are sent.
         if not super().complete():
             return False
+        # The flags of a table joined under another [curate] variety_model are redone (a memory hit each).
+        stats = self.layout.split_stats(str(self.engine), str(self.dataset), str(self.split))
+        if stats.exists() and json.loads(stats.read_text()).get("variety_model") != self.settings.curate.variety_model:
+            return False
         return not self.with_context or self.layout.context_translated(str(self.engine), str(self.split)).exists()
 
     def run(self) -> None:
@@ -232,6 +237,11 @@ class Translate(PtvlTask):
                 ctx_id = next((p["context_engine_id"] for p in parts if p.get("context_rows")),
                               parts[0]["context_engine_id"])
                 stats["context"] = self._write_context(mem, ctx_id, set_aside)
+        c = self.settings.curate
+        if c.variety_model:  # a PT-PT/PT-BR classifier as evidence for `brazilian` (translation/variety.py)
+            classifier = VarietyClassifier(c.variety_model, c.variety_label, c.neural_device)
+            flagged = add_variety_evidence(flagged, classifier.probabilities, c.variety_threshold)
+        stats["variety_model"] = c.variety_model
         write_json_atomic(self.layout.split_stats(engine, dataset, split), stats)
         # The segments table is the target, so it is written last (after the context table).
         write_parquet_atomic(self.output().path, flagged.to_arrow(), TRANSLATED)

@@ -25,11 +25,14 @@ class Marker:
     """A PT-BR marker: a regex (case-insensitive, Unicode word boundaries), the PT-PT form, an optional guard.
 
     guard(text, match) -> bool: extra context check, e.g. 'time' only in a team sense.
+    unless_en: a regex (case-insensitive) on the English source; when it matches, the marker is a PT-PT
+        word in that sense ('cachorros' for 'puppies') and does not count.
     """
 
     pattern: str
     ptpt: str
     guard: Callable[[str, re.Match[str]], bool] | None = None
+    unless_en: str | None = None
 
 
 def _w(*alternatives: str) -> str:
@@ -63,6 +66,17 @@ def _grass_sense(text: str, m: re.Match[str]) -> bool:
         not re.match(r"\d", text[m.end():].strip()[:1] or "x")
 
 
+# Nouns that 'pedestre' qualifies as an adjective in PT-PT ('percurso pedestre', a hiking trail); as a noun
+# ('os pedestres', 'faixa de pedestres') it is PT-BR for 'peão'.
+_PEDESTRIAN_ADJ_AFTER = frozenset({"percurso", "percursos", "trilho", "trilhos", "caminho", "caminhos", "rota",
+                                   "rotas", "circuito", "circuitos", "passeio", "passeios", "zona", "zonas",
+                                   "travessia", "travessias", "ponte", "pontes"})
+
+
+def _pedestrian_noun(text: str, m: re.Match[str]) -> bool:
+    return _prev_word(text, m) not in _PEDESTRIAN_ADJ_AFTER
+
+
 def _colour_sense(text: str, m: re.Match[str]) -> bool:
     # 'cinza' is PT-PT 'ash' ('a cinza', 'cor de cinza'); as a colour adjective after a noun it is PT-BR
     # (PT-PT 'cinzento').
@@ -90,7 +104,8 @@ BRAZILIAN_LEXICON: tuple[Marker, ...] = (
     Marker(_w("torcedor", "torcedores", "torcida"), "adepto / claque"),
     Marker(_w("gramas?"), "relva", _grass_sense),
     Marker(_w("garot[oa]s?", "garotinh[oa]s?"), "rapaz / rapariga / miúdo"),
-    Marker(_w("cachorr[oa]s?", "cachorrinh[oa]s?"), "cão"),
+    # PT-PT 'cachorro' is a puppy or cub; only for a grown dog is it PT-BR.
+    Marker(_w("cachorr[oa]s?", "cachorrinh[oa]s?"), "cão", unless_en=r"\b(?:pupp(?:y|ies)|cubs?|whelps?|litter)\b"),
     Marker(_w("gol", "gols"), "golo"),
     Marker(_w("camisetas?"), "t-shirt / camisola"),
     Marker(_w("suéter", "suéteres"), "camisola"),
@@ -100,7 +115,7 @@ BRAZILIAN_LEXICON: tuple[Marker, ...] = (
     Marker(_w("mamão", "mamões"), "papaia"),
     Marker(_w("metrô"), "metro"),
     Marker(_w("bondes?"), "elétrico"),
-    Marker(_w("pedestres?"), "peão / passadeira"),
+    Marker(_w("pedestres?"), "peão / passadeira", _pedestrian_noun),
     Marker(_w("calçadão"), "passeio marítimo"),
     Marker(_w("aeromoças?"), "hospedeira"),
     Marker(_w("garçom", "garçons", "garçonete"), "empregado de mesa"),
@@ -154,8 +169,11 @@ _PROGRESSIVE = re.compile(
 )
 _GERUND = re.compile(r"\b(\w+(?:ando|endo|indo))\b", re.IGNORECASE)
 # Before a bare gerund these are fine in PT-PT ('vai andando', 'tendo sido') or mark a clause (',').
+# After a subject 'eu' or a negation the -ndo word is a first-person present, not a gerund: 'eu vendo
+# carros' (I sell), 'não entendo' (I do not understand), 'eu aprendo'.
 _GERUND_OK_BEFORE = frozenset({"vai", "vão", "ia", "iam", "ir", "vou", "vamos", "foi", "foram", "tendo", "sendo",
-                               "estando", "havendo", "como", "em", "que"})
+                               "estando", "havendo", "como", "em", "que", "eu", "não", "nunca", "também", "ainda",
+                               "já"})
 _INITIAL_CLITIC = re.compile(
     r"^\W*(?:(?:me|te|lhe|lhes)\s+\w+|se\s+(?:vê|veem|vêem|pode|podem|encontra|encontram|trata|nota|observa|"
     r"vêm|mostra))\b",
@@ -163,8 +181,14 @@ _INITIAL_CLITIC = re.compile(
 )
 # A subject noun phrase then a proclitic 'se' ('o sol se põe'): PT-PT puts it after the verb ('põe-se').
 # 'se calhar' (PT-PT 'perhaps') is the exception.
-_SUBJECT_PROCLISIS = re.compile(r"^\W*(?:o|a|os|as|um|uma)\s+\w+\s+(?:se|me|lhe)\s+(?!calhar\b)\w+", re.IGNORECASE)
+_SUBJECT_PROCLISIS = re.compile(r"^\W*(?:o|a|os|as|um|uma)\s+(\w+)\s+(?:se|me|lhe)\s+(?!calhar\b)\w+", re.IGNORECASE)
+# Words that attract the clitic before the verb in PT-PT too: a relative/interrogative ('o que se vê', 'a
+# qual se refere') and 'o mesmo' ('o mesmo se aplica').  After them the proclisis is not PT-BR.
+_PROCLISIS_ATTRACTORS = frozenset({"que", "quem", "qual", "quais", "mesmo", "mesma", "mesmos", "mesmas"})
 _BARE_POSSESSIVE = re.compile(r"\b(?:em|de|com|para)\s+(?:seu|sua|seus|suas)\b", re.IGNORECASE)
+# Fixed phrases PT-PT writes without the article: 'de sua autoria', 'de sua livre vontade', 'de seu nome'.
+_FIXED_POSSESSIVE_NEXT = re.compile(r"\s+(?:própri[oa]\s+)?(?:autoria|livre|nome|honra|memória|iniciativa)\b",
+                                    re.IGNORECASE)
 
 
 def _grammar_markers(text: str) -> list[str]:
@@ -183,11 +207,15 @@ def _grammar_markers(text: str) -> list[str]:
             if _prev_word(text, m) in _GERUND_OK_BEFORE:
                 continue
             found.append(f"{_prev_word(text, m)} {m.group(1)} (PT-PT a + infinitive)")
-    m = _INITIAL_CLITIC.search(text) or _SUBJECT_PROCLISIS.search(text)
+    subject = _SUBJECT_PROCLISIS.search(text)
+    if subject and subject.group(1).casefold() in _PROCLISIS_ATTRACTORS:
+        subject = None
+    m = _INITIAL_CLITIC.search(text) or subject
     if m:
         found.append(f"{m.group(0).strip()} (PT-PT enclisis, e.g. vê-se)")
     for m in _BARE_POSSESSIVE.finditer(text):
-        found.append(f"{m.group(0)} (PT-PT article before possessive, e.g. na sua)")
+        if not _FIXED_POSSESSIVE_NEXT.match(text, m.end()):
+            found.append(f"{m.group(0)} (PT-PT article before possessive, e.g. na sua)")
     return found
 
 
@@ -221,10 +249,12 @@ def brazilian_markers(text_pt: str, text_en: str = "") -> list[str]:
     text = nfc(text_pt)
     found = []
     # One combined scan first: most rows match no marker, and one pass beats ~70 separate searches.
-    for marker in _COMPILED_LEXICON if _ANY_LEXICON.search(text) else ():
-        for m in marker[0].finditer(text):
-            if _lexicon_guard(text, m) and (marker[2] is None or marker[2](text, m)):
-                found.append(f"{m.group(0)} (PT-PT {marker[1]})")
+    for pattern, ptpt, guard, unless_en in _COMPILED_LEXICON if _ANY_LEXICON.search(text) else ():
+        if unless_en is not None and unless_en.search(text_en):
+            continue
+        for m in pattern.finditer(text):
+            if _lexicon_guard(text, m) and (guard is None or guard(text, m)):
+                found.append(f"{m.group(0)} (PT-PT {ptpt})")
     for m in _AUX_PROCLISIS.finditer(text):
         found.append(f"{m.group(0)} (PT-PT enclisis, e.g. vou ligar-te)")
     if text_en and _EN_EXISTENTIAL.search(text_en) and not _PT_HAVER.search(text):
@@ -234,7 +264,8 @@ def brazilian_markers(text_pt: str, text_en: str = "") -> list[str]:
     return found + _grammar_markers(text)
 
 
-_COMPILED_LEXICON = [(re.compile(mk.pattern, re.IGNORECASE), mk.ptpt, mk.guard) for mk in BRAZILIAN_LEXICON]
+_COMPILED_LEXICON = [(re.compile(mk.pattern, re.IGNORECASE), mk.ptpt, mk.guard,
+                      re.compile(mk.unless_en, re.IGNORECASE) if mk.unless_en else None) for mk in BRAZILIAN_LEXICON]
 _ANY_LEXICON = re.compile("|".join(f"(?:{mk.pattern})" for mk in BRAZILIAN_LEXICON), re.IGNORECASE)
 
 

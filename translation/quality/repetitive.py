@@ -20,15 +20,39 @@ REPETITIVE = "repetitive"
 # A piece of 2-10 word characters repeated back to back inside one word: subword decoder loops glue their
 # pieces together ('vermelhaqjqjqjqjqjq'), so the word-level n-gram checks see one long unique word.
 _PIECE_LOOP = re.compile(r"(\w{2,10}?)\1+")
+# Laughter and onomatopoeia are written as one syllable repeated ('hahaha', 'hehe', 'kkkk', 'rsrs',
+# 'blablabla', 'lalala', 'zzzz'): an interjection, not a decoder loop, whether as one word or as words
+# ('ha ha ha').  A decoder loop glues its pieces onto a stem ('vermelhaqjqjqj') or repeats a real word
+# ('casacasacasa'), and neither is made only of these syllables.
+_INTERJECTION = re.compile(r"(?:ha|he|hi|ho|hu|ah|eh|oh|uh|ja|je|ji|hue|k|rs|bla|blá|la|lá|z|m|hm)+")
+# Past this many copies even laughter is a loop ('ha' x 12 from a 'haha' source).
+MAX_INTERJECTION_COPIES = 8
+
+
+def is_interjection(word: str) -> bool:
+    """Whether `word` (casefolded) is laughter or an onomatopoeia made of one repeated syllable."""
+    return _INTERJECTION.fullmatch(word) is not None
+
+
+def _word_around(text: str, start: int, end: int) -> str:
+    """The run of word characters holding text[start:end] ('kkkkkkkkk' for the 'kk' loop in its first 8)."""
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+        end += 1
+    return text[start:end]
 
 
 def _piece_loop(text: str) -> tuple[str, int] | None:
-    """The piece looping most often inside one word (first of equals), with its number of copies."""
+    """The piece looping most often inside one word (first of equals), with its number of copies; an
+    interjection word ('hahaha', at most MAX_INTERJECTION_COPIES copies) is not a loop."""
     best: tuple[str, int] | None = None
     for m in _PIECE_LOOP.finditer(text):
         piece = m.group(1)
+        copies = len(m.group(0)) // len(piece)
+        if copies <= MAX_INTERJECTION_COPIES and is_interjection(_word_around(text, m.start(), m.end())):
+            continue
         if any(c.isalpha() for c in piece):  # not '121212'
-            copies = len(m.group(0)) // len(piece)
             if best is None or copies > best[1]:
                 best = (piece, copies)
     return best
@@ -46,6 +70,8 @@ def _repetition(toks: list[str], text_cf: str, th: QualityThresholds) -> tuple[l
             c = 1
             while toks[i + c * n:i + (c + 1) * n] == block:
                 c += 1
+            if c <= MAX_INTERJECTION_COPIES and all(is_interjection(t) for t in block):
+                continue  # 'ha ha ha': laughter written as words
             if c >= k and not reasons:
                 reasons.append(f"'{' '.join(block)}' x{k}+ in a row")
             level = max(level, c)
@@ -53,6 +79,8 @@ def _repetition(toks: list[str], text_cf: str, th: QualityThresholds) -> tuple[l
         counts = Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
         if counts:
             gram, c = counts.most_common(1)[0]
+            if c <= MAX_INTERJECTION_COPIES and all(is_interjection(t) for t in gram):
+                continue  # 'ha ha ha ha': laughter written as words
             if c >= th.ngram_max_repeats and not reasons:
                 reasons.append(f"'{' '.join(gram)}' x{c}")
             level = max(level, c)

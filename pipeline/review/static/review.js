@@ -1,6 +1,8 @@
 // ptvl review: keyboard shortcuts and the actions of the row page (vanilla JS, no build step).
 // Every action POSTs JSON to /api/...; the answer's message is shown in the status bar (kept across the
 // page change in sessionStorage), and accept/edit move on to the next row of the queue.
+// `replaces` names the human correction shown as current (its id, "" for the machine text): an accept
+// over a human text asks first, and the server refuses one that names another (409).
 (function () {
   "use strict";
   const status = document.getElementById("status");
@@ -49,8 +51,17 @@
     location.reload();
   }
 
+  const seen = () => (row.human ? String(row.human.id) : "");
+
   function accept(engine) {
-    post("/api/correct", {action: "accept", source_engine: engine, replaces: row.current}, "next");
+    const text = row.machine[engine];
+    if (row.human && text !== row.current &&
+        !window.confirm("This row has a human " + row.human.action + " by " + row.human.who + ":\n\n  " +
+                        row.current + "\n\nReplace it with " + engine + "'s output?\n\n  " + text)) {
+      show("kept the human text (nothing saved)", "warn");
+      return;
+    }
+    post("/api/correct", {action: "accept", source_engine: engine, replaces: seen()}, "next");
   }
 
   const form = document.getElementById("edit-form");
@@ -67,7 +78,7 @@
     text.value = row.current;
   }
   function saveEdit() {
-    post("/api/correct", {action: "edit", text_pt: text.value, replaces: row.current}, "next");
+    post("/api/correct", {action: "edit", text_pt: text.value, replaces: seen()}, "next");
   }
 
   function verdict(flag, value) {
@@ -93,6 +104,9 @@
     document.getElementById("cancel-edit").addEventListener("click", cancelEdit);
     form.addEventListener("submit", e => { e.preventDefault(); saveEdit(); });
   }
+
+  const start = document.getElementById("start");
+  if (start) start.focus();  // the index: Enter opens the first queue that has rows
 
   document.addEventListener("keydown", e => {
     const typing = e.target && (e.target.tagName === "TEXTAREA" || e.target.tagName === "INPUT");
