@@ -191,8 +191,9 @@ def check_sources_reachable(settings: Settings, timeout: float = 10.0) -> None:
                     seen[key] = _reach(*key, timeout)
                 problem, where = seen[key], f"{url.hostname}" + (f" (through the proxy {key[0]}:{key[1]})" if proxy else "")
             if problem:
+                files = " ".join(f"DIR/{e.name}" for e in todo)
                 problems.append(f"{dataset}: cannot reach {where} ({problem}); if you have its files: ptvl sources "
-                                f"import {dataset} {' '.join(e.name for e in todo)} --config {settings.config_path}")
+                                f"import {dataset} {files} --config {settings.config_path}")
                 break
     if problems:
         raise ConfigError("\n".join(problems))

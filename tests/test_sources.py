@@ -95,7 +95,7 @@ def test_unreachable_sources_are_one_line_each(world) -> None:
     lines = [x for x in out.splitlines() if x.strip() and not x.startswith("ptvl run")]
     assert len(lines) == 2, out  # one per source, no traceback, no Luigi summary
     assert lines[0].startswith(f"error: cc3m: cannot reach 127.0.0.1 (Connection refused); if you have its files: "
-                               f"ptvl sources import cc3m Train_GCC-training.tsv Validation_GCC-1.1.0-Validation.tsv "
+                               f"ptvl sources import cc3m DIR/Train_GCC-training.tsv DIR/Validation_GCC-1.1.0-Validation.tsv "
                                f"--config {world['both']}")
     assert lines[1].startswith("coco: cannot reach 127.0.0.1 (Connection refused)")
     assert "Traceback" not in out and "Luigi" not in out and not (world["root"] / "segments").exists()
