@@ -120,6 +120,15 @@ _spawner: _Spawner | None = None
 _spawner_lock = threading.Lock()
 
 
+def _forget_spawner_in_child() -> None:
+    # A forked child (a Luigi task process) has no copy of the parent's thread: it starts its own.
+    global _spawner, _spawner_lock
+    _spawner, _spawner_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_spawner_in_child)
+
+
 def _the_spawner() -> _Spawner:
     global _spawner
     with _spawner_lock:

@@ -160,3 +160,33 @@ def test_die_with_parent_in_a_child_started_any_way(tmp_path: Path) -> None:
                            "die_with_parent(parent_pid=1); print('still here')"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert late.returncode == -signal.SIGKILL and "still here" not in late.stdout
+
+
+def test_a_forked_child_starts_its_own_spawner(tmp_path: Path) -> None:
+    """Luigi runs tasks in forked processes: a block used in the parent must not leave the child waiting on
+    the parent's spawner thread, which a fork does not copy."""
+    script = tmp_path / "forked.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, os, signal, sys
+        from ptvl_io.lifetime import spawned_children_die_with_me
+
+        def triple(i):
+            return 3 * i
+
+        def run():
+            with spawned_children_die_with_me():
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    return pool.map(triple, [1, 2])
+
+        if __name__ == "__main__":
+            print("parent", run(), flush=True)
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(60)  # a hang ends here, not as an orphan
+                print("child", run(), flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+    """))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.stdout.splitlines() == ["parent [3, 6]", "child [3, 6]"], res.stderr[-2000:]
