@@ -2,6 +2,7 @@
 says where it came from, how it was translated and filtered, and what its licence terms are."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,6 +55,33 @@ def columns_section(schema: pa.Schema) -> list[str]:
     return ["| column | type |", "|---|---|"] + [f"| `{f.name}` | `{type_name(f.type)}` |" for f in schema]
 
 
+def sources_section(marker: Path | None) -> list[str]:
+    """The card's "Source files" section from the source's `_FETCHED.json`: each official file's sha256 and
+    how it was obtained (downloaded from its URL, or imported from the user's file, saying when its hash is
+    not the manifest's).  Nothing when there is no marker."""
+    if marker is None or not Path(marker).exists():
+        return []
+    data = json.loads(Path(marker).read_text(encoding="utf-8"))
+    lines = ["## Source files", ""]
+    if "files" not in data:
+        return lines + ["The embedded synthetic sample (`[sample]`), written by ptvl: no official file.", ""]
+    lines += ["| file | sha256 | obtained |", "|---|---|---|"]
+    for f in data["files"]:
+        if f["status"] == "imported":
+            how = f"imported by the user from {md_code(f['imported_from'])} ({md_cell(f['placed_by'])})"
+            if f.get("checksum_accepted"):
+                how += (f"; **not the manifest's sha256** ({md_code(f['sha256_expected'] or 'none recorded')}), "
+                        "accepted with --accept-checksum")
+                if f.get("count_mismatch"):
+                    how += f"; {md_cell(f['count_mismatch'])}"
+        else:
+            how = f"downloaded from {md_code(f['url'])}"
+        if not f.get("checksum_accepted"):
+            how += "; sha256 not yet in the manifest" if f.get("sha256_pending") else "; sha256 as in the manifest"
+        lines.append(f"| {md_code(f['path'])} | {md_code(f['sha256'])} | {how} |")
+    return lines + [""]
+
+
 def _review_rows(stats: dict) -> list[str]:
     """The card's lines on the human review (ptvl review) applied to the shards; none for stats written
     before the overlay existed."""
@@ -81,9 +109,11 @@ def write_dataset_card(
     availability_md: str | None,
     source_note: str | None = None,
     schema: pa.Schema | None = None,
+    sources_marker: Path | None = None,
 ) -> Path:
     """Write out_dir/README.md describing one shard folder.  `source_note` (split_note) says how the
-    split was drawn from the source when that is not obvious.  `schema` is the shard contract the parts
+    split was drawn from the source when that is not obvious; `sources_marker` (the source's
+    `_FETCHED.json`) lists the official files the rows were read from and where each came from.  `schema` is the shard contract the parts
     were cast to (training.shards); by default it is read from the first part file, which holds exactly
     that contract since the writer casts every table to it."""
     if schema is None:
@@ -122,6 +152,9 @@ def write_dataset_card(
         lines.append("Nothing was dropped.")
     if availability_md:
         lines += ["", availability_md.strip()]
+    sources = sources_section(sources_marker)
+    if sources:
+        lines += ["", *sources[:-1]]
     lines += ["", "## Licence", "", LICENCE_NOTES.get(dataset, "See the source dataset's terms."), ""]
     dest = out_dir / "README.md"
     write_text_atomic(dest, "\n".join(lines))

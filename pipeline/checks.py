@@ -3,9 +3,13 @@ what is wrong and what to do, so a mistake costs nothing instead of failing hour
 from __future__ import annotations
 
 import os
+import socket
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+from pipeline.fetch import read_imports
+from pipeline.manifests import ManifestError, load_source
 from pipeline.settings import ConfigError, Settings
 from ptvl_io import temp_beside
 from translation.errors import ConfigurationError
@@ -29,10 +33,36 @@ def check_writable(folder: Path, what: str = "run root") -> None:
         raise ConfigError(f"{what} {folder} is not writable ({probe}: {e.strerror or e})") from None
 
 
+def check_features(settings: Settings) -> None:
+    """What the features stage reads from the profile: [training] engine (whose shards it encodes) and
+    [features] (the CLIP itself is [model]'s).  Stages before it never look at either."""
+    if settings.training.engine not in settings.translate.engines:
+        raise ConfigError(f"training.engine {settings.training.engine!r} is not in translate.engines "
+                          f"({', '.join(settings.translate.engines)})")
+    clash = {"clip", "pretrained"} & settings.features.model_fields_set
+    if clash:
+        raise ConfigError(f"features.{'/'.join(sorted(clash))}: the CLIP is set once, in [model] (clip, "
+                          "clip_pretrained); remove it from [features]")
+
+
+def check_training(settings: Settings) -> None:
+    """What the train stage reads from [training]: the features stage's checks, then every training.data
+    entry an enabled dataset/split."""
+    check_features(settings)
+    for item in settings.training.data:
+        d, _, sp = item.partition("/")
+        if sp not in settings.datasets.enabled().get(d, []):
+            enabled = ", ".join(f"{d}/{sp}" for d, sp in settings.datasets.splits())
+            raise ConfigError(f"training.data names {item!r}, which is not an enabled dataset/split "
+                              f"(enabled: {enabled})")
+
+
 def check_model(settings: Settings) -> None:
-    """The bridge name and its settings, checked before any stage runs (not after every upstream stage)."""
+    """Everything the train stage reads from the profile, checked before any stage runs (not after every
+    upstream stage): [training] (check_training), then the bridge name and its settings."""
     from training.bridges import BRIDGES  # deferred: the bridges import torch; most commands never need it
 
+    check_training(settings)
     m = settings.model
     if m.bridge not in BRIDGES:
         raise ConfigError(f"unknown bridge {m.bridge!r} ([model] bridge or --bridge); known: "
@@ -113,3 +143,57 @@ def check_source_checkpoint(source: str) -> None:
         reason = " ".join(str(e).split())[:200]
         raise ConfigError(f"--from {source}: the Hugging Face hub cannot be reached ({type(e).__name__}: "
                           f"{reason})") from None
+
+
+def _reach(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens (through the proxy the environment names, if any),
+    else the reason."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except socket.gaierror as e:
+        return f"name not resolved: {e.strerror or e}"
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
+def check_sources_reachable(settings: Settings, timeout: float = 10.0) -> None:
+    """Every enabled dataset whose official files are not all in place yet can get them: the host of each
+    file still to fetch accepts a connection (a file:// URL's file exists).  Files imported by `ptvl sources
+    import`, or already there at the manifest's size, need no host.  Otherwise one line per source: the
+    host, the error, and the `ptvl sources import` command that uses files the user already has; so a
+    machine without network stops here, before Luigi runs anything."""
+    if settings.sample.enabled:
+        return
+    proxies = urllib.request.getproxies()
+    seen: dict[tuple[str, int], str | None] = {}
+    problems = []
+    for dataset in settings.datasets.enabled():
+        if settings.layout.source_marker(dataset).exists():
+            continue
+        try:
+            manifest = load_source(dataset)
+        except ManifestError as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
+        dest, imported = settings.layout.source(dataset), read_imports(settings.layout.source(dataset))
+        todo = [e for e in manifest.files if e.name not in imported
+                and not ((dest / e.name).is_file() and (dest / e.name).stat().st_size == e.size)]
+        for entry in todo:
+            url = urlparse(entry.url)
+            if url.scheme == "file":
+                problem = None if Path(unquote(url.path)).is_file() else f"no such file {unquote(url.path)}"
+                where = entry.url
+            else:
+                proxy = None if urllib.request.proxy_bypass(url.hostname or "") else proxies.get(url.scheme)
+                target = urlparse(proxy) if proxy else url
+                key = (target.hostname or "", target.port or (443 if target.scheme == "https" else 80))
+                if key not in seen:
+                    seen[key] = _reach(*key, timeout)
+                problem, where = seen[key], f"{url.hostname}" + (f" (through the proxy {key[0]}:{key[1]})" if proxy else "")
+            if problem:
+                files = " ".join(f"DIR/{e.name}" for e in todo)
+                problems.append(f"{dataset}: cannot reach {where} ({problem}); if you have its files: ptvl sources "
+                                f"import {dataset} {files} --config {settings.config_path}")
+                break
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -24,9 +24,9 @@ from pipeline.review.launch import ReviewOptions, check_options, launch
 from pipeline.run_stage import Scheduler, outcome_error, outcome_lines, plan_run, preflight_run
 from pipeline.sample.write import write_sample
 from pipeline.settings import ConfigError, load_settings
+from pipeline.source_import import import_sources
 from pipeline.status import run_status
 from pipeline.tasks import STAGES
-from pipeline.tasks.acquire import AvailabilityReport
 from pipeline.tasks.curate import CompareTranslators
 from pipeline.tasks.model import Train
 from pipeline.tasks.scheduling import build_local, run_dag
@@ -41,22 +41,15 @@ from translation.errors import ConfigurationError
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 DEFAULT_CONFIG = Path("configs/sample.toml")
-app = typer.Typer(
-    help=(
-        "ptvl: European-Portuguese (PT-PT) vision-and-language datasets, translator comparison and "
-        "V-Glória training.\n\n"
-        "Start with `ptvl run` (the whole DAG on the embedded offline sample), then point "
-        "`--config` at configs/full.toml for the real datasets."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
-memory_app = typer.Typer(
-    help="Share translation memories and the human-review overlay (people's corrections, flag verdicts, "
-    "gold rows): export and import Parquet files.",
-    no_args_is_help=True,
-)
+app = typer.Typer(help=(
+    "ptvl: European-Portuguese (PT-PT) vision-and-language datasets, translator comparison and V-Glória "
+    "training.\n\nStart with `ptvl run` (the whole DAG on the embedded offline sample), then point "
+    "`--config` at configs/full.toml for the real datasets."), no_args_is_help=True, pretty_exceptions_show_locals=False)
+memory_app = typer.Typer(help="Share translation memories and the human-review overlay (people's corrections, "
+                         "flag verdicts, gold rows): export and import Parquet files.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
+sources_app = typer.Typer(help="The official source files: use the ones you already have.", no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="TOML run profile (configs/*.toml).")
 
@@ -77,15 +70,14 @@ def command(*args, target: typer.Typer = app, **kwargs) -> Callable:
                 return fn(*a, **kw)
             except (ConfigError, ConfigurationError) as e:  # PreflightError is a ConfigError
                 _fail(str(e))
-
         target.command(*args, **kwargs)(wrapper)
         return fn
-
     return register
 
 
-def _say(text: str) -> None:
-    console.print(escape(text), soft_wrap=True)
+def _say(*texts: str) -> None:
+    for text in texts:
+        console.print(escape(text), soft_wrap=True)
 
 
 @app.callback()
@@ -124,8 +116,7 @@ def run(
     plan = plan_run(settings, cfg, until, sched)
     console.print(f"[bold]ptvl run[/] {config} -> stage [cyan]{plan.stage}[/] ({len(plan.tasks)} target tasks), "
                   f"root {settings.root}, profile {settings.fingerprint()}, {sched.where()}")
-    for line in preflight_run(settings, cfg, plan, workers=workers, scheduler=sched, allow_partial=allow_partial):
-        _say(line)
+    _say(*preflight_run(settings, cfg, plan, workers=workers, scheduler=sched, allow_partial=allow_partial))
     outcome = run_dag(plan.tasks, workers=workers, scheduler_host=scheduler_host, scheduler_port=scheduler_port)
     if not scheduler_host or not outcome.complete:
         # Under luigid, Luigi's summary calls the tasks other machines ran "not granted run permission";
@@ -189,8 +180,7 @@ def translate(
     if dry_run:
         result = preflight.dry_run(settings, cfg, engine, targets, allow_partial=allow_partial)
         console.print(result.table(engine))
-        for line in result.lines():
-            _say(line)
+        _say(*result.lines())
         return
     outcome = translate_engine(settings, cfg, engine, targets, workers=workers, allow_partial=allow_partial,
                                accept_difference=accept_billing_difference, say=_say)
@@ -204,8 +194,7 @@ def status(config: Path = ConfigOpt) -> None:
     """What the run root holds: each stage's targets, the memory per engine id, the part leases held now, and
     the billing per engine.  Exit code 3 when a billing difference is unexplained."""
     result = run_status(load_settings(config), str(config.resolve()))
-    for line in result.lines:
-        _say(line)
+    _say(*result.lines)
     raise typer.Exit(EXIT_BILLING_DIFFERENCE if result.warnings else 0)
 
 
@@ -222,11 +211,21 @@ def download(
     """Download the images of the configured datasets (img2dataset) and write the availability table.
     Without --retry-failed this is `ptvl run --until images`."""
     settings = load_settings(config)
+    if not retry_failed:  # the checks of `ptvl run --until images`, the unreachable sources included
+        return _build(plan_run(settings, str(config.resolve()), "images", Scheduler()).tasks)
     check_writable(settings.root)
-    if not retry_failed:
-        _build([AvailabilityReport(config=str(config.resolve()))])
-        return
     console.print(retry_downloads(settings, dataset, timeout, _say))
+
+
+@command("import", target=sources_app)
+def sources_import(dataset: str = typer.Argument(..., help="cc3m, coco, visdial or vqav2."),
+                   files: list[Path] = typer.Argument(..., help="Official files of that dataset, from any folder."),
+                   config: Path = ConfigOpt, accept_checksum: bool = typer.Option(
+                       False, "--accept-checksum", help="Use a file whose sha256 is not the manifest's.")) -> None:
+    """Use official files you already have: each is checked against the manifest (size, sha256; a mismatch
+    names both hashes and the likely cause), hard-linked (or, across filesystems, copied) into the run root,
+    never modified; `ptvl run` then fetches nothing for them and the dataset cards record their hashes."""
+    _say(*import_sources(load_settings(config), dataset, files, accept_checksum=accept_checksum))
 
 
 @command("convert-model")
@@ -271,8 +270,7 @@ def memory_export(
         lines = export_memory(settings.layout, out, engine_id=engine_id, human=human)
     except FileNotFoundError as e:
         _fail(str(e))
-    for line in lines:
-        _say(line)
+    _say(*lines)
 
 
 @command("import", target=memory_app)
@@ -298,8 +296,7 @@ def memory_import(
         lines = import_memory(settings.layout, path, engine_id=engine_id, human=human)
     except ValueError as e:
         _fail(str(e))
-    for line in lines:
-        _say(line)
+    _say(*lines)
 
 
 @command()

@@ -11,6 +11,9 @@
 
 `fetch_source` fetches every file of a manifest, checks row/record counts (also inside zips), extracts
 the listed zip members, and writes `dest_dir/_FETCHED.json` (atomically) as the completion marker.
+A file the user imported (`ptvl sources import`, pipeline/source_import.py, recorded in
+`dest_dir/_IMPORTED.json`) is never fetched: it is checked against the hash recorded at import, and its
+entry in `_FETCHED.json` says where it came from and whether its checksum differs from the manifest's.
 """
 from __future__ import annotations
 
@@ -32,13 +35,13 @@ from urllib.request import url2pathname
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.layout import FETCHED_MARKER, IMPORTED_RECORD
 from pipeline.manifests import FileEntry, Manifest, ZipMember
 from ptvl_io import atomic_write, move_into_place, write_json_atomic
 from ptvl_io.progress import BYTES, ProgressReporter
 
 log = logging.getLogger(__name__)
 
-FETCHED_MARKER = "_FETCHED.json"
 ProgressFn = Callable[[int, "int | None"], None]  # (bytes done, bytes total or None)
 
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(520, 530))
@@ -116,7 +119,7 @@ class FetchReport(BaseModel):
 
     url: str
     path: str = Field(description="fetch_file: the destination; fetch_source: relative to dest_dir")
-    status: Literal["downloaded", "resumed", "cached"]
+    status: Literal["downloaded", "resumed", "cached", "imported"]
     size: int
     sha256: str = Field(description="sha256 of the file as written")
     sha256_expected: str | None = None
@@ -126,6 +129,12 @@ class FetchReport(BaseModel):
     resumed_from: int = Field(0, description="size of the .part the download continued from")
     counts: dict[str, int] = Field(default_factory=dict, description="rows/records found, by file or member")
     extracted: list[str] = Field(default_factory=list, description="extracted members, relative to dest_dir")
+    imported_from: str | None = Field(None, description="status imported: the user's file it was placed from")
+    placed_by: Literal["hardlink", "copy", "in_place"] | None = Field(None, description="status imported: how it was placed")
+    checksum_accepted: bool = Field(False, description="imported with a sha256 other than the manifest's, "
+                                                       "accepted by the user (--accept-checksum)")
+    count_mismatch: str | None = Field(None, description="checksum accepted: how its counts differ from the "
+                                                         "manifest's")
 
 
 # ------------------------------------------------------------------------------------------ fetch_file
@@ -144,11 +153,14 @@ def fetch_file(
     chunk_size: int = 1 << 20,
     progress: ProgressFn | None = None,
     check: Callable[[Path], Any] | None = None,
+    offline: bool = False,
 ) -> FetchReport:
     """Download `url` to `dest`, resuming `dest.part`, and verify `size` / `sha256` before renaming.
 
     `check(path)` is an extra verification run on the complete file before the rename (it raises a
-    VerifyError to reject the bytes). Raises FetchError (or a subclass); `dest` is then unchanged.
+    VerifyError to reject the bytes). `offline`: only verify a `dest` already in place; where it would
+    have to be downloaded, raise FetchError instead. Raises FetchError (or a subclass); `dest` is then
+    unchanged.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -159,8 +171,12 @@ def fetch_file(
             digest = _verify(dest, url, size, sha256, _hash_file(dest, chunk_size), check)
             return _report(url, dest, "cached", digest, sha256)
         except VerifyError as e:
+            if offline:
+                raise FetchError(f"{dest} fails verification ({e})", url=url) from None
             # Keep the old file until a verified replacement is renamed over it.
             log.warning("%s exists but fails verification (%s); downloading again", dest, e)
+    if offline:
+        raise FetchError(f"{dest} is missing", url=url)
 
     attempts = transferred = resumed_from = 0
     resumed = False
@@ -465,19 +481,25 @@ def fetch_source(
     *,
     settings: FetchSettings | None = None,
     progress: bool = True,
+    offline: bool = False,
 ) -> list[FetchReport]:
     """Fetch and verify every file of `manifest` into `dest_dir`, extract zip members, and write
-    `dest_dir/_FETCHED.json` last (the completion marker). Files already verified are not fetched again.
+    `dest_dir/_FETCHED.json` last (the completion marker). Files already verified are not fetched again;
+    files recorded in `dest_dir/_IMPORTED.json` are never fetched (see the module docstring).
 
     `progress`: True reports the bytes of each file (ptvl_io.progress: a bar on a terminal, a log line
-    every PTVL_PROGRESS_EVERY_S seconds without one); False reports nothing.
+    every PTVL_PROGRESS_EVERY_S seconds without one); False reports nothing.  `offline`: verify what is
+    there and raise FetchError for a file that would have to be downloaded.
     """
     settings = settings or FetchSettings()
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     # A stale marker must not claim completion while this run (maybe for a changed manifest) is under way.
     (dest_dir / FETCHED_MARKER).unlink(missing_ok=True)
-    reports = [_fetch_entry(manifest, entry, dest_dir, settings, progress) for entry in manifest.files]
+    imported = read_imports(dest_dir)
+    reports = [_imported_entry(manifest, entry, dest_dir, imported[entry.name], settings)
+               if entry.name in imported else _fetch_entry(manifest, entry, dest_dir, settings, progress, offline)
+               for entry in manifest.files]
 
     pending = {r.path: r.sha256 for r in reports if r.sha256_pending}
     write_json_atomic(dest_dir / FETCHED_MARKER, {
@@ -499,8 +521,47 @@ def _reported_on(bar: ProgressReporter) -> ProgressFn:
     return on_progress
 
 
+def read_imports(dest_dir: Path) -> dict[str, dict]:
+    """The files `ptvl sources import` placed in `dest_dir`, by manifest name ({} when none)."""
+    path = dest_dir / IMPORTED_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _imported_entry(manifest: Manifest, entry: FileEntry, dest_dir: Path, record: dict,
+                    settings: FetchSettings) -> FetchReport:
+    """A file the user imported: the bytes must still be the ones imported (a hard link follows edits of
+    the user's file); counts are enforced unless the user accepted another checksum."""
+    path = dest_dir / entry.name
+    again = f"import it again: ptvl sources import {manifest.name} FILE"
+    if not path.is_file():
+        raise FetchError(f"{path}: the imported file is gone; {again}", url=entry.url)
+    digest = _hash_file(path, settings.chunk_size).hexdigest()
+    if digest != record["sha256"]:
+        raise ChecksumMismatch(f"{path} changed since it was imported (sha256 {digest}, imported "
+                               f"{record['sha256']}); {again}", url=entry.url, expected=record["sha256"],
+                               found=digest)
+    counts: dict[str, int] = {}
+    mismatch = None
+    if settings.verify_counts:
+        try:
+            counts = verify_counts(path, entry)
+        except CountMismatch as e:
+            if not record.get("checksum_accepted"):
+                raise
+            mismatch = str(e)  # known and accepted at import: recorded, shown in the dataset cards
+    report = FetchReport(
+        url=entry.url, path=entry.name, status="imported", size=path.stat().st_size, sha256=digest,
+        sha256_expected=entry.sha256, sha256_pending=entry.sha256 is None, counts=counts,
+        imported_from=record["from"], placed_by=record["placed_by"],
+        checksum_accepted=bool(record.get("checksum_accepted")), count_mismatch=mismatch,
+    )
+    if entry.kind == "zip" and entry.members and settings.extract:
+        report.extracted = _extract_members(path, entry, dest_dir)
+    return report
+
+
 def _fetch_entry(manifest: Manifest, entry: FileEntry, dest_dir: Path, settings: FetchSettings,
-                 progress: bool) -> FetchReport:
+                 progress: bool, offline: bool = False) -> FetchReport:
     counts: dict[str, int] = {}
 
     def check(path: Path) -> None:
@@ -513,6 +574,7 @@ def _fetch_entry(manifest: Manifest, entry: FileEntry, dest_dir: Path, settings:
             entry.url, dest_dir / entry.name, size=entry.size, sha256=entry.sha256, timeout=settings.timeout,
             retries=settings.retries, backoff=settings.backoff, backoff_max=settings.backoff_max,
             chunk_size=settings.chunk_size, progress=_reported_on(bar) if bar is not None else None, check=check,
+            offline=offline,
         )
         if bar is not None:
             bar.set_total(report.size)

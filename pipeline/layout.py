@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+FETCHED_MARKER = "_FETCHED.json"  # a source's files are present and verified, with each one's provenance
+IMPORTED_RECORD = "_IMPORTED.json"  # the files `ptvl sources import` placed (pipeline/source_import.py)
 SHARED_MEMORY = "memory.sqlite"
 HUMAN_OVERLAY = "human.sqlite"
 IMPORTED_MEMORY = "imported.sqlite"
@@ -59,6 +61,14 @@ class RunLayout:
     def source(self, dataset: str) -> Path:
         """A dataset's official files (`_FETCHED.json` marks them verified)."""
         return self.sources / dataset
+
+    def source_marker(self, dataset: str) -> Path:
+        """FetchSource's target: every official file verified, and where each came from."""
+        return self.source(dataset) / FETCHED_MARKER
+
+    def source_imports(self, dataset: str) -> Path:
+        """The files the user imported instead of fetching them."""
+        return self.source(dataset) / IMPORTED_RECORD
 
     def source_split(self, dataset: str, split: str) -> Path:
         """What a reader wrote beside the segments: items, quarantine, dialogs, questions, read stats."""

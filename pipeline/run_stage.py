@@ -6,7 +6,15 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.checks import check_engines, check_luigid, check_model, check_neural_models, check_writable
+from pipeline.checks import (
+    check_engines,
+    check_features,
+    check_luigid,
+    check_model,
+    check_neural_models,
+    check_sources_reachable,
+    check_writable,
+)
 from pipeline.llm_preflight import preflight_training, sample_llm_tasks, summary
 from pipeline.preflight import preflight_paid_engines
 from pipeline.settings import ConfigError, Settings
@@ -38,8 +46,10 @@ class PlannedRun:
 
 
 def plan_run(settings: Settings, config: str, until: str | None, scheduler: Scheduler) -> PlannedRun:
-    """The target tasks of stage `until` (default: the last), after the checks that stage needs: engines
-    from translate on, the model from train on, a writable root, a reachable luigid.  ConfigError otherwise."""
+    """The target tasks of stage `until` (default: the last), after the checks that stage and its upstream
+    stages need, and no others: engines from translate on, [training] engine and [features] from features
+    on, [training] data and the model from train on, a writable root, a reachable luigid, then the hosts
+    of the sources still to fetch.  ConfigError otherwise (one line per problem)."""
     names = list(STAGES)
     stage = until or names[-1]
     if stage not in STAGES:
@@ -48,11 +58,14 @@ def plan_run(settings: Settings, config: str, until: str | None, scheduler: Sche
     if translates:  # stages before translate need no engine
         check_engines(settings)
         check_neural_models(settings)
+    if names.index(stage) >= names.index("features"):
+        check_features(settings)
     if names.index(stage) >= names.index("train"):
-        check_model(settings)
+        check_model(settings)  # [training] data, then the bridge
     check_writable(settings.root)
     if scheduler.host:
         check_luigid(scheduler.host, scheduler.port)
+    check_sources_reachable(settings)
     return PlannedRun(stage, STAGES[stage][1](config, settings), translates,
                       names.index(stage) >= names.index("train"))
 

@@ -243,25 +243,18 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        """What every stage that translates relies on; stage-specific checks live in pipeline/checks.py."""
         unknown = [e for e in self.translate.engines if e not in self.engines]
         if unknown:
             raise ValueError(
                 f"translate.engines names {unknown}, but only {sorted(self.engines)} are configured "
                 "as [engines.<name>] tables"
             )
+        # [training] and [features] are checked by the stages that read them (pipeline/checks.py: features,
+        # train), so a profile for `--until images` never has to name training data it does not build.
         if self.shards.min_qe is not None and self.curate.qe_model is None:
             raise ValueError("shards.min_qe drops rows by their QE score, but curate.qe_model is not set; set "
                              "curate.qe_model (e.g. \"Unbabel/wmt22-cometkiwi-da\") or remove shards.min_qe")
-        if self.training.engine not in self.translate.engines:
-            raise ValueError(f"training.engine {self.training.engine!r} is not in translate.engines")
-        for item in self.training.data:
-            d, _, sp = item.partition("/")
-            if sp not in self.datasets.enabled().get(d, []):
-                raise ValueError(f"training.data names {item!r}, which is not an enabled dataset/split")
-        clash = {"clip", "pretrained"} & self.features.model_fields_set
-        if clash:
-            raise ValueError(f"features.{'/'.join(sorted(clash))}: the CLIP is set once, in [model] (clip, "
-                             "clip_pretrained); remove it from [features]")
         # The pipeline derives the caption-context engine from translate.visdial_context; an entry's own
         # use_context would move every context-free translation to another memory id and pay again.
         own = [n for n, e in self.engines.items() if getattr(e, "use_context", False)]

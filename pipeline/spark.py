@@ -13,7 +13,13 @@ call:
   then fails to unpickle img2dataset's downloader ("No module named 'img2dataset'").  Unless the
   environment or `spark_conf` names one, it is set to this interpreter: right for local mode and for a
   cluster whose nodes mount the same environment at the same path; otherwise ship an environment
-  with `spark.archives` and name its interpreter in `spark.pyspark.python` (docs/spark.md).
+  with `spark.archives` and name its interpreter in `spark.pyspark.python` (docs/spark.md);
+- `quiet_to`: the JVM it starts writes its console output (log4j's WARN lines, stage progress) to that
+  file instead of the terminal.  The JVM inherits file descriptors 1 and 2 when it is launched, so they
+  point at the file only while `getOrCreate` starts it, and are restored at once.
+
+A standalone cluster needs no Spark download: pip's pyspark has `spark-class`, which starts a master
+and workers (`spark-class org.apache.spark.deploy.master.Master ...`; README, Scale-out).
 """
 from __future__ import annotations
 
@@ -21,13 +27,35 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 log = logging.getLogger("ptvl")
 
 
 @contextmanager
-def spark_session(master: str | None, conf: dict[str, str], local_cores: int) -> Iterator[object]:
+def _fds_to(path: Path) -> Iterator[None]:
+    """File descriptors 1 and 2 appended to `path` for the duration of the block (a child started inside
+    keeps them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+@contextmanager
+def spark_session(master: str | None, conf: dict[str, str], local_cores: int,
+                  quiet_to: Path | None = None) -> Iterator[object]:
     """Yield the SparkSession img2dataset will use (see the module docstring)."""
     if "spark.pyspark.python" not in conf:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -44,7 +72,8 @@ def spark_session(master: str | None, conf: dict[str, str], local_cores: int) ->
     builder = SparkSession.builder.appName("ptvl-download").master(master or f"local[{local_cores}]")
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _fds_to(quiet_to) if quiet_to is not None else nullcontext():
+        spark = builder.getOrCreate()
     log.info("img2dataset on Spark master %s", spark.sparkContext.master)
     try:
         yield spark

@@ -25,18 +25,40 @@ graceful stop; outside, SIGTERM keeps its usual meaning.
 Reuse: a multiprocessing pool's ``initializer=die_with_parent`` (or a first call in any child's entry
 function) is all a worker needs; ``die_with_parent(parent_pid)`` with the pid read in the parent before
 forking also covers a parent that died before the child got to run.
+
+Children that a library starts (img2dataset: a ``spawn`` pool and a logger process) run no code of ours
+first, so `spawned_children_die_with_me()` ties them instead: inside the block multiprocessing starts every
+``spawn`` child through a launcher (`multiprocessing.set_executable`, the documented hook) that sets the
+parent-death signal (SIGKILL), checks that the parent is still there, optionally sends its stdout/stderr
+to `output`, and ``exec``s the real interpreter with the same arguments (the signal survives ``exec``).
+The kernel kills such a worker while this process dies, so it sends no request after the kill.  Because
+the signal follows the forking *thread*, and a pool replaces workers from its own worker-handler thread
+(tied to it, those workers were killed at `terminate()` while holding the task-queue lock, and the
+200k-URL bench hung there), every spawn inside the block is forked from one daemon thread of this module
+that lives as long as the process (`multiprocessing.util.spawnv_passfds` is routed to it).
+
+This file is also that launcher: ``python -I -S lifetime.py --parent PID [--output FILE] -- ARGS...``
+(standard library only, so it starts in milliseconds and needs no ``sys.path``).
 """
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
+import multiprocessing.spawn
+import multiprocessing.util
 import os
+import queue
+import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _SLICE_S = 0.1  # `sleep` notices a stop within this long
@@ -189,3 +211,101 @@ def stoppable(grace_s: float = 90.0) -> Iterator[None]:
             sigterm, _state.sigterm, _state.stop_reason = _state.sigterm, False, None
             if sigterm and main:  # the SIGTERM the section held back now means what it meant
                 os.kill(os.getpid(), signal.SIGTERM)
+
+
+# ------------------------------------------------ children a library spawns (img2dataset's pool)
+
+
+class _Spawner:
+    """One daemon thread, alive as long as the process, that runs the forks of the spawned children."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="ptvl-spawner", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, args, mask, box, done = self._jobs.get()
+            own = signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the child inherits the caller's mask
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as e:  # handed back to the caller
+                box.append((False, e))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, own)
+                done.set()
+
+    def call(self, fn, *args):  # noqa: ANN001, ANN201 - spawnv_passfds' own signature
+        box: list = []
+        done = threading.Event()
+        self._jobs.put((fn, args, signal.pthread_sigmask(signal.SIG_BLOCK, []), box, done))
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _forget_spawner_in_child() -> None:
+    # A forked child (a Luigi task process) has no copy of the parent's thread: it starts its own.
+    global _spawner, _spawner_lock
+    _spawner, _spawner_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_spawner_in_child)
+
+
+def _the_spawner() -> _Spawner:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        return _spawner
+
+
+@contextmanager
+def spawned_children_die_with_me(output: str | Path | None = None) -> Iterator[None]:
+    """Inside the block, every process multiprocessing starts with the "spawn" method (and its resource
+    tracker, if first started here) dies with this process, even when it is killed by SIGKILL; with
+    `output`, their stdout and stderr are appended to that file.  See the module docstring."""
+    previous = multiprocessing.spawn.get_executable()
+    original = multiprocessing.util.spawnv_passfds
+    spawner = _the_spawner()
+    folder = Path(tempfile.mkdtemp(prefix="ptvl-spawn-"))
+    launcher = folder / "python"
+    args = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--parent", str(os.getpid())]
+    if output is not None:
+        args += ["--output", str(Path(output).resolve())]
+    # A shell script, not a Python shebang: a shebang line is cut at 127 bytes on older kernels, and a
+    # virtual environment's interpreter path can be longer.
+    launcher.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in args) + ' -- "$@"\n')
+    launcher.chmod(0o700)
+    multiprocessing.set_executable(str(launcher))
+    multiprocessing.util.spawnv_passfds = lambda path, argv, passfds: spawner.call(original, path, argv, passfds)
+    try:
+        yield
+    finally:
+        multiprocessing.util.spawnv_passfds = original
+        multiprocessing.set_executable(os.fsdecode(previous))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _launch(argv: list[str]) -> None:
+    """The launcher: tie to the parent, redirect output, then become the real interpreter."""
+    split = argv.index("--")
+    opts, rest = argv[:split], argv[split + 1:]
+    die_with_parent(int(opts[opts.index("--parent") + 1]))  # SIGKILL: outside any stoppable section
+    if "--output" in opts:
+        fd = os.open(opts[opts.index("--output") + 1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    os.execv(sys.executable, [sys.executable, *rest])
+
+
+if __name__ == "__main__":
+    _launch(sys.argv[1:])

@@ -25,9 +25,10 @@ from PIL import Image
 from pipeline.availability import availability_counts, availability_table
 from pipeline.contracts import AVAILABILITY, ITEMS
 from pipeline.images.download import DownloadError, download_images, retry_failed
-from pipeline.images.layout import FIXES_NAME, manifest_path
+from pipeline.images.layout import FIXES_NAME, LOG_NAME, manifest_path
 from pipeline.images.settings import DownloadSettings
 from pipeline.images.store import iter_image_batches
+from tests.faultmix import KINDS, FaultMixServer, fault_mix
 from tests.helpers import jpeg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -445,3 +446,107 @@ def test_orientation_fix_needs_exif() -> None:
     with pytest.raises(ValueError, match="set extract_exif = true"):
         DownloadSettings(extract_exif=False)
     assert DownloadSettings(extract_exif=False, fix_orientation=False).fix_16bit
+
+
+# ------------------------------------------------------------------ the fault mix, quiet output, no orphans
+
+
+def test_the_seventeen_fault_kinds_get_their_reasons_quietly(tmp_path: Path, capfd) -> None:
+    """Every kind of tests/faultmix.py (the bench's host) gets its reason, and img2dataset's own output (its
+    pool's "Sharding file", the logger's per-shard lines, the bar) goes to img2dataset.log, not the console."""
+    with FaultMixServer(timeout_s=1) as srv:
+        rows = fault_mix(srv.base, 100)  # every kind at least once (the rarest are 1%)
+        items = _items(tmp_path / "items.parquet", [u for u, _ in rows])
+        manifest = download_images(items, tmp_path / "out", _settings(thread_count=8, number_sample_per_shard=50))
+    assert {k for _, k in rows} == set(KINDS)
+    av = _availability(tmp_path / "out")
+    got = dict(zip(av["image_id"].to_list(), av["reason"].to_list(), strict=True))
+    wrong = [(kind, got[f"cc3m/train/{i}"]) for i, (_, kind) in enumerate(rows) if got[f"cc3m/train/{i}"] != KINDS[kind].reason]
+    assert not wrong
+    assert manifest.fixed == {"16bit": 1, "exif_orientation": 2}
+    console = capfd.readouterr()
+    log = (tmp_path / "out" / LOG_NAME).read_text()
+    for line in ("Starting the downloading of this file", "Sharding file number 1 of 1", "worker  - success"):
+        assert line in log and line not in console.out + console.err, line
+
+
+def _children(pid: int) -> set[int]:
+    """The live descendants of `pid` (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += kids - found
+            found |= kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the workers' tie to ptvl is Linux's prctl")
+def test_kill_9_of_the_parent_leaves_no_worker_sending_requests(tmp_path: Path) -> None:
+    """kill -9 of the process running download_images (as `ptvl run` does), not of its process group: the
+    host sees no request once the requests in flight when it died are answered, and no worker survives.
+    Without the tie the two workers went on with the remaining shards (seconds of requests)."""
+    settings = _settings(processes_count=2, thread_count=2, number_sample_per_shard=10, min_image_size=0)
+    with FaultMixServer(delay_s=0.1) as srv:  # 2 x 2 threads at 0.1 s a request: 400 URLs take ~10 s
+        items = _items(tmp_path / "items.parquet", [f"{srv.base}/ok/{i}.jpg" for i in range(400)])
+        out = tmp_path / "out"
+        code = ("import sys, json; from pipeline.images.download import download_images; "
+                "from pipeline.images.settings import DownloadSettings; "
+                "download_images(sys.argv[1], sys.argv[2], DownloadSettings(**json.loads(sys.argv[3])))")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(items), str(out), settings.model_dump_json()],
+                                cwd=REPO, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        # 12 shards done: each worker has done its 5 tasks, and the live ones were started by the pool's
+        # handler thread, not by the main thread
+        while len(list((out / "shards").glob("*_stats.json"))) < 12:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        killed_at = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        while any(_alive(p) for p in workers) and time.monotonic() < killed_at + 5:
+            time.sleep(0.02)
+        survivors = [p for p in workers if _alive(p)]
+        time.sleep(2.0)
+        after = [t - killed_at for t in srv.arrivals if t > killed_at]
+        for p in survivors:  # a failing run must not leave them behind
+            os.kill(p, signal.SIGKILL)
+    assert len(workers) >= 3 and not survivors  # 2 pool workers, img2dataset's logger, the resource tracker
+    # At most one request per download thread was in flight; none arrived later.
+    assert len(after) <= 4 and all(dt < 1.0 for dt in after), after
+    assert len(list((out / "shards").glob("*_stats.json"))) < 40
+
+
+def test_16bit_fixes_in_many_threads_leave_the_console_alone(tmp_path: Path) -> None:
+    """img2dataset's Resizer points file descriptors 1 and 2 at /dev/null while it runs and back after:
+    called from fixes' thread pool, two calls interleaved and left them at /dev/null for good (the rest
+    of `ptvl run` printed nothing, and a bench child's result line vanished).  Calls are serialised."""
+    from multiprocessing.pool import ThreadPool
+
+    from pipeline.images.fixes import _from_16bit
+
+    before = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with FaultMixServer() as srv, ThreadPool(32) as pool:
+            out = pool.map(lambda i: _from_16bit(f"{srv.base}/png16/{i}.png", _settings(image_size=64)), range(96))
+        after = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    finally:  # a failure must not leave pytest's own output at /dev/null
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+    assert all(o is not None and o[:3] == b"\xff\xd8\xff" for o in out)
+    assert after == before

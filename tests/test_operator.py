@@ -326,8 +326,11 @@ def test_batch_job_sees_progress_and_no_chatter(tiny_run: TinyRun) -> None:
     assert re.search(r"eval vqav2: vqa: 12/12", log)
     # Third-party chatter stays behind -v.
     for noise in ("Parsing model identifier", "Loaded model config", "PTBTokenizer tokenized", "Untokenizable",
-                  "generated new fontManager", "No path found after"):
+                  "generated new fontManager", "No path found after",
+                  # img2dataset's own lines (its pool, logger and bar) go to images/<ds>/<split>/img2dataset.log
+                  "Starting the downloading of this file", "Sharding file number", "worker  - success"):
         assert noise not in log, noise
+    assert "worker  - success" in (tiny_run.root / "images" / "cc3m" / "train" / "img2dataset.log").read_text()
 
 
 def test_retrain_is_one_command(tiny_run: TinyRun) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -35,14 +36,18 @@ from pipeline.images.layout import (
     SHARDS,
     attempt_dir,
     fixes_path,
+    log_path,
     manifest_path,
     retry_rounds,
 )
 from pipeline.images.settings import DownloadSettings
 from pipeline.images.store import complete_shards, covered_urls
+from pipeline.images.workers import img2dataset_workers
 from pipeline.io import write_json_atomic, write_parquet_atomic
 from pipeline.spark import spark_session
 from ptvl_io.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
 
 _UA = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
 
@@ -239,11 +244,16 @@ def _run_img2dataset(url_list: Path, output_folder: Path, s: DownloadSettings) -
     if n == 0:
         output_folder.mkdir(parents=True, exist_ok=True)
         return
+    # `ptvl -v` (DEBUG logging) shows img2dataset's own output; otherwise it goes to the attempt's log.
+    verbose = log.isEnabledFor(logging.DEBUG)
     session = nullcontext()
     if s.distributor == "pyspark":
-        session = spark_session(s.spark_master, s.spark_conf, s.processes_count)
-    with session, _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n):
-        _download(img2dataset, url_list, output_folder, s)
+        session = spark_session(s.spark_master, s.spark_conf, s.processes_count,
+                                quiet_to=None if verbose else log_path(output_folder.parent))
+    # The progress bar is entered first: it must bind the console before img2dataset's thread is redirected.
+    with session, _DownloadProgress("images " + "/".join(output_folder.parent.parts[-2:]), output_folder, n), \
+            img2dataset_workers(log_path(output_folder.parent), verbose):
+        img2dataset.download(**img2dataset_kwargs(url_list, output_folder, s))
 
 
 class _DownloadProgress:
@@ -277,8 +287,10 @@ class _DownloadProgress:
         self.bar.close()
 
 
-def _download(img2dataset, url_list: Path, output_folder: Path, s: DownloadSettings) -> None:
-    img2dataset.download(
+def img2dataset_kwargs(url_list: Path, output_folder: Path, s: DownloadSettings) -> dict:
+    """The arguments of the `img2dataset.download` call for `s` (bench/download_scale_bench.py makes the
+    same call without ptvl around it)."""
+    return dict(
         url_list=str(url_list),
         input_format="parquet",
         url_col="url",
@@ -477,6 +489,7 @@ def _clear(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     (out_dir / "sniff.parquet").unlink(missing_ok=True)
     fixes_path(out_dir).unlink(missing_ok=True)
+    log_path(out_dir).unlink(missing_ok=True)
     shutil.rmtree(out_dir / SHARDS, ignore_errors=True)
     for p in out_dir.iterdir():
         if p.is_dir() and RETRY_DIR.match(p.name):

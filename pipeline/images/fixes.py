@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import urllib.request
 from collections import Counter
 from multiprocessing.pool import ThreadPool
@@ -60,6 +61,10 @@ SATURATED_SHARE = 0.95  # share of samples at 0 or 255 (+-JPEG noise) that makes
 # for almost every image.
 FLAT_BYTES_PER_PIXEL = 0.15
 FLAT_HEADER_BYTES = 2048  # markers and tables every encoded file carries, whatever its content
+# img2dataset's Resizer points file descriptors 1 and 2 of the whole process at /dev/null while it runs and
+# back after: two calls interleaved in the fetch threads left them at /dev/null for good (the rest of the
+# run printed nothing).  One Resizer call at a time; the fetches stay parallel.
+_RESIZER_LOCK = threading.Lock()
 
 
 def fix_attempt(attempt_dir: Path, shards_dir: Path, s: DownloadSettings) -> dict[str, int]:
@@ -166,7 +171,8 @@ def _from_16bit(url: str, s: DownloadSettings) -> bytes | None:
         encode_format=s.encode_format, encode_quality=s.encode_quality, min_image_size=s.min_image_size,
         max_aspect_ratio=s.max_aspect_ratio if s.max_aspect_ratio is not None else float("inf"),
     )
-    data, *_, err = resize(io.BytesIO(png.tobytes()))
+    with _RESIZER_LOCK:
+        data, *_, err = resize(io.BytesIO(png.tobytes()))
     return data if err is None else None
 
 

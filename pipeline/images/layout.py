@@ -9,6 +9,7 @@ Layout under `out_dir` (one dataset split):
     retry-<n>/shards/            img2dataset output of that round
     <attempt>/sniff.parquet      reasons refined for undecodable bodies (see download.sniff_reason)
     <attempt>/_fixed_images.parquet  corrected bytes of the images img2dataset decoded wrongly (fixes.py)
+    <attempt>/img2dataset.log    img2dataset's own output (its workers, logger and progress bar), unless -v
     attempts.parquet             history: one row per URL per attempt (attempt 0 = first pass)
     availability.parquet         contract AVAILABILITY: one row per URL, the latest attempt wins
     _MANIFEST.json               summary; written last, so it is the stage's completion marker
@@ -27,6 +28,7 @@ MANIFEST_NAME = "_MANIFEST.json"
 SHARDS = "shards"
 RETRY_DIR = re.compile(r"retry-(\d+)$")
 FIXES_NAME = "_fixed_images.parquet"  # leading "_": not an img2dataset shard to the store's scan
+LOG_NAME = "img2dataset.log"
 FIXES = pa.schema([("key", pa.string()), ("jpg", pa.binary()), ("fix", pa.string())])
 
 
@@ -46,6 +48,11 @@ def retry_rounds(out_dir: Path) -> list[int]:
         for p in out_dir.iterdir()
         if (m := RETRY_DIR.match(p.name)) and (p / "urls.parquet").exists()
     )
+
+
+def log_path(attempt_folder: Path) -> Path:
+    """Where img2dataset's own output goes (pipeline/images/workers.py), appended run after run."""
+    return attempt_folder / LOG_NAME
 
 
 def fixes_path(attempt_folder: Path) -> Path:

@@ -38,8 +38,9 @@ class GenerateSample(PtvlTask):
 
 
 class FetchSource(PtvlTask):
-    """Download and verify a dataset's official files (data_manifests/<dataset>.toml); on the sample
-    profile the generated files stand in for them."""
+    """Download and verify a dataset's official files (data_manifests/<dataset>.toml); files the user
+    imported (`ptvl sources import`) are verified, never fetched; on the sample profile the generated files
+    stand in for them."""
 
     dataset = luigi.Parameter()
 
@@ -47,7 +48,7 @@ class FetchSource(PtvlTask):
         return GenerateSample(config=self.config) if self.settings.sample.enabled else []
 
     def output(self) -> luigi.LocalTarget:
-        return self.target("sources", str(self.dataset), "_FETCHED.json")
+        return luigi.LocalTarget(str(self.layout.source_marker(str(self.dataset))))
 
     def run(self) -> None:
         dest = self.root / "sources" / str(self.dataset)

@@ -157,7 +157,8 @@ class BuildShards(PtvlTask):
         write_dataset_card(out, dataset=dataset, split=split, engine=engine,
                            engine_id=engine_id, layout=layout,
                            policy=policy, stats=summary, availability_md=availability_md,
-                           source_note=split_note(dataset, split, self.settings.datasets.coco.fold_restval))
+                           source_note=split_note(dataset, split, self.settings.datasets.coco.fold_restval),
+                           sources_marker=self.layout.source_marker(dataset))
         write_json_atomic(self.output().path, summary)
 
 
