@@ -133,11 +133,15 @@ def _profile(tmp_path: Path, tiny_lm: Path) -> Path:
     return config
 
 
-def _fake_build(evaluated: tuple[str, ...], fail: str | None, trained: bool = True):
+def _fake_build(evaluated: tuple[str, ...], fail: str | None, trained: bool = True, *, monkeypatch):
     """luigi's build, replaced: train (run.toml, _DONE.json), evaluate `evaluated`, and let `fail` raise, as
-    Luigi would, through the task's own on_failure."""
+    Luigi would, through the task's own on_failure.  The LLM pre-flight (tests/test_llm_check.py checks it on
+    a real tiny LM; this one has no weights) is replaced by a record that it ran before the build."""
+    calls: list[str] = []
+    monkeypatch.setattr(train_runs, "_preflight", lambda settings, config, workers: calls.append(settings.model.llm))
 
     def build(tasks: list[Evaluate], workers: int) -> LocalBuild:
+        assert calls == [tasks[0].settings.model.llm]  # pre-flighted once, before anything was built
         run, model = Train(config=tasks[0].config).run_dir(), tasks[0].settings.model
         make_run(run, Path(model.llm), layer=model.layer, done=500 if trained else None, evals=evaluated)
         for task in tasks:
@@ -150,7 +154,7 @@ def _fake_build(evaluated: tuple[str, ...], fail: str | None, trained: bool = Tr
 
 def test_a_retrain_with_a_failed_evaluation_prints_its_partial_results(tmp_path, tiny_lm, monkeypatch):
     config = _profile(tmp_path, tiny_lm)
-    monkeypatch.setattr(train_runs, "build_local", _fake_build(("coco", "visdial"), fail="vqav2"))
+    monkeypatch.setattr(train_runs, "build_local", _fake_build(("coco", "visdial"), fail="vqav2", monkeypatch=monkeypatch))
     res = CliRunner().invoke(app, ["retrain", "--config", str(config), "--llm", str(tiny_lm),
                                                 "--layer", "-2", "--steps", "500"])
     assert res.exit_code == 1, res.output  # not finished: scripts see it
@@ -169,7 +173,7 @@ def test_a_retrain_with_a_failed_evaluation_prints_its_partial_results(tmp_path,
 
 def test_a_retrain_whose_training_died_silently_is_listed_as_failed(tmp_path, tiny_lm, monkeypatch):
     config = _profile(tmp_path, tiny_lm)
-    monkeypatch.setattr(train_runs, "build_local", _fake_build((), fail=None, trained=False))
+    monkeypatch.setattr(train_runs, "build_local", _fake_build((), fail=None, trained=False, monkeypatch=monkeypatch))
     done = train_runs.retrain(config, {"llm": str(tiny_lm)}, 500, "dead", 1, tmp_path / "tables.md")
     assert done.status == "failed" and done.earlier == 1
     error = read_failure(done.run_dir)["error"]
