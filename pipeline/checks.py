@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -157,18 +158,19 @@ def _reach(host: str, port: int, timeout: float) -> str | None:
         return e.strerror or str(e) or type(e).__name__
 
 
-def check_sources_reachable(settings: Settings, timeout: float = 10.0) -> None:
+def check_sources_reachable(settings: Settings, timeout: float = 10.0, datasets: Iterable[str] | None = None) -> None:
     """Every enabled dataset whose official files are not all in place yet can get them: the host of each
     file still to fetch accepts a connection (a file:// URL's file exists).  Files imported by `ptvl sources
     import`, or already there at the manifest's size, need no host.  Otherwise one line per source: the
     host, the error, and the `ptvl sources import` command that uses files the user already has; so a
-    machine without network stops here, before Luigi runs anything."""
+    machine without network stops here, before Luigi runs anything.  `datasets`: only these (default: every
+    enabled one)."""
     if settings.sample.enabled:
         return
     proxies = urllib.request.getproxies()
     seen: dict[tuple[str, int], str | None] = {}
     problems = []
-    for dataset in settings.datasets.enabled():
+    for dataset in settings.datasets.enabled() if datasets is None else datasets:
         if settings.layout.source_marker(dataset).exists():
             continue
         try:

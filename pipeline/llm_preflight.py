@@ -6,8 +6,10 @@ resume".
 One load of the LLM, not two: when the training is the next thing this process runs (its inputs are
 built, and one Luigi worker runs tasks in this process), the pre-flight hands the loaded LLM to it
 (`training.model.hand_over`). Otherwise the training loads it again (from the page cache: seconds for a 7B
-model, against hours of training). On a GPU with several Luigi workers the pre-flight runs in a spawned
-process: a CUDA context in this process would be unusable in the workers Luigi forks.
+model, against hours of training). With several Luigi workers the pre-flight runs in a spawned process:
+Luigi forks its workers from this process, and a fork after torch has run is unsafe on any device (a
+CUDA context is unusable in the child; on CPU the child's first parallel op waits for ever on the OpenMP
+pool's lock, which is how `ptvl run --workers 2` hung in CacheFeatures).
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def preflight_training(settings: Settings, config: Path | None = None, *, worker
     if MODELS in settings.model.llm and not Path(cfg.llm).is_dir():
         return None
     device = settings.training.device
-    spawn = workers > 1 and device.startswith("cuda")
+    spawn = workers > 1  # Luigi forks the workers from this process after the check (module docstring)
     keep = local and workers == 1 and config is not None and _inputs_done(config)
     report = run_check(cfg, device, keep=keep, spawn=spawn)
     if not report.ok:

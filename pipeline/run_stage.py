@@ -19,6 +19,7 @@ from pipeline.llm_preflight import preflight_training, sample_llm_tasks, summary
 from pipeline.preflight import preflight_paid_engines
 from pipeline.settings import ConfigError, Settings
 from pipeline.tasks import STAGES
+from pipeline.tasks.acquire import FetchSource
 from pipeline.tasks.scheduling import DagOutcome, run_dag
 
 
@@ -65,9 +66,27 @@ def plan_run(settings: Settings, config: str, until: str | None, scheduler: Sche
     check_writable(settings.root)
     if scheduler.host:
         check_luigid(scheduler.host, scheduler.port)
-    check_sources_reachable(settings)
-    return PlannedRun(stage, STAGES[stage][1](config, settings), translates,
-                      names.index(stage) >= names.index("train"))
+    tasks = STAGES[stage][1](config, settings)
+    if not settings.sample.enabled and not all(settings.layout.source_marker(d).exists()
+                                               for d in settings.datasets.enabled()):
+        check_sources_reachable(settings, datasets=sources_to_fetch(tasks))  # the walk only when a source is missing
+    return PlannedRun(stage, tasks, translates, names.index(stage) >= names.index("train"))
+
+
+def sources_to_fetch(tasks: list[luigi.Task]) -> list[str]:
+    """The datasets whose official files the run will fetch: a FetchSource that an incomplete task needs (what
+    Luigi would schedule).  A run whose segments are built already needs no source host."""
+    needed, seen, todo = [], set(), list(tasks)
+    while todo:
+        task = todo.pop()
+        if task.task_id in seen or task.complete():
+            continue
+        seen.add(task.task_id)
+        if isinstance(task, FetchSource):
+            needed.append(str(task.dataset))
+        else:
+            todo.extend(luigi.task.flatten(task.requires()))
+    return sorted(set(needed))
 
 
 def preflight_run(settings: Settings, config: str, plan: PlannedRun, *, workers: int, scheduler: Scheduler,

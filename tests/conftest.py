@@ -41,3 +41,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# With pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`), each test file goes to one worker
+# whole, so a module-scoped fixture is built once; files that share an expensive session fixture, or a
+# fixture that builds into pytest's cache folder (two workers building it at once would race), go to
+# the same worker as one group.
+_SHARED = {
+    "tiny_run": "tiny-run",  # the whole tiny DAG (tests/operator_run.py)
+    "small_world": "small-world",  # pytest cache: ptvl-train-small
+}
+_SHARED_FILES = {  # modules that build pytest's cache folder ptvl-train-sample themselves
+    "test_learning.py": "train-sample", "test_eval_real_model.py": "train-sample",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    group_of_file: dict[str, str] = {}
+    for item in items:
+        path = item.path.name
+        shared = next((g for f, g in _SHARED.items() if f in getattr(item, "fixturenames", ())), None)
+        group = shared or _SHARED_FILES.get(path)
+        if group:
+            group_of_file[path] = group
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of_file.get(item.path.name, item.path.name)))

@@ -13,14 +13,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, running_luigid
 from tests.test_pipeline import PTVL, SMALL, ptvl
 from tests.test_repeatable import _tables
 
@@ -50,38 +48,13 @@ def luigid(tmp_path: Path, request):
     """A real luigid on a free local port, its state, logs and task history inside tmp_path, with
     configs/luigid.cfg (a test may lower its retry_delay through `@pytest.mark.retry_delay(s)`)."""
     pytest.importorskip("sqlalchemy", reason="luigid's task history needs SQLAlchemy (pip install 'ptvl[luigid]')")
-    home = tmp_path / "luigid"
-    (home / "logs").mkdir(parents=True)  # luigid does not create its --logdir
-    port = free_port()
     cfg = (REPO / "configs" / "luigid.cfg").read_text()
     mark = request.node.get_closest_marker("retry_delay")
     if mark:
         cfg = cfg.replace("retry_delay = 60", f"retry_delay = {mark.args[0]}")
-    (home / "luigid.cfg").write_text(cfg)
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(home / "luigid.cfg")}
-    proc = subprocess.Popen(
-        [str(LUIGID), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(home / "logs"),
-         "--state-path", str(home / "state.pickle")],
-        cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={{}}", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("luigid did not start") from None
-                time.sleep(0.5)
+    home = tmp_path / "luigid"
+    with running_luigid(home, cfg) as port:
         yield port, home / "luigid-history.sqlite"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _runs_per_task(history: Path) -> Counter:

@@ -344,8 +344,8 @@ def test_retrain_is_one_command(tiny_run: TinyRun) -> None:
     run = tiny_run.root / "train" / "tiny-lm-cls-k1-l-2"
     for bench in ("coco", "visdial", "vqav2"):
         assert (run / "eval" / bench / "metrics.json").is_file()
-    out = res.stdout
-    assert re.search(r"tiny-lm-cls-k1-l-2, finished \(1 earlier", " ".join(out.split()))
+    out = res.stdout  # the tables; the run line is console output (stderr)
+    assert re.search(r"tiny-lm-cls-k1-l-2, finished \(1 earlier", " ".join(res.stderr.split()))
     facts = llm_facts(str(lm))
     name = f"tiny-lm ({facts.model_type}, {format_params(facts.params)})"  # e.g. tiny-lm (gpt_neo, 25.1K)
     assert facts.model_type == "gpt_neo" and facts.params and facts.params > 1000

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from tests.fake_deepl import FakeDeepL
-from tests.helpers import free_port
+from tests.helpers import running_luigid
 from tests.test_pipeline import ptvl
 from translation.gold import load_gold
 
@@ -158,24 +156,8 @@ def test_workers_4_pay_each_unique_string_once(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def luigid(tmp_path: Path):
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    (tmp_path / "luigid").mkdir()
-    proc = subprocess.Popen(
-        [str(bin_dir / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path / "luigid"),
-         "--state-path", str(tmp_path / "luigid" / "state.pickle")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "luigid did not start"
-            time.sleep(0.1)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_luigid(tmp_path / "luigid") as port:
+        yield port
 
 
 def test_two_processes_under_luigid_pay_each_string_once(tmp_path: Path, luigid: int) -> None:

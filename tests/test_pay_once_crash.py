@@ -19,9 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +35,7 @@ from pipeline.contracts import SEGMENTS
 from pipeline.io import write_parquet_atomic
 from pipeline.ledger import read_attempts
 from tests.fake_deepl import FakeDeepL
-from tests.helpers import free_port
+from tests.helpers import running_luigid
 from tests.test_pipeline import PTVL
 from translation.textkey import text_hash
 
@@ -341,28 +339,8 @@ def test_an_unexplained_difference_exits_3_until_acknowledged_and_a_failed_run_p
 def fast_luigid(tmp_path: Path):
     """A real luigid that declares a silent worker lost after 3 s and offers its tasks again 1 s later (the
     defaults, 60 s and 15 min, are what made the issue's takeover take 150 s)."""
-    home = tmp_path / "luigid"
-    (home / "logs").mkdir(parents=True)
-    (home / "luigid.cfg").write_text("[scheduler]\nworker_disconnect_delay = 3\nretry_delay = 1\n")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "luigid"), "--address", "127.0.0.1", "--port", str(port), "--logdir",
-         str(home / "logs"), "--state-path", str(home / "state.pickle")],
-        cwd=home, env={**os.environ, "LUIGI_CONFIG_PATH": str(home / "luigid.cfg")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "luigid did not start"
-                time.sleep(0.1)
+    with running_luigid(tmp_path / "luigid", "[scheduler]\nworker_disconnect_delay = 3\nretry_delay = 1\n") as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_kill_9_under_luigid_then_another_process_takes_over_and_pays_nothing_twice(tmp_path: Path, fast_luigid,

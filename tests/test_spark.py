@@ -85,7 +85,10 @@ def standalone(tmp_path_factory) -> tuple[str, Path]:
         pytest.skip("pyspark needs a Java runtime (17+)")
     tmp = tmp_path_factory.mktemp("standalone")
     port = free_port()
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_DIRS": str(tmp), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    # spark-class finds pip's Spark through `python3` on the PATH (an activated venv) or PYSPARK_PYTHON; the
+    # tests run the venv's interpreter without activating it, so they name it, as docs/spark.md says.
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_DIRS": str(tmp), "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable)}
     spark_class = str(_spark_class())
     commands = [[spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
                  "--webui-port", str(free_port())]]
