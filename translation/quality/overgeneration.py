@@ -68,4 +68,4 @@ def _candidates(c: Columns, th: QualityThresholds) -> pl.Expr:
 
 
 FLAG = Flag(OVERGENERATION, _detect, _candidates, doc="the output runs on past the translation (a second line, "
-            "a new prompt block or chat turn)", colour="#7d3c98")
+            "a new prompt block or chat turn)", colour="#117a65")
