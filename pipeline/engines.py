@@ -180,6 +180,9 @@ class HFEntry(EntryBehaviour, HFSettings):
     def engine_id(self, name: str) -> str:
         return hf_engine_id(self)
 
+    def at_models(self, models: Path) -> Self:
+        return self.model_copy(update={"model": self.model.replace("{models}", str(models))})
+
     def check(self, name: str, sources: Path, *, sample: bool) -> None:
         p = Path(self.model)
         if (p.is_absolute() or self.model.startswith(".")) and not p.exists():

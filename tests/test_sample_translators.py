@@ -18,7 +18,9 @@ from pipeline.review.queues import Queues
 from pipeline.review.tables import RunTables
 from pipeline.sample.translators import RECIPES
 from pipeline.settings import load_settings
+from translation.scoring import score_against_gold
 
+pytestmark = pytest.mark.slow  # the sample DAG up to the report (~40 CPU-s: three tiny models trained)
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["tiny-llm", "tiny-madlad", "tiny-narrativa"]
 
@@ -27,8 +29,8 @@ TINY = ["tiny-llm", "tiny-madlad", "tiny-narrativa"]
 def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("sample-translators")
     text = (REPO / "configs" / "sample.toml").read_text()
-    for key, value in {"n_train = 600": "n_train = 300", "n_val = 100": "n_val = 30", "n_coco = 100": "n_coco = 10",
-                       "n_dialogs = 50": "n_dialogs = 4"}.items():
+    # The default training split (the recipes are calibrated on it); fewer evaluation strings to translate.
+    for key, value in {"n_val = 100": "n_val = 40", "n_coco = 100": "n_coco = 10", "n_dialogs = 50": "n_dialogs = 4"}.items():
         assert key in text
         text = text.replace(key, value)
     profile = tmp / "sample.toml"
@@ -61,17 +63,17 @@ def test_four_engines_that_differ(run):
     assert _table(run["md"], "Worst cases (most flags across engines)")  # rows, not just the header
 
 
-def test_the_strong_engine_translates_held_out_captions(run):
-    """On validation captions (never trained on): tiny-narrativa mostly right, tiny-madlad mostly wrong."""
+def test_the_engines_translate_held_out_captions_to_different_degrees(run):
+    """chrF against the reference on validation captions (never trained on): strong, middling, weak."""
     ref = pl.read_parquet(run["root"] / "translated" / "reference" / "cc3m" / "validation.parquet")
-    exact = {}
+    chrf = {}
     for engine in TINY:
         df = pl.read_parquet(run["root"] / "translated" / engine / "cc3m" / "validation.parquet")
         both = df.join(ref.select("segment_id", pl.col("text_pt").alias("ref")), on="segment_id")
-        exact[engine] = (both["text_pt"] == both["ref"]).mean()
-    print(exact)
-    assert exact["tiny-narrativa"] > 0.5 and exact["tiny-madlad"] < 0.1
-    assert exact["tiny-narrativa"] > exact["tiny-llm"] > exact["tiny-madlad"]
+        assert both.height == 40
+        chrf[engine] = score_against_gold(both["text_pt"].to_list(), both["ref"].to_list())["chrf"]
+    print(chrf)
+    assert chrf["tiny-narrativa"] > 85 and 50 < chrf["tiny-llm"] < chrf["tiny-narrativa"] and chrf["tiny-madlad"] < 35
 
 
 def test_models_are_trained_on_training_captions_and_ids_are_computed_offline(run):

@@ -64,6 +64,8 @@ class LLMEngine(Seq2SeqEngine):
         self.backend = open_backend(settings)
         self.tokenizer = self.backend.tokenizer
         loaded = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(loaded, dict):  # named templates: the "default" one is used (as read_chat_template does)
+            loaded = loaded.get("default")
         if settings.prompt is None and loaded != self.spec.chat_template:
             raise EngineConfigError(f"{settings.model}: the tokenizer's chat template differs from the one in its "
                                     "files, so the engine id would not name the prompt sent")

@@ -194,14 +194,15 @@ class HFGenerate:
                         return torch.tensor([stop_at(i, seqs[r, self.width:].tolist()) for r, i in enumerate(self.rows)],
                                             device=seqs.device)
 
+                # Our own generation config replaces the checkpoint's (sampling, penalties, lengths), so outputs
+                # depend only on the engine's settings.
                 config = GenerationConfig(do_sample=False, num_beams=s.beam_size, max_new_tokens=budget,
-                                          eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id)
+                                          eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id,
+                                          return_dict_in_generate=True, output_logits=greedy, output_scores=not greedy)
+                stopping = StoppingCriteriaList([_Stop(rows, width)]) if stop_at is not None and greedy else None
                 with torch.inference_mode():
-                    g = self.model.generate(
-                        input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                        generation_config=config, return_dict_in_generate=True, output_logits=greedy,
-                        output_scores=not greedy,
-                        stopping_criteria=StoppingCriteriaList([_Stop(rows, width)]) if stop_at is not None and greedy else None)
+                    g = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                            generation_config=config, stopping_criteria=stopping)
                 new = g.sequences[:, width:]
                 if greedy:
                     lps = torch.log_softmax(torch.stack(g.logits, dim=1).float(), dim=-1)
