@@ -72,8 +72,8 @@ def test_ct2_generator_equals_hf_generate_token_for_token(models):
     a = ct2.backend.generate(prompts, budgets, None)
     b = hf.backend.generate(prompts, budgets, None)
     for raw_a, raw_b, budget in zip(a, b, budgets, strict=True):
-        assert raw_a.ids == raw_b.ids[:len(raw_a.ids)] and len(raw_a.ids) == budget  # 20 prompts, token for token
-        assert raw_a.logprobs == pytest.approx(raw_b.logprobs[:budget], abs=1e-3)
+        assert raw_a.ids == raw_b.ids and len(raw_a.ids) == budget  # 20 prompts, token for token
+        assert raw_a.logprobs == pytest.approx(raw_b.logprobs, abs=1e-3)
     # Through the whole engine: the same kept text, token counts and scores.
     ta, tb = ct2.translate_detailed(sources), hf.translate_detailed(sources)
     assert [t.text for t in ta] == [t.text for t in tb]
