@@ -35,7 +35,7 @@ from pipeline.translate_plan import context_entry
 from pipeline.translate_run import translate_engine, translate_targets
 from ptvl_io.formatting import format_metric
 from ptvl_io.progress import stage_progress
-from translation.convert import ConversionError, convert_model
+from translation.convert import KINDS, ConversionError, convert_model
 from translation.errors import ConfigurationError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -230,7 +230,9 @@ def sources_import(dataset: str = typer.Argument(..., help="cc3m, coco, visdial 
 
 @command("convert-model")
 def convert_model_cmd(
-    kind: str = typer.Argument(..., help="madlad (google/madlad400-3b-mt) or narrativa (mBART-50 EN->PT)."),
+    kind: str = typer.Argument(None, help="madlad (google/madlad400-3b-mt), narrativa (mBART-50 EN->PT) or llm "
+                               "(a causal LM for engine = \"llm\"); or give it as --kind."),
+    kind_option: str = typer.Option(None, "--kind", help="The same as KIND: madlad, narrativa or llm."),
     source: str = typer.Option(..., "--from", help="Hugging Face id or local folder of the checkpoint."),
     dest: Path = typer.Option(..., "--to", help="Folder to write the CTranslate2 model (+ tokenizer) into."),
     quantization: str = typer.Option(
@@ -239,16 +241,16 @@ def convert_model_cmd(
         "Default: keep the checkpoint's weights."),
     force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
 ) -> None:
-    """Convert a MADLAD-400 or Narrativa checkpoint to CTranslate2, with the config fixes each needs."""
-    if kind not in ("madlad", "narrativa"):
-        _fail(f"kind must be madlad or narrativa, not {kind!r}")
+    """Convert a MADLAD-400, Narrativa or causal-LM checkpoint to CTranslate2, with the fixes each needs."""
+    if (kind := kind or kind_option) not in KINDS:
+        _fail(f"kind must be one of {', '.join(KINDS)} (KIND or --kind), not {kind!r}")
     check_source_checkpoint(source)
     check_writable(dest.parent, "--to folder")
     try:
         out = convert_model(kind, source, dest, quantization=quantization, force=force)
     except ConversionError as e:
         _fail(str(e))
-    _say(f"converted {source} -> {out}; point [engines.{kind}] model_dir at it")
+    _say(f"converted {source} -> {out}; point an [engines.<name>] table with engine = \"{kind}\" at it")
 
 
 @command("export", target=memory_app)

@@ -8,6 +8,9 @@ or model folder is a configuration error at start-up, never a crash hours into a
 
 A new local engine: its module in `translation/engines/` (settings + an `Engine`), and here an entry class
 and its name in `EngineEntry` -- two files.
+
+A model path may start with `{models}`, the run's models folder (`load_settings` resolves it): the sample's
+engines run the tiny translators the DAG trains there, and their start-up check accepts those folders unbuilt.
 """
 from __future__ import annotations
 
@@ -16,10 +19,15 @@ from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.layout import RunLayout
+from pipeline.sample.translators import sample_folders
 from translation.engines.base import Engine
 from translation.engines.ct2 import CT2Settings, MadladEngine, NarrativaEngine, ct2_engine_id
 from translation.engines.deepl_api import DeepLEngine, DeepLSettings, engine_id_for
 from translation.engines.hf import HFEngine, HFSettings, hf_engine_id
+from translation.engines.llm import LLMEngine
+from translation.engines.llm_prompt import PromptError
+from translation.engines.llm_settings import LLMSettings, llm_engine_id, model_folder, prompt_spec
 from translation.engines.reference import ReferenceEngine
 from translation.engines.seq2seq import ModelKind
 from translation.errors import ConfigurationError
@@ -52,6 +60,14 @@ class EntryBehaviour:
     def price_per_million(self) -> float:
         """EUR per million billed characters (0 for local engines)."""
         return 0.0
+
+    def model_folder(self) -> Path | None:
+        """The local model folder the engine reads (None: none, or a hub id)."""
+        return None
+
+    def at_models(self, models: Path) -> Self:
+        """This entry with `{models}` in its model path replaced by the run's models folder."""
+        return self
 
     def context_variant(self, name: str) -> Self:
         """This entry translating with a context, or ConfigurationError when the engine takes none."""
@@ -107,13 +123,26 @@ class DeepLEntry(EntryBehaviour, DeepLSettings):
         return self.model_copy(update={"use_context": True})
 
 
+def _sample_builds(folder: Path | None, sources: Path, sample: bool) -> bool:
+    """Whether the sample run builds `folder` itself (pipeline/tasks/sample_translators.py): accepted unbuilt."""
+    return sample and folder is not None and folder.resolve() in sample_folders(RunLayout(sources.parent).models)
+
+
 class _CT2Entry(EntryBehaviour, CT2Settings):
     kind: ClassVar[ModelKind]
 
     def engine_id(self, name: str) -> str:
         return ct2_engine_id(self, self.kind)
 
+    def model_folder(self) -> Path | None:
+        return Path(self.model_dir)
+
+    def at_models(self, models: Path) -> Self:
+        return self.model_copy(update={"model_dir": Path(str(self.model_dir).replace("{models}", str(models)))})
+
     def check(self, name: str, sources: Path, *, sample: bool) -> None:
+        if _sample_builds(self.model_folder(), sources, sample):
+            return
         if not (Path(self.model_dir) / "model.bin").exists():
             raise ConfigurationError(
                 f"engine {name!r}: {self.model_dir} is not a CTranslate2 model folder; create it with "
@@ -151,12 +180,58 @@ class HFEntry(EntryBehaviour, HFSettings):
     def engine_id(self, name: str) -> str:
         return hf_engine_id(self)
 
+    def at_models(self, models: Path) -> Self:
+        return self.model_copy(update={"model": self.model.replace("{models}", str(models))})
+
     def check(self, name: str, sources: Path, *, sample: bool) -> None:
         p = Path(self.model)
         if (p.is_absolute() or self.model.startswith(".")) and not p.exists():
             raise ConfigurationError(f"engine {name!r}: model folder {self.model} does not exist")
 
 
+class LLMEntry(EntryBehaviour, LLMSettings):
+    """Any Hugging Face causal LM (Tradutor, EuroLLM, Tower, Gervásio) prompted to translate; see
+    translation/engines/llm.py."""
+
+    engine: Literal["llm"] = "llm"
+
+    def build(self, name: str) -> Engine:
+        return LLMEngine(self)
+
+    def engine_id(self, name: str) -> str:
+        return llm_engine_id(self)
+
+    def model_folder(self) -> Path | None:
+        path = Path(self.model).expanduser()
+        if path.is_absolute() or self.model.startswith((".", "~")) or path.exists():
+            return path  # a local folder, also before it exists
+        return model_folder(self.model)  # a hub id: its cached snapshot, if any
+
+    def at_models(self, models: Path) -> Self:
+        return self.model_copy(update={"model": self.model.replace("{models}", str(models))})
+
+    def check(self, name: str, sources: Path, *, sample: bool) -> None:
+        folder = self.model_folder()
+        if _sample_builds(folder, sources, sample):
+            return
+        if folder is not None and not folder.is_dir():
+            folder = None
+        if folder is None and (self.backend == "ct2" or Path(self.model).is_absolute() or self.model.startswith(".")):
+            raise ConfigurationError(
+                f"engine {name!r}: model folder {self.model} does not exist"
+                + (f"; create it with `ptvl convert-model llm --from <HF id or folder> --to {self.model}`"
+                   if self.backend == "ct2" else ""))
+        if self.backend == "ct2" and not (folder / "model.bin").is_file():
+            raise ConfigurationError(f"engine {name!r}: {folder} is not a CTranslate2 model folder; convert the "
+                                     f"checkpoint with `ptvl convert-model llm --from <it> --to {folder}`")
+        spec = prompt_spec(self)
+        try:
+            if folder is not None or spec.template is not None:  # a hub id not downloaded yet: checked at build
+                spec.check(self.model)
+        except PromptError as e:
+            raise ConfigurationError(f"engine {name!r}: {e}") from None
+
+
 EngineEntry = Annotated[
-    ReferenceEntry | DeepLEntry | MadladEntry | NarrativaEntry | HFEntry, Field(discriminator="engine")
+    ReferenceEntry | DeepLEntry | MadladEntry | NarrativaEntry | HFEntry | LLMEntry, Field(discriminator="engine")
 ]

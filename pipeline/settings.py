@@ -332,8 +332,10 @@ def load_settings(path: str | Path) -> Settings:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, path)) from None
     # Fix a relative root to the working directory now, so every later use (and every worker forked
-    # from here) sees one absolute folder.
-    return settings.model_copy(update={"run": settings.run.model_copy(update={"root": settings.root})})
+    # from here) sees one absolute folder; so are the engines' `{models}` paths (the run's models folder).
+    models = settings.layout.models
+    return settings.model_copy(update={"run": settings.run.model_copy(update={"root": settings.root}),
+                                       "engines": {n: e.at_models(models) for n, e in settings.engines.items()}})
 
 
 @lru_cache(maxsize=8)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.reports.compare import render_comparison
 from translation.gold import load_gold
-from translation.scoring import score_against_gold
+from translation.scoring import compare_on_gold
 from translation.tokstats import token_stats
 
 N_EACH = 4  # rows of each failure kind in the bad engine
@@ -50,7 +50,7 @@ def report(engines, tmp_path_factory):
     translated, gold = engines
     out = tmp_path_factory.mktemp("report")
     stats = token_stats([translated["good"].lazy(), translated["bad"].lazy()])
-    scores = {e: score_against_gold(translated[e]["text_pt"].to_list(), gold["pt_pt"].to_list()) for e in translated}
+    scores = compare_on_gold({e: translated[e]["text_pt"].to_list() for e in translated}, gold["pt_pt"].to_list())
     paths = render_comparison(
         out, translated=translated, token_stats=stats, gold_scores=scores,
         billing={"good": {"chars": 1_234_567, "deepl_chars": 1_234_600, "twice_chars": 33, "eur": 24.69},
@@ -78,11 +78,13 @@ def test_flag_rates_table(report):
     md = report[0].markdown.read_text(encoding="utf-8")
     section = md.split("## Flag rates per engine")[1].split("##")[0]
     bad, good = _md_row(section, "bad"), _md_row(section, "good")
-    # columns: engine, rows, empty, untranslated, brazilian, truncated, repetitive, low_score, any flag
+    # columns: engine, rows, empty, untranslated, brazilian, truncated, repetitive, overgeneration, low_score,
+    # any flag, kept by the drop policy (the default drops empty, untranslated and overgeneration rows)
     share = f"{100 * N_EACH / (4 * N_EACH + 4):.1f}%"
     assert bad[1] == str(4 * N_EACH + 4)
-    assert bad[2:] == ["0.0%", share, share, share, share, "0.0%", f"{100 * 4 * N_EACH / (4 * N_EACH + 4):.1f}%"]
-    assert good[2:] == ["0.0%"] * 7
+    assert bad[2:] == ["0.0%", share, share, share, share, "0.0%", "0.0%",
+                       f"{100 * 4 * N_EACH / (4 * N_EACH + 4):.1f}%", f"{100 * (3 * N_EACH + 4) / (4 * N_EACH + 4):.1f}%"]
+    assert good[2:] == ["0.0%"] * 8 + ["100.0%"]
 
 
 def test_examples_side_by_side_with_flags(report, engines):
@@ -119,9 +121,14 @@ def test_numbers_in_tables(report):
     assert _md_row(ts, "cc3m / validation")[1:] == ["samples", str(english["samples"]), str(english["samples"]),
                                                      str(good["samples"])]
     gold_section = md.split("## chrF and BLEU")[1].split("##")[0]
-    assert _md_row(gold_section, "good")[1:3] == ["100.00", "100.00"]
-    assert float(_md_row(gold_section, "bad")[1]) == pytest.approx(scores["bad"]["chrf"], abs=0.01)
-    assert float(_md_row(gold_section, "bad")[1]) < 90
+    # engine, chrF, its 95% CI, vs best, BLEU, its 95% CI, vs best, sentences
+    assert _md_row(gold_section, "good")[1:] == ["100.00", "100.00-100.00", "best", "100.00", "100.00-100.00", "best",
+                                                 str(4 * N_EACH + 4)]
+    bad = _md_row(gold_section, "bad")
+    assert float(bad[1]) == pytest.approx(scores["bad"]["chrf"], abs=0.01) and float(bad[1]) < 90
+    low, high = map(float, bad[2].split("-"))
+    assert low < float(bad[1]) < high and high < 100  # the interval holds the score and stays below the best
+    assert re.fullmatch(r"p=0\.\d{3} \(differs\)", bad[3]) and scores["bad"]["chrf_p"] < 0.05
     # billed (memory), billed (DeepL), possibly billed twice, paid twice, cost; "n/a" for an engine DeepL did
     # not bill
     assert "| good | 1,234,567 | 1,234,600 | 33 | 0 | 24.69 |" in md and "| bad | 0 | n/a | 0 | 0 | 0.00 |" in md
@@ -134,8 +141,37 @@ def test_same_seed_same_report(engines, report, tmp_path):
     paths, stats, scores, _ = report
     again = render_comparison(tmp_path, translated=translated, token_stats=stats, gold_scores=scores,
                               billing={}, throughput={}, seed=3, n_random=4, n_worst=6)
-    first = paths.markdown.read_text(encoding="utf-8").split("## Flag rates")[0]
-    assert again.markdown.read_text(encoding="utf-8").split("## Flag rates")[0] == first
+    def examples(path):  # the random and worst examples (the decision table above them shows the billing)
+        return path.read_text(encoding="utf-8").split("## Random examples")[1].split("## Flag rates")[0]
+
+    assert examples(again.markdown) == examples(paths.markdown)
+
+
+def test_decision_table_repeats_the_figures_below(report):
+    md = report[0].markdown.read_text(encoding="utf-8")
+    assert md.index("## Decision table") < md.index("## Random examples")
+    top = md.split("## Decision table (one row per engine)")[1].split("##")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in top.splitlines()
+            if line.startswith("| good") or line.startswith("| bad")]
+    assert [r[0] for r in rows] == ["good", "bad"]  # best gold chrF first
+
+    def section(title):
+        return md.split(f"## {title}")[1].split("\n## ")[0]
+
+    for row in rows:
+        engine = row[0]
+        billing = _md_row(section("Characters billed"), engine)
+        flags = _md_row(section("Flag rates per engine"), engine)
+        gold = _md_row(section("chrF and BLEU"), engine)
+        assert row[1] == (billing[2] if billing[2] != "n/a" else billing[1])  # DeepL's count where there is one
+        assert row[2] == billing[5]  # cost
+        assert row[3] == _md_row(section("Throughput"), engine)[1]
+        assert row[4:10] == gold[1:7]  # chrF, CI, vs best, BLEU, CI, vs best
+        assert row[10].split(" ")[0] == flags[-2] and row[11] == flags[-1]  # any flag, kept by the policy
+    assert rows[0][1:4] == ["1,234,600", "24.69", "12.5"]
+    assert rows[1][3] in ("310.2", "310.3")
+    assert rows[1][10].startswith("80.0% (") and "repetitive 20.0%" in rows[1][10]
+    assert "paired bootstrap" in top
 
 
 def test_an_unexplained_billing_difference_comes_first(engines, tmp_path):

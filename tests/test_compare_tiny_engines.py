@@ -139,12 +139,13 @@ def _pct(cell: str) -> float:
 def test_tiny_engines_are_flagged_and_reference_is_clean(run):
     rates = _section(run["md"], "Flag rates per engine")
     assert sorted(rates) == ENGINES
-    table = {e: dict(zip([*FLAG_NAMES, "any flag"], map(_pct, rates[e][1:]), strict=True)) for e in ENGINES}
+    table = {e: dict(zip([*FLAG_NAMES, "any flag", "kept"], map(_pct, rates[e][1:]), strict=True)) for e in ENGINES}
     for engine in ENGINES:
         print(f"{engine:>10}: " + ", ".join(f"{f} {100 * r:.1f}%" for f, r in table[engine].items()))
         assert rates[engine][0] == str(N_VAL)
+    kept = {e: table[e].pop("kept") for e in ENGINES}  # rows the default drop policy keeps in the shards
     # The hand-made PT-PT reference trips no detector.
-    assert all(r == 0.0 for r in table["reference"].values())
+    assert all(r == 0.0 for r in table["reference"].values()) and kept["reference"] == 1.0
     for engine in ("narrativa", "madlad"):
         t = table[engine]
         # Looping output: most rows repeat an n-gram (or run past 2.5x the source length), and nearly
@@ -162,6 +163,8 @@ def test_tiny_engines_are_flagged_and_reference_is_clean(run):
             assert table[engine][flag] == pytest.approx(stored, abs=0.00051), (engine, flag)
         low = (df["score"] < min_score).mean() if df["score"].null_count() < df.height else 0.0
         assert table[engine]["low_score"] == pytest.approx(low, abs=0.00051)
+        dropped = df["flags"].list.eval(pl.element().is_in(["empty", "untranslated", "overgeneration"])).list.any()
+        assert kept[engine] == pytest.approx(1 - dropped.mean(), abs=0.00051)
 
 
 def test_worst_cases_show_the_tiny_engines_flags(run):
@@ -181,6 +184,8 @@ def test_gold_scores_of_the_tiny_engines_are_near_zero(run):
     # next to the yardstick row: a fluent translator in the wrong variety (the gold set's own PT-BR side).
     assert sorted(gold_table) == sorted(["madlad", "narrativa", GOLD_PT_BR_ROW])
     brazilian = score_against_gold(gold["pt_br"].to_list(), gold["pt_pt"].to_list())
+    # engine: chrF, its 95% CI, vs best, BLEU, its 95% CI, vs best, sentences
+    gold_table = {e: [r[0], r[3], r[6]] for e, r in gold_table.items()}
     yard_chrf, yard_bleu, yard_n = gold_table.pop(GOLD_PT_BR_ROW)
     assert float(yard_chrf) == pytest.approx(brazilian["chrf"], abs=0.01) and int(yard_n) == gold.height
     assert float(yard_bleu) == pytest.approx(brazilian["bleu"], abs=0.01)

@@ -198,7 +198,10 @@ def test_settings_reject_unknown_keys(models):
     with pytest.raises(ValidationError):
         HFSettings(model="x", kind="madlad", num_beam=4)
     with pytest.raises(ValidationError):
-        CT2Settings(model_dir=models["root"], compute_type="auto")  # the id must name the real precision
+        CT2Settings(model_dir=models["root"], compute_type="int4")
+    # "auto" (the default) is resolved from the device before it reaches the id: the id names the real precision.
+    auto = ct2_engine(models, "narrativa", "int8", compute_type="auto")
+    assert auto.engine_id == ct2_engine(models, "narrativa", "int8").engine_id and ":int8:" in auto.engine_id
 
 
 def test_engine_ids_are_stable_and_name_what_changes_outputs(models):

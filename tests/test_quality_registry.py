@@ -24,9 +24,10 @@ PACKAGE = Path(quality.__file__).parent
 
 def test_flag_names_come_from_the_registry_in_the_historical_order():
     assert FLAG_NAMES == tuple(f.name for f in FLAGS)
-    assert FLAG_NAMES == ("empty", "untranslated", "brazilian", "truncated", "repetitive", "low_score")
+    assert FLAG_NAMES == ("empty", "untranslated", "brazilian", "truncated", "repetitive", "overgeneration",
+                          "low_score")
     assert (quality.EMPTY, quality.UNTRANSLATED, quality.BRAZILIAN, quality.TRUNCATED, quality.REPETITIVE,
-            quality.LOW_SCORE) == FLAG_NAMES
+            quality.OVERGENERATION, quality.LOW_SCORE) == FLAG_NAMES
     assert flag("brazilian") is FLAGS[2]
     with pytest.raises(KeyError, match="no quality flag 'nope'"):
         flag("nope")
@@ -50,7 +51,7 @@ def test_every_flag_has_labelled_cases(f: Flag):
 
 def test_case_loader_accepts_exactly_the_measured_flags(tmp_path):
     assert FLAG_CASE_FLAGS == tuple(f.name for f in FLAGS if not f.exact) == (
-        "untranslated", "brazilian", "truncated", "repetitive")
+        "untranslated", "brazilian", "truncated", "repetitive", "overgeneration")
     path = tmp_path / "cases.tsv"
     header = "id\tflag\tlabel\ten\tpt\tkind\n"
     path.write_text(header + "".join(f"c{i}\t{n}\t1\ta\tb\tk\n" for i, n in enumerate(FLAG_CASE_FLAGS)))

@@ -25,14 +25,15 @@ from typing import Literal
 from ptvl_io import atomic_dir
 from translation.errors import ConfigurationError
 
-ModelKind = Literal["madlad", "narrativa"]
+ModelKind = Literal["madlad", "narrativa", "llm"]
+KINDS: tuple[str, ...] = ("madlad", "narrativa", "llm")
 
 # Every quantization CTranslate2's converter accepts (None keeps the checkpoint's dtype).
 QUANTIZATIONS = (
     "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32",
 )
 # T5 overflows in float16 (activations exceed 65504): MADLAD outputs become garbage or empty.
-FLOAT16_UNSAFE: dict[str, set[str]] = {"madlad": {"float16", "int8_float16"}, "narrativa": set()}
+FLOAT16_UNSAFE: dict[str, set[str]] = {"madlad": {"float16", "int8_float16"}, "narrativa": set(), "llm": set()}
 MANIFEST = "ptvl_conversion.json"
 
 
@@ -63,8 +64,11 @@ def _fix_config(kind: ModelKind, config) -> None:
             raise ConversionError(f"narrativa expects an mBART checkpoint, got model_type={config.model_type!r}")
         config.normalize_before = True
         config.tokenizer_class = "MBart50Tokenizer"
-    elif config.model_type != "t5":
+    elif kind == "madlad" and config.model_type != "t5":
         raise ConversionError(f"madlad expects a T5 checkpoint, got model_type={config.model_type!r}")
+    elif kind == "llm" and getattr(config, "is_encoder_decoder", False):
+        raise ConversionError(f"llm expects a causal (decoder-only) LM, got the encoder-decoder "
+                              f"model_type={config.model_type!r}")
 
 
 def _converter_class():
@@ -93,6 +97,16 @@ def _converter_class():
             return self.tokenizer
 
     return _FixedConfigConverter
+
+
+def _save_generation_config(source: str, dest: Path) -> None:
+    """The checkpoint's generation_config.json (its end tokens), when it has one."""
+    from transformers import GenerationConfig  # deferred: see convert_model
+
+    try:
+        GenerationConfig.from_pretrained(source).save_pretrained(dest)
+    except OSError:  # no generation_config.json: the tokenizer's eos is the end token
+        pass
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
@@ -128,8 +142,16 @@ def convert_model(
     with atomic_dir(dest, replace=force) as staging:
         converter = _converter_class()(kind, source)
         # force=True: atomic_dir has made the (empty) staging folder, which the converter would refuse
-        converter.convert(str(staging), quantization=quantization, force=True)
+        try:
+            converter.convert(str(staging), quantization=quantization, force=True)
+        except ValueError as err:
+            if "No conversion is registered" not in str(err):
+                raise
+            raise ConversionError(f"CTranslate2 cannot convert {source}: {err.args[0].splitlines()[0]} "
+                                  "(run it with backend = \"hf\" instead)") from None
         converter.tokenizer.save_pretrained(staging)
+        if kind == "llm":
+            _save_generation_config(source, staging)
         manifest = {
             "kind": kind,
             "source": source,

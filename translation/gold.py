@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import polars as pl
@@ -60,6 +61,15 @@ FLAG_TUNING_PATH = GOLD_DIR / "flags_tuning.tsv"
 FLAG_HELDOUT_PATH = GOLD_DIR / "flags_heldout.tsv"
 
 
+_ESCAPES = {"\\n": "\n", "\\r": "\r", "\\t": "\t", "\\\\": "\\"}
+
+
+def _unescape(text: str) -> str:
+    r"""A case's text with \n, \r, \t and \\ read as a line break, carriage return, tab and backslash (a TSV
+    line holds none of them; the overgeneration cases need line breaks)."""
+    return re.sub(r"\\[nrt\\]", lambda m: _ESCAPES[m.group(0)], text) if "\\" in text else text
+
+
 def load_flag_cases(path: str | Path | None = None) -> pl.DataFrame:
     """Labelled (en, pt) cases for one flag each: columns id, flag, label (bool: the flag should fire), en,
     pt, kind.  Default: the held-out part.  Raises GoldFormatError naming the file and line on a wrong
@@ -78,6 +88,7 @@ def load_flag_cases(path: str | Path | None = None) -> pl.DataFrame:
             if len(fields) != len(FLAG_CASE_COLUMNS):
                 raise GoldFormatError(f"{path}:{lineno}: expected {len(FLAG_CASE_COLUMNS)} fields, got {len(fields)}")
             case_id, flag, label, en, pt, kind = (x.strip() for x in fields)
+            en, pt = _unescape(en), _unescape(pt)
             empty = [c for c, x in (("id", case_id), ("en", en), ("pt", pt)) if not x]
             if empty:
                 raise GoldFormatError(f"{path}:{lineno}: empty field(s) {', '.join(empty)}")

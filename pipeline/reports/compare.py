@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pipeline.io import write_text_atomic  # noqa: E402
+from pipeline.reports.decision import decision_table, kept_shares, percent, score_cells  # noqa: E402
+from pipeline.shards import FilterPolicy  # noqa: E402
 from ptvl_io.formatting import md_cell  # noqa: E402
 from translation.gold import load_flag_cases
 from translation.quality import FLAG_NAMES, FLAGS, QualityThresholds, flag_rates, flag_table  # noqa: E402
@@ -278,6 +280,8 @@ def render_comparison(
     scoring: dict[str, str] | None = None,
     review: dict | None = None,
     neural=None,
+    drop: dict[str, list[str]] | None = None,
+    note: str | None = None,
 ) -> ComparisonPaths:
     """Write `comparison.html` (self-contained, plots as base64 PNG) and `comparison.md` into `out_dir`.
 
@@ -296,7 +300,10 @@ def render_comparison(
     compares the engines' models (VQA mode, tie rule), stated in a section of its own.  review:
     pipeline.human_review.review_figures (flag verdicts and reviewed gold from `ptvl review`), shown in
     tables labelled as coming from human review; None or empty: no such tables.  neural: a
-    pipeline.reports.neural_scores.NeuralSection (COMET on gold, QE), appended as it comes.
+    pipeline.reports.neural_scores.NeuralSection (COMET on gold, QE), appended as it comes.  drop: engine -> the
+    flags its shard policy drops (default: FilterPolicy's); the share it keeps is shown with the flag rates.
+    note: a paragraph under the decision table (the sample says what its numbers mean).  The decision table at
+    the top repeats figures of the tables below (pipeline/reports/decision.py).
     """
     if not translated:
         raise ValueError("render_comparison: no engines given")
@@ -310,14 +317,16 @@ def render_comparison(
     worst_ids = _worst_ids(wide, engines, n_worst)
 
     rates = flag_rates(all_rows)
+    kept = kept_shares(all_rows, drop if drop is not None else {e: FilterPolicy().drop for e in engines})
     tables = [
         _examples(wide, engines, random_ids, f"Random examples (Table 5.1 style, seed {seed})"),
         _examples(wide, engines, worst_ids, "Worst cases (most flags across engines)"),
-        _Table("Flag rates per engine", ["engine", "rows"] + list(FLAG_NAMES) + ["any flag"],
-               [[r["engine"], f"{r['rows']:,}"] + [f"{100 * r[f]:.1f}%" for f in (*FLAG_NAMES, "any_flag")]
-                for r in rates.iter_rows(named=True)]),
-        _Table("chrF and BLEU against the gold PT-PT set", ["engine", "chrF", "BLEU", "sentences"],
-               [[e, f"{s['chrf']:.2f}", f"{s['bleu']:.2f}", str(s.get("n", ""))]
+        _Table("Flag rates per engine", ["engine", "rows"] + list(FLAG_NAMES) + ["any flag", "kept by the drop policy"],
+               [[r["engine"], f"{r['rows']:,}"] + [percent(r[f]) for f in (*FLAG_NAMES, "any_flag")]
+                + [percent(kept[r["engine"]])] for r in rates.iter_rows(named=True)]),
+        _Table("chrF and BLEU against the gold PT-PT set (95% CI and p-values: sacrebleu paired bootstrap)",
+               ["engine", "chrF", "chrF 95% CI", "chrF vs best", "BLEU", "BLEU 95% CI", "BLEU vs best", "sentences"],
+               [[e, *score_cells(s, "chrf"), *score_cells(s, "bleu"), str(s.get("n", ""))]
                 for e, s in sorted(gold_scores.items())]),
         _Table("Characters billed and estimated cost",
                ["engine", "billed (memory)", "billed (DeepL)", "possibly billed twice", "paid twice",
@@ -340,8 +349,12 @@ def render_comparison(
 
     # An unexplained billing difference comes first: money is the one thing a reader must not miss.
     warnings = [b["warning"] for _, b in sorted(billing.items()) if b.get("warning")]
+    decision = decision_table(engines, rates=rates, kept=kept, gold_scores=gold_scores, billing=billing,
+                              throughput=throughput)
+    top = _Table(decision.title, decision.header, decision.cells)
     md = ["# Translator comparison", "", *[f"> **Billing warning:** {md_cell(w)}\n" for w in warnings],
-          f"Engines: {md_cell(', '.join(engines))}", ""]
+          f"Engines: {md_cell(', '.join(engines))}", "", _markdown(top), decision.legend, ""]
+    md += [note, ""] if note else []
     md += [_markdown(tables[0]), _markdown(tables[1]), "## Token statistics (Table 5.2 style)", "", table_5_2]
     md += [_markdown(t) for t in tables[2:]]
     if signatures:
@@ -355,7 +368,8 @@ def render_comparison(
     plots = _plots(all_rows, engines, rates)
     parts = ["<h1>Translator comparison</h1>"]
     parts += [f'<p class="billing-warning"><strong>Billing warning:</strong> {html.escape(w)}</p>' for w in warnings]
-    parts.append(f"<p>Engines: {html.escape(', '.join(engines))}</p>")
+    parts += [f"<p>Engines: {html.escape(', '.join(engines))}</p>", _html_table(top),
+              f"<p>{html.escape(decision.legend)}</p>" + (f"<p>{html.escape(note)}</p>" if note else "")]
     parts += [_html_table(tables[0]), _html_table(tables[1])]
     parts.append(_html_table(_from_markdown("Token statistics (Table 5.2 style)", table_5_2)))
     parts += [_html_table(t) for t in tables[2:]]

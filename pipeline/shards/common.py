@@ -18,19 +18,29 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from pipeline.images.store import iter_image_batches
 from pipeline.io import atomic_path
+from translation.quality import FLAG_NAMES
 
 
 class FilterPolicy(BaseModel):
     """Which quality flags keep a caption out of the shards.  The default drops empty and untranslated
-    rows: this reproduces the thesis' Narrativa sample drop (SPEC Table 5.2)."""
+    rows (this reproduces the thesis' Narrativa sample drop, SPEC Table 5.2) and an LLM's run-on output
+    (`overgeneration`: text that is not the translation; a seq2seq engine never raises it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    drop: list[str] = ["empty", "untranslated"]
+    drop: list[str] = ["empty", "untranslated", "overgeneration"]
+
+    @field_validator("drop")
+    @classmethod
+    def _known_flags(cls, value: list[str]) -> list[str]:
+        unknown = [f for f in value if f not in FLAG_NAMES]
+        if unknown:
+            raise ValueError(f"unknown quality flag(s) {', '.join(map(repr, unknown))}; flags: {', '.join(FLAG_NAMES)}")
+        return value
 
 
 class ShardSettings(BaseModel):

@@ -11,6 +11,7 @@ from pipeline.human_review import digest_for, review_figures
 from pipeline.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from pipeline.memory_files import memory_view
 from pipeline.reports.compare import render_comparison
+from pipeline.reports.decision import SAMPLE_NOTE
 from pipeline.reports.neural_scores import NeuralSection, neural_section
 from pipeline.tasks.base import PtvlTask
 from pipeline.tasks.neural import GoldComet, QEScores
@@ -19,7 +20,7 @@ from pipeline.translate_plan import latest_parts
 from translation.gold import load_gold
 from translation.overlay import empty_digest
 from translation.runner import translations_for
-from translation.scoring import score_against_gold
+from translation.scoring import compare_on_gold
 from translation.tokstats import render_table_5_2, token_stats
 
 # The comparison's gold-score row for the gold set's own PT-BR side (not an engine; see CompareTranslators).
@@ -115,7 +116,7 @@ class CompareTranslators(PtvlTask):
             run_stats.setdefault(engine, []).append(json.loads(side.read_text()))
 
         gold = load_gold() if s.curate.gold else None
-        gold_scores, billing, throughput, truncation = {}, {}, {}, {}
+        gold_hyps, billing, throughput, truncation = {}, {}, {}, {}
         for engine, stats in run_stats.items():
             if s.engines[engine].translates:  # imports have no engine to cut; DeepL never cuts (0)
                 cut = [st.get("input_truncated") or {} for st in stats]
@@ -129,8 +130,7 @@ class CompareTranslators(PtvlTask):
                 # The gold set is in every translating engine's unique-string table, so its parts
                 # translated (and billed) it once with everything else; here it is only looked up.
                 if gold is not None and entry.translates:
-                    hyps = [r.text_pt for r in translations_for(gold["en"].to_list(), engine_id, mem)]
-                    gold_scores[engine] = score_against_gold(hyps, gold["pt_pt"].to_list())
+                    gold_hyps[engine] = [r.text_pt for r in translations_for(gold["en"].to_list(), engine_id, mem)]
                 ids = {engine_id, parts[0].get("context_engine_id")} - {None}
                 stored = sum(mem.stats(i).billed_chars for i in ids)
             summary = billing_summary(self.root, engine, entry.engine_id(engine))
@@ -147,10 +147,13 @@ class CompareTranslators(PtvlTask):
             seconds = sum(p["seconds"] for p in parts)
             if sent and seconds:
                 throughput[engine] = sent / seconds
+        gold_scores = {}
         if gold is not None:
             # A yardstick row: the gold set's own PT-BR side scored as if it were a translator, i.e. what
             # a fluent translation in the wrong variety gets. Engines far below it are not just "Brazilian".
-            gold_scores[GOLD_PT_BR_ROW] = score_against_gold(gold["pt_br"].to_list(), gold["pt_pt"].to_list())
+            # One paired bootstrap for all: each engine's interval, and its p-value against the best engine.
+            gold_scores = compare_on_gold(gold_hyps, gold["pt_pt"].to_list(),
+                                          yardsticks={GOLD_PT_BR_ROW: gold["pt_br"].to_list()})
         tables = {e: pl.concat(f, how="vertical_relaxed") for e, f in translated.items()}
         # Flag verdicts and reviewed gold rows, against the machine output and flags (never the human text).
         review = review_figures(self.root, tables)
@@ -167,6 +170,8 @@ class CompareTranslators(PtvlTask):
             scoring=s.eval.settings.scoring_labels(),
             review=review,
             neural=_neural_section(self, gold_scores),
+            drop={e: s.shards.policy_for(e).drop for e in tables},
+            note=SAMPLE_NOTE if s.sample.enabled else None,
         )
         # After the report: a kill in between leaves the old digest, so the next run redoes the report.
         write_json_atomic(self._review_record(), {**review, "neural": _neural_models(self)})

@@ -20,6 +20,7 @@ from pipeline.memory_files import engine_folder, memory_view, open_memory
 from pipeline.part_attempt import COUNTER_KEYS, PartWork, run_part
 from pipeline.tasks.acquire import GenerateSample, IngestSegments
 from pipeline.tasks.base import PtvlTask, log
+from pipeline.tasks.sample_translators import PrepareSampleTranslators, builds_model
 from pipeline.translate_plan import (
     context_engine_id,
     context_entry,
@@ -56,9 +57,11 @@ class ImportReferenceMemory(PtvlTask):
 
 
 def _engine_requires(task: PtvlTask, engine: str) -> list[luigi.Task]:
-    # An engine that only serves imports (reference) needs its memory imported; the others translate.
-    translates = task.settings.engines[engine].translates
-    return [] if translates else [ImportReferenceMemory(config=task.config, engine=engine)]
+    # An engine that only serves imports (reference) needs its memory imported; the others translate, the
+    # sample's own tiny models once the DAG has built them.
+    if not task.settings.engines[engine].translates:
+        return [ImportReferenceMemory(config=task.config, engine=engine)]
+    return [PrepareSampleTranslators(config=task.config)] if builds_model(task, engine) else []
 
 
 class UniqueStrings(PtvlTask):

@@ -8,6 +8,7 @@ tokens and spreads the batches over every device in `device_index`; results come
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -42,16 +43,19 @@ class CT2Settings(BaseModel):
     model_dir: Path = Field(description="Folder written by `ptvl convert-model` (model.bin + tokenizer).")
     device: Literal["cpu", "cuda"] = "cpu"
     device_index: list[int] = Field(default=[0], min_length=1, description="GPUs; one model replica on each.")
-    compute_type: ComputeType = Field(
-        default="int8",
-        description="int8 on CPU; bfloat16 or int8_bfloat16 on GPU (never float16 for MADLAD).",
+    compute_type: ComputeType | Literal["auto"] = Field(
+        default="auto",
+        description="auto: int8 on CPU; on GPU int8_float16, or bfloat16 for MADLAD (T5 overflows in float16). "
+        "The resolved type is part of the engine id, so `auto` and its value share one memory.",
     )
-    inter_threads: int = Field(
-        default=1, ge=1,
-        description="Batches run in parallel (replicas per device). For bulk CPU jobs, cores with "
-        "intra_threads=1 is fastest (bench/RESULTS.md: 3.8x vs 3.25x over transformers with 2 cores).",
+    inter_threads: int | None = Field(
+        default=None, ge=1,
+        description="Batches run in parallel (replicas per device). None: on CPU, one thread per core split as "
+        "min(cores, 4) replicas x the rest in intra_threads (bench/RESULTS.md: 2 cores as 2 replicas x 1 thread "
+        "beat 1 x 2, 3.81x vs 3.25x over transformers); on GPU one replica per device.",
     )
-    intra_threads: int = Field(default=0, ge=0, description="Threads per batch on CPU; 0 = CTranslate2 default.")
+    intra_threads: int | None = Field(
+        default=None, ge=0, description="Threads per batch on CPU; None: cores / inter_threads (at least 1).")
     beam_size: int = Field(default=1, ge=1, description="1 = greedy.")
     max_batch_tokens: int = Field(default=4096, ge=1, description="Source tokens per batch (batch_type='tokens').")
     max_input_length: int = Field(default=256, ge=2, description="Source tokens kept; longer inputs are counted.")
@@ -65,6 +69,50 @@ class CT2Settings(BaseModel):
         "CTranslate2 sorts by length, fills max_batch_tokens batches and keeps every replica busy "
         "(bench/RESULTS.md: 50-text calls leave replicas idle).",
     )
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads(device: str, inter: int | None, intra: int | None, cores: int | None = None) -> tuple[int, int]:
+    """(inter_threads, intra_threads) for CTranslate2: given values are kept; on CPU the rest is filled so
+    that threads = cores (oversubscribed OpenMP threads on a shared box only fight each other), with at most
+    4 replicas (each holds its own working memory); on GPU one replica per device and CTranslate2's default."""
+    if device != "cpu":
+        return inter or 1, 0 if intra is None else intra
+    cores = cores or usable_cores()
+    inter = inter or min(cores, 4)
+    return inter, max(1, cores // inter) if intra is None else intra
+
+
+def resolve_compute_type(compute_type: str, device: str, kind: str) -> str:
+    """`auto` made concrete from the device and model kind alone (never from probing the hardware), so the
+    engine id is computed offline: int8 on CPU; on GPU bfloat16 for MADLAD (float16 overflows T5) and
+    int8_float16 for the others."""
+    if compute_type != "auto":
+        return compute_type
+    if device == "cpu":
+        return "int8"
+    return "bfloat16" if kind == "madlad" else "int8_float16"
+
+
+def check_compute_type(compute_type: str, device: str, index: int) -> None:
+    """EngineConfigError when CTranslate2 cannot run `compute_type` on this device (e.g. int8_float16 on a GPU
+    without int8 kernels), naming the types it can."""
+    import ctranslate2  # deferred: a compiled runtime only the CTranslate2 engines need
+
+    try:
+        supported = ctranslate2.get_supported_compute_types(device, index)
+    except (RuntimeError, ValueError) as err:
+        raise EngineConfigError(f"CTranslate2 cannot use device {device!r}: {err}") from err
+    if compute_type not in supported:
+        raise EngineConfigError(f"compute_type {compute_type!r} is not supported on {device} here; "
+                                f"supported: {', '.join(sorted(supported))}")
 
 
 def _convert_hint(kind: str, model_dir: Path) -> str:
@@ -82,7 +130,8 @@ def ct2_engine_id(settings: CT2Settings, kind: ModelKind) -> str:
     the output."""
     model_dir = settings.model_dir
     digest = folder_digest(model_dir, MODEL_FILES)
-    return (f"ct2-{kind}:{model_dir.resolve().name}@{digest}:{settings.compute_type}:"
+    compute_type = resolve_compute_type(settings.compute_type, settings.device, kind)
+    return (f"ct2-{kind}:{model_dir.resolve().name}@{digest}:{compute_type}:"
             f"beam{settings.beam_size}:in{settings.max_input_length}:dec{settings.max_decoding_length}")
 
 
@@ -98,24 +147,17 @@ class CT2Engine(Seq2SeqEngine):
         self.settings = settings
         model_dir = settings.model_dir
         self._check_model_dir(model_dir)
+        compute_type = resolve_compute_type(settings.compute_type, settings.device, self.kind)
         try:
-            check_precision(self.kind, settings.compute_type, what="compute_type")
+            check_precision(self.kind, compute_type, what="compute_type")
         except ConversionError as err:
             raise EngineConfigError(str(err)) from err
-        try:
-            supported = ctranslate2.get_supported_compute_types(settings.device, settings.device_index[0])
-        except (RuntimeError, ValueError) as err:
-            raise EngineConfigError(f"CTranslate2 cannot use device {settings.device!r}: {err}") from err
-        if settings.compute_type not in supported:
-            raise EngineConfigError(
-                f"compute_type {settings.compute_type!r} is not supported on {settings.device} here; "
-                f"supported: {', '.join(sorted(supported))}"
-            )
+        check_compute_type(compute_type, settings.device, settings.device_index[0])
         self.tokenizer = load_tokenizer(model_dir, self.kind)
+        inter, intra = cpu_threads(settings.device, settings.inter_threads, settings.intra_threads)
         self.translator = ctranslate2.Translator(
             str(model_dir), device=settings.device, device_index=settings.device_index,
-            compute_type=settings.compute_type, inter_threads=settings.inter_threads,
-            intra_threads=settings.intra_threads,
+            compute_type=compute_type, inter_threads=inter, intra_threads=intra,
         )
         self._prefix_ids = target_prefix_ids(self.tokenizer, self.kind)
         self._prefix_tokens = self.tokenizer.convert_ids_to_tokens(self._prefix_ids)

@@ -104,7 +104,7 @@ class EngineStats:
             self.capped_outputs += t.output_capped
 
     def __add__(self, other: EngineStats) -> EngineStats:
-        return EngineStats(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
+        return type(self)(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -15,6 +15,9 @@ Flags (thesis §5.2 failure modes, SPEC §2), in registry order (`registry.FLAGS
 - ``repetitive`` (repetitive.py): an n-gram repeated back to back or many times, a sub-word piece looping
   inside one 'word' (a decoder loop on pieces without word boundaries), or an output far longer than the
   source; a repetition the source has too is faithful.
+- ``overgeneration`` (overgeneration.py): the output runs on past the translation: more lines than the source,
+  a prompt label the source lacks ('English:', 'Tradução:') or a chat-turn marker ('<|im_start|>'); an LLM that
+  missed its end token.
 - ``low_score`` (low_score.py): the engine's mean token log-probability below a threshold (only when a score
   is given).
 
@@ -58,6 +61,7 @@ from translation.quality.brazilian import (
 from translation.quality.details import flag_details, flag_row
 from translation.quality.empty import EMPTY, detect_empty
 from translation.quality.low_score import LOW_SCORE, detect_low_score
+from translation.quality.overgeneration import OVERGENERATION, detect_overgeneration
 from translation.quality.registry import FLAG_NAMES, FLAGS
 from translation.quality.repetitive import REPETITIVE, detect_repetitive
 from translation.quality.table import PARALLEL_MIN_ROWS, flag_rates, flag_table, flag_table_reference
@@ -75,9 +79,9 @@ from translation.quality.untranslated import (
 
 __all__ = [
     "BRAZILIAN", "BRAZILIAN_LEXICON", "DEFAULT_THRESHOLDS", "EMPTY", "FLAGS", "FLAG_NAMES", "GERUND_STOP",
-    "IDENTICAL_OK", "LOW_SCORE", "PARALLEL_MIN_ROWS", "REPETITIVE", "TRUNCATED", "UNTRANSLATED", "Case",
+    "IDENTICAL_OK", "LOW_SCORE", "OVERGENERATION", "PARALLEL_MIN_ROWS", "REPETITIVE", "TRUNCATED", "UNTRANSLATED", "Case",
     "Columns", "Flag", "Marker", "QualityThresholds", "Row", "brazilian_markers", "detect_brazilian",
-    "detect_empty", "detect_low_score", "detect_repetitive", "detect_truncated", "detect_untranslated",
+    "detect_empty", "detect_low_score", "detect_overgeneration", "detect_repetitive", "detect_truncated", "detect_untranslated",
     "english_probability", "flag_details", "flag_rates", "flag_row", "flag_table", "flag_table_reference",
     "is_portuguese_word", "missing_source_numbers", "normalise", "words", "zipf",
 ]

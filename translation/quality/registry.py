@@ -6,7 +6,15 @@ to `FLAGS` below, where its reasons should appear (see the package docstring).
 """
 from __future__ import annotations
 
-from translation.quality import brazilian, empty, low_score, repetitive, truncated, untranslated
+from translation.quality import (
+    brazilian,
+    empty,
+    low_score,
+    overgeneration,
+    repetitive,
+    truncated,
+    untranslated,
+)
 from translation.quality.base import Flag
 
 FLAGS: tuple[Flag, ...] = (
@@ -15,6 +23,7 @@ FLAGS: tuple[Flag, ...] = (
     brazilian.FLAG,
     truncated.FLAG,
     repetitive.FLAG,
+    overgeneration.FLAG,
     low_score.FLAG,
 )
 FLAG_NAMES: tuple[str, ...] = tuple(f.name for f in FLAGS)
