@@ -152,7 +152,8 @@ def test_standalone_cluster_gives_the_local_result(standalone: tuple[str, Path],
     assert pl.read_parquet(tmp_path / "cluster" / "availability.parquet").equals(
         pl.read_parquet(tmp_path / "local" / "availability.parquet"))
     assert _shards(tmp_path / "cluster").equals(_shards(tmp_path / "local"))
-    assert cluster.by_reason == local.by_reason and len(cluster.attempts[0].shards) == 5
+    assert cluster.by_reason == local.by_reason
+    assert len(cluster.attempts[0].shards) == len(local.attempts[0].shards) == -(-len(rows) // 12)  # 12 per shard
     av = pl.read_parquet(tmp_path / "cluster" / "availability.parquet")
     assert [KINDS[k].reason for _, k in rows] == [
         dict(zip(av["image_id"], av["reason"], strict=True))[f"cc3m/train/{i}"] for i in range(len(rows))]
