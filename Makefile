@@ -42,8 +42,11 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# pytest-xdist: many tests wait on subprocesses, servers and kills, so more workers than cores still
+# shortens the run; tests/conftest.py keeps each file (and each shared expensive fixture) on one worker.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
