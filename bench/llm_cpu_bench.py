@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._rates import print_rate_table  # noqa: E402
 from pipeline.sample.tiny_translators import CHATML, chat_tokenizer  # noqa: E402
 from tests.tinymodels import caption_corpus, caption_pairs  # noqa: E402
 from translation.convert import convert_model  # noqa: E402
@@ -109,14 +109,7 @@ def main() -> None:
           f"{len(texts)} sentences, chat prompt, greedy, budget 2 x source tokens + 8 (<= {args.max_new}); "
           f"threads={args.threads}; repeats={args.repeats}")
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
-    baseline = len(texts) / statistics.median(times["transformers fp32"])
-    print(f"{'engine':<30}{'sent/s (median)':>16}{'min':>9}{'max':>9}{'x vs HF':>9}  output tokens")
-    for name in engines:
-        rates = [len(texts) / t for t in times[name]]
-        median = len(texts) / statistics.median(times[name])
-        print(f"{name:<30}{median:>16.1f}{min(rates):>9.1f}{max(rates):>9.1f}{median / baseline:>9.2f}  "
-              f"{sorted(tokens[name])}")
-
+    print_rate_table(times, tokens, engines, len(texts), width=30)
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._rates import print_rate_table  # noqa: E402
 from tests.tinymodels import build_tiny_mbart50, caption_pairs  # noqa: E402
 from translation.convert import convert_model  # noqa: E402
 from translation.engines.ct2 import CT2Settings, NarrativaEngine  # noqa: E402
@@ -154,14 +155,7 @@ def main() -> None:
           f"vocab~{args.vocab}; {len(texts)} sentences x {args.out_tokens} output tokens; "
           f"beam={args.beam}; threads={args.threads}; repeats={args.repeats}")
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
-    baseline = len(texts) / statistics.median(times["transformers fp32"])
-    print(f"{'engine':<20}{'sent/s (median)':>16}{'min':>9}{'max':>9}{'x vs HF':>9}  output tokens")
-    for name in engines:
-        rates = [len(texts) / t for t in times[name]]
-        median = len(texts) / statistics.median(times[name])
-        print(f"{name:<20}{median:>16.1f}{min(rates):>9.1f}{max(rates):>9.1f}{median / baseline:>9.2f}  "
-              f"{sorted(tokens[name])} (expected {expected})")
-
+    print_rate_table(times, tokens, engines, len(texts), width=20, note=f" (expected {expected})")
 
 if __name__ == "__main__":
     main()
