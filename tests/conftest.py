@@ -56,13 +56,6 @@ _SHARED_FILES = {  # modules that build pytest's cache folder ptvl-train-sample 
 }
 
 
-# The slowest groups first (measured 2026-12-06, `--durations`): xdist hands out groups in collection order,
-# so a long group collected last would leave one worker running alone at the end.
-_SLOWEST_FIRST = ["tiny-run", "train-sample", "test_repeatable.py", "test_pay_once_crash.py", "test_images.py",
-                  "test_luigid.py", "test_pay_once.py", "test_spark.py", "test_visdial_context.py", "test_pipeline.py",
-                  "test_sample_translators.py", "test_neural_pipeline.py", "small-world"]
-
-
 def pytest_collection_modifyitems(config, items):
     group_of_file: dict[str, str] = {}
     for item in items:
@@ -71,8 +64,5 @@ def pytest_collection_modifyitems(config, items):
         group = shared or _SHARED_FILES.get(path)
         if group:
             group_of_file[path] = group
-    rank = {g: i for i, g in enumerate(_SLOWEST_FIRST)}
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group_of_file.get(item.path.name, item.path.name)))
-    # A stable sort: each file's tests keep their order, and stay together.
-    items.sort(key=lambda it: rank.get(group_of_file.get(it.path.name, it.path.name), len(rank)))
