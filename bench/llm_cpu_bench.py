@@ -14,14 +14,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._rates import print_rate_table  # noqa: E402
+from bench._rates import print_rate_table, time_engines  # noqa: E402
 from pipeline.sample.tiny_translators import CHATML, chat_tokenizer  # noqa: E402
 from tests.tinymodels import caption_corpus, caption_pairs  # noqa: E402
 from translation.convert import convert_model  # noqa: E402
@@ -63,13 +62,6 @@ def build_model(folder: Path, args) -> Path:
     return folder
 
 
-def timed(engine: LLMEngine, texts: list[str]) -> tuple[float, int]:
-    before = engine.stats.output_tokens
-    start = time.perf_counter()
-    engine.translate(texts)
-    return time.perf_counter() - start, engine.stats.output_tokens - before
-
-
 def main() -> None:
     args = parse_args()
     import torch
@@ -93,23 +85,14 @@ def main() -> None:
             "ctranslate2 fp32 (defaults)": LLMEngine(LLMSettings(model=str(ct2_dirs["float32"]),
                                                                  compute_type="float32", **common)),
         }
-        for engine in engines.values():  # warm-up: allocator, thread pools, lazy imports
-            engine.translate(texts[:8])
-        load_before = os.getloadavg()
-        times: dict[str, list[float]] = {name: [] for name in engines}
-        tokens: dict[str, set[int]] = {name: set() for name in engines}
-        for _ in range(args.repeats):
-            for name, engine in engines.items():
-                seconds, n_tokens = timed(engine, texts)
-                times[name].append(seconds)
-                tokens[name].add(n_tokens)
-        load_after = os.getloadavg()
+        timings = time_engines(engines, texts, args.repeats, warmup=texts[:8])
 
     print(f"model: Llama-shaped hidden={args.hidden} layers={args.layers} vocab={args.vocab}, random weights; "
           f"{len(texts)} sentences, chat prompt, greedy, budget 2 x source tokens + 8 (<= {args.max_new}); "
           f"threads={args.threads}; repeats={args.repeats}")
-    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
-    print_rate_table(times, tokens, engines, len(texts), width=30)
+    print(f"load average before/after: {timings.load_before:.2f} / {timings.load_after:.2f} on {os.cpu_count()} cores")
+    print_rate_table(timings.times, timings.tokens, engines, len(texts), width=30)
+
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._rates import print_rate_table  # noqa: E402
+from bench._rates import print_rate_table, time_engines  # noqa: E402
 from tests.tinymodels import build_tiny_mbart50, caption_pairs  # noqa: E402
 from translation.convert import convert_model  # noqa: E402
 from translation.engines.ct2 import CT2Settings, NarrativaEngine  # noqa: E402
@@ -52,13 +52,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--replicas", default="1,2", help="comma-separated inter_threads values for the sweep")
     p.add_argument("--sweep-sentences", type=int, default=2000)
     return p.parse_args()
-
-
-def timed(engine, texts: list[str]) -> tuple[float, int]:
-    before = engine.stats.output_tokens
-    start = time.perf_counter()
-    engine.translate(texts)
-    return time.perf_counter() - start, engine.stats.output_tokens - before
 
 
 def call_size_sweep(args: argparse.Namespace, ct2_dir: Path, tmp: Path) -> None:
@@ -138,24 +131,15 @@ def main() -> None:
                 model_dir=ct2_dirs["float32"], compute_type="float32", intra_threads=args.threads,
                 max_batch_tokens=max_tokens, **ct2_common)),
         }
-        for engine in engines.values():  # warm-up: allocator, thread pools, lazy imports
-            engine.translate(texts[: args.batch])
-        load_before = os.getloadavg()
-        times: dict[str, list[float]] = {name: [] for name in engines}
-        tokens: dict[str, set[int]] = {name: set() for name in engines}
-        for _ in range(args.repeats):
-            for name, engine in engines.items():
-                seconds, n_tokens = timed(engine, texts)
-                times[name].append(seconds)
-                tokens[name].add(n_tokens)
-        load_after = os.getloadavg()
+        timings = time_engines(engines, texts, args.repeats, warmup=texts[: args.batch])
 
     expected = len(texts) * (args.out_tokens - 1)  # pt_XX is forced, the rest is decoded
     print(f"model: mBART-shaped d_model={args.d_model} layers={args.layers}+{args.layers} ffn={args.ffn} "
           f"vocab~{args.vocab}; {len(texts)} sentences x {args.out_tokens} output tokens; "
           f"beam={args.beam}; threads={args.threads}; repeats={args.repeats}")
-    print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
-    print_rate_table(times, tokens, engines, len(texts), width=20, note=f" (expected {expected})")
+    print(f"load average before/after: {timings.load_before:.2f} / {timings.load_after:.2f} on {os.cpu_count()} cores")
+    print_rate_table(timings.times, timings.tokens, engines, len(texts), width=20, note=f" (expected {expected})")
+
 
 if __name__ == "__main__":
     main()
