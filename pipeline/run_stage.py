@@ -79,9 +79,11 @@ def sources_to_fetch(tasks: list[luigi.Task]) -> list[str]:
     needed, seen, todo = [], set(), list(tasks)
     while todo:
         task = todo.pop()
-        if task.task_id in seen or task.complete():
+        if task.task_id in seen:
             continue
-        seen.add(task.task_id)
+        seen.add(task.task_id)  # before complete(): a task many others need is checked once
+        if task.complete():
+            continue
         if isinstance(task, FetchSource):
             needed.append(str(task.dataset))
         else:
