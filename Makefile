@@ -43,10 +43,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # pytest-xdist: many tests wait on subprocesses, servers and kills, so more workers than cores still
-# shortens the run; tests/conftest.py keeps each file (and each shared expensive fixture) on one worker.
+# shortens the run; tests/conftest.py's scheduler keeps each file (and each shared expensive fixture) on one
+# worker and starts the longest groups first.
 TEST_WORKERS ?= 2
 test: setup lint
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

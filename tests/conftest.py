@@ -43,26 +43,59 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-# With pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`), each test file goes to one worker
-# whole, so a module-scoped fixture is built once; files that share an expensive session fixture, or a
-# fixture that builds into pytest's cache folder (two workers building it at once would race), go to
-# the same worker as one group.
-_SHARED = {
+# With pytest-xdist (`make test` runs `pytest -n 2 --dist loadfile`) the scheduler below sends each test file
+# to one worker whole, so a module-scoped fixture is built once. Files that share an expensive session fixture,
+# or a fixture that builds into pytest's cache folder (two workers building it at once would race), go to the
+# same worker as one group. (xdist's own `loadgroup` cannot do this under pytest 9: it renames `item._nodeid`,
+# which pytest 9 no longer reads, so every test was scheduled alone and the shared fixtures were built twice.)
+_SHARED_FIXTURES = {
     "tiny_run": "tiny-run",  # the whole tiny DAG (tests/operator_run.py)
     "small_world": "small-world",  # pytest cache: ptvl-train-small
 }
 _SHARED_FILES = {  # modules that build pytest's cache folder ptvl-train-sample themselves
     "test_learning.py": "train-sample", "test_eval_real_model.py": "train-sample",
 }
+# Groups that take longest (seconds of one worker, measured on the 2-core machine from a clean clone) start
+# first, so the run does not end with one worker alone on a long group; the rest follow in collection order.
+_MEASURED_S = {
+    "train-sample": 400, "tiny-run": 220, "tests/test_pay_once_crash.py": 235, "tests/test_repeatable.py": 130,
+    "tests/test_images.py": 165, "tests/test_luigid.py": 150, "tests/test_pay_once.py": 105,
+    "tests/test_pipeline.py": 105, "tests/test_spark.py": 90, "tests/test_visdial_context.py": 80,
+    "tests/test_sample_translators.py": 45, "tests/test_ct2_engines.py": 40, "tests/test_review_attacks.py": 33,
+    "tests/test_neural_pipeline.py": 32, "tests/test_compare_tiny_engines.py": 28, "tests/test_ddp.py": 25,
+}
 
 
-def pytest_collection_modifyitems(config, items):
-    group_of_file: dict[str, str] = {}
-    for item in items:
-        path = item.path.name
-        shared = next((g for f, g in _SHARED.items() if f in getattr(item, "fixturenames", ())), None)
-        group = shared or _SHARED_FILES.get(path)
-        if group:
-            group_of_file[path] = group
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of_file.get(item.path.name, item.path.name)))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") not in ("loadfile", "loadscope", "loadgroup"):
+        return None  # xdist's own scheduler for `--dist load` and the others
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """xdist's scope scheduler, with our groups as scopes and the longest groups queued first."""
+
+        _group_of: dict[str, str] = {}
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path not in self._group_of:
+                name = path.rsplit("/", 1)[-1]
+                try:
+                    text = (config.rootpath / path).read_text()
+                except OSError:
+                    text = ""
+                shared = next((g for f, g in _SHARED_FIXTURES.items() if f in text), None)
+                self._group_of[path] = shared or _SHARED_FILES.get(name) or path
+            return self._group_of[path]
+
+        def _assign_work_unit(self, node) -> None:
+            if not getattr(self, "_ordered", False):  # the first call: the queue is complete, nothing taken yet
+                queue = sorted(self.workqueue.items(), key=lambda kv: -_MEASURED_S.get(kv[0], 0))  # stable
+                self.workqueue.clear()
+                self.workqueue.update(queue)
+                self._ordered = True
+            super()._assign_work_unit(node)
+
+    return GroupScheduling(config, log)
+

@@ -17,9 +17,7 @@ from training.features import FeatureStore
 from training.model import feature_stats, vgloria
 from training.train import train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 # The settings that learn in a few CPU minutes (see the report of issue 5 and configs/sample.toml).
 MODEL = dict(bridge="crossattn", k=8, bridge_kwargs={"head_dim": 64}, text_emb_layers=[-1],
