@@ -44,6 +44,9 @@ class EntryBehaviour:
     takes_context: ClassVar[bool] = False
     # True: a paid API; its key and remaining quota are checked before a run sends anything (pre-flight).
     paid: ClassVar[bool] = False
+    # The slow-to-import modules `build` loads, imported once before Luigi forks the task processes
+    # (PtvlTask.preload).
+    preload: ClassVar[tuple[str, ...]] = ()
 
     def build(self, name: str) -> Engine:
         """Instantiate the engine (loads the model / opens the API client)."""
@@ -130,6 +133,7 @@ def _sample_builds(folder: Path | None, sources: Path, sample: bool) -> bool:
 
 class _CT2Entry(EntryBehaviour, CT2Settings):
     kind: ClassVar[ModelKind]
+    preload: ClassVar[tuple[str, ...]] = ("ctranslate2", "transformers")  # transformers: the tokenizer
 
     def engine_id(self, name: str) -> str:
         return ct2_engine_id(self, self.kind)
@@ -173,6 +177,7 @@ class HFEntry(EntryBehaviour, HFSettings):
     """The same seq2seq models through transformers generate (the baseline, and the fallback)."""
 
     engine: Literal["hf"] = "hf"
+    preload: ClassVar[tuple[str, ...]] = ("torch", "transformers.modeling_utils")
 
     def build(self, name: str) -> Engine:
         return HFEngine(self)
@@ -194,6 +199,7 @@ class LLMEntry(EntryBehaviour, LLMSettings):
     translation/engines/llm.py."""
 
     engine: Literal["llm"] = "llm"
+    preload: ClassVar[tuple[str, ...]] = ("ctranslate2", "torch", "transformers.modeling_utils")
 
     def build(self, name: str) -> Engine:
         return LLMEngine(self)

@@ -338,8 +338,10 @@ def test_an_unexplained_difference_exits_3_until_acknowledged_and_a_failed_run_p
 @pytest.fixture
 def fast_luigid(tmp_path: Path):
     """A real luigid that declares a silent worker lost after 3 s and offers its tasks again 1 s later (the
-    defaults, 60 s and 15 min, are what made the issue's takeover take 150 s)."""
-    with running_luigid(tmp_path / "luigid", "[scheduler]\nworker_disconnect_delay = 3\nretry_delay = 1\n") as port:
+    defaults, 60 s and 15 min, are what made the issue's takeover take 150 s), looking for lost workers at each
+    request for work (configs/luigid.cfg), not only in its sweep once a minute."""
+    cfg = "[scheduler]\nworker_disconnect_delay = 3\nretry_delay = 1\nprune_on_get_work = true\n"
+    with running_luigid(tmp_path / "luigid", cfg) as port:
         yield port
 
 

@@ -96,6 +96,7 @@ class DownloadImages(PtvlTask):
 
     dataset = luigi.Parameter()
     split = luigi.Parameter()
+    preload = ("img2dataset",)
 
     def requires(self):
         return IngestSegments(config=self.config, dataset=self.dataset, split=self.split)

@@ -37,6 +37,13 @@ class PtvlTask(luigi.Task):
 
     retry_count = RETRY_COUNT
 
+    # Modules run() imports that take seconds (torch, transformers, open_clip, img2dataset), deferred so that
+    # `ptvl --help` and the light tasks stay fast.  With `--workers N` Luigi forks one process per task, which
+    # would import them again each time; the worker imports them once, before forking (tasks/scheduling.py),
+    # and every task process inherits them.  Importing runs no torch code, so forking after it is safe
+    # (running torch first is what hung forked workers: pipeline/llm_preflight.py).
+    preload: tuple[str, ...] = ()
+
     @classmethod
     def get_param_values(cls, params, args, kwargs):
         values = super().get_param_values(params, args, kwargs)

@@ -33,6 +33,10 @@ def _data_sets(task: PtvlTask) -> list[tuple[str, str]]:
     return [tuple(x.split("/", 1)) for x in task.settings.training.data]
 
 
+# What the model tasks import (see PtvlTask.preload): transformers' model code takes longest (~4 s).
+_MODELS = ("torch", "transformers.modeling_utils", "open_clip")
+
+
 class PrepareSampleModels(PtvlTask):
     """The embedded sample's frozen models, saved as an open_clip folder and a Hugging Face folder and then
     loaded through exactly the code that loads ViT-L/14 and Glória.
@@ -41,6 +45,7 @@ class PrepareSampleModels(PtvlTask):
     captions), packed several to a sequence: an LM that has only seen single short captions never
     learns to use later positions, and then cannot read a visual prefix (see training/lm_pretrain.py).
     """
+    preload = ("training.features.tiny", "training.lm_pretrain", *_MODELS)
 
     def requires(self):
         s = self.settings
@@ -110,6 +115,7 @@ def _model_requires(task: PtvlTask) -> list:
 
 class CacheFeatures(PtvlTask):
     """CLS features of the configured ViT layers, once per image of one shard folder (fp16)."""
+    preload = ("training.features", *_MODELS)
 
     engine = luigi.Parameter()
     dataset = luigi.Parameter()
@@ -149,6 +155,7 @@ class CacheFeatures(PtvlTask):
 
 class Train(PtvlTask):
     """Train the V-Glória bridge on the configured shards (the same function as `ptvl train`)."""
+    preload = ("training.train", *_MODELS)
 
     def requires(self):
         s = self.settings
@@ -209,6 +216,7 @@ def _record_failure(folder: Path, stage: str, exception: BaseException, task: Pt
 class Evaluate(PtvlTask):
     """One benchmark of the trained run: metrics.json (with the profile's benchmarks, so a table can tell a
     finished run from a partial one), tables and qualitative pages; a failure leaves its one-line error."""
+    preload = ("eval.benchmarks", *_MODELS)
 
     benchmark = luigi.Parameter()
 

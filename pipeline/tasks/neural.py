@@ -53,6 +53,7 @@ def _score(rows: pl.DataFrame, store_path, engine_id: str, model: str, model_id:
 class QEScores(PtvlTask):
     """QE of every distinct translated string of one engine under [curate] qe_model: qe.parquet
     (text_hash, qe), then _QE.json (what was computed and what came from the cache)."""
+    preload = ("translation.comet", "transformers.modeling_utils")
 
     engine = luigi.Parameter()
 
@@ -92,6 +93,7 @@ class QEScores(PtvlTask):
 class GoldComet(PtvlTask):
     """COMET of every translating engine's gold-set translations against the gold PT-PT, plus the gold
     PT-BR side as a yardstick: gold_comet.parquet (engine, id, comet), then _GOLD_COMET.json."""
+    preload = ("translation.comet", "transformers.modeling_utils")
 
     def requires(self):
         s = self.settings

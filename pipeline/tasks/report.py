@@ -84,6 +84,7 @@ def write_quarantine_report(root: Path, splits: list[tuple[str, str]], dest: Pat
 
 class FinalReport(PtvlTask):
     """reports/README.md: availability, translator comparison, token statistics, shards, training, evaluation."""
+    preload = ("eval.benchmarks", "eval.report_tables")
 
     def requires(self):
         return {

@@ -29,6 +29,7 @@ def builds_model(task: PtvlTask, engine: str) -> bool:
 class PrepareSampleTranslators(PtvlTask):
     """Train the sample's tiny translators on the training splits only (never on evaluation data) and convert
     them with `ptvl convert-model`'s code into the folders the sample profile's engines name."""
+    preload = ("pipeline.sample.tiny_translators", "torch", "transformers.modeling_utils", "ctranslate2")
 
     def requires(self):
         return [GenerateSample(config=self.config),

@@ -26,9 +26,13 @@ And what every process needs, local scheduler or not:
   parent cannot stop them: they would live on under PID 1, finish their parts and race the rerun.  Each
   task process here is tied to the worker that forked it (`ptvl_io.lifetime.die_with_parent`): when that
   dies, a translation part finishes the request in flight and sends no other; any other task is killed.
+- **Slow imports once.**  Before forking a task's process the worker imports the task's `preload` modules
+  (torch, transformers, open_clip, img2dataset, ...), so the task processes inherit them instead of each
+  importing them again: seconds per task.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -52,6 +56,16 @@ class _TaskProcess(luigi.worker.ContextManagedTaskProcess):
         super().run()
 
 
+def _preload(modules: tuple[str, ...]) -> None:
+    """Import a task's slow modules here, before Luigi forks its process, so that every task process inherits
+    them (PtvlTask.preload).  A module that fails to import is left to the task, which reports it itself."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the task imports it again, in its own process, and reports the error
+            pass
+
+
 class _DagWorker(luigi.worker.Worker):
     def _keep_alive(self, get_work_response) -> bool:
         # Luigi counts PENDING and FAILED tasks only; a task of this DAG running on another worker also
@@ -66,6 +80,8 @@ class _DagWorker(luigi.worker.Worker):
         process = super()._create_task_process(task)
         process.__class__ = _TaskProcess
         process.parent_pid = os.getpid()
+        if process.use_multiprocessing:
+            _preload(getattr(task, "preload", ()))
         return process
 
 

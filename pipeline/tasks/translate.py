@@ -90,6 +90,11 @@ class TranslatePart(PtvlTask):
     engine = luigi.Parameter()
     part = luigi.IntParameter()
 
+    @property
+    def preload(self) -> tuple[str, ...]:
+        entry = self.settings.engines.get(str(self.engine))
+        return entry.preload if entry is not None else ()
+
     def requires(self):
         return [UniqueStrings(config=self.config, engine=self.engine), *_engine_requires(self, str(self.engine))]
 
