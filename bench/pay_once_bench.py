@@ -86,7 +86,7 @@ def segments(split: str, lists: dict[str, list[str]]) -> pl.DataFrame:
 def _ptvl(cfg: Path, workers: int) -> subprocess.Popen:
     # Output to a file, not a pipe: reading a pipe would wait for every process holding it, orphans included.
     log = open(cfg.with_suffix(f".{time.monotonic_ns()}.out"), "w")  # noqa: SIM115 - closed by _finish
-    p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "translate", "--engine", "deepl", "--config",
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", "translate", "--engine", "deepl", "--config",
                           str(cfg), "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT, text=True,
                          env={**os.environ, "DEEPL_AUTH_KEY": KEY, "COLUMNS": "200"})
     p.log = log

@@ -487,7 +487,7 @@ escape_help(app)
 
 
 def main() -> None:
-    """Console-script entry point (`ptvl`), called under its own __main__ guard (img2dataset's spawn re-imports)."""
+    """The `ptvl` command (started through pipeline/__main__.py, which says why)."""
     try:
         app()
     except ConfigError as e:

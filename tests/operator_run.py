@@ -102,7 +102,7 @@ def ptvl(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: 
          umask: int | None = None) -> subprocess.CompletedProcess:
     """`ptvl ...` as a batch job would run it: no terminal, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
     )

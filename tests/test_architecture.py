@@ -10,6 +10,9 @@ included, since a cycle hidden in a function is still a cycle):
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,13 @@ def test_the_checks_can_fail():
     assert find_cycles({"a": {"b"}, "b": set()}) == []
     assert _resolve("pipeline.cli.app") == "pipeline.cli" and _resolve("numpy.linalg") is None
     assert _layer("pipeline.cli") > _layer("eval.tables") > _layer("training.model") > _layer("ptvl_io")
+
+
+def test_the_main_module_is_light():
+    """Every process multiprocessing spawns (img2dataset's workers and logger) imports the parent's main
+    module again: `ptvl` and `python -m pipeline` start from pipeline/__main__.py, which imports no CLI."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["ptvl"] == "pipeline.__main__:main"
+    code = "import sys, pipeline.__main__; print(sorted({'pipeline.cli', 'luigi', 'polars'} & set(sys.modules)))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert res.stdout.strip() == "[]"

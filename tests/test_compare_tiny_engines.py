@@ -108,7 +108,7 @@ def run(tmp_path_factory) -> dict:
     cfg = tmp / "tiny.toml"
     cfg.write_text(CONFIG.format(root=tmp / "run", n_val=N_VAL, **ct2))
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg), "--until", "curate"],
+        [sys.executable, "-m", "pipeline", "run", "--config", str(cfg), "--until", "curate"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"},
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]

@@ -1,5 +1,5 @@
 """Real img2dataset downloads against a local faulty HTTP server: reasons per URL, kill -9 resume,
-retry of transient failures, parquet / webdataset output and (when installed) the pyspark distributor."""
+retry of transient failures, parquet / webdataset output (the pyspark distributor: tests/test_spark.py)."""
 from __future__ import annotations
 
 import collections
@@ -366,28 +366,6 @@ def test_retry_failed_fetches_only_transient_failures_webdataset(server: FaultSe
     again = retry_failed(out, settings)  # nothing transient left: no new round, no request
     assert server.counts["/status/404/r"] == 1 and len(again.attempts) == 2
     assert not (out / "retry-2").exists()
-
-
-@pytest.mark.slow
-def test_pyspark_distributor_local_mode(server: FaultServer, tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("pyspark", reason="pyspark not installed (pip install 'ptvl[spark]')")
-    # Spark's Python workers run PYSPARK_PYTHON (default "python3"); they must import img2dataset.
-    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    b = server.base
-    rows = [(f"{b}/img/s.jpg", "ok"), (f"{b}/status/404", "http_404"), (f"{b}/status/500", "http_500")]
-    items = _items(tmp_path / "items.parquet", [u for u, _ in rows])
-    spark = (
-        SparkSession.builder.master("local[1]").appName("ptvl-test")
-        .config("spark.driver.memory", "1g").config("spark.ui.enabled", "false").getOrCreate()
-    )
-    try:
-        manifest = download_images(items, tmp_path / "out", _settings(distributor="pyspark"))
-    finally:
-        spark.stop()
-    assert manifest.by_reason == {"ok": 1, "http_404": 1, "http_500": 1}
-    assert _availability(tmp_path / "out")["reason"].to_list() == [r for _, r in rows]
 
 
 def _decoded(data: bytes) -> Image.Image:

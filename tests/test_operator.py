@@ -183,7 +183,7 @@ def test_read_only_run_root(tmp_path: Path) -> None:
     cfg = tmp_path / "p.toml"
     cfg.write_text(f'[run]\nroot = "{ro / "run"}"\n[sample]\nenabled = true\n')
     cmd = (f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
-           f"exec {sys.executable} -m pipeline.cli run --config {cfg} --until segments")
+           f"exec {sys.executable} -m pipeline run --config {cfg} --until segments")
     res = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "COLUMNS": "300"})
     line = _one_line_error(res)
@@ -213,7 +213,7 @@ def test_run_root_from_a_wheel_install_is_the_working_directory(tmp_path: Path) 
                          check=True).stdout.split()
     assert out[0].startswith(str(target)), "the test must run the installed wheel, not the worktree"
     assert out[1] == str(work / "runs" / "mine")
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", "p.toml", "--until", "sources"],
+    res = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", "p.toml", "--until", "sources"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (work / "runs" / "mine" / "sources").is_dir()

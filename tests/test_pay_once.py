@@ -191,7 +191,7 @@ def test_two_processes_under_luigid_pay_each_string_once(tmp_path: Path, luigid:
 
 
 def ptvl_cmd() -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli"]
+    return [sys.executable, "-m", "pipeline"]
 
 
 def test_preflight_quota_exhaustion_and_resume(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pipeline.settings import ConfigError, load_settings
 from tests.fake_deepl import FakeDeepL
 from training.shards import CAPTION_SHARD, EVAL_CAPTION_SHARD, VISDIAL_SHARD, VQA_SHARD
 
-PTVL = [sys.executable, "-m", "pipeline.cli"]
+PTVL = [sys.executable, "-m", "pipeline"]
 
 SMALL = """
 [run]

@@ -55,7 +55,7 @@ def reviewed_run(tiny_run: TinyRun, tmp_path: Path):
     log = tmp_path / "review.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "review", "--config", str(config), "--port", str(port),
+            [sys.executable, "-m", "pipeline", "review", "--config", str(config), "--port", str(port),
              "--reviewer", "browser-test"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "COLUMNS": "200"})
     base = f"http://127.0.0.1:{port}"

@@ -35,7 +35,7 @@ def run(tmp_path_factory) -> dict:
         text = text.replace(key, value)
     profile = tmp / "sample.toml"
     profile.write_text(text.replace('root = "runs/sample"', f'root = "{tmp / "run"}"'))
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(profile), "--until", "curate"],
+    res = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(profile), "--until", "curate"],
                          capture_output=True, text=True, timeout=900, cwd=tmp, env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     root = tmp / "run"

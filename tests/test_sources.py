@@ -84,7 +84,7 @@ def _invoke(*args: str):
 
 
 def _ptvl(*args: str, mdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "COLUMNS": "400", "PTVL_MANIFEST_DIR": str(mdir)}, cwd=REPO)
 
 
