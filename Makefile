@@ -16,13 +16,12 @@ export TRANSFORMERS_OFFLINE := 1
 setup: $(STAMP) java chromium
 
 # torch first, pinned exactly (pyproject keeps ranges for users with other CUDA builds); then the
-# project with every other dependency pinned by constraints.txt. --no-compile: Python compiles what it
-# imports on first use; compiling all of torch, CUDA's wheels and pyspark up front took a minute.
+# project with every other dependency pinned by constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # Java runs the METEOR and PTB tokenizer jars of pycocoevalcap.
