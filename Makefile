@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# pip compiles what it installs, but not an editable project: where PYTHONDONTWRITEBYTECODE is set (CI)
+	# every process would otherwise compile ptvl's own modules from source again.
+	$(PY) -m compileall -q pipeline translation training eval ptvl_io
 	touch $(STAMP)
 
 # Java runs the METEOR and PTB tokenizer jars of pycocoevalcap.
