@@ -32,6 +32,18 @@ def sample(tmp_path_factory):
     return small_sample(tmp_path_factory.mktemp("sample"))
 
 
+@pytest.fixture(autouse=True)
+def _root_log_level():
+    """In-process `ptvl` calls configure the root logger (pipeline/console.setup_logging; `-v` sets DEBUG): the
+    next test on the worker must not inherit that level (a download under DEBUG keeps img2dataset's output on
+    the console instead of its log)."""
+    import logging
+
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny matmuls: extra torch threads only spin against each other on a shared 2-core box."""

@@ -357,7 +357,8 @@ def test_a_key_that_would_replace_a_human_edit_asks_first(browser, victim) -> No
 
     page.once("dialog", refuse)
     page.keyboard.press("a")  # the reviewed engine's output ("a red car")
-    page.wait_for_function("document.getElementById('status').textContent.includes('kept')")
+    # Selectors, not wait_for_function("..."): the page's CSP forbids eval, which a string predicate can need.
+    page.wait_for_selector("#status:has-text('kept')")
     assert "human edit by ana" in asked[0] and "um carro encarnado" in asked[0] and "a red car" in asked[0]
     page.once("dialog", refuse)
     page.keyboard.press("2")  # engine 2's output
@@ -386,7 +387,7 @@ def test_a_stale_page_cannot_accept_over_an_edit_made_since(browser, victim) -> 
     with first.expect_navigation():
         first.keyboard.press("Control+Enter")
     second.keyboard.press("a")
-    second.wait_for_function("document.getElementById('status').className === 'error'")
+    second.wait_for_selector("#status.error")
     assert "not saved" in second.locator("#status").inner_text()
     assert [r.text_pt for r in overlay.history(ENGINE_ID, H)] == ["um carro encarnado"]
     context.close()
