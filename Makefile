@@ -16,15 +16,17 @@ export TRANSFORMERS_OFFLINE := 1
 setup: $(STAMP) java chromium
 
 # torch first, pinned exactly (pyproject keeps ranges for users with other CUDA builds); then the
-# project with every other dependency pinned by constraints.txt.
+# project with every other dependency pinned by constraints.txt. Then everything is compiled to bytecode
+# once, on every core: pip compiles on one (a minute for torch, CUDA's wheels and pyspark) and never
+# compiles an editable project, and where PYTHONDONTWRITEBYTECODE is set (CI) no process writes the
+# bytecode it compiles, so whatever is left uncompiled here is compiled again by every process. A file
+# that does not compile (a package's Python 2 test data) is left to Python, as pip leaves it.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
-	# pip compiles what it installs, but not an editable project: where PYTHONDONTWRITEBYTECODE is set (CI)
-	# every process would otherwise compile ptvl's own modules from source again.
-	$(PY) -m compileall -q pipeline translation training eval ptvl_io
+	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[test]'
+	$(PY) -m compileall -q -j 0 $(VENV)/lib pipeline translation training eval ptvl_io > /dev/null || true
 	touch $(STAMP)
 
 # Java runs the METEOR and PTB tokenizer jars of pycocoevalcap.
