@@ -1,4 +1,5 @@
 """Test-wide settings (everything offline, quiet, deterministic) and the fixtures several modules share."""
+import logging
 import os
 
 import pytest
@@ -37,8 +38,6 @@ def _root_log_level():
     """In-process `ptvl` calls configure the root logger (pipeline/console.setup_logging; `-v` sets DEBUG): the
     next test on the worker must not inherit that level (a download under DEBUG keeps img2dataset's output on
     the console instead of its log)."""
-    import logging
-
     level = logging.getLogger().level
     yield
     logging.getLogger().setLevel(level)
@@ -67,8 +66,10 @@ _SHARED_FIXTURES = {
 _SHARED_FILES = {  # modules that build pytest's cache folder ptvl-train-sample themselves
     "test_learning.py": "train-sample", "test_eval_real_model.py": "train-sample",
 }
-# Groups that take longest (seconds of one worker, measured on the 2-core machine from a clean clone) start
-# first, so the run does not end with one worker alone on a long group; the rest follow in collection order.
+# Groups that take longest start first, so the run does not end with one worker alone on a long group; the
+# rest follow in collection order. Seconds of one worker, measured on the 2-core machine from a clean clone
+# before this session's speed-ups (2026-12-06); only their order matters, and the order still holds for the
+# first two (train-sample ~380 s, tiny-run ~170 s after them), the rest now take 70-110 s each.
 _MEASURED_S = {
     "train-sample": 400, "tiny-run": 220, "tests/test_pay_once_crash.py": 235, "tests/test_repeatable.py": 130,
     "tests/test_images.py": 165, "tests/test_luigid.py": 150, "tests/test_pay_once.py": 105,
@@ -87,7 +88,10 @@ def pytest_xdist_make_scheduler(config, log):
     class GroupScheduling(LoadScopeScheduling):
         """xdist's scope scheduler, with our groups as scopes and the longest groups queued first."""
 
-        _group_of: dict[str, str] = {}
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._group_of: dict[str, str] = {}  # file path -> its group, read once per file
+            self._ordered = False  # the queue is sorted at the first assignment, when it is complete
 
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
@@ -102,7 +106,7 @@ def pytest_xdist_make_scheduler(config, log):
             return self._group_of[path]
 
         def _assign_work_unit(self, node) -> None:
-            if not getattr(self, "_ordered", False):  # the first call: the queue is complete, nothing taken yet
+            if not self._ordered:
                 queue = sorted(self.workqueue.items(), key=lambda kv: -_MEASURED_S.get(kv[0], 0))  # stable
                 self.workqueue.clear()
                 self.workqueue.update(queue)
